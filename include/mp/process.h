@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT */
+/**
+ * @file mp/process.h
+ * @brief Process: run a function in a forked child, as Python's `Process`.
+ *
+ * mp_process_start() flushes every stdio stream, makes sure the family heap is
+ * mapped, and forks. The child runs `target(arg)`, flushes stdio and `_exit`s
+ * with the target's return value (its low 8 bits, as the kernel keeps them):
+ * the parent's `atexit` handlers never run in the child. The exit code is
+ * `-signum` when the child was killed by a signal.
+ *
+ * At the parent's normal exit (return from main or exit()), libmp terminates
+ * and joins its daemon children, then joins its non-daemon children, as Python
+ * does. Daemon children also die when the parent dies any other way, SIGKILL
+ * included (`PR_SET_PDEATHSIG`, tied to the thread that started them: start
+ * daemons from a thread that lives as long as they should).
+ *
+ * A process handle lives in the family heap, so any process of the family may
+ * read its pid, name and exit code; only the process that started it may join,
+ * signal or poll it (others get `-ECHILD`), as in Python.
+ *
+ * Thread safety: distinct handles may be used from distinct threads; one handle
+ * must not be joined or freed by two threads at once.
+ */
+#ifndef MP_PROCESS_H
+#define MP_PROCESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** A process handle (Python's `multiprocessing.Process`). */
+typedef struct mp_process mp_process;
+
+/** The function a process runs; its return value becomes the exit code. */
+typedef int (*mp_process_target)(void *arg);
+
+/** Options for mp_process_new(). Zeroed fields (or NULL) mean the default. */
+typedef struct mp_process_options {
+  /** NULL for "Process-N" (N counts the processes this process created). At
+   *  most 63 bytes. */
+  const char *name;
+  /** Non-zero: terminated at the parent's exit and killed at its death. Zero:
+   *  as the creating process (a daemon's children would be daemons, but a
+   *  daemon may not start children, as in Python). */
+  int daemon;
+} mp_process_options;
+
+/**
+ * @brief Make a process handle that will run @p target(@p arg); nothing is
+ *        forked until mp_process_start().
+ * @param arg passed as is; the child sees the parent's memory as it was at
+ *            start, so any pointer valid then is valid in the child.
+ * @return 0; `-EINVAL` for NULL @p target or @p ret, or a name longer than 63
+ *         bytes; `-ENOMEM`.
+ */
+MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_process_options *opts,
+                             mp_process **ret);
+
+/**
+ * @brief Fork and run the target in the child.
+ * @return 0; `-EALREADY` when started before (a process runs once);
+ *         `-ECHILD` when called from another process than the creator;
+ *         `-EPERM` when the calling process is a daemon (as in Python);
+ *         `-EAGAIN`/`-ENOMEM`/`-EMFILE` when the kernel refuses a fork or the
+ *         process's pidfd; `-EINVAL` for NULL.
+ */
+MP_EXPORT int mp_process_start(mp_process *proc);
+
+/**
+ * @brief Wait for the process to end, at most @p timeout seconds, and reap it.
+ * @return 0 when it has ended (its exit code is then known); `-ETIMEDOUT`
+ *         while it still runs; `-EINVAL` when not started or NULL; `-ECHILD`
+ *         from another process than the one that started it; `-EDEADLK` for a
+ *         process joining itself.
+ */
+MP_EXPORT int mp_process_join(mp_process *proc, double timeout);
+
+/**
+ * @brief Whether the process has started and not yet ended.
+ * @return 1 or 0 (0 before start); `-ECHILD` from another process than its
+ *         parent; `-EINVAL`. Never blocks; reaps the child if it has ended.
+ */
+MP_EXPORT int mp_process_is_alive(mp_process *proc);
+
+/**
+ * @brief Send SIGTERM (Python's `terminate()`); nothing when it has ended.
+ * @return 0; `-EINVAL` when not started; `-ECHILD` from another process.
+ */
+MP_EXPORT int mp_process_terminate(mp_process *proc);
+
+/** @brief Send SIGKILL (Python's `kill()`); as mp_process_terminate(). */
+MP_EXPORT int mp_process_kill(mp_process *proc);
+
+/**
+ * @brief The exit code, once the process has ended and been reaped.
+ * @param[out] code the target's return value (0..255), or `-signum` when a
+ *             signal killed it; written only when 1 is returned.
+ * @return 1 when ended (code written); 0 when not started or still running
+ *         (Python's `None`); `-EINVAL` for NULL. Readable from any process of
+ *         the family once the parent has reaped the child.
+ */
+MP_EXPORT int mp_process_exitcode(mp_process *proc, int *code);
+
+/** @brief The pid. @return it (> 0), 0 before start, or `-EINVAL`. */
+MP_EXPORT int mp_process_pid(mp_process *proc);
+
+/**
+ * @brief The process's name.
+ * @param[out] ret points into the handle; valid until mp_process_free().
+ * @return 0; `-EINVAL` for NULL.
+ */
+MP_EXPORT int mp_process_name(mp_process *proc, const char **ret);
+
+/** @brief Whether the process is a daemon. @return 1, 0, or `-EINVAL`. */
+MP_EXPORT int mp_process_daemon(mp_process *proc);
+
+/**
+ * @brief A file descriptor that becomes readable when the process ends (a
+ *        pidfd), for poll/epoll; owned by the handle, do not close it.
+ * @return the fd; `-EINVAL` when not started; `-ECHILD` from another process.
+ */
+MP_EXPORT int mp_process_sentinel(mp_process *proc);
+
+/**
+ * @brief Release the handle (Python's `close()`).
+ * @return 0; 0 for NULL; `-EBUSY` while the process runs (nothing freed);
+ *         `-ECHILD` from another process than the creator.
+ * A child that ended but was never joined is reaped here.
+ */
+MP_EXPORT int mp_process_free(mp_process *proc);
+
+/**
+ * @brief The calling process's own handle (Python's `current_process()`).
+ * @param[out] ret "MainProcess" in a process libmp did not start; in a child,
+ *             the handle its parent started. Do not free it.
+ * @return 0; `-EINVAL` for NULL.
+ */
+MP_EXPORT int mp_process_current(mp_process **ret);
+
+/**
+ * @brief The pid of the process that started this one (Python's
+ *        `parent_process().pid`).
+ * @return the parent's pid; 0 in a process libmp did not start (Python's
+ *         `None`).
+ */
+MP_EXPORT int mp_process_parent_pid(void);
+
+/**
+ * @brief The children this process started that are still alive (Python's
+ *        `active_children()`); reaps those that have ended.
+ * @param out room for @p cap handles, or NULL with @p cap 0 to count only.
+ * @return the number of live children (may exceed @p cap; only @p cap are
+ *         written); `-EINVAL` for NULL @p out with a non-zero @p cap.
+ */
+MP_EXPORT int mp_process_active_children(mp_process **out, size_t cap);
+
+/**
+ * @brief CPUs this process may run on (its affinity mask), at least 1.
+ * @return the count.
+ */
+MP_EXPORT int mp_cpu_count(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MP_PROCESS_H */

@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The one file that talks to the futex syscall.
+ *
+ * Waits use FUTEX_WAIT_BITSET, whose timeout is an absolute CLOCK_MONOTONIC
+ * time: a wait interrupted by a signal resumes against the same deadline, so
+ * signals neither end waits early nor stretch them. The words live in shared
+ * memory used by several processes, so FUTEX_PRIVATE_FLAG is never used.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+_Static_assert(sizeof(_Atomic uint32_t) == sizeof(uint32_t), "futex words are 32 bits");
+
+int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, const mp__deadline *d) {
+  if (d && !d->forever && mp__deadline_passed(d))
+    return -ETIMEDOUT;
+  const struct timespec *ts = (d && !d->forever) ? &d->at : NULL;
+  long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, ts, NULL,
+                   FUTEX_BITSET_MATCH_ANY);
+  if (r == 0)
+    return 0;
+  switch (errno) {
+  case ETIMEDOUT:
+    return -ETIMEDOUT;
+  case EAGAIN: /* the word already differed */
+  case EINTR:  /* a signal: the caller re-checks and waits again */
+  default:
+    return 0;
+  }
+}
+
+int mp__futex_wake(_Atomic uint32_t *word, int n) {
+  long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+  return r < 0 ? 0 : (int)r;
+}

@@ -1,0 +1,504 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The family heap: one anonymous MAP_SHARED region and a crash-safe allocator.
+ *
+ * Map of this file:
+ *   1. region layout and the allocator's protocol
+ *   2. the undo journal (what makes a crash inside the allocator harmless)
+ *   3. bins and blocks
+ *   4. locking and recovery
+ *   5. mapping the region
+ *   6. public entry points
+ *
+ * 1. Layout. The region starts with `struct heap` (below), then blocks. A block
+ * is a header word (its size, a multiple of 16, with INUSE and PREV_INUSE
+ * bits) followed by its payload, so payloads are 16-byte aligned. A free block
+ * also holds `next` and `prev` links after the header and its size in its last
+ * word (the footer), so that freeing its right neighbour can merge with it.
+ * Blocks tile [first, top); beyond `top` lies the untouched reserve. The block
+ * just below `top` is always in use: a free block reaching `top` is given back
+ * to it.
+ *
+ * Who writes what: every allocator word (header fields, block headers, links
+ * and footers) is written only by the holder of `heap->mutex`, a robust
+ * process-shared mutex, and only through jset(), which journals it.
+ *
+ * 2. The journal. Before jset() changes a word it appends (address, old value)
+ * to `heap->log` and only then stores the new value; the operation ends by
+ * emptying the log. A process killed at any step leaves either an empty log (the
+ * operation happened whole) or a log whose replay, newest first, restores every
+ * word the operation touched (it did not happen at all). The next locker is told
+ * EOWNERDEAD by the kernel's robust-futex list, replays the log, and marks the
+ * mutex consistent. Stores are ordered against a crash only by the compiler
+ * (a killed process's retired stores are visible to the others), hence the
+ * signal fences. A block that a dead process allocated and never freed stays
+ * allocated: the heap cannot know whether someone else was handed its pointer.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ 1. layout */
+
+#define HEAP_MAGIC 0x6c69626d70686561ULL /* "libmphea" */
+#define LOG_MAX 64                        /* the most words one operation writes */
+#define NBINS 192
+#define SMALL_LIMIT 1024 /* sizes up to this have a bin each (16-byte steps) */
+#define MIN_BLOCK 32
+#define INUSE ((uintptr_t)1)
+#define PREV_INUSE ((uintptr_t)2)
+#define FLAGS (INUSE | PREV_INUSE)
+#define DEFAULT_SIZE ((size_t)1 << 30)
+#define MIN_SIZE ((size_t)64 << 10)
+/* Free blocks at least this large give their interior pages back to the kernel,
+ * and so does the reserve above `top` once it shrinks by as much. */
+#define TRIM_THRESHOLD ((uintptr_t)1 << 20)
+
+struct journal_entry {
+  uintptr_t *addr;
+  uintptr_t old;
+};
+
+struct heap {
+  uint64_t magic;
+  uintptr_t base, end; /* the region */
+  uintptr_t first;     /* the first block */
+  pthread_mutex_t mutex;
+  /* Journal: entries [0, log_n) are valid. */
+  uintptr_t log_n;
+  struct journal_entry log[LOG_MAX];
+  /* Allocator state, written through jset() only. */
+  uintptr_t top;       /* start of the untouched reserve */
+  uintptr_t high;      /* pages below this may hold data (trim mark) */
+  uintptr_t used;      /* bytes in allocated blocks */
+  uintptr_t blocks;    /* allocated blocks */
+  uintptr_t binmap[NBINS / 64];
+  uintptr_t bins[NBINS]; /* first free block of each bin, 0 for none */
+};
+
+_Static_assert(sizeof(uintptr_t) == 8, "libmp's heap assumes 64-bit words");
+
+/* The mapped heap, or NULL. Set once per family (inherited across fork). */
+static _Atomic(struct heap *) the_heap;
+static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+/* ------------------------------------------------------------ 2. journal */
+
+static void jset(struct heap *h, uintptr_t *addr, uintptr_t val) {
+  uintptr_t n = h->log_n;
+  if (MP__UNLIKELY(n >= LOG_MAX))
+    abort(); /* a bug in this file, never reachable by callers' misuse */
+  h->log[n].addr = addr;
+  h->log[n].old = *addr;
+  atomic_signal_fence(memory_order_seq_cst);
+  h->log_n = n + 1;
+  atomic_signal_fence(memory_order_seq_cst);
+  *addr = val;
+}
+
+static void journal_commit(struct heap *h) {
+  atomic_signal_fence(memory_order_seq_cst);
+  h->log_n = 0;
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
+static void journal_rollback(struct heap *h) {
+  for (uintptr_t i = h->log_n; i > 0; i--)
+    *h->log[i - 1].addr = h->log[i - 1].old;
+  journal_commit(h);
+}
+
+/* ------------------------------------------------------------ 3. bins, blocks */
+
+static inline uintptr_t *hdr(uintptr_t b) { return (uintptr_t *)b; }
+static inline uintptr_t bsize(uintptr_t b) { return *hdr(b) & ~FLAGS; }
+static inline uintptr_t *nextp(uintptr_t b) { return (uintptr_t *)(b + 8); }
+static inline uintptr_t *prevp(uintptr_t b) { return (uintptr_t *)(b + 16); }
+static inline uintptr_t *footer(uintptr_t b, uintptr_t size) {
+  return (uintptr_t *)(b + size - 8);
+}
+
+static unsigned bin_of(uintptr_t size) {
+  if (size <= SMALL_LIMIT)
+    return (unsigned)(size >> 4); /* 2..64 */
+  unsigned lg = 63u - (unsigned)__builtin_clzl(size); /* >= 10 */
+  unsigned sub = (unsigned)(size >> (lg - 2)) & 3u;
+  unsigned b = 65 + (lg - 10) * 4 + sub;
+  return b < NBINS ? b : NBINS - 1;
+}
+
+static void bin_insert(struct heap *h, uintptr_t b, uintptr_t size) {
+  unsigned i = bin_of(size);
+  uintptr_t head = h->bins[i];
+  jset(h, nextp(b), head);
+  jset(h, prevp(b), 0);
+  if (head)
+    jset(h, prevp(head), b);
+  jset(h, &h->bins[i], b);
+  if (!(h->binmap[i / 64] & ((uintptr_t)1 << (i % 64))))
+    jset(h, &h->binmap[i / 64], h->binmap[i / 64] | ((uintptr_t)1 << (i % 64)));
+}
+
+static void bin_remove(struct heap *h, uintptr_t b, uintptr_t size) {
+  unsigned i = bin_of(size);
+  uintptr_t n = *nextp(b), p = *prevp(b);
+  if (p)
+    jset(h, nextp(p), n);
+  else
+    jset(h, &h->bins[i], n);
+  if (n)
+    jset(h, prevp(n), p);
+  if (!h->bins[i])
+    jset(h, &h->binmap[i / 64], h->binmap[i / 64] & ~((uintptr_t)1 << (i % 64)));
+}
+
+/* Give the pages strictly inside [from, to) back to the kernel: they read as
+ * zeros afterwards and cost no memory. Idempotent, so safe to redo. */
+static void release_pages(uintptr_t from, uintptr_t to) {
+  uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t a = (from + pg - 1) & ~(pg - 1), z = to & ~(pg - 1);
+  if (z > a)
+    madvise((void *)a, z - a, MADV_REMOVE);
+}
+
+/* Find a free block of at least `need` bytes, or 0. */
+static uintptr_t bin_find(struct heap *h, uintptr_t need) {
+  unsigned i = bin_of(need);
+  if (i > 64) {
+    /* Range bins hold mixed sizes: first fit within the first one. */
+    for (uintptr_t b = h->bins[i]; b; b = *nextp(b))
+      if (bsize(b) >= need)
+        return b;
+    i++;
+  }
+  for (; i < NBINS; i++) {
+    uintptr_t word = h->binmap[i / 64] >> (i % 64);
+    if (!word) {
+      i = (i | 63u); /* skip to the next bitmap word */
+      continue;
+    }
+    i += (unsigned)__builtin_ctzl(word);
+    if (i >= NBINS)
+      break;
+    return h->bins[i]; /* every block in a higher bin is large enough */
+  }
+  return 0;
+}
+
+static uintptr_t need_of(size_t n) {
+  if (n > ((uintptr_t)1 << 60))
+    return 0;
+  uintptr_t need = ((uintptr_t)n + 8 + 15) & ~(uintptr_t)15;
+  return need < MIN_BLOCK ? MIN_BLOCK : need;
+}
+
+/* Allocate with the mutex held. Returns the payload or NULL. */
+static void *alloc_locked(struct heap *h, uintptr_t need) {
+  uintptr_t b = bin_find(h, need);
+  if (b) {
+    uintptr_t size = bsize(b);
+    bin_remove(h, b, size);
+    uintptr_t prev_flag = *hdr(b) & PREV_INUSE;
+    if (size - need >= MIN_BLOCK) {
+      uintptr_t r = b + need, rsize = size - need;
+      jset(h, hdr(b), need | INUSE | prev_flag);
+      jset(h, hdr(r), rsize | PREV_INUSE);
+      jset(h, footer(r, rsize), rsize);
+      bin_insert(h, r, rsize);
+      size = need;
+    } else {
+      jset(h, hdr(b), size | INUSE | prev_flag);
+      uintptr_t nb = b + size;
+      if (nb != h->top)
+        jset(h, hdr(nb), *hdr(nb) | PREV_INUSE);
+    }
+    jset(h, &h->used, h->used + size);
+    jset(h, &h->blocks, h->blocks + 1);
+    return (void *)(b + 8);
+  }
+  /* Carve from the reserve. The block below top is in use, so PREV_INUSE. */
+  if (h->end - h->top < need)
+    return NULL;
+  b = h->top;
+  jset(h, hdr(b), need | INUSE | PREV_INUSE);
+  jset(h, &h->top, b + need);
+  if (h->top > h->high)
+    jset(h, &h->high, h->top);
+  jset(h, &h->used, h->used + need);
+  jset(h, &h->blocks, h->blocks + 1);
+  return (void *)(b + 8);
+}
+
+/* Whether p is a live block's payload. */
+static bool live_block(struct heap *h, uintptr_t p) {
+  if ((p & 15) != 0 || p < h->first + 8 || p >= h->top)
+    return false;
+  uintptr_t b = p - 8, w = *hdr(b), size = w & ~FLAGS;
+  return (w & INUSE) && size >= MIN_BLOCK && (size & 15) == 0 && size <= h->top - b;
+}
+
+/* Free block b with the mutex held, merging with free neighbours. Returns the
+ * free block the memory ended in, with its size in *fsize, or 0 when it went
+ * back to the reserve. */
+static uintptr_t free_locked(struct heap *h, uintptr_t b, uintptr_t *fsize) {
+  uintptr_t size = bsize(b);
+  jset(h, &h->used, h->used - size);
+  jset(h, &h->blocks, h->blocks - 1);
+  uintptr_t nb = b + size;
+  if (nb != h->top && !(*hdr(nb) & INUSE)) {
+    uintptr_t nsize = bsize(nb);
+    bin_remove(h, nb, nsize);
+    size += nsize;
+  }
+  if (!(*hdr(b) & PREV_INUSE)) {
+    uintptr_t psize = *(uintptr_t *)(b - 8);
+    uintptr_t pb = b - psize;
+    bin_remove(h, pb, psize);
+    b = pb;
+    size += psize;
+  }
+  if (b + size == h->top) {
+    jset(h, &h->top, b);
+    *fsize = 0;
+    return 0;
+  }
+  jset(h, hdr(b), size | PREV_INUSE);
+  jset(h, footer(b, size), size);
+  nb = b + size;
+  jset(h, hdr(nb), *hdr(nb) & ~PREV_INUSE);
+  bin_insert(h, b, size);
+  *fsize = size;
+  return b;
+}
+
+/* ------------------------------------------------------------ 4. locking */
+
+static void heap_lock(struct heap *h) {
+  int r = pthread_mutex_lock(&h->mutex);
+  if (MP__UNLIKELY(r == EOWNERDEAD)) {
+    /* The previous holder died inside an operation: undo what it began. */
+    journal_rollback(h);
+    pthread_mutex_consistent(&h->mutex);
+  }
+}
+
+static void heap_unlock(struct heap *h) {
+  journal_commit(h);
+  pthread_mutex_unlock(&h->mutex);
+}
+
+/* With the mutex held, after a free: give back the pages of the reserve that
+ * the top left behind, and the interior pages of a large free block (its
+ * header, links and footer stay). Nobody references those pages, and
+ * MADV_REMOVE is idempotent, so a crash here leaves nothing to repair. */
+static void trim_locked(struct heap *h, uintptr_t freed, uintptr_t size) {
+  if (h->high - h->top >= TRIM_THRESHOLD) {
+    release_pages(h->top, h->high);
+    jset(h, &h->high, h->top);
+  }
+  if (freed && size >= TRIM_THRESHOLD)
+    release_pages(freed + 32, freed + size - 8); /* keep header, links, footer */
+}
+
+/* ------------------------------------------------------------ 5. mapping */
+
+static int parse_size(const char *s, size_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s)
+    return -EINVAL;
+  unsigned shift = 0;
+  switch (*end) {
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  default: break;
+  }
+  if (*end || v > (~0ULL >> (shift + 1)))
+    return -EINVAL;
+  *out = (size_t)(v << shift);
+  return 0;
+}
+
+static int map_heap(size_t size) {
+  if (size < MIN_SIZE)
+    return -EINVAL;
+  size = (size + 4095) & ~(size_t)4095;
+  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  if (m == MAP_FAILED)
+    return -ENOMEM;
+  struct heap *h = m;
+  h->magic = HEAP_MAGIC;
+  h->base = (uintptr_t)m;
+  h->end = h->base + size;
+  int r = mp__robust_mutex_init(&h->mutex, false);
+  if (r < 0) {
+    munmap(m, size);
+    return r;
+  }
+  /* Payloads are 16-aligned: blocks start 8 bytes before a 16 boundary. */
+  h->first = ((h->base + sizeof *h + 15) & ~(uintptr_t)15) + 8;
+  h->top = h->first;
+  h->high = h->first;
+  atomic_store_explicit(&the_heap, h, memory_order_release);
+  return 0;
+}
+
+static struct heap *heap_get(void) {
+  struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
+  if (MP__LIKELY(h))
+    return h;
+  if (mp__heap_ensure() < 0)
+    return NULL;
+  return atomic_load_explicit(&the_heap, memory_order_acquire);
+}
+
+int mp__heap_ensure(void) {
+  if (atomic_load_explicit(&the_heap, memory_order_acquire))
+    return 0;
+  pthread_mutex_lock(&init_mutex);
+  int r = 0;
+  if (!atomic_load_explicit(&the_heap, memory_order_relaxed)) {
+    size_t size = DEFAULT_SIZE;
+    const char *env = getenv("MP_HEAP_SIZE");
+    if (env && *env)
+      r = parse_size(env, &size);
+    if (r == 0)
+      r = map_heap(size);
+  }
+  pthread_mutex_unlock(&init_mutex);
+  return r;
+}
+
+/* ------------------------------------------------------------ 6. public */
+
+MP_EXPORT int mp_heap_init(const mp_heap_options *opts) {
+  pthread_mutex_lock(&init_mutex);
+  int r;
+  if (atomic_load_explicit(&the_heap, memory_order_relaxed)) {
+    r = -EALREADY;
+  } else {
+    size_t size = DEFAULT_SIZE;
+    r = 0;
+    if (opts && opts->size) {
+      size = opts->size;
+    } else {
+      const char *env = getenv("MP_HEAP_SIZE");
+      if (env && *env)
+        r = parse_size(env, &size);
+    }
+    if (r == 0)
+      r = map_heap(size);
+  }
+  pthread_mutex_unlock(&init_mutex);
+  return r;
+}
+
+MP_EXPORT void *mp_heap_alloc(size_t size) {
+  struct heap *h = heap_get();
+  uintptr_t need = need_of(size);
+  if (!h || !need)
+    return NULL;
+  heap_lock(h);
+  void *p = alloc_locked(h, need);
+  heap_unlock(h);
+  return p;
+}
+
+MP_EXPORT void *mp_heap_calloc(size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total))
+    return NULL;
+  void *p = mp_heap_alloc(total);
+  if (p)
+    memset(p, 0, total);
+  return p;
+}
+
+MP_EXPORT int mp_heap_free(void *ptr) {
+  if (!ptr)
+    return 0;
+  struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
+  if (!h)
+    return -EINVAL;
+  heap_lock(h);
+  if (!live_block(h, (uintptr_t)ptr)) {
+    heap_unlock(h);
+    return -EINVAL;
+  }
+  uintptr_t fsize;
+  uintptr_t fb = free_locked(h, (uintptr_t)ptr - 8, &fsize);
+  trim_locked(h, fb, fsize);
+  heap_unlock(h);
+  return 0;
+}
+
+MP_EXPORT void *mp_heap_realloc(void *ptr, size_t size) {
+  if (!ptr)
+    return mp_heap_alloc(size);
+  struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
+  uintptr_t need = need_of(size);
+  if (!h || !need)
+    return NULL;
+  heap_lock(h);
+  if (!live_block(h, (uintptr_t)ptr)) {
+    heap_unlock(h);
+    return NULL;
+  }
+  uintptr_t cur = bsize((uintptr_t)ptr - 8);
+  heap_unlock(h);
+  if (need <= cur)
+    return ptr;
+  void *n = mp_heap_alloc(size);
+  if (!n)
+    return NULL;
+  memcpy(n, ptr, cur - 8);
+  mp_heap_free(ptr);
+  return n;
+}
+
+MP_EXPORT int mp_heap_contains(const void *ptr) {
+  struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
+  uintptr_t p = (uintptr_t)ptr;
+  return h && p >= h->first && p < h->end;
+}
+
+MP_EXPORT int mp_heap_stats_get(mp_heap_stats *out) {
+  if (!out)
+    return -EINVAL;
+  struct heap *h = heap_get();
+  if (!h)
+    return -ENOMEM;
+  heap_lock(h);
+  mp_heap_stats s = {
+      .size = h->end - h->base,
+      .used = h->used,
+      .committed = h->high - h->base,
+      .blocks = h->blocks,
+  };
+  heap_unlock(h);
+  *out = s;
+  return 0;
+}
+
+void *mp__object_new(size_t size, uint32_t tag) {
+  void *p = mp_heap_calloc(1, size);
+  if (p)
+    atomic_store_explicit((mp__tag *)p, tag, memory_order_release);
+  return p;
+}
+
+void mp__object_free(void *obj) {
+  if (!obj)
+    return;
+  atomic_store_explicit((mp__tag *)obj, MP__TAG_FREED, memory_order_release);
+  mp_heap_free(obj);
+}

@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internals shared by libmp's source files: deadlines, the futex layer, the
+ * calling thread's id, object tags, the heap's internal entry points.
+ *
+ * Rules every file follows:
+ *  - every public call converts its timeout once, with mp__deadline_init(),
+ *    and passes the deadline to every wait inside it;
+ *  - only futex.c issues the futex syscall; waits are loops over the real
+ *    condition (a wake-up proves nothing), never FUTEX_PRIVATE (the words are
+ *    shared between processes);
+ *  - every shared atomic is lock-free (checked below at compile time);
+ *  - every object in the heap starts with an `mp__tag` and is checked with
+ *    mp__tag_ok() at each public entry, so that a freed or foreign pointer gives
+ *    -EINVAL in the common cases instead of undefined behaviour.
+ */
+#ifndef MP_INTERNAL_H
+#define MP_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "mp.h"
+
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "shared atomics must be lock-free");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "shared atomics must be lock-free");
+_Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "shared atomics must be lock-free");
+
+#define MP__UNUSED __attribute__((unused))
+#define MP__LIKELY(x) __builtin_expect(!!(x), 1)
+#define MP__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---------------------------------------------------------------- deadlines */
+
+/* An absolute CLOCK_MONOTONIC deadline, or none ("forever"). */
+typedef struct mp__deadline {
+  struct timespec at; /* valid when !forever */
+  bool forever;
+  bool nowait; /* the caller passed MP_NOWAIT: try once, never sleep */
+} mp__deadline;
+
+/* Turn a public timeout into a deadline: negative -> forever, 0 -> now (and
+ * nowait), NaN -> -EINVAL, too large for a timespec -> forever. Returns 0. */
+int mp__deadline_init(mp__deadline *d, double timeout);
+
+/* Whether the deadline has passed (never for forever). */
+bool mp__deadline_passed(const mp__deadline *d);
+
+/* Milliseconds left, rounded up, for poll(): -1 for forever, 0 when passed. */
+int mp__deadline_poll_ms(const mp__deadline *d);
+
+/* Nanoseconds of CLOCK_MONOTONIC. */
+int64_t mp__now_ns(void);
+
+/* ------------------------------------------------------------------ futexes */
+
+/* Sleep while *word == expected, until woken or the deadline passes.
+ * Returns 0 when woken, when *word differed, or on a signal (the caller
+ * re-checks its condition and calls again with the same deadline);
+ * -ETIMEDOUT when the deadline passed. Never returns -EINTR. */
+int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, const mp__deadline *d);
+
+/* Wake up to n sleepers on word (INT_MAX for all). Returns the number woken. */
+int mp__futex_wake(_Atomic uint32_t *word, int n);
+
+/* Spins a waiter makes before it sleeps: waking a sleeper on another CPU costs
+ * tens of microseconds on a VM, a short spin costs about one. */
+#define MP__SPIN_LIMIT 200
+
+static inline void mp__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* ---------------------------------------------------------------- identity */
+
+/* The calling thread's kernel id, cached per thread and refreshed after fork. */
+pid_t mp__tid(void);
+
+/* ---------------------------------------------------------------- object tags */
+
+/* The first word of every libmp object in the heap. */
+typedef _Atomic uint32_t mp__tag;
+
+enum {
+  MP__TAG_FREED = 0x6d70dead,
+  MP__TAG_LOCK = 0x6d704c4b,      /* "mpLK" */
+  MP__TAG_SEMAPHORE = 0x6d70534d, /* "mpSM" */
+  MP__TAG_EVENT = 0x6d704556,     /* "mpEV" */
+  MP__TAG_CONDITION = 0x6d70434e, /* "mpCN" */
+  MP__TAG_BARRIER = 0x6d704252,   /* "mpBR" */
+  MP__TAG_PROCESS = 0x6d705052,   /* "mpPR" */
+  MP__TAG_VALUE = 0x6d70564c,     /* "mpVL" */
+};
+
+static inline bool mp__tag_ok(const void *obj, uint32_t tag) {
+  /* relaxed: the tag is written before the handle is published and only
+   * changes at free, after which any use is the caller's bug we try to catch */
+  return obj && atomic_load_explicit((mp__tag *)obj, memory_order_relaxed) == tag;
+}
+
+/* ---------------------------------------------------------------- the heap */
+
+/* Map the heap if it is not yet mapped. Returns 0 or -ENOMEM/-EINVAL. */
+int mp__heap_ensure(void);
+
+/* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
+void *mp__object_new(size_t size, uint32_t tag);
+
+/* Mark an object freed and return it to the heap. */
+void mp__object_free(void *obj);
+
+/* ---------------------------------------------------------------- locks */
+
+/* Initialise a process-shared robust mutex in place (lock.c). Returns 0 or a
+ * negative errno. */
+int mp__robust_mutex_init(void *mutex, bool recursive);
+
+/* Internal lock entry points used by other areas with a deadline already made. */
+int mp__lock_acquire(mp_lock *lock, const mp__deadline *d);
+int mp__lock_release(mp_lock *lock);
+/* Whether the calling thread holds the lock. */
+bool mp__lock_is_mine(mp_lock *lock);
+/* Release every level the caller holds; returns the count to restore, or a
+ * negative errno (-EPERM when not held). */
+int mp__lock_release_all(mp_lock *lock);
+/* Re-acquire after mp__lock_release_all(), restoring the count. */
+int mp__lock_restore(mp_lock *lock, int count, const mp__deadline *d);
+
+/* ---------------------------------------------------------------- queues */
+
+struct mp_queue;
+/* For mp_connection_wait() (connection.c) over queues (queue.c).
+ * mp__queue_watch_begin(): if a get on q would not block now (a message is
+ * there, or the queue is closed and drained), returns 1 and registers nothing.
+ * Otherwise registers the caller as a watcher, so that every later put or close
+ * changes *word and wakes all futex sleepers on it, stores that word and its
+ * current value, and returns 0; the caller then sleeps with
+ * mp__futex_wait(*word, *snapshot, ...), re-checks, and always ends with
+ * mp__queue_watch_end(q). Negative errno for a bad handle. */
+int mp__queue_watch_begin(struct mp_queue *q, _Atomic uint32_t **word, uint32_t *snapshot);
+void mp__queue_watch_end(struct mp_queue *q);
+
+/* ---------------------------------------------------------------- processes */
+
+/* Called in a child right after fork, before anything else (process.c). */
+void mp__process_after_fork_child(void);
+
+#endif /* MP_INTERNAL_H */
