@@ -58,7 +58,7 @@
 #define MIN_SIZE ((size_t)64 << 10)
 /* Free blocks at least this large give their interior pages back to the kernel,
  * and so does the reserve above `top` once it shrinks by as much. */
-#define TRIM_THRESHOLD ((uintptr_t)1 << 20)
+#define TRIM_THRESHOLD ((uintptr_t)16 << 20)
 
 struct journal_entry {
   uintptr_t *addr;
@@ -80,6 +80,7 @@ struct heap {
   uintptr_t blocks;    /* allocated blocks */
   uintptr_t binmap[NBINS / 64];
   uintptr_t bins[NBINS]; /* first free block of each bin, 0 for none */
+  uintptr_t recoveries;  /* times a dead holder's operation was undone (tests) */
 };
 
 _Static_assert(sizeof(uintptr_t) == 8, "libmp's heap assumes 64-bit words");
@@ -284,6 +285,7 @@ static void heap_lock(struct heap *h) {
   if (MP__UNLIKELY(r == EOWNERDEAD)) {
     /* The previous holder died inside an operation: undo what it began. */
     journal_rollback(h);
+    h->recoveries++;
     pthread_mutex_consistent(&h->mutex);
   }
 }
@@ -487,6 +489,75 @@ MP_EXPORT int mp_heap_stats_get(mp_heap_stats *out) {
   heap_unlock(h);
   *out = s;
   return 0;
+}
+
+int mp__heap_check(void) {
+  struct heap *h = heap_get();
+  if (!h)
+    return -ENOMEM;
+  heap_lock(h);
+  int bad = 0;
+  uintptr_t used = 0, blocks = 0, nfree = 0;
+  bool prev_inuse = true;
+  uintptr_t b = h->first;
+  while (b < h->top && !bad) {
+    uintptr_t w = *hdr(b), size = w & ~FLAGS;
+    if (size < MIN_BLOCK || (size & 15) || size > h->top - b)
+      bad = 1; /* tiling broken */
+    else if (((w & PREV_INUSE) != 0) != prev_inuse)
+      bad = 2; /* PREV_INUSE disagrees with the previous block */
+    else if (!(w & INUSE) && !prev_inuse)
+      bad = 3; /* two free neighbours were not merged */
+    else if (!(w & INUSE) && *footer(b, size) != size)
+      bad = 4; /* free block without a footer */
+    if (!bad) {
+      prev_inuse = w & INUSE;
+      if (prev_inuse) {
+        used += size;
+        blocks++;
+      } else {
+        nfree++;
+      }
+      b += size;
+    }
+  }
+  if (!bad && b != h->top)
+    bad = 5;
+  if (!bad && !prev_inuse)
+    bad = 6; /* a free block touches the top */
+  if (!bad && (used != h->used || blocks != h->blocks))
+    bad = 7; /* counters disagree with the blocks */
+  uintptr_t listed = 0;
+  for (unsigned i = 0; i < NBINS && !bad; i++) {
+    bool nonempty = (h->binmap[i / 64] >> (i % 64)) & 1;
+    if (nonempty != (h->bins[i] != 0))
+      bad = 8; /* bitmap disagrees with the bin */
+    uintptr_t prev = 0;
+    for (uintptr_t f = h->bins[i]; f && !bad; f = *nextp(f)) {
+      if (f < h->first || f >= h->top || (*hdr(f) & INUSE) || bin_of(bsize(f)) != i ||
+          *prevp(f) != prev)
+        bad = 9; /* a listed block is not a free block of this bin */
+      prev = f;
+      if (++listed > nfree)
+        bad = 10; /* more listed than free: a cycle or a stale link */
+    }
+  }
+  if (!bad && listed != nfree)
+    bad = 11; /* a free block is missing from the bins */
+  if (!bad && h->log_n != 0)
+    bad = 12;
+  heap_unlock(h);
+  return -bad;
+}
+
+long mp__heap_recoveries(void) {
+  struct heap *h = heap_get();
+  if (!h)
+    return -ENOMEM;
+  heap_lock(h);
+  long n = (long)h->recoveries;
+  heap_unlock(h);
+  return n;
 }
 
 void *mp__object_new(size_t size, uint32_t tag) {

@@ -112,6 +112,14 @@ static inline bool mp__tag_ok(const void *obj, uint32_t tag) {
 /* Map the heap if it is not yet mapped. Returns 0 or -ENOMEM/-EINVAL. */
 int mp__heap_ensure(void);
 
+/* Walk every block and free list of the heap and check their invariants.
+ * Returns 0, or -N naming the first broken invariant (see heap.c). For tests. */
+int mp__heap_check(void);
+
+/* How many times a process found the heap's mutex owner-dead and undid the dead
+ * holder's half-done operation. For tests. */
+long mp__heap_recoveries(void);
+
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
 void *mp__object_new(size_t size, uint32_t tag);
 
