@@ -144,7 +144,7 @@ MP_EXPORT int mp_semaphore_release(mp_semaphore *sem);
  */
 MP_EXPORT int mp_semaphore_get_value(mp_semaphore *sem);
 
-/** @brief Free a semaphore. @return 0; 0 for NULL. */
+/** @brief Free a semaphore. @return 0; 0 for NULL; `-EINVAL` for a freed handle. */
 MP_EXPORT int mp_semaphore_free(mp_semaphore *sem);
 
 /* ----------------------------------------------------------------- Event */
@@ -175,7 +175,7 @@ MP_EXPORT int mp_event_is_set(mp_event *ev);
  */
 MP_EXPORT int mp_event_wait(mp_event *ev, double timeout);
 
-/** @brief Free an Event. @return 0; 0 for NULL. */
+/** @brief Free an Event. @return 0; 0 for NULL; `-EINVAL` for a freed handle. */
 MP_EXPORT int mp_event_free(mp_event *ev);
 
 /* ------------------------------------------------------------- Condition */
@@ -187,7 +187,7 @@ typedef struct mp_condition mp_condition;
  * @brief Create a Condition over @p lock, or over an RLock of its own.
  * @param lock a Lock or RLock the caller keeps alive longer than the
  *             Condition, or NULL for a new RLock owned by the Condition.
- * @return 0; `-EINVAL` for NULL @p ret; `-ENOMEM`.
+ * @return 0; `-EINVAL` for NULL @p ret or a freed @p lock; `-ENOMEM`.
  */
 MP_EXPORT int mp_condition_new(mp_lock *lock, mp_condition **ret);
 
@@ -222,7 +222,9 @@ MP_EXPORT int mp_condition_wait(mp_condition *cond, double timeout);
  * Checks the predicate first, then waits for notifies, checking after each,
  * all within one deadline; the lock must be held and is held on return.
  * @return 0 when the predicate became true; `-ETIMEDOUT` when it is still
- *         false at the deadline; `-EPERM`; `-EINVAL` for NULL arguments.
+ *         false at the deadline; `-EOWNERDEAD` when the lock was re-acquired
+ *         from a holder that died (held; the predicate is not checked again);
+ *         `-EPERM`; `-EINVAL` for NULL arguments.
  */
 MP_EXPORT int mp_condition_wait_for(mp_condition *cond, int (*predicate)(void *arg), void *arg,
                                     double timeout);
@@ -242,7 +244,11 @@ MP_EXPORT int mp_condition_notify_all(mp_condition *cond);
 
 /**
  * @brief Free a Condition (and its own RLock, if it made one).
- * @return 0; 0 for NULL; `-EBUSY` when threads are waiting on it.
+ * @return 0; 0 for NULL; `-EBUSY` when threads are waiting on it, or when its
+ *         own RLock is held (nothing is freed then); `-EINVAL` for a freed
+ *         handle.
+ * A waiter killed while waiting stays counted: it may cause one spurious
+ * wake-up in a later waiter, and this call reports `-EBUSY` from then on.
  */
 MP_EXPORT int mp_condition_free(mp_condition *cond);
 
@@ -285,7 +291,10 @@ MP_EXPORT int mp_barrier_new(unsigned parties, mp_barrier_action action, void *a
  *         `BrokenBarrierError`), except the one whose action failed, which gets
  *         the action's code. `-EINVAL` for NULL or a NaN timeout.
  * A party that dies while waiting is not detected: the others wait until their
- * timeout breaks the barrier.
+ * timeout breaks the barrier. A process killed inside a barrier call's short
+ * critical section breaks the barrier (mp_barrier_reset() repairs it). A party
+ * kept from running (stopped) while its cycle and 64 more cycles end gets
+ * `-ECANCELED`, as its cycle's outcome is no longer known.
  */
 MP_EXPORT int mp_barrier_wait(mp_barrier *barrier, double timeout);
 
@@ -310,7 +319,11 @@ MP_EXPORT int mp_barrier_n_waiting(mp_barrier *barrier);
 /** @brief The number of parties. @return it, or `-EINVAL`. */
 MP_EXPORT int mp_barrier_parties(mp_barrier *barrier);
 
-/** @brief Free a Barrier. @return 0; 0 for NULL; `-EBUSY` while parties wait. */
+/**
+ * @brief Free a Barrier.
+ * @return 0; 0 for NULL; `-EBUSY` while parties wait or the action runs;
+ *         `-EINVAL` for a freed handle.
+ */
 MP_EXPORT int mp_barrier_free(mp_barrier *barrier);
 
 #ifdef __cplusplus
