@@ -1,0 +1,572 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Process: fork a child that runs a function; join, signal and watch it
+ * through a pidfd.
+ *
+ * Map of this file:
+ *   1. the handle and its protocol
+ *   2. per-process state (identity, the registry of children) and fork hooks
+ *   3. reaping and joining
+ *   4. the exit handler
+ *   5. public entry points
+ *
+ * 1. struct mp_process lives in the family heap, so every process of the
+ * family can read it; only its creator acts on it.
+ *   tag        written at creation and at free.
+ *   state      NEW -> STARTING -> STARTED -> ENDED, written by the creator only
+ *              (STARTING -> NEW again when a fork fails). ENDED is stored with
+ *              release after `exitcode`, so a reader that loads ENDED with
+ *              acquire sees the code, from any process.
+ *   pid        0 until started; written by the creator after fork and by the
+ *              child itself right after fork (the same value), so the child
+ *              never sees 0 in its own handle.
+ *   exitcode   written once by the creator when it reaps, before ENDED.
+ *   creator    the pid of the process that called mp_process_new(); constant.
+ *   pidfd      an fd number meaningful only in the creator: every call that
+ *              uses it first checks that the caller is the creator (-ECHILD).
+ *   daemon, target, arg, name, ident: constant after mp_process_new().
+ *   next, prev, picked: the creator's registry of children (section 2); only
+ *              the creator touches them, under its registry mutex.
+ * Crash: a creator that dies leaves its handles allocated in the heap (their
+ * pid and name stay readable; their exit code never becomes known) and its
+ * children are reparented by the kernel (daemons among them are killed by
+ * PR_SET_PDEATHSIG). A child that dies is reaped like any ended child.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ 1. the handle */
+
+enum { ST_NEW, ST_STARTING, ST_STARTED, ST_ENDED };
+
+#define NAME_MAX_LEN 63
+/* Daemons get this long after SIGTERM at the parent's exit before SIGKILL. */
+#define EXIT_GRACE_S 2.0
+
+struct mp_process {
+  mp__tag tag;
+  _Atomic uint32_t state;
+  _Atomic int32_t pid;
+  _Atomic int32_t exitcode;
+  int32_t creator;
+  int32_t pidfd;
+  int32_t daemon;
+  int32_t picked; /* chosen by the exit handler already (creator only) */
+  mp_process_target target;
+  void *arg;
+  struct mp_process *next, *prev;
+  char name[NAME_MAX_LEN + 1];
+  char ident[NAME_MAX_LEN + 1]; /* "1", "1:2": the position in the family tree */
+};
+
+/* The handle of a process that libmp did not start. Not in the heap: each
+ * process has its own (a plain fork's copy learns its new pid lazily). */
+static struct mp_process main_proc = {
+    .tag = MP__TAG_PROCESS,
+    .state = ST_STARTED,
+    .pidfd = -1,
+    .name = "MainProcess",
+};
+
+/* ------------------------------------------------------------ 2. per process */
+
+/* The children this process started, with the lock that guards the list and
+ * every reap (so that a join, active_children() and the exit handler in
+ * different threads never reap one child twice). Reset in every child. */
+static struct {
+  pthread_mutex_t mutex;
+  struct mp_process *head;
+  pid_t exit_owner; /* the process that registered exit_children() */
+  pid_t exit_done;  /* the process whose exit_children() has run */
+} reg = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+/* This process's pid, cached (glibc does not cache getpid) and cleared in
+ * every child by the fork hooks below. */
+static _Atomic pid_t self_pid_cache;
+/* The handle of this process when libmp started it, else NULL (MainProcess). */
+static struct mp_process *_Atomic current_proc;
+static pid_t parent_pid_value;
+static _Atomic unsigned name_counter;
+static char my_ident[NAME_MAX_LEN + 1];
+/* The handle being started by this thread, for the child's first moments. */
+static __thread struct mp_process *starting;
+
+static void registry_reset(void) {
+  pthread_mutex_init(&reg.mutex, NULL);
+  reg.head = NULL;
+}
+
+/* After any fork (libmp's or the program's own): the children of the parent
+ * are not this process's children, and its pid changed. */
+static void atfork_child(void) {
+  atomic_store(&self_pid_cache, 0);
+  registry_reset();
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void atfork_register(void) { pthread_atfork(NULL, NULL, atfork_child); }
+
+static pid_t self_pid(void) {
+  /* relaxed: the value is the process's own constant; a stale 0 only sends
+   * the caller down the slow path */
+  pid_t p = atomic_load_explicit(&self_pid_cache, memory_order_relaxed);
+  if (MP__LIKELY(p))
+    return p;
+  pthread_once(&atfork_once, atfork_register);
+  p = getpid();
+  if (!atomic_load(&current_proc))
+    atomic_store(&main_proc.pid, p);
+  atomic_store(&self_pid_cache, p);
+  return p;
+}
+
+static struct mp_process *current(void) {
+  struct mp_process *c = atomic_load(&current_proc);
+  return c ? c : &main_proc;
+}
+
+void mp__process_after_fork_child(void) {
+  struct mp_process *p = starting;
+  starting = NULL;
+  pid_t me = getpid();
+  pthread_once(&atfork_once, atfork_register);
+  atomic_store(&self_pid_cache, me);
+  registry_reset();
+  atomic_store(&name_counter, 0);
+  if (p) {
+    parent_pid_value = p->creator;
+    memcpy(my_ident, p->ident, sizeof my_ident);
+    atomic_store(&p->pid, me);
+    atomic_store(&current_proc, p);
+  } else {
+    /* Forked by another libmp area without a handle of its own: keep the
+     * identity, record the parent. */
+    parent_pid_value = getppid();
+  }
+}
+
+static void registry_link(struct mp_process *p) {
+  p->prev = NULL;
+  p->next = reg.head;
+  if (reg.head)
+    reg.head->prev = p;
+  reg.head = p;
+}
+
+static void registry_unlink(struct mp_process *p) {
+  if (p->prev)
+    p->prev->next = p->next;
+  else if (reg.head == p)
+    reg.head = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  p->next = p->prev = NULL;
+}
+
+/* ------------------------------------------------------------ 3. reaping */
+
+static int send_signal(struct mp_process *p, int sig) {
+  if (syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) < 0 && errno != ESRCH)
+    return -errno;
+  return 0;
+}
+
+/* With reg.mutex held, on a started handle: reap the child if it has ended.
+ * Returns 1 when ended (exit code recorded), 0 while it runs. */
+static int reap_locked(struct mp_process *p) {
+  if (atomic_load_explicit(&p->state, memory_order_relaxed) == ST_ENDED)
+    return 1;
+  siginfo_t si;
+  si.si_pid = 0;
+  int code;
+  if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOHANG) < 0) {
+    if (errno != ECHILD)
+      return -errno;
+    /* The status was collected elsewhere (SIGCHLD ignored, or the program's
+     * own waitpid(-1)): the child is gone and its code unknowable. */
+    code = 0;
+  } else if (si.si_pid == 0) {
+    return 0;
+  } else {
+    code = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
+  }
+  atomic_store_explicit(&p->exitcode, code, memory_order_relaxed); /* published by state */
+  atomic_store_explicit(&p->state, ST_ENDED, memory_order_release);
+  return 1;
+}
+
+static int reap(struct mp_process *p) {
+  pthread_mutex_lock(&reg.mutex);
+  int r = reap_locked(p);
+  pthread_mutex_unlock(&reg.mutex);
+  return r;
+}
+
+/* Join a started handle of this process within the deadline. */
+static int join_until(struct mp_process *p, const mp__deadline *d) {
+  for (;;) {
+    if (atomic_load_explicit(&p->state, memory_order_acquire) == ST_ENDED)
+      return 0;
+    if (d->forever) {
+      /* Sleep until it is waitable without reaping, so that the reap itself
+       * happens under the registry lock. */
+      siginfo_t si;
+      if (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOWAIT) < 0 && errno != EINTR &&
+          errno != ECHILD)
+        return -errno;
+      int r = reap(p);
+      if (r != 0)
+        return r < 0 ? r : 0;
+      continue; /* a signal woke us */
+    }
+    int r = reap(p);
+    if (r != 0)
+      return r < 0 ? r : 0;
+    if (d->nowait || mp__deadline_passed(d))
+      return -ETIMEDOUT;
+    struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
+    if (poll(&pfd, 1, mp__deadline_poll_ms(d)) < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+/* ------------------------------------------------------------ 4. at exit */
+
+/* The next started child of this process with the given daemon flag that the
+ * exit handler has not taken yet, or NULL. */
+static struct mp_process *exit_pick(int daemon) {
+  pthread_mutex_lock(&reg.mutex);
+  struct mp_process *p = reg.head;
+  for (; p; p = p->next) {
+    if (!p->picked && p->daemon == daemon &&
+        atomic_load_explicit(&p->state, memory_order_relaxed) == ST_STARTED) {
+      p->picked = 1;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&reg.mutex);
+  return p;
+}
+
+/* Registered with atexit() at a process's first start, and called by a libmp
+ * child after its target returns. Terminates and joins the daemon children
+ * (SIGKILL for one that outlives SIGTERM by EXIT_GRACE_S), then joins the
+ * others. Does nothing in any process but the one that registered it: a child
+ * inherits the registration and may call exit(). */
+static void exit_children(void) {
+  pid_t me = self_pid();
+  pthread_mutex_lock(&reg.mutex);
+  if (reg.exit_owner != me || reg.exit_done == me) {
+    pthread_mutex_unlock(&reg.mutex);
+    return;
+  }
+  reg.exit_done = me;
+  for (struct mp_process *p = reg.head; p; p = p->next)
+    if (p->daemon && atomic_load_explicit(&p->state, memory_order_relaxed) == ST_STARTED &&
+        reap_locked(p) == 0)
+      send_signal(p, SIGTERM);
+  pthread_mutex_unlock(&reg.mutex);
+
+  mp__deadline grace, forever;
+  mp__deadline_init(&grace, EXIT_GRACE_S);
+  mp__deadline_init(&forever, MP_FOREVER);
+  struct mp_process *p;
+  while ((p = exit_pick(1))) {
+    if (join_until(p, &grace) == -ETIMEDOUT) {
+      send_signal(p, SIGKILL);
+      join_until(p, &forever);
+    }
+  }
+  while ((p = exit_pick(0)))
+    join_until(p, &forever);
+  mp__shm_at_exit(); /* the children are gone: unlink the blocks they left */
+}
+
+static int exit_register(pid_t me) {
+  int r = 0;
+  pthread_mutex_lock(&reg.mutex);
+  if (reg.exit_owner != me) {
+    if (atexit(exit_children) != 0)
+      r = -ENOMEM;
+    else
+      reg.exit_owner = me;
+  }
+  pthread_mutex_unlock(&reg.mutex);
+  return r;
+}
+
+/* ------------------------------------------------------------ 5. public */
+
+static void copy_truncated(char *dst, size_t size, const char *src) {
+  size_t len = strnlen(src, size - 1);
+  memcpy(dst, src, len);
+  dst[len] = 0;
+}
+
+MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_process_options *opts,
+                             mp_process **ret) {
+  if (!target || !ret)
+    return -EINVAL;
+  const char *name = opts ? opts->name : NULL;
+  if (name && strnlen(name, NAME_MAX_LEN + 1) > NAME_MAX_LEN)
+    return -EINVAL;
+  struct mp_process *p = mp__object_new(sizeof *p, MP__TAG_PROCESS);
+  if (!p)
+    return -ENOMEM;
+  p->creator = self_pid();
+  p->pidfd = -1;
+  p->daemon = (opts && opts->daemon) || current()->daemon;
+  p->target = target;
+  p->arg = arg;
+  /* A family deeper than a name can tell keeps a truncated identity. */
+  char buf[2 * sizeof p->ident];
+  unsigned n = atomic_fetch_add(&name_counter, 1) + 1;
+  snprintf(buf, sizeof buf, my_ident[0] ? "%s:%u" : "%s%u", my_ident, n);
+  copy_truncated(p->ident, sizeof p->ident, buf);
+  if (!name) {
+    snprintf(buf, sizeof buf, "Process-%s", p->ident);
+    name = buf;
+  }
+  copy_truncated(p->name, sizeof p->name, name);
+  *ret = p;
+  return 0;
+}
+
+/* The child's side of mp_process_start(); never returns. */
+static _Noreturn void child_main(struct mp_process *p, pid_t parent) {
+  mp__process_after_fork_child();
+  if (p->daemon) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) /* the parent died before the request took hold */
+      raise(SIGKILL);
+  }
+  int r = p->target(p->arg);
+  exit_children();
+  mp__shm_at_exit(); /* a normal end: unlink this process's tracked blocks */
+  fflush(NULL);
+  _exit(r & 0xff);
+}
+
+MP_EXPORT int mp_process_start(mp_process *p) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  pid_t me = self_pid();
+  if (p->creator != me)
+    return -ECHILD;
+  if (current()->daemon)
+    return -EPERM;
+  uint32_t expected = ST_NEW;
+  if (!atomic_compare_exchange_strong(&p->state, &expected, ST_STARTING))
+    return -EALREADY;
+  int r = mp__heap_ensure();
+  if (r == 0)
+    r = exit_register(me);
+  if (r < 0)
+    goto undo;
+
+  fflush(NULL); /* else buffered output would be written by both processes */
+  starting = p;
+  pid_t pid = fork();
+  if (pid == 0)
+    child_main(p, me);
+  starting = NULL;
+  if (pid < 0) {
+    r = -errno;
+    goto undo;
+  }
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by default */
+  if (fd < 0) {
+    r = -errno;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    goto undo;
+  }
+  p->pidfd = fd;
+  atomic_store(&p->pid, pid);
+  pthread_mutex_lock(&reg.mutex);
+  registry_link(p);
+  atomic_store(&p->state, ST_STARTED);
+  pthread_mutex_unlock(&reg.mutex);
+  return 0;
+
+undo:
+  atomic_store(&p->state, ST_NEW);
+  return r;
+}
+
+/* Common checks of the calls that need the pidfd: a handle of this process
+ * that has been started. */
+static int check_owned_started(struct mp_process *p) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  if (p->creator != self_pid())
+    return -ECHILD;
+  if (atomic_load(&p->state) < ST_STARTED)
+    return -EINVAL;
+  return 0;
+}
+
+MP_EXPORT int mp_process_join(mp_process *p, double timeout) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  if (p == current())
+    return -EDEADLK;
+  int r = check_owned_started(p);
+  if (r < 0)
+    return r;
+  mp__deadline d;
+  r = mp__deadline_init(&d, timeout);
+  return r < 0 ? r : join_until(p, &d);
+}
+
+MP_EXPORT int mp_process_is_alive(mp_process *p) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  if (p == current())
+    return 1;
+  if (p->creator != self_pid())
+    return -ECHILD;
+  if (atomic_load(&p->state) < ST_STARTED)
+    return 0;
+  int r = reap(p);
+  return r < 0 ? r : !r;
+}
+
+static int signal_process(struct mp_process *p, int sig) {
+  int r = check_owned_started(p);
+  if (r < 0)
+    return r;
+  if (atomic_load(&p->state) == ST_ENDED)
+    return 0;
+  /* Safe even if another thread reaps meanwhile: the pidfd still names the
+   * (now gone) process, never a new one with the same pid. */
+  return send_signal(p, sig);
+}
+
+MP_EXPORT int mp_process_terminate(mp_process *p) { return signal_process(p, SIGTERM); }
+MP_EXPORT int mp_process_kill(mp_process *p) { return signal_process(p, SIGKILL); }
+
+MP_EXPORT int mp_process_exitcode(mp_process *p, int *code) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS) || !code)
+    return -EINVAL;
+  if (atomic_load_explicit(&p->state, memory_order_acquire) != ST_ENDED)
+    return 0;
+  *code = atomic_load_explicit(&p->exitcode, memory_order_relaxed); /* ordered by state */
+  return 1;
+}
+
+MP_EXPORT int mp_process_pid(mp_process *p) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  return atomic_load(&p->pid);
+}
+
+MP_EXPORT int mp_process_name(mp_process *p, const char **ret) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS) || !ret)
+    return -EINVAL;
+  *ret = p->name;
+  return 0;
+}
+
+MP_EXPORT int mp_process_daemon(mp_process *p) {
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  return p->daemon != 0;
+}
+
+MP_EXPORT int mp_process_sentinel(mp_process *p) {
+  int r = check_owned_started(p);
+  return r < 0 ? r : p->pidfd;
+}
+
+MP_EXPORT int mp_process_free(mp_process *p) {
+  if (!p)
+    return 0;
+  if (!mp__tag_ok(p, MP__TAG_PROCESS))
+    return -EINVAL;
+  if (p->creator != self_pid())
+    return -ECHILD; /* also MainProcess, which no one created */
+  pthread_mutex_lock(&reg.mutex);
+  uint32_t st = atomic_load(&p->state);
+  if (st == ST_STARTING) {
+    pthread_mutex_unlock(&reg.mutex);
+    return -EBUSY;
+  }
+  if (st != ST_NEW) {
+    int r = reap_locked(p);
+    if (r <= 0) {
+      pthread_mutex_unlock(&reg.mutex);
+      return r < 0 ? r : -EBUSY;
+    }
+    registry_unlink(p);
+  }
+  pthread_mutex_unlock(&reg.mutex);
+  if (p->pidfd >= 0)
+    close(p->pidfd);
+  mp__object_free(p);
+  return 0;
+}
+
+MP_EXPORT int mp_process_current(mp_process **ret) {
+  if (!ret)
+    return -EINVAL;
+  self_pid(); /* makes sure MainProcess knows its pid */
+  *ret = current();
+  return 0;
+}
+
+MP_EXPORT int mp_process_parent_pid(void) { return parent_pid_value; }
+
+MP_EXPORT int mp_process_active_children(mp_process **out, size_t cap) {
+  if (!out && cap)
+    return -EINVAL;
+  size_t n = 0;
+  pthread_mutex_lock(&reg.mutex);
+  for (struct mp_process *p = reg.head; p; p = p->next) {
+    if (atomic_load_explicit(&p->state, memory_order_relaxed) != ST_STARTED || reap_locked(p) != 0)
+      continue;
+    if (n < cap)
+      out[n] = p;
+    n++;
+  }
+  pthread_mutex_unlock(&reg.mutex);
+  return (int)n;
+}
+
+MP_EXPORT int mp_cpu_count(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    return n > 0 ? n : 1;
+  }
+  /* More CPUs than a cpu_set_t holds: grow the mask until the kernel's fits. */
+  for (int cpus = 2 * CPU_SETSIZE; errno == EINVAL && cpus <= (1 << 22); cpus *= 2) {
+    cpu_set_t *s = CPU_ALLOC(cpus);
+    if (!s)
+      break;
+    size_t size = CPU_ALLOC_SIZE(cpus);
+    if (sched_getaffinity(0, size, s) == 0) {
+      int n = CPU_COUNT_S(size, s);
+      CPU_FREE(s);
+      return n > 0 ? n : 1;
+    }
+    int e = errno;
+    CPU_FREE(s);
+    errno = e;
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}

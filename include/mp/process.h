@@ -10,8 +10,10 @@
  * `-signum` when the child was killed by a signal.
  *
  * At the parent's normal exit (return from main or exit()), libmp terminates
- * and joins its daemon children, then joins its non-daemon children, as Python
- * does. Daemon children also die when the parent dies any other way, SIGKILL
+ * and joins its daemon children (SIGTERM, then SIGKILL for a daemon still
+ * running 2 s later), then joins its non-daemon children, as Python does. A
+ * libmp child does the same for its own children when its target returns.
+ * Daemon children also die when the parent dies any other way, SIGKILL
  * included (`PR_SET_PDEATHSIG`, tied to the thread that started them: start
  * daemons from a thread that lives as long as they should).
  *
@@ -19,8 +21,13 @@
  * read its pid, name and exit code; only the process that started it may join,
  * signal or poll it (others get `-ECHILD`), as in Python.
  *
+ * The exit code comes from reaping the child. A program that reaps children
+ * itself (`waitpid(-1, ...)`, or SIGCHLD set to SIG_IGN) may take the status
+ * first: the process then counts as ended with exit code 0.
+ *
  * Thread safety: distinct handles may be used from distinct threads; one handle
- * must not be joined or freed by two threads at once.
+ * must not be joined or freed by two threads at once. Starting processes from
+ * several threads at once is safe.
  */
 #ifndef MP_PROCESS_H
 #define MP_PROCESS_H
@@ -42,8 +49,10 @@ typedef int (*mp_process_target)(void *arg);
 
 /** Options for mp_process_new(). Zeroed fields (or NULL) mean the default. */
 typedef struct mp_process_options {
-  /** NULL for "Process-N" (N counts the processes this process created). At
-   *  most 63 bytes. */
+  /** NULL for "Process-N" (N counts the processes this process created);
+   *  in a libmp child the count is prefixed with the child's own position:
+   *  the children of "Process-2" are "Process-2:1", "Process-2:2"... At most
+   *  63 bytes. */
   const char *name;
   /** Non-zero: terminated at the parent's exit and killed at its death. Zero:
    *  as the creating process (a daemon's children would be daemons, but a
@@ -64,6 +73,10 @@ MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_proce
 
 /**
  * @brief Fork and run the target in the child.
+ *
+ * The child returns from `target` into `_exit(ret & 0xff)` after joining its
+ * own children and flushing stdio. mp_process_current() in the child gives
+ * @p proc; mp_process_parent_pid() the caller's pid.
  * @return 0; `-EALREADY` when started before (a process runs once);
  *         `-ECHILD` when called from another process than the creator;
  *         `-EPERM` when the calling process is a daemon (as in Python);
@@ -83,8 +96,9 @@ MP_EXPORT int mp_process_join(mp_process *proc, double timeout);
 
 /**
  * @brief Whether the process has started and not yet ended.
- * @return 1 or 0 (0 before start); `-ECHILD` from another process than its
- *         parent; `-EINVAL`. Never blocks; reaps the child if it has ended.
+ * @return 1 or 0 (0 before start); 1 for the calling process's own handle;
+ *         `-ECHILD` from another process than its parent; `-EINVAL`. Never
+ *         blocks; reaps the child if it has ended.
  */
 MP_EXPORT int mp_process_is_alive(mp_process *proc);
 

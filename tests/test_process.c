@@ -1,0 +1,1092 @@
+/* SPDX-License-Identifier: MIT */
+/* Process: start, join, exit codes, signals, names, exit behaviour, identity. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <mp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static int return_arg(void *arg) { return (int)(intptr_t)arg; }
+
+/* Sleep arg milliseconds, then return 0; arg 0: sleep until killed. */
+static int sleeper(void *arg) {
+  signal(SIGALRM, SIG_DFL);
+  alarm(60); /* never outlive a broken test for long */
+  intptr_t ms = (intptr_t)arg;
+  if (ms > 0) {
+    tu_sleep((double)ms / 1000.0);
+    return 0;
+  }
+  for (;;)
+    pause();
+}
+
+static mp_process *start(mp_process_target target, void *arg, const mp_process_options *opts) {
+  mp_process *p = NULL;
+  assert_int_equal(mp_process_new(target, arg, opts, &p), 0);
+  assert_non_null(p);
+  assert_int_equal(mp_process_start(p), 0);
+  return p;
+}
+
+/* Join, check the exit code, free. */
+static void join_expect(mp_process *p, int expected) {
+  int code = 12345;
+  assert_int_equal(mp_process_join(p, MP_FOREVER), 0);
+  assert_int_equal(mp_process_exitcode(p, &code), 1);
+  assert_int_equal(code, expected);
+  assert_int_equal(mp_process_is_alive(p), 0);
+  assert_int_equal(mp_process_free(p), 0);
+}
+
+/* Read until EOF or `timeout` seconds. Returns the length, or -1 on timeout. */
+static int read_all(int fd, char *buf, size_t cap, double timeout) {
+  size_t n = 0;
+  double end = tu_now() + timeout;
+  for (;;) {
+    double left = end - tu_now();
+    if (left <= 0)
+      return -1;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int r = poll(&pfd, 1, (int)(left * 1000) + 1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      continue;
+    ssize_t k = read(fd, buf + n, cap - n);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0)
+      return (int)n;
+    n += (size_t)k;
+    if (n == cap)
+      return (int)n;
+  }
+}
+
+static void write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len) {
+    ssize_t k = write(fd, p, len);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0)
+      return;
+    p += k;
+    len -= (size_t)k;
+  }
+}
+
+/* ------------------------------------------------------------ exit codes */
+
+static void test_process_exit_codes(void **state) {
+  (void)state;
+  /* The kernel keeps the low 8 bits of the value given to _exit. */
+  static const int given[] = {0, 1, 42, 255, 256, 300, -1};
+  static const int expected[] = {0, 1, 42, 255, 0, 44, 255};
+  for (size_t i = 0; i < sizeof given / sizeof given[0]; i++) {
+    mp_process *p;
+    int code = -7;
+    assert_int_equal(mp_process_new(return_arg, (void *)(intptr_t)given[i], NULL, &p), 0);
+    assert_int_equal(mp_process_pid(p), 0);
+    assert_int_equal(mp_process_exitcode(p, &code), 0); /* not started: None */
+    assert_int_equal(code, -7);
+    assert_int_equal(mp_process_is_alive(p), 0);
+    assert_int_equal(mp_process_start(p), 0);
+    assert_true(mp_process_pid(p) > 0);
+    join_expect(p, expected[i]);
+  }
+}
+
+static int segv_target(void *arg) {
+  (void)arg;
+  struct rlimit rl = {0, 0};
+  setrlimit(RLIMIT_CORE, &rl);
+  signal(SIGSEGV, SIG_DFL); /* a sanitizer's handler would turn it into an exit */
+  raise(SIGSEGV);
+  return 0;
+}
+
+static void test_process_signal_exit_codes(void **state) {
+  (void)state;
+  mp_process *p = start(sleeper, NULL, NULL);
+  int code = 0;
+  assert_int_equal(mp_process_exitcode(p, &code), 0); /* running: None */
+  assert_int_equal(mp_process_kill(p), 0);
+  join_expect(p, -SIGKILL);
+
+  p = start(sleeper, NULL, NULL);
+  assert_int_equal(mp_process_terminate(p), 0);
+  assert_int_equal(mp_process_join(p, MP_FOREVER), 0);
+  /* Once reaped, signals are a no-op, not an error. */
+  assert_int_equal(mp_process_terminate(p), 0);
+  assert_int_equal(mp_process_kill(p), 0);
+  join_expect(p, -SIGTERM);
+
+  p = start(segv_target, NULL, NULL);
+  join_expect(p, -SIGSEGV);
+}
+
+/* ------------------------------------------------------------ join */
+
+static void test_process_join_timeouts(void **state) {
+  (void)state;
+  mp_process *p = start(sleeper, NULL, NULL);
+  double t0 = tu_now();
+  assert_int_equal(mp_process_join(p, MP_NOWAIT), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 0.5);
+
+  t0 = tu_now();
+  assert_int_equal(mp_process_join(p, 0.2), -ETIMEDOUT);
+  double el = tu_now() - t0;
+  assert_true(el >= 0.2 - 0.01);
+  assert_true(el < 2.0);
+  assert_int_equal(mp_process_is_alive(p), 1);
+  assert_int_equal(mp_process_join(p, NAN), -EINVAL);
+  assert_int_equal(mp_process_kill(p), 0);
+  join_expect(p, -SIGKILL);
+
+  /* A join with a long timeout returns as soon as the child ends. */
+  p = start(sleeper, (void *)(intptr_t)200, NULL);
+  t0 = tu_now();
+  assert_int_equal(mp_process_join(p, 30.0), 0);
+  el = tu_now() - t0;
+  assert_true(el < 5.0);
+  join_expect(p, 0);
+}
+
+static int sleep_then_return(void *arg) {
+  tu_sleep(0.4);
+  return (int)(intptr_t)arg;
+}
+
+static void test_process_join_signals_neither_end_nor_stretch(void **state) {
+  (void)state;
+  mp_process *p = start(sleeper, NULL, NULL);
+  tu_signals_start(0.05, 0.05);
+  double t0 = tu_now();
+  int r = mp_process_join(p, 0.5);
+  double el = tu_now() - t0;
+  int seen = tu_signals_stop();
+  assert_int_equal(r, -ETIMEDOUT);
+  assert_true(seen >= 2);
+  assert_true(el >= 0.5 - 0.01);
+  assert_true(el < 2.5);
+  assert_int_equal(mp_process_kill(p), 0);
+  join_expect(p, -SIGKILL);
+
+  /* Forever and long timeouts: signals do not end them; the child's exit does. */
+  double timeouts[] = {MP_FOREVER, 30.0};
+  for (int i = 0; i < 2; i++) {
+    t0 = tu_now();
+    p = start(sleep_then_return, (void *)(intptr_t)(7 + i), NULL);
+    tu_signals_start(0.05, 0.05);
+    r = mp_process_join(p, timeouts[i]);
+    el = tu_now() - t0;
+    seen = tu_signals_stop();
+    assert_int_equal(r, 0);
+    assert_true(seen >= 2);
+    assert_true(el >= 0.4 - 0.01);
+    assert_true(el < 5.0);
+    join_expect(p, 7 + i);
+  }
+}
+
+/* ------------------------------------------------------------ state */
+
+static void test_process_is_alive_transitions(void **state) {
+  (void)state;
+  mp_process *p;
+  assert_int_equal(mp_process_new(sleep_then_return, (void *)(intptr_t)3, NULL, &p), 0);
+  assert_int_equal(mp_process_is_alive(p), 0);
+  assert_int_equal(mp_process_start(p), 0);
+  assert_int_equal(mp_process_is_alive(p), 1);
+  /* is_alive itself notices the end and reaps: the code is known, no join. */
+  double end = tu_now() + 10;
+  while (mp_process_is_alive(p) == 1 && tu_now() < end)
+    tu_sleep(0.01);
+  assert_int_equal(mp_process_is_alive(p), 0);
+  int code = 0;
+  assert_int_equal(mp_process_exitcode(p, &code), 1);
+  assert_int_equal(code, 3);
+  assert_int_equal(mp_process_join(p, MP_NOWAIT), 0); /* already ended */
+  join_expect(p, 3);
+}
+
+static void test_process_sentinel_pollable(void **state) {
+  (void)state;
+  mp_process *p;
+  assert_int_equal(mp_process_new(sleep_then_return, (void *)(intptr_t)5, NULL, &p), 0);
+  assert_int_equal(mp_process_sentinel(p), -EINVAL); /* not started */
+  assert_int_equal(mp_process_start(p), 0);
+  int fd = mp_process_sentinel(p);
+  assert_true(fd >= 0);
+  assert_int_equal(mp_process_sentinel(p), fd);
+  int fl = fcntl(fd, F_GETFD);
+  assert_true(fl >= 0 && (fl & FD_CLOEXEC)); /* never inherited by exec'd programs */
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  assert_int_equal(poll(&pfd, 1, 0), 0); /* still running */
+  double end = tu_now() + 10;
+  int r = 0;
+  while (r == 0 && tu_now() < end) {
+    r = poll(&pfd, 1, 50);
+    if (r < 0 && errno == EINTR)
+      r = 0;
+  }
+  assert_int_equal(r, 1);
+  assert_true(pfd.revents & POLLIN);
+  assert_int_equal(mp_process_is_alive(p), 0);
+  join_expect(p, 5);
+}
+
+static void test_process_double_start(void **state) {
+  (void)state;
+  mp_process *p = start(sleeper, (void *)(intptr_t)100, NULL);
+  assert_int_equal(mp_process_start(p), -EALREADY);
+  assert_int_equal(mp_process_join(p, MP_FOREVER), 0);
+  assert_int_equal(mp_process_start(p), -EALREADY); /* a process runs once */
+  join_expect(p, 0);
+}
+
+static void test_process_free(void **state) {
+  (void)state;
+  mp_process *p;
+  assert_int_equal(mp_process_free(NULL), 0);
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &p), 0);
+  assert_int_equal(mp_process_free(p), 0); /* never started */
+
+  p = start(sleeper, NULL, NULL);
+  assert_int_equal(mp_process_free(p), -EBUSY);
+  assert_int_equal(mp_process_is_alive(p), 1); /* nothing was freed */
+  assert_int_equal(mp_process_kill(p), 0);
+  struct pollfd pfd = {.fd = mp_process_sentinel(p), .events = POLLIN};
+  while (poll(&pfd, 1, 10000) < 0 && errno == EINTR) {
+  }
+  assert_true(pfd.revents & POLLIN);
+  assert_int_equal(mp_process_free(p), 0); /* ended, never joined: reaped here */
+  /* A freed handle is recognised in the common case. */
+  assert_int_equal(mp_process_join(p, 0), -EINVAL);
+  assert_int_equal(mp_process_free(p), -EINVAL);
+}
+
+static void test_process_errors(void **state) {
+  (void)state;
+  mp_process *p;
+  int code;
+  const char *s;
+  assert_int_equal(mp_process_new(NULL, NULL, NULL, &p), -EINVAL);
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, NULL), -EINVAL);
+  assert_int_equal(mp_process_start(NULL), -EINVAL);
+  assert_int_equal(mp_process_join(NULL, 0), -EINVAL);
+  assert_int_equal(mp_process_is_alive(NULL), -EINVAL);
+  assert_int_equal(mp_process_terminate(NULL), -EINVAL);
+  assert_int_equal(mp_process_kill(NULL), -EINVAL);
+  assert_int_equal(mp_process_exitcode(NULL, &code), -EINVAL);
+  assert_int_equal(mp_process_pid(NULL), -EINVAL);
+  assert_int_equal(mp_process_name(NULL, &s), -EINVAL);
+  assert_int_equal(mp_process_daemon(NULL), -EINVAL);
+  assert_int_equal(mp_process_sentinel(NULL), -EINVAL);
+  assert_int_equal(mp_process_current(NULL), -EINVAL);
+  assert_int_equal(mp_process_active_children(NULL, 1), -EINVAL);
+
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &p), 0);
+  assert_int_equal(mp_process_exitcode(p, NULL), -EINVAL);
+  assert_int_equal(mp_process_name(p, NULL), -EINVAL);
+  assert_int_equal(mp_process_join(p, 0), -EINVAL); /* not started */
+  assert_int_equal(mp_process_terminate(p), -EINVAL);
+  assert_int_equal(mp_process_kill(p), -EINVAL);
+  assert_int_equal(mp_process_free(p), 0);
+
+  void *junk = mp_heap_calloc(1, 256); /* a heap block that is not a process */
+  assert_non_null(junk);
+  assert_int_equal(mp_process_start(junk), -EINVAL);
+  assert_int_equal(mp_process_join(junk, 0), -EINVAL);
+  assert_int_equal(mp_process_free(junk), -EINVAL);
+  assert_int_equal(mp_heap_free(junk), 0);
+}
+
+/* ------------------------------------------------------------ names */
+
+/* In a child named by default: its own children count on from its identity,
+ * down `depth` more generations. */
+static int names_target(void *arg) {
+  intptr_t depth = (intptr_t)arg;
+  mp_process *cur, *a, *b;
+  const char *me, *na, *nb;
+  char want[128];
+  CHILD_CHECK(mp_process_current(&cur) == 0);
+  CHILD_CHECK(mp_process_name(cur, &me) == 0);
+  CHILD_CHECK(strncmp(me, "Process-", 8) == 0);
+  CHILD_CHECK(mp_process_new(names_target, (void *)(depth - 1), NULL, &a) == 0);
+  CHILD_CHECK(mp_process_new(return_arg, NULL, NULL, &b) == 0);
+  CHILD_CHECK(mp_process_name(a, &na) == 0 && mp_process_name(b, &nb) == 0);
+  snprintf(want, sizeof want, "%s:1", me);
+  CHILD_CHECK(strcmp(na, want) == 0);
+  snprintf(want, sizeof want, "%s:2", me);
+  CHILD_CHECK(strcmp(nb, want) == 0);
+  if (depth > 0) {
+    int code = -1;
+    CHILD_CHECK(mp_process_start(a) == 0);
+    CHILD_CHECK(mp_process_join(a, MP_FOREVER) == 0);
+    CHILD_CHECK(mp_process_exitcode(a, &code) == 1 && code == 0);
+  }
+  CHILD_CHECK(mp_process_free(a) == 0 && mp_process_free(b) == 0);
+  return 0;
+}
+
+/* In a child with a given name: the identity, not the name, prefixes. */
+static int named_child_target(void *arg) {
+  (void)arg;
+  mp_process *cur, *a;
+  const char *me, *na;
+  CHILD_CHECK(mp_process_current(&cur) == 0 && mp_process_name(cur, &me) == 0);
+  CHILD_CHECK(strcmp(me, "worker") == 0);
+  CHILD_CHECK(mp_process_new(return_arg, NULL, NULL, &a) == 0 && mp_process_name(a, &na) == 0);
+  size_t len = strlen(na);
+  CHILD_CHECK(strncmp(na, "Process-", 8) == 0 && len > 10 && strcmp(na + len - 2, ":1") == 0);
+  CHILD_CHECK(mp_process_free(a) == 0);
+  return 0;
+}
+
+static void test_process_names(void **state) {
+  (void)state;
+  mp_process *a, *b, *c;
+  const char *na, *nb;
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &a), 0);
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &b), 0);
+  assert_int_equal(mp_process_name(a, &na), 0);
+  assert_int_equal(mp_process_name(b, &nb), 0);
+  unsigned ia, ib;
+  char tail;
+  assert_int_equal(sscanf(na, "Process-%u%c", &ia, &tail), 1);
+  assert_int_equal(sscanf(nb, "Process-%u%c", &ib, &tail), 1);
+  assert_int_equal(ib, ia + 1);
+  assert_int_equal(mp_process_free(a), 0);
+  assert_int_equal(mp_process_free(b), 0);
+
+  /* Given names, up to 63 bytes. */
+  char name[80];
+  memset(name, 'n', sizeof name);
+  name[63] = 0;
+  mp_process_options o = {.name = name};
+  assert_int_equal(mp_process_new(return_arg, NULL, &o, &a), 0);
+  assert_int_equal(mp_process_name(a, &na), 0);
+  assert_string_equal(na, name);
+  assert_int_equal(mp_process_free(a), 0);
+  name[63] = 'n';
+  name[64] = 0;
+  c = NULL;
+  assert_int_equal(mp_process_new(return_arg, NULL, &o, &c), -EINVAL);
+  assert_null(c);
+
+  /* Default names in children and grandchildren. */
+  a = start(names_target, (void *)(intptr_t)2, NULL);
+  join_expect(a, 0);
+  o.name = "worker";
+  a = start(named_child_target, NULL, &o);
+  assert_int_equal(mp_process_name(a, &na), 0);
+  assert_string_equal(na, "worker");
+  join_expect(a, 0);
+}
+
+/* ------------------------------------------------------------ other processes */
+
+struct foreign_arg {
+  mp_process *sibling;   /* started by the test process */
+  mp_process *unstarted; /* created by the test process */
+  mp_process *parent;    /* the grandchild's parent's handle, or NULL */
+  int sibling_pid;
+  int depth;
+};
+
+/* Every pidfd call on a handle another process started gives -ECHILD. */
+static int foreign_target(void *arg) {
+  struct foreign_arg *fa = arg;
+  mp_process *s = fa->sibling;
+  CHILD_CHECK(mp_process_join(s, 0) == -ECHILD);
+  CHILD_CHECK(mp_process_join(s, MP_FOREVER) == -ECHILD);
+  CHILD_CHECK(mp_process_is_alive(s) == -ECHILD);
+  CHILD_CHECK(mp_process_terminate(s) == -ECHILD);
+  CHILD_CHECK(mp_process_kill(s) == -ECHILD);
+  CHILD_CHECK(mp_process_sentinel(s) == -ECHILD);
+  CHILD_CHECK(mp_process_free(s) == -ECHILD);
+  CHILD_CHECK(mp_process_start(fa->unstarted) == -ECHILD);
+  CHILD_CHECK(mp_process_free(fa->unstarted) == -ECHILD);
+  /* Shared fields stay readable. */
+  CHILD_CHECK(mp_process_pid(s) == fa->sibling_pid);
+  const char *n;
+  CHILD_CHECK(mp_process_name(s, &n) == 0 && strncmp(n, "Process-", 8) == 0);
+  int code = 99;
+  CHILD_CHECK(mp_process_exitcode(s, &code) == 0 && code == 99);
+  if (fa->parent) {
+    CHILD_CHECK(mp_process_join(fa->parent, 0) == -ECHILD);
+    CHILD_CHECK(mp_process_is_alive(fa->parent) == -ECHILD);
+  }
+  mp_process *cur;
+  CHILD_CHECK(mp_process_current(&cur) == 0);
+  CHILD_CHECK(mp_process_join(cur, 0) == -EDEADLK);
+  CHILD_CHECK(mp_process_is_alive(cur) == 1);
+  if (fa->depth > 0) {
+    struct foreign_arg g = *fa;
+    g.parent = cur;
+    g.depth = fa->depth - 1;
+    mp_process *gc;
+    CHILD_CHECK(mp_process_new(foreign_target, &g, NULL, &gc) == 0);
+    CHILD_CHECK(mp_process_start(gc) == 0);
+    CHILD_CHECK(mp_process_join(gc, MP_FOREVER) == 0);
+    CHILD_CHECK(mp_process_exitcode(gc, &code) == 1);
+    CHILD_CHECK(code == 0);
+    CHILD_CHECK(mp_process_free(gc) == 0);
+  }
+  return 0;
+}
+
+static int read_exitcode_target(void *arg) {
+  int code = 0;
+  CHILD_CHECK(mp_process_exitcode(arg, &code) == 1);
+  CHILD_CHECK(code == -SIGKILL);
+  CHILD_CHECK(mp_process_join(arg, 0) == -ECHILD);
+  return 0;
+}
+
+static void test_process_echild_from_other_processes(void **state) {
+  (void)state;
+  struct foreign_arg fa = {0};
+  fa.sibling = start(sleeper, NULL, NULL);
+  fa.sibling_pid = mp_process_pid(fa.sibling);
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &fa.unstarted), 0);
+  fa.depth = 1; /* the child checks, then its child (the grandchild) too */
+  mp_process *c = start(foreign_target, &fa, NULL);
+  join_expect(c, 0);
+  assert_int_equal(mp_process_is_alive(fa.sibling), 1); /* untouched by them */
+  assert_int_equal(mp_process_kill(fa.sibling), 0);
+  assert_int_equal(mp_process_join(fa.sibling, MP_FOREVER), 0);
+  /* Once reaped, the exit code is readable by any process of the family. */
+  c = start(read_exitcode_target, fa.sibling, NULL);
+  join_expect(c, 0);
+  assert_int_equal(mp_process_free(fa.sibling), 0);
+  assert_int_equal(mp_process_free(fa.unstarted), 0);
+}
+
+/* ------------------------------------------------------------ daemons */
+
+static int daemon_child_target(void *arg) {
+  (void)arg;
+  mp_process *cur, *h;
+  CHILD_CHECK(mp_process_current(&cur) == 0 && mp_process_daemon(cur) == 1);
+  CHILD_CHECK(mp_process_new(return_arg, NULL, NULL, &h) == 0);
+  CHILD_CHECK(mp_process_daemon(h) == 1); /* inherited */
+  CHILD_CHECK(mp_process_start(h) == -EPERM);
+  CHILD_CHECK(mp_process_pid(h) == 0);
+  CHILD_CHECK(mp_process_free(h) == 0);
+  mp_process_options o = {.daemon = 0};
+  CHILD_CHECK(mp_process_new(return_arg, NULL, &o, &h) == 0);
+  CHILD_CHECK(mp_process_start(h) == -EPERM);
+  CHILD_CHECK(mp_process_free(h) == 0);
+  return 0;
+}
+
+static void test_process_daemon_cannot_start_children(void **state) {
+  (void)state;
+  mp_process *p;
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &p), 0);
+  assert_int_equal(mp_process_daemon(p), 0);
+  assert_int_equal(mp_process_free(p), 0);
+  mp_process_options o = {.daemon = 1};
+  p = start(daemon_child_target, NULL, &o);
+  assert_int_equal(mp_process_daemon(p), 1);
+  join_expect(p, 0);
+}
+
+struct pipes {
+  int pid_w; /* the daemon writes its pid here */
+  int eof_w; /* held open by the daemon only: EOF when it is gone */
+  int out_w; /* event log */
+  int ready_w;
+};
+
+static int report_pid_then_sleep(void *arg) {
+  struct pipes *pp = arg;
+  int me = (int)getpid();
+  write_all(pp->pid_w, &me, sizeof me);
+  return sleeper(NULL);
+}
+
+/* The intermediate parent: start a daemon, then wait to be killed. */
+static int start_daemon_then_wait(void *arg) {
+  mp_process_options o = {.daemon = 1};
+  mp_process *d;
+  CHILD_CHECK(mp_process_new(report_pid_then_sleep, arg, &o, &d) == 0);
+  CHILD_CHECK(mp_process_start(d) == 0);
+  for (;;)
+    pause();
+}
+
+static void test_process_daemon_killed_with_parent(void **state) {
+  (void)state;
+  int pidp[2], eofp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  assert_int_equal(pipe2(eofp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1], .eof_w = eofp[1]};
+  pid_t mid = tu_fork(start_daemon_then_wait, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  close(eofp[1]);
+  int dpid = 0;
+  assert_int_equal(read_all(pidp[0], (char *)&dpid, sizeof dpid, 10), (int)sizeof dpid);
+  assert_true(dpid > 0);
+  assert_int_equal(kill(mid, SIGKILL), 0);
+  assert_int_equal(tu_wait(mid), 1000 + SIGKILL);
+  /* The daemon held the only write end left: EOF means it has died. */
+  char c;
+  double t0 = tu_now();
+  assert_int_equal(read_all(eofp[0], &c, 1, 10), 0);
+  assert_true(tu_now() - t0 < 10);
+  /* Its files close a moment before it becomes a zombie (until its new parent
+   * reaps it) or vanishes: it must get there within seconds. */
+  double end = tu_now() + 10;
+  bool dead = false;
+  while (!dead && tu_now() < end) {
+    char path[64], st[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", dpid);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+      dead = true;
+      break;
+    }
+    size_t n = fread(st, 1, sizeof st - 1, f);
+    fclose(f);
+    st[n] = 0;
+    char *rp = strrchr(st, ')');
+    dead = !rp || rp[1] == 0 || rp[2] == 'Z' || rp[2] == 'X';
+    if (!dead)
+      tu_sleep(0.01);
+  }
+  assert_true(dead);
+  close(pidp[0]);
+  close(eofp[0]);
+}
+
+static int log_fd = -1;
+static void log_at_exit(void) { write_all(log_fd, "X", 1); }
+
+static void on_term(int sig) {
+  (void)sig;
+  write_all(log_fd, "T", 1);
+  _exit(0);
+}
+
+static int daemon_logs_term(void *arg) {
+  struct pipes *pp = arg;
+  signal(SIGALRM, SIG_DFL);
+  alarm(60);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term;
+  sigaction(SIGTERM, &sa, NULL);
+  write_all(pp->ready_w, "r", 1);
+  for (;;)
+    pause();
+  return 0;
+}
+
+static int slow_logs_done(void *arg) {
+  (void)arg;
+  tu_sleep(0.5);
+  write_all(log_fd, "N", 1);
+  return 0;
+}
+
+/* The intermediate parent: start a daemon and a slow non-daemon, then exit(). */
+static int start_both_then_exit(void *arg) {
+  struct pipes *pp = arg;
+  log_fd = pp->out_w;
+  CHILD_CHECK(atexit(log_at_exit) == 0); /* registered first: runs after libmp's */
+  int ready[2];
+  CHILD_CHECK(pipe2(ready, O_CLOEXEC) == 0);
+  pp->ready_w = ready[1];
+  mp_process_options o = {.daemon = 1};
+  mp_process *d, *n;
+  CHILD_CHECK(mp_process_new(daemon_logs_term, pp, &o, &d) == 0);
+  CHILD_CHECK(mp_process_start(d) == 0);
+  CHILD_CHECK(mp_process_new(slow_logs_done, pp, NULL, &n) == 0);
+  CHILD_CHECK(mp_process_start(n) == 0);
+  char c;
+  CHILD_CHECK(read(ready[0], &c, 1) == 1); /* the daemon's handler is in place */
+  exit(0);
+}
+
+static void test_process_children_handled_at_normal_exit(void **state) {
+  (void)state;
+  int out[2];
+  assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+  struct pipes pp = {.out_w = out[1]};
+  double t0 = tu_now();
+  pid_t mid = tu_fork(start_both_then_exit, &pp, 30);
+  assert_true(mid > 0);
+  close(out[1]);
+  assert_int_equal(tu_wait(mid), 0);
+  double el = tu_now() - t0;
+  /* When the intermediate has exited, its children have too (it joined
+   * them): the log is complete and its write ends are all closed. */
+  char buf[16];
+  int n = read_all(out[0], buf, sizeof buf, 5);
+  close(out[0]);
+  assert_int_equal(n, 3);
+  buf[n] = 0;
+  assert_true(strcmp(buf, "TNX") == 0 || strcmp(buf, "NTX") == 0);
+  assert_true(el >= 0.5 - 0.01); /* it waited for the non-daemon */
+  assert_true(el < 10);
+}
+
+static int sleep_then_log(void *arg) {
+  tu_sleep(0.4);
+  write_all(*(int *)arg, "N", 1);
+  return 0;
+}
+
+/* A libmp child whose target returns: its children are handled as at a
+ * normal exit before it ends. */
+static int start_two_then_return(void *arg) {
+  mp_process_options o = {.daemon = 1};
+  mp_process *d, *n;
+  CHILD_CHECK(mp_process_new(sleeper, NULL, &o, &d) == 0);
+  CHILD_CHECK(mp_process_start(d) == 0);
+  CHILD_CHECK(mp_process_new(sleep_then_log, arg, NULL, &n) == 0);
+  CHILD_CHECK(mp_process_start(n) == 0);
+  return 0;
+}
+
+static void test_process_child_handles_its_children_at_return(void **state) {
+  (void)state;
+  int out[2];
+  assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+  double t0 = tu_now();
+  mp_process *c = start(start_two_then_return, &out[1], NULL);
+  close(out[1]);
+  join_expect(c, 0);
+  assert_true(tu_now() - t0 >= 0.4 - 0.01); /* it waited for the non-daemon */
+  /* Both grandchildren held the write end: EOF at once means both are gone. */
+  char buf[8];
+  t0 = tu_now();
+  assert_int_equal(read_all(out[0], buf, sizeof buf, 10), 1);
+  assert_true(tu_now() - t0 < 1.5); /* the daemon was not left to its alarm */
+  assert_int_equal(buf[0], 'N');
+  close(out[0]);
+}
+
+static int daemon_ignores_term(void *arg) {
+  struct pipes *pp = arg;
+  signal(SIGTERM, SIG_IGN);
+  write_all(pp->ready_w, "r", 1);
+  return sleeper(NULL);
+}
+
+/* The intermediate parent: a daemon that ignores SIGTERM, then exit(). */
+static int start_stubborn_then_exit(void *arg) {
+  struct pipes *pp = arg;
+  int ready[2];
+  CHILD_CHECK(pipe2(ready, O_CLOEXEC) == 0);
+  pp->ready_w = ready[1];
+  mp_process_options o = {.daemon = 1};
+  mp_process *d;
+  CHILD_CHECK(mp_process_new(daemon_ignores_term, pp, &o, &d) == 0);
+  CHILD_CHECK(mp_process_start(d) == 0);
+  char c;
+  CHILD_CHECK(read(ready[0], &c, 1) == 1);
+  exit(0);
+}
+
+static void test_process_stubborn_daemon_killed_at_exit(void **state) {
+  (void)state;
+  int eofp[2];
+  assert_int_equal(pipe2(eofp, O_CLOEXEC), 0);
+  struct pipes pp = {.eof_w = eofp[1]};
+  double t0 = tu_now();
+  pid_t mid = tu_fork(start_stubborn_then_exit, &pp, 30);
+  assert_true(mid > 0);
+  close(eofp[1]);
+  assert_int_equal(tu_wait(mid), 0);
+  double el = tu_now() - t0;
+  assert_true(el >= 2.0 - 0.01); /* SIGTERM's grace, then SIGKILL */
+  assert_true(el < 10);
+  char c;
+  t0 = tu_now();
+  assert_int_equal(read_all(eofp[0], &c, 1, 10), 0); /* the daemon is gone */
+  assert_true(tu_now() - t0 < 1.5);
+  close(eofp[0]);
+}
+
+/* With SIGCHLD ignored the kernel reaps children itself: joins still end,
+ * and the exit code is 0, as documented. */
+static int join_with_sigchld_ignored(void *arg) {
+  (void)arg;
+  signal(SIGCHLD, SIG_IGN);
+  double timeouts[] = {MP_FOREVER, 10.0};
+  for (int i = 0; i < 2; i++) {
+    mp_process *p;
+    int code = -1;
+    CHILD_CHECK(mp_process_new(sleep_then_return, (void *)(intptr_t)5, NULL, &p) == 0);
+    CHILD_CHECK(mp_process_start(p) == 0);
+    CHILD_CHECK(mp_process_join(p, timeouts[i]) == 0);
+    CHILD_CHECK(mp_process_exitcode(p, &code) == 1 && code == 0);
+    CHILD_CHECK(mp_process_is_alive(p) == 0);
+    CHILD_CHECK(mp_process_free(p) == 0);
+  }
+  return 0;
+}
+
+static void test_process_status_taken_elsewhere(void **state) {
+  (void)state;
+  pid_t mid = tu_fork(join_with_sigchld_ignored, NULL, 30);
+  assert_true(mid > 0);
+  assert_child_ok(mid);
+}
+
+/* ------------------------------------------------------------ exit, stdio */
+
+static int atexit_fd = -1;
+static void report_pid_at_exit(void) {
+  int me = (int)getpid();
+  write_all(atexit_fd, &me, sizeof me);
+}
+
+static int register_then_start(void *arg) {
+  atexit_fd = *(int *)arg;
+  CHILD_CHECK(atexit(report_pid_at_exit) == 0);
+  mp_process *p;
+  CHILD_CHECK(mp_process_new(return_arg, (void *)(intptr_t)4, NULL, &p) == 0);
+  CHILD_CHECK(mp_process_start(p) == 0);
+  int code = 0;
+  CHILD_CHECK(mp_process_join(p, MP_FOREVER) == 0);
+  CHILD_CHECK(mp_process_exitcode(p, &code) == 1 && code == 4);
+  CHILD_CHECK(mp_process_free(p) == 0);
+  fflush(NULL);
+  exit(0);
+}
+
+static int exit_at_once(void *arg) {
+  (void)arg;
+  exit(3);
+}
+
+static void test_process_atexit_not_run_in_child(void **state) {
+  (void)state;
+  int pp[2];
+  assert_int_equal(pipe2(pp, O_CLOEXEC), 0);
+  pid_t mid = tu_fork(register_then_start, &pp[1], 30);
+  assert_true(mid > 0);
+  close(pp[1]);
+  assert_int_equal(tu_wait(mid), 0);
+  int pids[4];
+  int n = read_all(pp[0], (char *)pids, sizeof pids, 5);
+  close(pp[0]);
+  assert_int_equal(n, (int)sizeof(int)); /* exactly once, in the parent */
+  assert_int_equal(pids[0], mid);
+
+  /* libmp's exit handler, inherited by children, does nothing in them: a
+   * child calling exit() neither waits for nor signals its parent's children. */
+  mp_process_options o = {.daemon = 1};
+  mp_process *s = start(sleeper, NULL, &o);
+  mp_process *c = start(exit_at_once, NULL, NULL);
+  double t0 = tu_now();
+  join_expect(c, 3);
+  pid_t plain = tu_fork(exit_at_once, NULL, 30);
+  assert_true(plain > 0);
+  assert_int_equal(tu_wait(plain), 3);
+  assert_true(tu_now() - t0 < 5);
+  assert_int_equal(mp_process_is_alive(s), 1);
+  assert_int_equal(mp_process_terminate(s), 0);
+  join_expect(s, -SIGTERM);
+}
+
+static int print_child(void *arg) {
+  (void)arg;
+  printf("child"); /* no newline: flushed at the child's end */
+  return 0;
+}
+
+static int print_then_start(void *arg) {
+  int w = *(int *)arg;
+  CHILD_CHECK(fflush(stdout) == 0);
+  CHILD_CHECK(dup2(w, STDOUT_FILENO) == STDOUT_FILENO);
+  CHILD_CHECK(setvbuf(stdout, NULL, _IOFBF, 4096) == 0);
+  printf("hello"); /* buffered when the child forks */
+  mp_process *p;
+  CHILD_CHECK(mp_process_new(print_child, NULL, NULL, &p) == 0);
+  CHILD_CHECK(mp_process_start(p) == 0);
+  CHILD_CHECK(mp_process_join(p, MP_FOREVER) == 0);
+  CHILD_CHECK(mp_process_free(p) == 0);
+  printf("|end");
+  return 0; /* tu_fork flushes, then _exits */
+}
+
+static void test_process_stdio_not_duplicated(void **state) {
+  (void)state;
+  int pp[2];
+  assert_int_equal(pipe2(pp, O_CLOEXEC), 0);
+  pid_t mid = tu_fork(print_then_start, &pp[1], 30);
+  assert_true(mid > 0);
+  close(pp[1]);
+  assert_int_equal(tu_wait(mid), 0);
+  char buf[64];
+  int n = read_all(pp[0], buf, sizeof buf - 1, 5);
+  close(pp[0]);
+  assert_true(n >= 0);
+  buf[n] = 0;
+  assert_string_equal(buf, "hellochild|end");
+}
+
+/* ------------------------------------------------------------ identity */
+
+struct ident_arg {
+  mp_process *self;
+  int parent;
+};
+
+static int ident_target(void *arg) {
+  struct ident_arg *ia = arg;
+  mp_process *cur;
+  const char *n, *m;
+  CHILD_CHECK(mp_process_current(&cur) == 0);
+  CHILD_CHECK(cur == ia->self);
+  CHILD_CHECK(mp_process_pid(cur) == (int)getpid());
+  CHILD_CHECK(mp_process_parent_pid() == ia->parent);
+  CHILD_CHECK(mp_process_name(cur, &n) == 0 && mp_process_name(ia->self, &m) == 0 && n == m);
+  CHILD_CHECK(strcmp(n, "ident") == 0);
+  CHILD_CHECK(mp_process_daemon(cur) == 0);
+  CHILD_CHECK(mp_process_join(cur, 1.0) == -EDEADLK);
+  CHILD_CHECK(mp_process_free(cur) == -ECHILD);
+  int code;
+  CHILD_CHECK(mp_process_exitcode(cur, &code) == 0);
+  return 0;
+}
+
+static int plain_fork_ident(void *arg) {
+  (void)arg;
+  mp_process *cur;
+  const char *n;
+  CHILD_CHECK(mp_process_current(&cur) == 0 && mp_process_name(cur, &n) == 0);
+  CHILD_CHECK(strcmp(n, "MainProcess") == 0);
+  CHILD_CHECK(mp_process_pid(cur) == (int)getpid());
+  CHILD_CHECK(mp_process_parent_pid() == 0);
+  CHILD_CHECK(mp_process_active_children(NULL, 0) == 0); /* the parent's are not ours */
+  return 0;
+}
+
+static void test_process_current_and_parent_pid(void **state) {
+  (void)state;
+  mp_process *cur;
+  const char *n;
+  int code = 5;
+  assert_int_equal(mp_process_current(&cur), 0);
+  assert_int_equal(mp_process_name(cur, &n), 0);
+  assert_string_equal(n, "MainProcess");
+  assert_int_equal(mp_process_pid(cur), (int)getpid());
+  assert_int_equal(mp_process_parent_pid(), 0);
+  assert_int_equal(mp_process_daemon(cur), 0);
+  assert_int_equal(mp_process_is_alive(cur), 1);
+  assert_int_equal(mp_process_join(cur, 0), -EDEADLK);
+  assert_int_equal(mp_process_exitcode(cur, &code), 0);
+  assert_int_equal(mp_process_free(cur), -ECHILD); /* not to be freed */
+
+  struct ident_arg ia = {.parent = (int)getpid()};
+  mp_process_options o = {.name = "ident"};
+  assert_int_equal(mp_process_new(ident_target, &ia, &o, &ia.self), 0);
+  assert_int_equal(mp_process_start(ia.self), 0);
+  join_expect(ia.self, 0);
+
+  /* A plain fork of the main process is a main process too. */
+  mp_process *s = start(sleeper, NULL, NULL);
+  pid_t pid = tu_fork(plain_fork_ident, NULL, 30);
+  assert_true(pid > 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_process_kill(s), 0);
+  join_expect(s, -SIGKILL);
+}
+
+static void test_process_active_children(void **state) {
+  (void)state;
+  assert_int_equal(mp_process_active_children(NULL, 0), 0);
+  mp_process *s[3];
+  for (int i = 0; i < 3; i++)
+    s[i] = start(sleeper, NULL, NULL);
+  mp_process *quick = start(sleep_then_return, (void *)(intptr_t)9, NULL);
+  mp_process *unstarted;
+  assert_int_equal(mp_process_new(return_arg, NULL, NULL, &unstarted), 0);
+  /* The quick one ends by itself; active_children notices and reaps it. */
+  double end = tu_now() + 10;
+  int n;
+  while ((n = mp_process_active_children(NULL, 0)) == 4 && tu_now() < end)
+    tu_sleep(0.02);
+  assert_int_equal(n, 3);
+  int code = 0;
+  assert_int_equal(mp_process_exitcode(quick, &code), 1);
+  assert_int_equal(code, 9);
+
+  mp_process *out[2] = {NULL, NULL};
+  assert_int_equal(mp_process_active_children(out, 2), 3); /* the count, beyond cap */
+  for (int j = 0; j < 2; j++)
+    assert_true(out[j] == s[0] || out[j] == s[1] || out[j] == s[2]);
+  assert_true(out[0] != out[1]);
+
+  assert_int_equal(mp_process_kill(s[1]), 0);
+  assert_int_equal(mp_process_join(s[1], MP_FOREVER), 0);
+  mp_process *all[4] = {NULL, NULL, NULL, NULL};
+  assert_int_equal(mp_process_active_children(all, 4), 2);
+  assert_true((all[0] == s[0] && all[1] == s[2]) || (all[0] == s[2] && all[1] == s[0]));
+  assert_null(all[2]);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(mp_process_kill(s[i]), 0);
+    join_expect(s[i], -SIGKILL);
+  }
+  assert_int_equal(mp_process_active_children(NULL, 0), 0);
+  join_expect(quick, 9);
+  assert_int_equal(mp_process_free(unstarted), 0);
+}
+
+/* ------------------------------------------------------------ cpus, heap */
+
+static int count_affinity(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0)
+    return -1;
+  return CPU_COUNT(&set);
+}
+
+static int one_cpu_target(void *arg) {
+  (void)arg;
+  cpu_set_t set;
+  CHILD_CHECK(sched_getaffinity(0, sizeof set, &set) == 0);
+  int first = -1;
+  for (int i = 0; i < CPU_SETSIZE && first < 0; i++)
+    if (CPU_ISSET(i, &set))
+      first = i;
+  CHILD_CHECK(first >= 0);
+  CPU_ZERO(&set);
+  CPU_SET(first, &set);
+  CHILD_CHECK(sched_setaffinity(0, sizeof set, &set) == 0);
+  CHILD_CHECK(mp_cpu_count() == 1);
+  return 0;
+}
+
+static void test_process_cpu_count(void **state) {
+  (void)state;
+  int n = count_affinity();
+  assert_true(n >= 1);
+  assert_int_equal(mp_cpu_count(), n);
+  mp_process *p = start(one_cpu_target, NULL, NULL);
+  join_expect(p, 0);
+}
+
+#define BLOCK_WORDS 16384
+
+static int alloc_and_fill(void *arg) {
+  uint32_t **slot = arg;
+  uint32_t *b = mp_heap_alloc(BLOCK_WORDS * sizeof *b);
+  CHILD_CHECK(b != NULL);
+  for (uint32_t i = 0; i < BLOCK_WORDS; i++)
+    b[i] = i * 2654435761u;
+  *slot = b;
+  return 0;
+}
+
+static int read_and_free(void *arg) {
+  uint32_t **slot = arg;
+  uint32_t *b = *slot;
+  CHILD_CHECK(b != NULL && mp_heap_contains(b));
+  for (uint32_t i = 0; i < BLOCK_WORDS; i++)
+    CHILD_CHECK(b[i] == i * 2654435761u);
+  CHILD_CHECK(mp_heap_free(b) == 0);
+  return 0;
+}
+
+static void test_process_heap_block_from_child_read_by_sibling(void **state) {
+  (void)state;
+  uint32_t **slot = mp_heap_calloc(1, sizeof *slot);
+  assert_non_null(slot);
+  mp_process *a = start(alloc_and_fill, slot, NULL);
+  join_expect(a, 0);
+  assert_non_null(*slot); /* allocated after the fork, by the child */
+  mp_process *b = start(read_and_free, slot, NULL);
+  join_expect(b, 0);
+  assert_int_equal(mp_heap_free(slot), 0);
+}
+
+/* ------------------------------------------------------------ threads */
+
+#define THREADS 4
+#define PER_THREAD 10
+
+static void *start_many(void *arg) {
+  intptr_t t = (intptr_t)arg;
+  for (int i = 0; i < PER_THREAD; i++) {
+    int want = (int)(t * PER_THREAD + i);
+    mp_process *p;
+    if (mp_process_new(return_arg, (void *)(intptr_t)want, NULL, &p) != 0 ||
+        mp_process_start(p) != 0)
+      return (void *)1;
+    int code = -1;
+    if (mp_process_join(p, MP_FOREVER) != 0 || mp_process_exitcode(p, &code) != 1 || code != want ||
+        mp_process_free(p) != 0)
+      return (void *)2;
+  }
+  return NULL;
+}
+
+static void test_process_threads_start_concurrently(void **state) {
+  (void)state;
+  pthread_t th[THREADS];
+  for (intptr_t t = 0; t < THREADS; t++)
+    assert_int_equal(pthread_create(&th[t], NULL, start_many, (void *)t), 0);
+  for (int t = 0; t < THREADS; t++) {
+    void *r;
+    assert_int_equal(pthread_join(th[t], &r), 0);
+    assert_null(r);
+  }
+  assert_int_equal(mp_process_active_children(NULL, 0), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_process_exit_codes),
+      cmocka_unit_test(test_process_signal_exit_codes),
+      cmocka_unit_test(test_process_join_timeouts),
+      cmocka_unit_test(test_process_join_signals_neither_end_nor_stretch),
+      cmocka_unit_test(test_process_is_alive_transitions),
+      cmocka_unit_test(test_process_sentinel_pollable),
+      cmocka_unit_test(test_process_double_start),
+      cmocka_unit_test(test_process_free),
+      cmocka_unit_test(test_process_errors),
+      cmocka_unit_test(test_process_names),
+      cmocka_unit_test(test_process_echild_from_other_processes),
+      cmocka_unit_test(test_process_daemon_cannot_start_children),
+      cmocka_unit_test(test_process_daemon_killed_with_parent),
+      cmocka_unit_test(test_process_children_handled_at_normal_exit),
+      cmocka_unit_test(test_process_child_handles_its_children_at_return),
+      cmocka_unit_test(test_process_stubborn_daemon_killed_at_exit),
+      cmocka_unit_test(test_process_status_taken_elsewhere),
+      cmocka_unit_test(test_process_atexit_not_run_in_child),
+      cmocka_unit_test(test_process_stdio_not_duplicated),
+      cmocka_unit_test(test_process_current_and_parent_pid),
+      cmocka_unit_test(test_process_active_children),
+      cmocka_unit_test(test_process_cpu_count),
+      cmocka_unit_test(test_process_heap_block_from_child_read_by_sibling),
+      cmocka_unit_test(test_process_threads_start_concurrently),
+  };
+  return TU_RUN("process", tests);
+}
