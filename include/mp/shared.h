@@ -59,8 +59,9 @@ typedef struct mp_value_options {
  *             @p typecode, copied in.
  * @param[out] ret the address of a pointer of the element type (for example an
  *             `int **` for `'i'`), set to the value on success.
- * @return 0; `-EINVAL` for an unknown typecode, NULL @p ret, or both
- *         `lock` and `raw` in @p opts; `-ENOMEM`.
+ * @return 0; `-EINVAL` for an unknown typecode, NULL @p ret, both `lock`
+ *         and `raw` in @p opts, or an @p opts lock that is not a libmp Lock or
+ *         RLock; `-ENOMEM`.
  */
 MP_EXPORT int mp_value_new(char typecode, const void *init, const mp_value_options *opts,
                            void *ret);
@@ -97,7 +98,9 @@ MP_EXPORT int mp_value_typecode(const void *value);
  * @brief Copy the value out under its lock (if it has one).
  * @param[out] out room for one element.
  * @return 0; `-EOWNERDEAD` when the lock was taken from a dead holder (the
- *         copy is made); `-EINVAL`.
+ *         copy is made); `-EDEADLK` when the value's lock is a (non-recursive)
+ *         Lock the calling thread already holds (nothing is copied);
+ *         `-EINVAL` for NULL or a non-value.
  */
 MP_EXPORT int mp_value_load(const void *value, void *out);
 
@@ -124,7 +127,8 @@ MP_EXPORT int mp_value_compare_exchange(void *value, long long *expected, long l
 
 /**
  * @brief Free a Value or Array (and the lock it made for itself).
- * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not one.
+ * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not one; `-EBUSY`
+ *         when the lock it made is held (nothing is freed).
  */
 MP_EXPORT int mp_value_free(void *value);
 
