@@ -10,19 +10,24 @@
  *
  * struct mp_lock, shared by every process of the family:
  *   tag        written at creation and at free.
- *   mutex      the robust mutex; its futex word is the lock's state
- *              (0 free, holder's tid, plus waiter / owner-died bits).
- *   owner      tid of the holder, 0 when free. Written only by the holder
- *              (after locking, before unlocking); read by other threads only to
- *              compare with their own tid, which a stale value never equals.
- *   count      recursion depth, read and written only by the holder.
- *   recursive  constant.
- * Crash: a holder killed at any step leaves the mutex OWNER_DIED (kernel), and
- * `owner`/`count` stale; the next acquirer overwrites both. A thread killed
- * while waiting leaves nothing behind.
+ *   recursive  constant: 1 for an RLock.
+ *   mutex      the robust mutex, error-checking for a Lock, recursive for an
+ *              RLock. glibc keeps the whole state inside it: the futex word
+ *              (holder's tid plus waiter / owner-died bits), the holder's tid in
+ *              __owner and the recursion depth in __count (both written only by
+ *              the holder). libmp reads __owner to learn whether the caller holds
+ *              the lock, and a Condition saves and restores __count around a
+ *              wait: those fields are part of glibc's public pthread_mutex_t
+ *              layout, which its ABI freezes.
+ * Keeping no state of its own beside the mutex makes a Lock cost one tag check
+ * over glibc's robust mutex.
+ * Crash: a holder killed at any step leaves the mutex OWNER_DIED (kernel); the
+ * next acquirer gets EOWNERDEAD, and glibc resets __owner and __count for it.
+ * A thread killed while waiting leaves nothing behind.
  */
 #include <errno.h>
 #include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 
 #include "internal.h"
@@ -30,12 +35,14 @@
 struct mp_lock {
   mp__tag tag;
   uint32_t recursive;
-  _Atomic int32_t owner;
-  int32_t count;
   pthread_mutex_t mutex;
 };
 
-int mp__robust_mutex_init(void *mutex, bool recursive) {
+#ifndef __GLIBC__
+#error "libmp's locks read glibc's pthread_mutex_t fields"
+#endif
+
+static int mutex_init(pthread_mutex_t *mutex, int type) {
   pthread_mutexattr_t a;
   int r = pthread_mutexattr_init(&a);
   if (r)
@@ -44,11 +51,15 @@ int mp__robust_mutex_init(void *mutex, bool recursive) {
   if (!r)
     r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
   if (!r)
-    r = pthread_mutexattr_settype(&a, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_NORMAL);
+    r = pthread_mutexattr_settype(&a, type);
   if (!r)
     r = pthread_mutex_init(mutex, &a);
   pthread_mutexattr_destroy(&a);
   return -r;
+}
+
+int mp__robust_mutex_init(void *mutex, bool recursive) {
+  return mutex_init(mutex, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_NORMAL);
 }
 
 static int lock_new(bool recursive, mp_lock **ret) {
@@ -58,8 +69,7 @@ static int lock_new(bool recursive, mp_lock **ret) {
   if (!l)
     return -ENOMEM;
   l->recursive = recursive;
-  /* The mutex itself never recurses: recursion is counted in `count`. */
-  int r = mp__robust_mutex_init(&l->mutex, false);
+  int r = mutex_init(&l->mutex, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
   if (r < 0) {
     mp__object_free(l);
     return r;
@@ -68,112 +78,96 @@ static int lock_new(bool recursive, mp_lock **ret) {
   return 0;
 }
 
-/* Lock the mutex itself within the deadline. Returns 0, -EOWNERDEAD (held,
- * made consistent), -ETIMEDOUT or another negative errno. */
-static int mutex_lock(pthread_mutex_t *m, const mp__deadline *d) {
-  int r;
-  if (d->forever) {
-    r = pthread_mutex_lock(m);
-  } else {
-    r = pthread_mutex_trylock(m);
-    if (r == EBUSY && !d->nowait) {
-#ifdef __GLIBC__
-      /* A short spin on the futex word first: the holder usually leaves soon,
-       * and waking a sleeper on another CPU costs far more than the spin. */
-      for (int i = 0; i < MP__SPIN_LIMIT && r == EBUSY; i++) {
-        mp__cpu_relax();
-        if (__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) == 0)
-          r = pthread_mutex_trylock(m);
-      }
-#endif
-      if (r == EBUSY)
-        r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
+static inline bool is_mine(mp_lock *l) {
+  /* relaxed: only the holder writes __owner; a stale value is never our tid */
+  return __atomic_load_n(&l->mutex.__data.__owner, __ATOMIC_RELAXED) == mp__tid();
+}
+
+/* Lock the mutex within the deadline. Returns 0, -EOWNERDEAD (held, made
+ * consistent), -ETIMEDOUT, -EDEADLK, -EOVERFLOW. */
+static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
+  if (r == EBUSY && !d->nowait) {
+    /* A short spin on the futex word first: the holder usually leaves soon,
+     * and waking a sleeper on another CPU costs far more than the spin. */
+    for (int i = 0; i < MP__SPIN_LIMIT && r == EBUSY; i++) {
+      mp__cpu_relax();
+      if (__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) == 0)
+        r = pthread_mutex_trylock(m);
     }
     if (r == EBUSY)
-      r = ETIMEDOUT;
+      r = d->forever ? pthread_mutex_lock(m) : pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
   }
-  if (MP__UNLIKELY(r == EOWNERDEAD)) {
-    pthread_mutex_consistent(m);
-    return -EOWNERDEAD;
+  switch (r) {
+  case 0: return 0;
+  case EBUSY: return -ETIMEDOUT;
+  case EAGAIN: return -EOVERFLOW; /* recursion count exhausted */
+  case EOWNERDEAD: pthread_mutex_consistent(m); return -EOWNERDEAD;
+  default: return -r;
   }
-  return -r;
 }
 
-int mp__lock_acquire(mp_lock *l, const mp__deadline *d) {
-  pid_t me = mp__tid();
-  if (atomic_load_explicit(&l->owner, memory_order_relaxed) == me) {
-    if (!l->recursive)
-      return -EDEADLK;
-    if (l->count == INT_MAX)
-      return -EOVERFLOW;
-    l->count++;
+static inline int mutex_lock(mp_lock *l, const mp__deadline *d) {
+  int r = pthread_mutex_trylock(&l->mutex);
+  if (MP__LIKELY(r == 0))
     return 0;
-  }
-  int r = mutex_lock(&l->mutex, d);
-  if (r < 0 && r != -EOWNERDEAD)
-    return r;
-  /* relaxed: only the holder writes owner; the mutex orders the rest */
-  atomic_store_explicit(&l->owner, me, memory_order_relaxed);
-  l->count = 1;
-  return r;
+  if (r == EBUSY && !l->recursive && is_mine(l))
+    return -EDEADLK; /* a Lock's holder asking again: say so, never block */
+  return mutex_lock_slow(&l->mutex, d, r);
 }
 
-int mp__lock_release(mp_lock *l) {
-  if (atomic_load_explicit(&l->owner, memory_order_relaxed) != mp__tid())
-    return -EPERM;
-  if (--l->count > 0)
-    return 0;
-  atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
-  int r = pthread_mutex_unlock(&l->mutex);
-  return -r;
-}
+int mp__lock_acquire(mp_lock *l, const mp__deadline *d) { return mutex_lock(l, d); }
 
-bool mp__lock_is_mine(mp_lock *l) {
-  return atomic_load_explicit(&l->owner, memory_order_relaxed) == mp__tid();
-}
+int mp__lock_release(mp_lock *l) { return -pthread_mutex_unlock(&l->mutex); }
+
+bool mp__lock_is_mine(mp_lock *l) { return is_mine(l); }
 
 int mp__lock_release_all(mp_lock *l) {
-  if (!mp__lock_is_mine(l))
+  if (!is_mine(l))
     return -EPERM;
-  int count = l->count;
-  l->count = 0;
-  atomic_store_explicit(&l->owner, 0, memory_order_relaxed);
+  int count = l->recursive ? (int)l->mutex.__data.__count : 1;
+  l->mutex.__data.__count = l->recursive ? 1 : l->mutex.__data.__count;
   int r = pthread_mutex_unlock(&l->mutex);
   return r ? -r : count;
 }
 
 int mp__lock_restore(mp_lock *l, int count, const mp__deadline *d) {
-  int r = mutex_lock(&l->mutex, d);
+  int r = mutex_lock(l, d);
   if (r < 0 && r != -EOWNERDEAD)
     return r;
-  atomic_store_explicit(&l->owner, mp__tid(), memory_order_relaxed);
-  l->count = count;
+  if (l->recursive)
+    l->mutex.__data.__count = (unsigned)count;
   return r;
-}
-
-static int acquire(mp_lock *l, double timeout) {
-  if (!mp__tag_ok(l, MP__TAG_LOCK))
-    return -EINVAL;
-  mp__deadline d;
-  int r = mp__deadline_init(&d, timeout);
-  return r < 0 ? r : mp__lock_acquire(l, &d);
-}
-
-static int release(mp_lock *l) {
-  return mp__tag_ok(l, MP__TAG_LOCK) ? mp__lock_release(l) : -EINVAL;
 }
 
 MP_EXPORT int mp_lock_new(mp_lock **ret) { return lock_new(false, ret); }
 MP_EXPORT int mp_rlock_new(mp_rlock **ret) { return lock_new(true, ret); }
-MP_EXPORT int mp_lock_acquire(mp_lock *lock, double timeout) { return acquire(lock, timeout); }
-MP_EXPORT int mp_rlock_acquire(mp_rlock *lock, double timeout) { return acquire(lock, timeout); }
-MP_EXPORT int mp_lock_release(mp_lock *lock) { return release(lock); }
-MP_EXPORT int mp_rlock_release(mp_rlock *lock) { return release(lock); }
+
+MP_EXPORT int mp_lock_acquire(mp_lock *lock, double timeout) {
+  if (!mp__tag_ok(lock, MP__TAG_LOCK))
+    return -EINVAL;
+  mp__deadline d;
+  int r = mp__deadline_init(&d, timeout);
+  return r < 0 ? r : mutex_lock(lock, &d);
+}
+
+MP_EXPORT int mp_rlock_acquire(mp_rlock *lock, double timeout) {
+  return mp_lock_acquire(lock, timeout);
+}
+
+MP_EXPORT int mp_lock_release(mp_lock *lock) {
+  if (!mp__tag_ok(lock, MP__TAG_LOCK))
+    return -EINVAL;
+  return -pthread_mutex_unlock(&lock->mutex); /* EPERM when not the holder */
+}
+
+MP_EXPORT int mp_rlock_release(mp_rlock *lock) { return mp_lock_release(lock); }
 
 MP_EXPORT int mp_lock_locked(mp_lock *lock) {
   if (!mp__tag_ok(lock, MP__TAG_LOCK))
     return -EINVAL;
-  return atomic_load_explicit(&lock->owner, memory_order_relaxed) != 0;
+  /* A holder's tid in the futex word: held (a dead holder's was cleared by the
+   * kernel, and the next acquirer will recover the lock). */
+  return (__atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK) != 0;
 }
 
 MP_EXPORT int mp_lock_free(mp_lock *lock) {
@@ -183,7 +177,7 @@ MP_EXPORT int mp_lock_free(mp_lock *lock) {
     return -EINVAL;
   /* Held by the caller, or by a live holder: busy. Held by a holder that died:
    * recover it and free it. */
-  if (mp__lock_is_mine(lock))
+  if (is_mine(lock))
     return -EBUSY;
   int r = pthread_mutex_trylock(&lock->mutex);
   if (r == EOWNERDEAD)

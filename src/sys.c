@@ -16,7 +16,7 @@ int64_t mp__now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int mp__deadline_init(mp__deadline *d, double timeout) {
+int mp__deadline_init_slow(mp__deadline *d, double timeout) {
   if (isnan(timeout))
     return -EINVAL;
   d->nowait = false;
@@ -59,17 +59,15 @@ int mp__deadline_poll_ms(const mp__deadline *d) {
 
 /* The tid is cached per thread; the fork handler clears the forking thread's
  * cache in the child, whose only thread has a new tid. */
-static __thread pid_t cached_tid;
+__thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
 
-static void tid_after_fork(void) { cached_tid = 0; }
+static void tid_after_fork(void) { mp__cached_tid = 0; }
 
 static pthread_once_t tid_once = PTHREAD_ONCE_INIT;
 static void tid_register(void) { pthread_atfork(NULL, NULL, tid_after_fork); }
 
-pid_t mp__tid(void) {
-  if (MP__UNLIKELY(cached_tid == 0)) {
-    pthread_once(&tid_once, tid_register);
-    cached_tid = (pid_t)syscall(SYS_gettid);
-  }
-  return cached_tid;
+pid_t mp__tid_slow(void) {
+  pthread_once(&tid_once, tid_register);
+  mp__cached_tid = (pid_t)syscall(SYS_gettid);
+  return mp__cached_tid;
 }
