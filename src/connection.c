@@ -1,1 +1,1027 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * Pipe and Connection: byte messages over a Unix SOCK_SEQPACKET socket pair,
+ * and mp_connection_wait() over connections, processes, descriptors and queues.
+ *
+ * Map of this file:
+ *   1. the wire format and why it is SOCK_SEQPACKET
+ *   2. handles
+ *   3. socket primitives (every syscall turned into -errno, EINTR resumed)
+ *   4. sending
+ *   5. receiving, and the begun large message
+ *   6. file descriptors and connections in transit
+ *   7. wait
+ *
+ * 1. Wire format. Every record (one sendmsg, one SOCK_SEQPACKET packet) starts
+ * with a 16-byte `struct rec_hdr`: a magic and kind word, the sending thread's
+ * tid, and a value. Kinds:
+ *   FIRST  the first record of a message; value = the message's length; the
+ *          payload is its first bytes (all of them when they fit in a chunk).
+ *   MORE   a later record of a message; value = the offset of its payload in
+ *          the message; same sender tid as the FIRST.
+ *   FD     one descriptor in SCM_RIGHTS and no payload; value = 0 for a plain
+ *          descriptor, FD_CONNECTION | direction flags for a connection.
+ * A chunk is at most MP_CONNECTION_ATOMIC_MAX bytes of payload, less when the
+ * socket's send buffer is small.
+ *
+ * Why SOCK_SEQPACKET rather than a byte stream with a length prefix: the
+ * kernel delivers each record whole or not at all, so
+ *  - a message of one record is never torn, even with several processes
+ *    sending through copies of one end, or one of them killed mid-send;
+ *  - a large message's records carry their sender and offset, so the receiver
+ *    can tell a continuation from the remains of a message whose sender died
+ *    or timed out: it drops those and keeps reading, where a byte stream would
+ *    stay out of step for good;
+ *  - descriptors ride on their own record and can never be swallowed by a
+ *    read that runs past a message boundary;
+ *  - a peek at the next 16 bytes always sees a whole header.
+ * A receive is a MSG_PEEK of the header (to check the caller's room and the
+ * kind before anything is consumed) and one recvmsg of exactly that record;
+ * measured here this ping-pongs as fast as a bare stream socketpair.
+ *
+ * The receiving side's state: a large message that has begun (its FIRST read)
+ * but not ended lives in `struct partial` of the handle, in the receiving
+ * process's private memory. While a receive runs it may point into the
+ * caller's buffer; a receive that ends early (a timeout) copies it into a
+ * malloc'ed buffer the next receive continues from. A record that is not the
+ * expected MORE (a FIRST, an FD) ends it: its sender overlapped or abandoned
+ * it. MORE records that continue no begun message are discarded.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------ 1. the wire format */
+
+#define REC_MAGIC 0x6d7063u /* "mpc" */
+#define REC_WORD(kind) ((REC_MAGIC << 8) | (uint32_t)(kind))
+enum { K_FOREIGN = 0, K_FIRST = 1, K_MORE = 2, K_FD = 3 };
+#define FD_CONNECTION 0x100u
+
+struct rec_hdr {
+  uint32_t word;   /* REC_WORD(kind) */
+  uint32_t sender; /* the sending thread's tid */
+  uint64_t value;  /* see the kinds above */
+};
+#define HDR ((ssize_t)sizeof(struct rec_hdr))
+_Static_assert(sizeof(struct rec_hdr) == 16, "the header is 16 bytes on the wire");
+
+#define MIN_CHUNK 256
+
+/* ---------------------------------------------------------------- 2. handles */
+
+#define CONN_MAGIC 0x6d70434fu /* "mpCO" */
+#define CONN_CLOSED 0x6d70dead
+
+/* A large message begun but not ended. buf == NULL: none. */
+struct partial {
+  char *buf;    /* the message so far; malloc'ed when owned */
+  size_t total; /* its length */
+  size_t got;   /* bytes received */
+  uint32_t sender;
+  bool owned; /* buf is ours (else it is the running receive's caller buffer) */
+};
+
+/* Private to one process (copied, with the descriptor, by fork). Fields are
+ * constant after creation but `chunk` (shrunk on EMSGSIZE, relaxed: any value
+ * is valid) and `part` (used by the one receiving thread). */
+struct mp_connection {
+  uint32_t magic;
+  int fd;
+  bool readable, writable;
+  _Atomic size_t chunk;
+  struct partial part;
+};
+
+static bool conn_ok(const mp_connection *c) { return c && c->magic == CONN_MAGIC; }
+
+static size_t chunk_for(int fd) {
+  size_t chunk = MP_CONNECTION_ATOMIC_MAX;
+  int sb = 0;
+  socklen_t l = sizeof sb;
+  /* A record must fit the send buffer whole; keep two in flight. */
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, &l) == 0 && sb > 0) {
+    size_t lim = (size_t)sb / 2;
+    lim = lim > (size_t)HDR + 512 ? lim - (size_t)HDR - 512 : MIN_CHUNK;
+    if (lim < chunk)
+      chunk = lim;
+  }
+  return chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
+}
+
+static int conn_make(int fd, bool readable, bool writable, mp_connection **ret) {
+  mp_connection *c = calloc(1, sizeof *c);
+  if (!c)
+    return -ENOMEM;
+  c->magic = CONN_MAGIC;
+  c->fd = fd;
+  c->readable = readable;
+  c->writable = writable;
+  atomic_init(&c->chunk, chunk_for(fd));
+  *ret = c;
+  return 0;
+}
+
+static void part_drop(mp_connection *c) {
+  if (c->part.buf && c->part.owned)
+    free(c->part.buf);
+  c->part.buf = NULL;
+}
+
+MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **conn2) {
+  if (!conn1 || !conn2)
+    return -EINVAL;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  if (!duplex) {
+    /* conn1 only receives, conn2 only sends. Shutting the unused directions
+     * makes a wrong-way send fail in the kernel too, while end of file and
+     * poll still work on the used direction. */
+    if (shutdown(sv[0], SHUT_WR) < 0 || shutdown(sv[1], SHUT_RD) < 0) {
+      int e = errno;
+      close(sv[0]);
+      close(sv[1]);
+      return -e;
+    }
+  }
+  mp_connection *a, *b;
+  int r = conn_make(sv[0], true, duplex, &a);
+  if (r < 0)
+    goto fail;
+  r = conn_make(sv[1], duplex, true, &b);
+  if (r < 0) {
+    free(a);
+    goto fail;
+  }
+  *conn1 = a;
+  *conn2 = b;
+  return 0;
+fail:
+  close(sv[0]);
+  close(sv[1]);
+  return r;
+}
+
+MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret) {
+  if (!ret || (flags & ~(MP_CONNECTION_READABLE | MP_CONNECTION_WRITABLE)))
+    return -EINVAL;
+  if (flags == 0)
+    flags = MP_CONNECTION_READABLE | MP_CONNECTION_WRITABLE;
+  if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+    return -EBADF;
+  int type = 0, domain = 0;
+  socklen_t l = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
+    return -errno; /* ENOTSOCK for anything but a socket */
+  l = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) < 0)
+    return -errno;
+  if (type != SOCK_SEQPACKET || domain != AF_UNIX)
+    return -EPROTOTYPE;
+  mp_connection *c;
+  int r = conn_make(fd, flags & MP_CONNECTION_READABLE, flags & MP_CONNECTION_WRITABLE, &c);
+  if (r < 0)
+    return r;
+  int fl = fcntl(fd, F_GETFD);
+  if (fl >= 0 && !(fl & FD_CLOEXEC))
+    fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+  *ret = c;
+  return 0;
+}
+
+MP_EXPORT int mp_connection_close(mp_connection *c) {
+  if (!c)
+    return 0;
+  if (!conn_ok(c))
+    return -EINVAL;
+  part_drop(c);
+  close(c->fd);
+  c->magic = CONN_CLOSED;
+  free(c);
+  return 0;
+}
+
+MP_EXPORT int mp_connection_fileno(mp_connection *c) { return conn_ok(c) ? c->fd : -EINVAL; }
+
+MP_EXPORT int mp_connection_readable(mp_connection *c) {
+  return conn_ok(c) ? c->readable : -EINVAL;
+}
+
+MP_EXPORT int mp_connection_writable(mp_connection *c) {
+  return conn_ok(c) ? c->writable : -EINVAL;
+}
+
+/* ------------------------------------------------------ 3. socket primitives */
+
+/* Wait until fd has one of events, or the deadline. 0 or -ETIMEDOUT. */
+static int wait_fd(int fd, short events, const mp__deadline *d) {
+  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+  for (;;) {
+    int r = poll(&p, 1, mp__deadline_poll_ms(d));
+    if (r > 0)
+      return 0;
+    if (r == 0 || errno == EINTR) {
+      /* poll rounds its timeout up, so a 0 means the deadline has passed;
+       * a signal resumes against the same deadline */
+      if (mp__deadline_passed(d))
+        return -ETIMEDOUT;
+      continue;
+    }
+    return -errno;
+  }
+}
+
+/* Send one record: header, payload, and a descriptor when fd >= 0. A
+ * SOCK_SEQPACKET send is whole or nothing. */
+static int send_record(mp_connection *c, const struct rec_hdr *h, const void *payload, size_t len,
+                       int fd, const mp__deadline *d) {
+  struct iovec iov[2] = {{(void *)h, sizeof *h}, {(void *)payload, len}};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr m;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = iov;
+  m.msg_iovlen = len ? 2 : 1;
+  if (fd >= 0) {
+    memset(&u, 0, sizeof u);
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  }
+  /* Forever: let the kernel block (one syscall). Otherwise never block inside
+   * the kernel, so that poll() carries the deadline. */
+  int flags = MSG_NOSIGNAL | (d->forever ? 0 : MSG_DONTWAIT);
+  for (;;) {
+    if (sendmsg(c->fd, &m, flags) >= 0)
+      return 0;
+    int e = errno;
+    if (e == EINTR)
+      continue;
+    if (e == EAGAIN) {
+      int r = wait_fd(c->fd, POLLOUT, d);
+      if (r < 0)
+        return r;
+      continue;
+    }
+    if (e == ECONNRESET || e == ENOTCONN)
+      return -EPIPE;
+    return -e;
+  }
+}
+
+/* Whether the peer is gone for good (every copy closed). */
+static bool at_eof(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP, .revents = 0};
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP));
+}
+
+/* Wait for a record and peek at its header. Returns the record's whole length
+ * (possibly < HDR for a foreign record), or -EPIPE at end of file,
+ * -ETIMEDOUT, or another negative errno. */
+static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadline *d) {
+  int flags = MSG_PEEK | MSG_TRUNC | (d->forever ? 0 : MSG_DONTWAIT);
+  for (;;) {
+    ssize_t r = recv(c->fd, h, sizeof *h, flags);
+    if (r > 0)
+      return r;
+    if (r == 0) {
+      if (at_eof(c->fd))
+        return -EPIPE;
+      return 0; /* an empty record: foreign */
+    }
+    switch (errno) {
+    case EINTR: continue;
+    case ECONNRESET:
+      /* The peer closed with data of ours unread. The error is reported once;
+       * what was sent to us is still there, so look again. */
+      continue;
+    case EAGAIN: {
+      int w = wait_fd(c->fd, POLLIN, d);
+      if (w < 0)
+        return w;
+      continue;
+    }
+    default: return -errno;
+    }
+  }
+}
+
+/* Consume the next record, whatever it is (its descriptors are closed). */
+static void discard_record(mp_connection *c) {
+  ssize_t r;
+  do
+    r = recv(c->fd, NULL, 0, MSG_DONTWAIT | MSG_TRUNC);
+  while (r < 0 && errno == EINTR);
+}
+
+/* Read the record just peeked as *h, with `len` bytes of payload, into dst.
+ * With fds != NULL, also receive its descriptors (up to nfds; the rest are
+ * closed) and store their count in *nfds. Returns 0; -EAGAIN when the record
+ * is not the one peeked (another reader took it: look again); another
+ * negative errno when the socket fails. */
+static int read_record(mp_connection *c, const struct rec_hdr *h, void *dst, size_t len, int *fds,
+                       int *nfds) {
+  struct rec_hdr got;
+  struct iovec iov[2] = {{&got, sizeof got}, {dst, len}};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * 8)];
+    struct cmsghdr align;
+  } u;
+  struct msghdr m;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = iov;
+  m.msg_iovlen = len ? 2 : 1;
+  if (fds) {
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+  }
+  ssize_t r;
+  do
+    r = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  if (r < 0)
+    return errno == EAGAIN || errno == ECONNRESET ? -EAGAIN : -errno;
+  int n = 0;
+  if (fds) {
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+        continue;
+      size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+        if (n < *nfds)
+          fds[n++] = fd;
+        else
+          close(fd);
+      }
+    }
+  }
+  if (r != HDR + (ssize_t)len || (m.msg_flags & MSG_TRUNC) || memcmp(&got, h, sizeof got)) {
+    for (int i = 0; i < n; i++)
+      close(fds[i]);
+    return -EAGAIN;
+  }
+  if (fds)
+    *nfds = n;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- 4. sending */
+
+static int send_message(mp_connection *c, const char *p, size_t len, const mp__deadline *d) {
+  struct rec_hdr h = {REC_WORD(K_FIRST), (uint32_t)mp__tid(), len};
+  size_t off = 0;
+  for (;;) {
+    /* relaxed: a hint; any chunk size makes a valid message */
+    size_t chunk = atomic_load_explicit(&c->chunk, memory_order_relaxed);
+    size_t n = len - off < chunk ? len - off : chunk;
+    int r = send_record(c, &h, p + off, n, -1, d);
+    if (r == -EMSGSIZE && chunk > MIN_CHUNK) {
+      /* the send buffer was made smaller than a record: use smaller ones */
+      atomic_store_explicit(&c->chunk, chunk / 2, memory_order_relaxed);
+      continue;
+    }
+    if (r < 0)
+      return r;
+    off += n;
+    if (off == len)
+      return 0;
+    h.word = REC_WORD(K_MORE);
+    h.value = off;
+  }
+}
+
+MP_EXPORT int mp_connection_send(mp_connection *c, const void *buf, size_t len, double timeout) {
+  if (!conn_ok(c) || (!buf && len) || len > SSIZE_MAX)
+    return -EINVAL;
+  if (!c->writable)
+    return -EBADF;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  return send_message(c, buf, len, &d);
+}
+
+MP_EXPORT int mp_connection_send_bytes(mp_connection *c, const void *buf, size_t buflen,
+                                       size_t offset, size_t size, double timeout) {
+  if (!conn_ok(c) || (!buf && buflen))
+    return -EINVAL;
+  if (offset > buflen)
+    return -EINVAL;
+  if (size == MP_CONNECTION_TO_END)
+    size = buflen - offset;
+  else if (size > buflen - offset)
+    return -EINVAL;
+  return mp_connection_send(c, (const char *)buf + offset, size, timeout);
+}
+
+/* -------------------------------------------------------------- 5. receiving */
+
+static int classify(const struct rec_hdr *h, ssize_t len) {
+  if (len < HDR || (h->word >> 8) != REC_MAGIC)
+    return K_FOREIGN;
+  size_t pay = (size_t)(len - HDR);
+  switch (h->word & 0xff) {
+  case K_FIRST:
+    /* a message of several records starts with a non-empty one */
+    if (h->value > SSIZE_MAX || pay > h->value || (pay == 0 && h->value > 0))
+      return K_FOREIGN;
+    return K_FIRST;
+  case K_MORE: return pay > 0 ? K_MORE : K_FOREIGN;
+  case K_FD: return pay == 0 ? K_FD : K_FOREIGN;
+  default: return K_FOREIGN;
+  }
+}
+
+/* Wait for the next record that counts: a FIRST, an FD, or the MORE that
+ * continues the begun message. Foreign records and stray MOREs are discarded;
+ * a FIRST or FD ends the begun message. Returns the kind, with the header in
+ * *h and the payload length in *pay, or a negative errno. */
+static int next_record(mp_connection *c, struct rec_hdr *h, size_t *pay, const mp__deadline *d) {
+  for (;;) {
+    ssize_t r = peek_record(c, h, d);
+    if (r < 0)
+      return (int)r;
+    int kind = classify(h, r);
+    struct partial *pt = &c->part;
+    if (kind == K_MORE) {
+      if (!pt->buf || h->sender != pt->sender || h->value != pt->got ||
+          (size_t)(r - HDR) > pt->total - pt->got)
+        kind = K_FOREIGN; /* the remains of an abandoned or overlapped message */
+    } else if (kind != K_FOREIGN && pt->buf) {
+      part_drop(c); /* its sender died, timed out or overlapped another send */
+    }
+    if (kind == K_FOREIGN) {
+      discard_record(c);
+      continue;
+    }
+    *pay = (size_t)(r - HDR);
+    return kind;
+  }
+}
+
+/* Keep the begun message across the end of this receive: it may point into
+ * the caller's buffer, which is not ours to keep. */
+static void part_keep(mp_connection *c) {
+  struct partial *pt = &c->part;
+  if (!pt->buf || pt->owned)
+    return;
+  char *b = malloc(pt->total);
+  if (!b) {
+    pt->buf = NULL; /* cannot keep it: the message is lost to this receiver */
+    return;
+  }
+  memcpy(b, pt->buf, pt->got);
+  pt->buf = b;
+  pt->owned = true;
+}
+
+/* Whether a begun message kept from an earlier receive is still going. A
+ * new message or descriptor next (or end of file) shows that its sender gave
+ * it up, and it is dropped. Never waits. */
+static bool part_alive(mp_connection *c) {
+  if (!c->part.buf)
+    return false;
+  mp__deadline now;
+  mp__deadline_init(&now, MP_NOWAIT);
+  struct rec_hdr h;
+  size_t pay;
+  if (next_record(c, &h, &pay, &now) == -EPIPE)
+    part_drop(c);
+  return c->part.buf != NULL;
+}
+
+/* Receive one message into buf (cap bytes), or, when alloc, into a new buffer
+ * stored in *out. */
+static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
+                            const mp__deadline *d) {
+  struct partial *pt = &c->part;
+  if (!alloc && part_alive(c)) {
+    /* continue a message begun by an earlier receive, in the caller's buffer */
+    if (pt->total > cap)
+      return -EMSGSIZE;
+    memcpy(buf, pt->buf, pt->got);
+    free(pt->buf);
+    pt->buf = buf;
+    pt->owned = false;
+  }
+  ssize_t ret;
+  for (;;) {
+    struct rec_hdr h;
+    size_t pay;
+    int kind = next_record(c, &h, &pay, d);
+    if (kind < 0) {
+      ret = kind;
+      break;
+    }
+    if (kind == K_FD) {
+      ret = -EBADMSG;
+      break;
+    }
+    if (kind == K_FIRST) {
+      size_t total = (size_t)h.value;
+      if (!alloc && total > cap) {
+        ret = -EMSGSIZE;
+        break;
+      }
+      char *dst = alloc ? malloc(total ? total : 1) : buf;
+      if (alloc && !dst) {
+        ret = -ENOMEM;
+        break;
+      }
+      int r = read_record(c, &h, dst, pay, NULL, NULL);
+      if (r < 0) {
+        if (alloc)
+          free(dst);
+        if (r == -EAGAIN)
+          continue;
+        ret = r;
+        break;
+      }
+      *pt = (struct partial){dst, total, pay, h.sender, alloc};
+    } else {
+      int r = read_record(c, &h, pt->buf + pt->got, pay, NULL, NULL);
+      if (r == -EAGAIN)
+        continue;
+      if (r < 0) {
+        ret = r;
+        break;
+      }
+      pt->got += pay;
+    }
+    if (pt->got == pt->total) {
+      ret = (ssize_t)pt->total;
+      if (alloc)
+        *out = pt->buf;
+      pt->buf = NULL;
+      return ret;
+    }
+  }
+  if (ret == -EPIPE)
+    part_drop(c); /* its sender is gone: it will never end */
+  else
+    part_keep(c);
+  return ret;
+}
+
+static int recv_begin(mp_connection *c, mp__deadline *d, double timeout) {
+  if (!conn_ok(c))
+    return -EINVAL;
+  if (!c->readable)
+    return -EBADF;
+  if (mp__deadline_init(d, timeout) < 0)
+    return -EINVAL;
+  return 0;
+}
+
+MP_EXPORT ssize_t mp_connection_recv(mp_connection *c, void *buf, size_t cap, double timeout) {
+  mp__deadline d;
+  if (!buf && cap)
+    return -EINVAL;
+  int r = recv_begin(c, &d, timeout);
+  if (r < 0)
+    return r;
+  return recv_message(c, buf, cap, false, NULL, &d);
+}
+
+MP_EXPORT ssize_t mp_connection_recv_alloc(mp_connection *c, void **ret, double timeout) {
+  mp__deadline d;
+  if (!ret)
+    return -EINVAL;
+  int r = recv_begin(c, &d, timeout);
+  if (r < 0)
+    return r;
+  return recv_message(c, NULL, 0, true, ret, &d);
+}
+
+MP_EXPORT int mp_connection_poll(mp_connection *c, double timeout) {
+  mp__deadline d;
+  int r = recv_begin(c, &d, timeout);
+  if (r < 0)
+    return r;
+  struct rec_hdr h;
+  size_t pay;
+  r = next_record(c, &h, &pay, &d);
+  if (r >= 0 || r == -EPIPE)
+    return 1;
+  return r == -ETIMEDOUT ? 0 : r;
+}
+
+MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *c, double timeout) {
+  mp__deadline d;
+  int r = recv_begin(c, &d, timeout);
+  if (r < 0)
+    return r;
+  if (part_alive(c))
+    return (ssize_t)c->part.total;
+  struct rec_hdr h;
+  size_t pay;
+  r = next_record(c, &h, &pay, &d);
+  if (r < 0)
+    return r;
+  if (r == K_FD)
+    return -EBADMSG;
+  /* next_record() gives a MORE only for a begun message, and there is none */
+  return (ssize_t)h.value;
+}
+
+/* ------------------------------------------ 6. descriptors and connections */
+
+static int send_fd(mp_connection *c, int fd, uint64_t what, double timeout) {
+  if (!c->writable)
+    return -EBADF;
+  if (fd < 0)
+    return -EBADF;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  struct rec_hdr h = {REC_WORD(K_FD), (uint32_t)mp__tid(), what};
+  return send_record(c, &h, NULL, 0, fd, &d);
+}
+
+MP_EXPORT int mp_connection_send_fd(mp_connection *c, int fd, double timeout) {
+  if (!conn_ok(c))
+    return -EINVAL;
+  return send_fd(c, fd, 0, timeout);
+}
+
+MP_EXPORT int mp_connection_send_connection(mp_connection *c, mp_connection *what, double timeout) {
+  if (!conn_ok(c) || !conn_ok(what))
+    return -EINVAL;
+  uint64_t v = FD_CONNECTION | (what->readable ? MP_CONNECTION_READABLE : 0) |
+               (what->writable ? MP_CONNECTION_WRITABLE : 0);
+  return send_fd(c, what->fd, v, timeout);
+}
+
+/* Receive an FD record; with want_conn, only one that carries a connection. */
+static int recv_fd(mp_connection *c, bool want_conn, int *fd, uint64_t *what, double timeout) {
+  mp__deadline d;
+  int r = recv_begin(c, &d, timeout);
+  if (r < 0)
+    return r;
+  for (;;) {
+    struct rec_hdr h;
+    size_t pay;
+    int kind = next_record(c, &h, &pay, &d);
+    if (kind < 0) {
+      if (kind == -EPIPE)
+        part_drop(c);
+      return kind;
+    }
+    if (kind != K_FD || (want_conn && !(h.value & FD_CONNECTION)))
+      return -EBADMSG;
+    int fds[1], n = 1;
+    r = read_record(c, &h, NULL, 0, fds, &n);
+    if (r == -EAGAIN)
+      continue;
+    if (r < 0)
+      return r;
+    if (n == 0)
+      return -EMFILE; /* the kernel could not install it (MSG_CTRUNC) */
+    *fd = fds[0];
+    *what = h.value;
+    return 0;
+  }
+}
+
+MP_EXPORT int mp_connection_recv_fd(mp_connection *c, int *ret, double timeout) {
+  if (!ret)
+    return -EINVAL;
+  int fd;
+  uint64_t what;
+  int r = recv_fd(c, false, &fd, &what, timeout);
+  if (r < 0)
+    return r;
+  *ret = fd;
+  return 0;
+}
+
+MP_EXPORT int mp_connection_recv_connection(mp_connection *c, mp_connection **ret, double timeout) {
+  if (!ret)
+    return -EINVAL;
+  int fd;
+  uint64_t what;
+  int r = recv_fd(c, true, &fd, &what, timeout);
+  if (r < 0)
+    return r;
+  r = conn_make(fd, what & MP_CONNECTION_READABLE, what & MP_CONNECTION_WRITABLE, ret);
+  if (r < 0)
+    close(fd);
+  return r;
+}
+
+/* ------------------------------------------------------------------- 7. wait */
+
+/*
+ * mp_connection_wait(): descriptors (connections, process sentinels, raw fds)
+ * go to poll(); queues have none, so the caller registers with each queue
+ * (mp__queue_watch_begin(), which hands out a futex word that every put and
+ * close changes) and sleeps on the words:
+ *  - queues only (up to 128): the calling thread sleeps in futex_waitv;
+ *  - queues and descriptors: helper threads sleep in futex_waitv on up to 127
+ *    queue words each plus a private `stop` word, and write an eventfd that the
+ *    caller's poll() includes; the caller then sets `stop`, wakes and joins
+ *    them. futex_waitv checks every word atomically against its snapshot, so
+ *    neither a put nor the stop can slip in between a check and the sleep.
+ * After any wake-up everything is checked again from scratch (a wake-up proves
+ * nothing); the deadline is the caller's throughout.
+ */
+
+#define GROUP_MAX (MP__FUTEX_WAITV_MAX - 1) /* queue words per helper, + stop */
+
+struct helper {
+  _Atomic uint32_t stop; /* 0 until the caller is done; a futex word */
+  int efd;
+  int err; /* written by the helper before it writes efd */
+  unsigned n;
+  _Atomic uint32_t **words; /* its n queue words */
+  uint32_t *snaps;          /* and their snapshots */
+  pthread_t thread;
+  bool started;
+};
+
+static void *helper_main(void *arg) {
+  struct helper *hp = arg;
+  _Atomic uint32_t *words[MP__FUTEX_WAITV_MAX];
+  uint32_t snaps[MP__FUTEX_WAITV_MAX];
+  words[0] = &hp->stop;
+  snaps[0] = 0;
+  for (unsigned i = 0; i < hp->n; i++) {
+    words[i + 1] = hp->words[i];
+    snaps[i + 1] = hp->snaps[i];
+  }
+  for (;;) {
+    if (atomic_load(&hp->stop))
+      return NULL;
+    bool changed = false;
+    for (unsigned i = 1; i <= hp->n; i++)
+      changed |= atomic_load(words[i]) != snaps[i];
+    if (changed)
+      break;
+    int r = mp__futex_waitv(words, snaps, hp->n + 1, NULL);
+    if (r < 0) {
+      hp->err = r; /* no futex_waitv, or a fault: report it to the caller */
+      break;
+    }
+  }
+  uint64_t one = 1;
+  ssize_t w = write(hp->efd, &one, sizeof one);
+  (void)w; /* adding 1 to an eventfd fails only on overflow */
+  return NULL;
+}
+
+static void helpers_stop(struct helper *hp, size_t nh) {
+  for (size_t i = 0; i < nh; i++) {
+    if (!hp[i].started)
+      continue;
+    atomic_store(&hp[i].stop, 1);
+    mp__futex_wake(&hp[i].stop, 1);
+  }
+  for (size_t i = 0; i < nh; i++)
+    if (hp[i].started)
+      pthread_join(hp[i].thread, NULL);
+}
+
+/* Whether a polled entry counts as ready. */
+static bool revents_ready(short revents) { return revents & (POLLIN | POLLHUP | POLLERR); }
+
+/* poll() the entries until one is ready or the deadline passes (a timeout of
+ * 0 polls once). Returns how many are ready, -ETIMEDOUT, -EBADF for a closed
+ * descriptor, or another negative errno. */
+static int poll_until(struct pollfd *pfds, size_t n, const mp__deadline *d) {
+  for (;;) {
+    int r = poll(pfds, (nfds_t)n, mp__deadline_poll_ms(d));
+    if (r < 0 && errno != EINTR)
+      return -errno;
+    if (r > 0) {
+      int ready = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (pfds[i].revents & POLLNVAL)
+          return -EBADF;
+        ready += revents_ready(pfds[i].revents);
+      }
+      if (ready)
+        return ready;
+    }
+    if (mp__deadline_passed(d))
+      return -ETIMEDOUT;
+  }
+}
+
+/* Sleep until a descriptor in pfds[0..nfd) is ready, a queue word changes, or
+ * the deadline. pfds has room for one more entry (the eventfd). Returns 0 or a
+ * negative errno (-ETIMEDOUT included). */
+static int sleep_mixed(struct pollfd *pfds, size_t nfd, _Atomic uint32_t **words, uint32_t *snaps,
+                       size_t nq, const mp__deadline *d) {
+  size_t nh = (nq + GROUP_MAX - 1) / GROUP_MAX;
+  struct helper *hp = calloc(nh, sizeof *hp);
+  if (!hp)
+    return -ENOMEM;
+  int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) {
+    int e = errno;
+    free(hp);
+    return -e;
+  }
+  int r = 0;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  /* Signals are for the caller's thread: the helpers start with all blocked. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  for (size_t i = 0; i < nh && r == 0; i++) {
+    size_t left = nq - i * GROUP_MAX;
+    hp[i].efd = efd;
+    hp[i].words = words + i * GROUP_MAX;
+    hp[i].snaps = snaps + i * GROUP_MAX;
+    hp[i].n = (unsigned)(left < GROUP_MAX ? left : GROUP_MAX);
+    r = -pthread_create(&hp[i].thread, &attr, helper_main, &hp[i]);
+    hp[i].started = r == 0;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (r == 0) {
+    pfds[nfd] = (struct pollfd){.fd = efd, .events = POLLIN, .revents = 0};
+    r = poll_until(pfds, nfd + 1, d);
+    if (r > 0)
+      r = 0;
+  }
+  helpers_stop(hp, nh);
+  for (size_t i = 0; i < nh; i++)
+    if (hp[i].err < 0 && r == 0)
+      r = hp[i].err;
+  close(efd);
+  free(hp);
+  return r;
+}
+
+MP_EXPORT int mp_connection_wait(mp_wait_item *items, size_t n, double timeout) {
+  if (!items && n)
+    return -EINVAL;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  if (n == 0 && d.forever)
+    return -EINVAL;
+
+  size_t nfd = 0, nq = 0;
+  for (size_t i = 0; i < n; i++) {
+    mp_wait_item *it = &items[i];
+    switch (it->kind) {
+    case MP_WAIT_CONNECTION:
+      if (!conn_ok(it->obj))
+        return -EINVAL;
+      if (!((mp_connection *)it->obj)->readable)
+        return -EBADF;
+      nfd++;
+      break;
+    case MP_WAIT_PROCESS: {
+      if (!it->obj)
+        return -EINVAL;
+      int s = mp_process_sentinel(it->obj);
+      if (s < 0)
+        return s;
+      nfd++;
+      break;
+    }
+    case MP_WAIT_FD:
+      if (it->fd < 0)
+        return -EBADF;
+      nfd++;
+      break;
+    case MP_WAIT_QUEUE:
+      if (!it->obj)
+        return -EINVAL;
+      nq++;
+      break;
+    default: return -EINVAL;
+    }
+  }
+
+  /* One allocation: pollfds (+1 for the helpers' eventfd), queue words, the
+   * item index of each pollfd and queue, snapshots and per-queue flags. */
+  size_t sz = (nfd + 1) * sizeof(struct pollfd) + nq * sizeof(_Atomic uint32_t *) +
+              (nfd + nq) * sizeof(size_t) + nq * (sizeof(uint32_t) + 2);
+  char *mem = malloc(sz);
+  if (!mem)
+    return -ENOMEM;
+  struct pollfd *pfds = (struct pollfd *)mem;
+  _Atomic uint32_t **words = (_Atomic uint32_t **)(pfds + nfd + 1);
+  size_t *fdidx = (size_t *)(words + nq);
+  size_t *qidx = fdidx + nfd;
+  uint32_t *snaps = (uint32_t *)(qidx + nq);
+  unsigned char *qready = (unsigned char *)(snaps + nq);
+  unsigned char *watching = qready + nq;
+
+  size_t f = 0, q = 0;
+  for (size_t i = 0; i < n; i++) {
+    mp_wait_item *it = &items[i];
+    int fd;
+    switch (it->kind) {
+    case MP_WAIT_CONNECTION: fd = ((mp_connection *)it->obj)->fd; break;
+    case MP_WAIT_PROCESS: fd = mp_process_sentinel(it->obj); break;
+    case MP_WAIT_FD: fd = it->fd; break;
+    default:
+      qidx[q] = i;
+      qready[q] = watching[q] = 0;
+      q++;
+      continue;
+    }
+    pfds[f] = (struct pollfd){.fd = fd, .events = POLLIN, .revents = 0};
+    fdidx[f++] = i;
+  }
+
+  int ret;
+  if (nq == 0) {
+    /* Descriptors only: one poll() with the deadline is the whole wait. */
+    ret = poll_until(pfds, nfd, &d);
+    goto out;
+  }
+  for (;;) {
+    /* Check everything without sleeping... */
+    int nready = 0;
+    ret = 0;
+    for (size_t j = 0; j < nq && ret == 0; j++) {
+      int r = mp__queue_watch_begin(items[qidx[j]].obj, &words[j], &snaps[j]);
+      if (r < 0)
+        ret = r;
+      qready[j] = r == 1;
+      watching[j] = r == 0;
+      nready += r == 1;
+    }
+    if (ret < 0)
+      break;
+    if (nfd > 0) {
+      mp__deadline now;
+      mp__deadline_init(&now, MP_NOWAIT);
+      int r = poll_until(pfds, nfd, &now);
+      if (r < 0 && r != -ETIMEDOUT) {
+        ret = r;
+        break;
+      }
+      nready += r > 0 ? r : 0;
+    }
+    if (nready > 0) {
+      ret = nready;
+      break;
+    }
+    if (d.nowait || mp__deadline_passed(&d)) {
+      ret = -ETIMEDOUT;
+      break;
+    }
+    /* ...then sleep until something may have changed, and look again. */
+    int r;
+    if (nfd == 0 && nq == 1)
+      r = mp__futex_wait(words[0], snaps[0], &d);
+    else if (nfd == 0 && nq <= MP__FUTEX_WAITV_MAX)
+      r = mp__futex_waitv(words, snaps, (unsigned)nq, &d);
+    else
+      r = sleep_mixed(pfds, nfd, words, snaps, nq, &d);
+    for (size_t j = 0; j < nq; j++) {
+      if (watching[j])
+        mp__queue_watch_end(items[qidx[j]].obj);
+      watching[j] = 0;
+    }
+    if (r < 0 && r != -ETIMEDOUT) {
+      ret = r;
+      break;
+    }
+  }
+  for (size_t j = 0; j < nq; j++)
+    if (watching[j])
+      mp__queue_watch_end(items[qidx[j]].obj);
+out:
+  if (ret > 0) {
+    for (size_t i = 0; i < n; i++)
+      items[i].ready = 0;
+    for (size_t i = 0; i < nfd; i++)
+      if (revents_ready(pfds[i].revents))
+        items[fdidx[i]].ready = 1;
+    for (size_t j = 0; j < nq; j++)
+      if (qready[j])
+        items[qidx[j]].ready = 1;
+  }
+  free(mem);
+  return ret;
+}

@@ -1,0 +1,1416 @@
+/* SPDX-License-Identifier: MIT */
+/* Pipe and Connection: framing, directions, EOF, timeouts, descriptors in
+ * transit, several senders, and mp_connection_wait() over every kind. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <mp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static void new_pipe(int duplex, mp_connection **a, mp_connection **b) {
+  *a = *b = NULL;
+  assert_int_equal(mp_pipe_new(duplex, a, b), 0);
+  assert_non_null(*a);
+  assert_non_null(*b);
+}
+
+static unsigned char pattern(unsigned seed, size_t i) {
+  return (unsigned char)(seed * 131u + i * 7u + (i >> 9) + (i >> 17));
+}
+
+static void fill(void *buf, size_t n, unsigned seed) {
+  unsigned char *p = buf;
+  for (size_t i = 0; i < n; i++)
+    p[i] = pattern(seed, i);
+}
+
+static bool check(const void *buf, size_t n, unsigned seed) {
+  const unsigned char *p = buf;
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != pattern(seed, i))
+      return false;
+  return true;
+}
+
+/* A descriptor number that is not open. */
+static int closed_fd(void) {
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  assert_true(fd >= 0);
+  close(fd);
+  return fd;
+}
+
+static void send_str(mp_connection *c, const char *s) {
+  assert_int_equal(mp_connection_send(c, s, strlen(s), MP_FOREVER), 0);
+}
+
+static void recv_str(mp_connection *c, const char *want) {
+  char buf[256];
+  ssize_t n = mp_connection_recv(c, buf, sizeof buf, 5.0);
+  assert_int_equal(n, (ssize_t)strlen(want));
+  assert_memory_equal(buf, want, strlen(want));
+}
+
+/* A blocking call with a timeout, returning what it gives when unsatisfied. */
+typedef long (*blocking_fn)(void *ctx, double timeout);
+
+/* Timeout 0: the unsatisfied result at once. 0.2 s: after the timeout, not
+ * before and not wildly after. Signals during a 0.3 s wait: neither end it
+ * early nor stretch it. */
+static void check_blocking(blocking_fn fn, void *ctx, long unsatisfied) {
+  double t0 = tu_now();
+  assert_int_equal(fn(ctx, MP_NOWAIT), unsatisfied);
+  assert_true(tu_now() - t0 < 0.5);
+
+  t0 = tu_now();
+  assert_int_equal(fn(ctx, 0.2), unsatisfied);
+  double e = tu_now() - t0;
+  assert_true(e >= 0.2 - 0.01);
+  assert_true(e < 2.0);
+
+  tu_signals_start(0.05, 0.05);
+  t0 = tu_now();
+  assert_int_equal(fn(ctx, 0.3), unsatisfied);
+  e = tu_now() - t0;
+  int signals = tu_signals_stop();
+  assert_true(e >= 0.3 - 0.01);
+  assert_true(e < 2.0);
+  assert_true(signals >= 2);
+}
+
+/* ------------------------------------------------------------ basics */
+
+static void test_connection_pipe_new_and_accessors(void **state) {
+  (void)state;
+  mp_connection *a = NULL, *b = NULL;
+  assert_int_equal(mp_pipe_new(1, NULL, &b), -EINVAL);
+  assert_int_equal(mp_pipe_new(1, &a, NULL), -EINVAL);
+  assert_null(a);
+  assert_null(b);
+
+  new_pipe(1, &a, &b);
+  assert_int_equal(mp_connection_readable(a), 1);
+  assert_int_equal(mp_connection_writable(a), 1);
+  assert_int_equal(mp_connection_readable(b), 1);
+  assert_int_equal(mp_connection_writable(b), 1);
+  int fa = mp_connection_fileno(a), fb = mp_connection_fileno(b);
+  assert_true(fa >= 0 && fb >= 0 && fa != fb);
+  assert_true(fcntl(fa, F_GETFD) & FD_CLOEXEC);
+  assert_true(fcntl(fb, F_GETFD) & FD_CLOEXEC);
+  assert_int_equal(mp_connection_close(a), 0);
+  assert_int_equal(mp_connection_close(b), 0);
+
+  new_pipe(0, &a, &b);
+  assert_int_equal(mp_connection_readable(a), 1);
+  assert_int_equal(mp_connection_writable(a), 0);
+  assert_int_equal(mp_connection_readable(b), 0);
+  assert_int_equal(mp_connection_writable(b), 1);
+  assert_int_equal(mp_connection_close(a), 0);
+  assert_int_equal(mp_connection_close(b), 0);
+
+  assert_int_equal(mp_connection_close(NULL), 0);
+  assert_int_equal(mp_connection_fileno(NULL), -EINVAL);
+  assert_int_equal(mp_connection_readable(NULL), -EINVAL);
+  assert_int_equal(mp_connection_writable(NULL), -EINVAL);
+}
+
+static void test_connection_bad_arguments(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char buf[8];
+  void *p = NULL;
+  int fd = -1;
+  mp_connection *got = NULL;
+  assert_int_equal(mp_connection_send(NULL, "x", 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_send(a, NULL, 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_send(a, "x", 1, NAN), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(NULL, "x", 1, 0, 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv(NULL, buf, sizeof buf, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv(a, NULL, 4, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, NAN), -EINVAL);
+  assert_int_equal(mp_connection_recv_alloc(NULL, &p, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv_alloc(a, NULL, 0), -EINVAL);
+  assert_int_equal(mp_connection_poll(NULL, 0), -EINVAL);
+  assert_int_equal(mp_connection_poll(a, NAN), -EINVAL);
+  assert_int_equal(mp_connection_peek_size(NULL, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_fd(NULL, 0, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_fd(a, -1, 0), -EBADF);
+  assert_int_equal(mp_connection_recv_fd(NULL, &fd, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv_fd(a, NULL, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_connection(NULL, b, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_connection(a, NULL, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv_connection(NULL, &got, 0), -EINVAL);
+  assert_int_equal(mp_connection_recv_connection(a, NULL, 0), -EINVAL);
+  assert_null(p);
+  assert_int_equal(fd, -1);
+  assert_null(got);
+  /* nothing was sent by any of those */
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_duplex_both_ways(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  send_str(a, "ping");
+  recv_str(b, "ping");
+  send_str(b, "pong");
+  recv_str(a, "pong");
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_simplex_wrong_direction(void **state) {
+  (void)state;
+  mp_connection *r, *w;
+  new_pipe(0, &r, &w);
+  char buf[8];
+  void *p;
+  int fd;
+  mp_connection *got;
+  assert_int_equal(mp_connection_send(r, "x", 1, 0), -EBADF);
+  assert_int_equal(mp_connection_send_bytes(r, "x", 1, 0, 1, 0), -EBADF);
+  assert_int_equal(mp_connection_send_fd(r, mp_connection_fileno(r), 0), -EBADF);
+  assert_int_equal(mp_connection_send_connection(r, w, 0), -EBADF);
+  assert_int_equal(mp_connection_recv(w, buf, sizeof buf, 0), -EBADF);
+  assert_int_equal(mp_connection_recv_alloc(w, &p, 0), -EBADF);
+  assert_int_equal(mp_connection_poll(w, 0), -EBADF);
+  assert_int_equal(mp_connection_peek_size(w, 0), -EBADF);
+  assert_int_equal(mp_connection_recv_fd(w, &fd, 0), -EBADF);
+  assert_int_equal(mp_connection_recv_connection(w, &got, 0), -EBADF);
+  mp_wait_item it = {.kind = MP_WAIT_CONNECTION, .obj = w};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EBADF);
+  /* the right direction works */
+  send_str(w, "one way");
+  recv_str(r, "one way");
+  mp_connection_close(r);
+  mp_connection_close(w);
+}
+
+static void test_connection_emsgsize_keeps_message(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char msg[100], buf[100];
+  fill(msg, sizeof msg, 1);
+  assert_int_equal(mp_connection_send(a, msg, sizeof msg, 0), 0);
+  assert_int_equal(mp_connection_recv(b, buf, 10, 0), -EMSGSIZE);
+  assert_int_equal(mp_connection_recv(b, buf, 99, 0), -EMSGSIZE);
+  assert_int_equal(mp_connection_recv(b, NULL, 0, 0), -EMSGSIZE);
+  assert_int_equal(mp_connection_peek_size(b, 0), 100);
+  assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 0), 100);
+  assert_memory_equal(buf, msg, sizeof msg);
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+
+  /* the same for a message of several records */
+  size_t big = 3 * MP_CONNECTION_ATOMIC_MAX + 5;
+  char *m = malloc(big), *r = malloc(big);
+  fill(m, big, 2);
+  assert_int_equal(mp_connection_send(a, m, big, 5), 0);
+  assert_int_equal(mp_connection_recv(b, r, big - 1, 0), -EMSGSIZE);
+  assert_int_equal(mp_connection_peek_size(b, 0), (ssize_t)big);
+  assert_int_equal(mp_connection_recv(b, r, big, 0), (ssize_t)big);
+  assert_true(check(r, big, 2));
+  free(m);
+  free(r);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_poll_does_not_consume(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  send_str(a, "stay");
+  assert_int_equal(mp_connection_poll(b, 0), 1);
+  assert_int_equal(mp_connection_poll(b, 1.0), 1);
+  assert_int_equal(mp_connection_peek_size(b, 0), 4);
+  assert_int_equal(mp_connection_poll(b, MP_FOREVER), 1);
+  recv_str(b, "stay");
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_empty_messages(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char buf[16];
+  assert_int_equal(mp_connection_send(a, NULL, 0, 0), 0);
+  assert_int_equal(mp_connection_send(a, "x", 0, 0), 0);
+  send_str(a, "ab");
+  assert_int_equal(mp_connection_send_bytes(a, "abc", 3, 3, MP_CONNECTION_TO_END, 0), 0);
+  assert_int_equal(mp_connection_poll(b, 0), 1);
+  assert_int_equal(mp_connection_peek_size(b, 0), 0);
+  assert_int_equal(mp_connection_recv(b, NULL, 0, 0), 0);
+  assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 0), 0);
+  assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 0), 2);
+  void *p = NULL;
+  assert_int_equal(mp_connection_recv_alloc(b, &p, 0), 0);
+  assert_non_null(p);
+  free(p);
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_recv_alloc(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char msg[5000];
+  fill(msg, sizeof msg, 3);
+  assert_int_equal(mp_connection_send(a, msg, sizeof msg, 0), 0);
+  void *p = NULL;
+  assert_int_equal(mp_connection_recv_alloc(b, &p, 0), (ssize_t)sizeof msg);
+  assert_memory_equal(p, msg, sizeof msg);
+  free(p);
+  p = NULL;
+  assert_int_equal(mp_connection_recv_alloc(b, &p, 0), -ETIMEDOUT);
+  assert_null(p);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_send_bytes_bounds(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  const char *s = "0123456789";
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 11, 0, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 11, MP_CONNECTION_TO_END, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 5, 6, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 0, 11, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 1, SIZE_MAX - 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_send_bytes(a, NULL, 10, 0, 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_poll(b, 0), 0); /* nothing was sent */
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 2, 3, 0), 0);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 7, MP_CONNECTION_TO_END, 0), 0);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 0, 10, 0), 0);
+  assert_int_equal(mp_connection_send_bytes(a, s, 10, 10, 0, 0), 0);
+  assert_int_equal(mp_connection_send_bytes(a, NULL, 0, 0, MP_CONNECTION_TO_END, 0), 0);
+  recv_str(b, "234");
+  recv_str(b, "789");
+  recv_str(b, "0123456789");
+  recv_str(b, "");
+  recv_str(b, "");
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+/* ------------------------------------------------ ordering and large messages */
+
+struct pair {
+  mp_connection *a, *b;
+};
+
+static int send_thousand(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  char msg[64];
+  for (unsigned i = 0; i < 1000; i++) {
+    size_t n = i % 61;
+    fill(msg, n, i);
+    CHILD_CHECK(mp_connection_send(p->a, msg, n, 10) == 0);
+  }
+  return 0;
+}
+
+static void test_connection_many_small_in_order(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(send_thousand, &p, 30);
+  assert_true(pid > 0);
+  mp_connection_close(p.a);
+  char buf[4096];
+  for (unsigned i = 0; i < 1000; i++) {
+    ssize_t n = mp_connection_recv(p.b, buf, sizeof buf, 10);
+    assert_int_equal(n, (ssize_t)(i % 61));
+    assert_true(check(buf, (size_t)n, i));
+  }
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 10), -EPIPE);
+  assert_child_ok(pid);
+  mp_connection_close(p.b);
+}
+
+#define BIG ((size_t)16 << 20)
+
+static int echo_big(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->a);
+  void *m = NULL;
+  ssize_t n = mp_connection_recv_alloc(p->b, &m, 30);
+  CHILD_CHECK(n == (ssize_t)BIG);
+  CHILD_CHECK(check(m, BIG, 9));
+  CHILD_CHECK(mp_connection_send(p->b, m, (size_t)n, 30) == 0);
+  free(m);
+  return 0;
+}
+
+static void test_connection_16mib_round_trip(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(echo_big, &p, 60);
+  assert_true(pid > 0);
+  mp_connection_close(p.b);
+  char *m = malloc(BIG), *r = malloc(BIG);
+  fill(m, BIG, 9);
+  assert_int_equal(mp_connection_send(p.a, m, BIG, 30), 0);
+  memset(r, 0, BIG);
+  assert_int_equal(mp_connection_recv(p.a, r, BIG, 30), (ssize_t)BIG);
+  assert_true(check(r, BIG, 9));
+  assert_child_ok(pid);
+  assert_int_equal(mp_connection_recv(p.a, r, BIG, 5), -EPIPE);
+  free(m);
+  free(r);
+  mp_connection_close(p.a);
+}
+
+static int send_one_mib(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  size_t n = (size_t)1 << 20;
+  char *m = malloc(n);
+  fill(m, n, 4);
+  CHILD_CHECK(mp_connection_send(p->a, m, n, 30) == 0);
+  CHILD_CHECK(mp_connection_send(p->a, "end", 3, 30) == 0);
+  free(m);
+  return 0;
+}
+
+/* A receive that times out in the middle of a large message keeps what it has
+ * read, and the next receive (into a buffer or allocated) continues it. */
+static void test_connection_timeout_mid_message_loses_nothing(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(send_one_mib, &p, 30);
+  assert_true(pid > 0);
+  mp_connection_close(p.a);
+  size_t n = (size_t)1 << 20;
+  char *buf = malloc(n);
+  assert_int_equal(mp_connection_poll(p.b, 10), 1);
+  ssize_t r;
+  int timeouts = 0, rounds = 0;
+  for (;;) {
+    rounds++;
+    /* With the sender stopped, a receive surely runs out of records in the
+     * middle of the message (it is larger than the socket's buffer). */
+    if (rounds == 1)
+      kill(pid, SIGSTOP);
+    if (rounds % 3 == 0) {
+      /* too small: the begun message stays begun */
+      assert_int_equal(mp_connection_recv(p.b, buf, n - 1, MP_NOWAIT), -EMSGSIZE);
+      assert_int_equal(mp_connection_peek_size(p.b, 0), (ssize_t)n);
+    }
+    if (rounds % 2 == 0) {
+      void *m = NULL;
+      r = mp_connection_recv_alloc(p.b, &m, MP_NOWAIT);
+      if (r >= 0) {
+        assert_int_equal(r, (ssize_t)n);
+        assert_true(check(m, n, 4));
+        free(m);
+        break;
+      }
+    } else {
+      r = mp_connection_recv(p.b, buf, n, MP_NOWAIT);
+      if (r >= 0) {
+        assert_int_equal(r, (ssize_t)n);
+        assert_true(check(buf, n, 4));
+        break;
+      }
+    }
+    assert_int_equal(r, -ETIMEDOUT);
+    timeouts++;
+    if (rounds == 1)
+      kill(pid, SIGCONT);
+    assert_int_equal(mp_connection_poll(p.b, 10), 1);
+  }
+  assert_true(timeouts > 0);
+  recv_str(p.b, "end");
+  assert_child_ok(pid);
+  free(buf);
+  mp_connection_close(p.b);
+}
+
+/* ------------------------------------------------------------ end of file */
+
+static int hold_then_exit(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  CHILD_CHECK(mp_connection_send(p->a, "last words", 10, 5) == 0);
+  char buf[8];
+  CHILD_CHECK(mp_connection_recv(p->a, buf, sizeof buf, 10) == 3); /* "bye" */
+  return 0;
+}
+
+static void test_connection_eof_when_every_copy_closed(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(hold_then_exit, &p, 30);
+  assert_true(pid > 0);
+  mp_connection_close(p.a); /* the child still holds a copy */
+  recv_str(p.b, "last words");
+  char buf[16];
+  /* no end of file while the child's copy is open */
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 0.05), -ETIMEDOUT);
+  send_str(p.b, "bye");
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 10), -EPIPE);
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 0), -EPIPE);
+  void *m = NULL;
+  assert_int_equal(mp_connection_recv_alloc(p.b, &m, 0), -EPIPE);
+  assert_int_equal(mp_connection_peek_size(p.b, 0), -EPIPE);
+  int fd;
+  assert_int_equal(mp_connection_recv_fd(p.b, &fd, 0), -EPIPE);
+  assert_int_equal(mp_connection_poll(p.b, 0), 1); /* as Python's: readable at EOF */
+  assert_child_ok(pid);
+  mp_connection_close(p.b);
+}
+
+static int pause_forever(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  for (;;)
+    pause();
+  return 0;
+}
+
+static void test_connection_eof_when_holder_killed(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(0, &p.b, &p.a); /* b reads, a writes; the child keeps a */
+  pid_t pid = tu_fork(pause_forever, &p, 30);
+  assert_true(pid > 0);
+  mp_connection_close(p.a);
+  mp_wait_item it = {.kind = MP_WAIT_CONNECTION, .obj = p.b};
+  assert_int_equal(mp_connection_wait(&it, 1, 0.05), -ETIMEDOUT);
+  kill(pid, SIGKILL);
+  assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+  char buf[16];
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, MP_FOREVER), -EPIPE);
+  assert_int_equal(mp_connection_wait(&it, 1, MP_FOREVER), 1);
+  assert_int_equal(it.ready, 1);
+  mp_connection_close(p.b);
+}
+
+static int send_to_closed_peer(void *arg) {
+  struct pair *p = arg;
+  signal(SIGPIPE, SIG_DFL); /* SIGPIPE would kill this child */
+  mp_connection_close(p->b);
+  CHILD_CHECK(mp_connection_send(p->a, "x", 1, 0) == -EPIPE);
+  CHILD_CHECK(mp_connection_send(p->a, "x", 1, MP_FOREVER) == -EPIPE);
+  char big[100000];
+  memset(big, 1, sizeof big);
+  CHILD_CHECK(mp_connection_send(p->a, big, sizeof big, 1) == -EPIPE);
+  CHILD_CHECK(mp_connection_send_fd(p->a, mp_connection_fileno(p->a), 1) == -EPIPE);
+  return 0;
+}
+
+static void test_connection_send_to_closed_peer_no_sigpipe(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  mp_connection_close(p.b);
+  p.b = NULL;
+  pid_t pid = tu_fork(send_to_closed_peer, &p, 30);
+  assert_true(pid > 0);
+  assert_child_ok(pid);
+  /* and in this process too */
+  assert_int_equal(mp_connection_send(p.a, "x", 1, 0), -EPIPE);
+  mp_connection_close(p.a);
+}
+
+/* A sender killed in the middle of a large message: its receiver never gets a
+ * torn message, and sees EOF when the sender held the last copy. */
+static int send_big_forever(void *arg) {
+  struct pair *p = arg;
+  if (p->b)
+    mp_connection_close(p->b);
+  char *m = malloc(BIG);
+  fill(m, BIG, 5);
+  mp_connection_send(p->a, m, BIG, MP_FOREVER); /* killed in here */
+  return 99;
+}
+
+static void test_connection_sender_killed_mid_message(void **state) {
+  (void)state;
+  /* alone: EOF, never a partial message */
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(send_big_forever, &p, 30);
+  assert_true(pid > 0);
+  mp_connection_close(p.a);
+  assert_int_equal(mp_connection_poll(p.b, 10), 1);
+  tu_sleep(0.1);
+  kill(pid, SIGKILL);
+  assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+  char *buf = malloc(BIG);
+  assert_int_equal(mp_connection_recv(p.b, buf, BIG, 10), -EPIPE);
+  mp_connection_close(p.b);
+
+  /* with another sender: its later message comes through whole */
+  new_pipe(1, &p.a, &p.b);
+  mp_connection *keep_b = p.b;
+  p.b = NULL; /* the child keeps everything */
+  pid = tu_fork(send_big_forever, &p, 30);
+  assert_true(pid > 0);
+  assert_int_equal(mp_connection_poll(keep_b, 10), 1);
+  tu_sleep(0.1);
+  kill(pid, SIGKILL);
+  assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+  /* drain what the dead sender left (the buffer is full of it) */
+  assert_int_equal(mp_connection_recv(keep_b, buf, BIG, 0.2), -ETIMEDOUT);
+  send_str(p.a, "after");
+  assert_int_equal(mp_connection_recv(keep_b, buf, BIG, 5), 5);
+  assert_memory_equal(buf, "after", 5);
+  assert_int_equal(mp_connection_poll(keep_b, 0), 0);
+  void *m = NULL;
+  send_str(p.a, "again");
+  assert_int_equal(mp_connection_recv_alloc(keep_b, &m, 5), 5);
+  assert_memory_equal(m, "again", 5);
+  free(m);
+  free(buf);
+  mp_connection_close(p.a);
+  mp_connection_close(keep_b);
+}
+
+/* A send that times out in the middle of a large message: the receiver drops
+ * the part that went out and gets the next message whole. */
+static void test_connection_send_timeout_mid_message(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char *m = malloc(BIG);
+  fill(m, BIG, 6);
+  double t0 = tu_now();
+  assert_int_equal(mp_connection_send(a, m, BIG, 0.2), -ETIMEDOUT);
+  double e = tu_now() - t0;
+  assert_true(e >= 0.19 && e < 2.0);
+  assert_int_equal(mp_connection_poll(b, 0), 1); /* its first records are there */
+  char *buf = malloc(BIG);
+  assert_int_equal(mp_connection_recv(b, buf, BIG, 0.1), -ETIMEDOUT);
+  assert_int_equal(mp_connection_peek_size(b, 0), (ssize_t)BIG); /* begun, kept */
+  assert_int_equal(mp_connection_send(a, m, 1000, 1), 0);
+  /* the next message shows the begun one was given up: a buffer for the new
+   * one is enough */
+  assert_int_equal(mp_connection_peek_size(b, 0), 1000);
+  assert_int_equal(mp_connection_recv(b, buf, 1000, 1), 1000);
+  assert_true(check(buf, 1000, 6));
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  free(m);
+  free(buf);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+/* ------------------------------------------------------------ timeouts */
+
+static long do_recv(void *ctx, double t) {
+  char buf[64];
+  return (long)mp_connection_recv(ctx, buf, sizeof buf, t);
+}
+static long do_recv_alloc(void *ctx, double t) {
+  void *m = NULL;
+  long r = (long)mp_connection_recv_alloc(ctx, &m, t);
+  free(m);
+  return r;
+}
+static long do_poll(void *ctx, double t) { return mp_connection_poll(ctx, t); }
+static long do_peek_size(void *ctx, double t) { return (long)mp_connection_peek_size(ctx, t); }
+static long do_recv_fd(void *ctx, double t) {
+  int fd;
+  return mp_connection_recv_fd(ctx, &fd, t);
+}
+static long do_recv_connection(void *ctx, double t) {
+  mp_connection *c;
+  return mp_connection_recv_connection(ctx, &c, t);
+}
+static long do_send(void *ctx, double t) { return mp_connection_send(ctx, "z", 1, t); }
+static long do_send_fd(void *ctx, double t) {
+  return mp_connection_send_fd(ctx, mp_connection_fileno(ctx), t);
+}
+static long do_send_connection(void *ctx, double t) {
+  return mp_connection_send_connection(ctx, ctx, t);
+}
+
+static void test_connection_receive_timeouts(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  check_blocking(do_recv, b, -ETIMEDOUT);
+  check_blocking(do_recv_alloc, b, -ETIMEDOUT);
+  check_blocking(do_poll, b, 0);
+  check_blocking(do_peek_size, b, -ETIMEDOUT);
+  check_blocking(do_recv_fd, b, -ETIMEDOUT);
+  check_blocking(do_recv_connection, b, -ETIMEDOUT);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static void test_connection_send_timeouts(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  char msg[1000];
+  memset(msg, 7, sizeof msg);
+  int sent = 0;
+  while (mp_connection_send(a, msg, sizeof msg, MP_NOWAIT) == 0)
+    sent++;
+  assert_true(sent > 10);
+  check_blocking(do_send, a, -ETIMEDOUT);
+  check_blocking(do_send_fd, a, -ETIMEDOUT);
+  check_blocking(do_send_connection, a, -ETIMEDOUT);
+  /* nothing of the failed sends arrived: exactly the messages sent */
+  char buf[2000];
+  for (int i = 0; i < sent; i++)
+    assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 0), (ssize_t)sizeof msg);
+  assert_int_equal(mp_connection_poll(b, 0), 0);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static int send_later(void *arg) {
+  struct pair *p = arg;
+  tu_sleep(0.3);
+  CHILD_CHECK(mp_connection_send(p->a, "late", 4, 5) == 0);
+  return 0;
+}
+
+static int drain_later(void *arg) {
+  struct pair *p = arg;
+  tu_sleep(0.3);
+  char buf[2000];
+  while (mp_connection_recv(p->b, buf, sizeof buf, 0.5) >= 0) {
+  }
+  return 0;
+}
+
+/* Forever waits resume across signals until satisfied. */
+static void test_connection_forever_waits_survive_signals(void **state) {
+  (void)state;
+  struct pair p;
+  new_pipe(1, &p.a, &p.b);
+  pid_t pid = tu_fork(send_later, &p, 30);
+  assert_true(pid > 0);
+  tu_signals_start(0.05, 0.05);
+  char buf[16];
+  assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, MP_FOREVER), 4);
+  assert_true(tu_signals_stop() >= 2);
+  assert_child_ok(pid);
+
+  char msg[1000];
+  memset(msg, 1, sizeof msg);
+  while (mp_connection_send(p.a, msg, sizeof msg, MP_NOWAIT) == 0) {
+  }
+  pid = tu_fork(drain_later, &p, 30);
+  assert_true(pid > 0);
+  tu_signals_start(0.05, 0.05);
+  assert_int_equal(mp_connection_send(p.a, msg, sizeof msg, MP_FOREVER), 0);
+  assert_true(tu_signals_stop() >= 2);
+  assert_child_ok(pid);
+  mp_connection_close(p.a);
+  mp_connection_close(p.b);
+}
+
+/* ------------------------------------------- descriptors and connections */
+
+struct fdpass {
+  mp_connection *a, *b;
+};
+
+static int write_through_received_fd(void *arg) {
+  struct fdpass *f = arg;
+  mp_connection_close(f->a);
+  int fd = -1;
+  CHILD_CHECK(mp_connection_recv_fd(f->b, &fd, 10) == 0);
+  CHILD_CHECK(fd >= 0);
+  CHILD_CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+  CHILD_CHECK(write(fd, "hello", 5) == 5);
+  close(fd);
+  return 0;
+}
+
+static void test_connection_fd_passing(void **state) {
+  (void)state;
+  struct fdpass f;
+  new_pipe(1, &f.a, &f.b);
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  pid_t pid = tu_fork(write_through_received_fd, &f, 30);
+  assert_true(pid > 0);
+  mp_connection_close(f.b);
+  assert_int_equal(mp_connection_send_fd(f.a, pfd[1], 5), 0);
+  close(pfd[1]); /* the child's received copy is the only writer now */
+  char buf[16];
+  ssize_t n = 0, r;
+  while ((r = read(pfd[0], buf + n, sizeof buf - (size_t)n)) > 0)
+    n += r;
+  assert_int_equal(n, 5);
+  assert_memory_equal(buf, "hello", 5);
+  close(pfd[0]);
+  assert_child_ok(pid);
+  mp_connection_close(f.a);
+
+  /* bad descriptors */
+  new_pipe(1, &f.a, &f.b);
+  assert_int_equal(mp_connection_send_fd(f.a, -1, 0), -EBADF);
+  int closed = closed_fd();
+  assert_int_equal(mp_connection_send_fd(f.a, closed, 0), -EBADF);
+  assert_int_equal(mp_connection_poll(f.b, 0), 0);
+  mp_connection_close(f.a);
+  mp_connection_close(f.b);
+}
+
+static void test_connection_fds_and_messages_interleave(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  size_t big = 2 * MP_CONNECTION_ATOMIC_MAX + 1;
+  char *m = malloc(big), *buf = malloc(big);
+  fill(m, big, 8);
+  send_str(a, "one");
+  assert_int_equal(mp_connection_send_fd(a, pfd[1], 0), 0);
+  assert_int_equal(mp_connection_send(a, m, big, 1), 0);
+  assert_int_equal(mp_connection_send_fd(a, pfd[0], 0), 0);
+  assert_int_equal(mp_connection_send_connection(a, a, 0), 0);
+  send_str(a, "two");
+  close(pfd[0]);
+  close(pfd[1]);
+
+  int fd = -1;
+  mp_connection *c = NULL;
+  assert_int_equal(mp_connection_recv_fd(b, &fd, 0), -EBADMSG); /* a message first */
+  recv_str(b, "one");
+  assert_int_equal(mp_connection_recv(b, buf, big, 0), -EBADMSG); /* a descriptor next */
+  assert_int_equal(mp_connection_peek_size(b, 0), -EBADMSG);
+  assert_int_equal(mp_connection_recv_connection(b, &c, 0), -EBADMSG); /* not a connection */
+  assert_int_equal(mp_connection_poll(b, 0), 1);
+  int wfd = -1, rfd = -1;
+  assert_int_equal(mp_connection_recv_fd(b, &wfd, 0), 0);
+  assert_int_equal(mp_connection_recv(b, buf, big, 0), (ssize_t)big);
+  assert_true(check(buf, big, 8));
+  assert_int_equal(mp_connection_recv_fd(b, &rfd, 0), 0);
+  assert_true(fcntl(wfd, F_GETFD) & FD_CLOEXEC);
+  assert_int_equal(write(wfd, "q", 1), 1);
+  char ch = 0;
+  assert_int_equal(read(rfd, &ch, 1), 1);
+  assert_int_equal(ch, 'q');
+  close(wfd);
+  close(rfd);
+  /* a connection can be received as a plain descriptor too, or as itself */
+  assert_int_equal(mp_connection_recv_connection(b, &c, 0), 0);
+  assert_int_equal(mp_connection_readable(c), 1);
+  assert_int_equal(mp_connection_writable(c), 1);
+  send_str(c, "from the copy");
+  recv_str(b, "two");
+  recv_str(b, "from the copy");
+  mp_connection_close(c);
+  free(m);
+  free(buf);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+static int recv_fd_without_room(void *arg) {
+  struct fdpass *f = arg;
+  struct rlimit rl = {64, 64};
+  CHILD_CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  int last = -1;
+  for (;;) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      break;
+    last = fd;
+  }
+  CHILD_CHECK(last >= 0);
+  int fd = -1;
+  CHILD_CHECK(mp_connection_recv_fd(f->b, &fd, 5) == -EMFILE);
+  close(last);
+  char buf[8];
+  CHILD_CHECK(mp_connection_recv(f->b, buf, sizeof buf, 5) == 2); /* the stream goes on */
+  return 0;
+}
+
+static void test_connection_recv_fd_emfile(void **state) {
+  (void)state;
+  struct fdpass f;
+  new_pipe(1, &f.a, &f.b);
+  assert_int_equal(mp_connection_send_fd(f.a, mp_connection_fileno(f.a), 0), 0);
+  send_str(f.a, "ok");
+  pid_t pid = tu_fork(recv_fd_without_room, &f, 30);
+  assert_true(pid > 0);
+  assert_child_ok(pid);
+  mp_connection_close(f.a);
+  mp_connection_close(f.b);
+}
+
+struct handoff {
+  mp_connection *ctl_parent, *ctl_child; /* made before the fork */
+};
+
+static int use_received_connection(void *arg) {
+  struct handoff *h = arg;
+  mp_connection_close(h->ctl_parent);
+  /* a duplex end made after the fork */
+  mp_connection *c = NULL;
+  CHILD_CHECK(mp_connection_recv_connection(h->ctl_child, &c, 10) == 0);
+  CHILD_CHECK(mp_connection_readable(c) == 1 && mp_connection_writable(c) == 1);
+  CHILD_CHECK(mp_connection_send(c, "via", 3, 5) == 0);
+  char buf[16];
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 10) == 5 && !memcmp(buf, "reply", 5));
+  mp_connection_close(c);
+  /* a send-only end keeps its direction */
+  CHILD_CHECK(mp_connection_recv_connection(h->ctl_child, &c, 10) == 0);
+  CHILD_CHECK(mp_connection_readable(c) == 0 && mp_connection_writable(c) == 1);
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 0) == -EBADF);
+  CHILD_CHECK(mp_connection_send(c, "simplex", 7, 5) == 0);
+  mp_connection_close(c);
+  /* rebuilt by hand from a plain descriptor */
+  int fd = -1;
+  CHILD_CHECK(mp_connection_recv_fd(h->ctl_child, &fd, 10) == 0);
+  CHILD_CHECK(mp_connection_from_fd(fd, MP_CONNECTION_WRITABLE, &c) == 0);
+  CHILD_CHECK(mp_connection_send(c, "by hand", 7, 5) == 0);
+  mp_connection_close(c);
+  /* the one made before the fork works as inherited */
+  CHILD_CHECK(mp_connection_send(h->ctl_child, "inherited", 9, 5) == 0);
+  mp_connection_close(h->ctl_child);
+  return 0;
+}
+
+static void test_connection_send_connection_to_child(void **state) {
+  (void)state;
+  struct handoff h;
+  new_pipe(1, &h.ctl_parent, &h.ctl_child);
+  pid_t pid = tu_fork(use_received_connection, &h, 30);
+  assert_true(pid > 0);
+  mp_connection_close(h.ctl_child);
+
+  mp_connection *p1, *p2, *r, *w, *r2, *w2;
+  new_pipe(1, &p1, &p2);
+  new_pipe(0, &r, &w);
+  new_pipe(0, &r2, &w2);
+  assert_int_equal(mp_connection_send_connection(h.ctl_parent, p2, 5), 0);
+  assert_int_equal(mp_connection_send_connection(h.ctl_parent, w, 5), 0);
+  assert_int_equal(mp_connection_send_fd(h.ctl_parent, mp_connection_fileno(w2), 5), 0);
+  mp_connection_close(p2); /* the child's received copies are the only ones now */
+  mp_connection_close(w);
+  mp_connection_close(w2);
+  recv_str(p1, "via");
+  send_str(p1, "reply");
+  recv_str(r, "simplex");
+  recv_str(r2, "by hand");
+  recv_str(h.ctl_parent, "inherited");
+  assert_child_ok(pid);
+  char buf[16];
+  assert_int_equal(mp_connection_recv(p1, buf, sizeof buf, 5), -EPIPE);
+  assert_int_equal(mp_connection_recv(r, buf, sizeof buf, 5), -EPIPE);
+  assert_int_equal(mp_connection_recv(r2, buf, sizeof buf, 5), -EPIPE);
+  mp_connection_close(p1);
+  mp_connection_close(r);
+  mp_connection_close(r2);
+  mp_connection_close(h.ctl_parent);
+}
+
+static void test_connection_from_fd(void **state) {
+  (void)state;
+  mp_connection *c = NULL;
+  assert_int_equal(mp_connection_from_fd(-1, 0, &c), -EBADF);
+  int closed = closed_fd();
+  assert_int_equal(mp_connection_from_fd(closed, 0, &c), -EBADF);
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  assert_int_equal(mp_connection_from_fd(pfd[0], 0, &c), -ENOTSOCK);
+  close(pfd[0]);
+  close(pfd[1]);
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  assert_int_equal(mp_connection_from_fd(sv[0], 0, &c), -EPROTOTYPE);
+  close(sv[0]);
+  close(sv[1]);
+  assert_null(c);
+
+  assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0); /* no CLOEXEC */
+  assert_int_equal(mp_connection_from_fd(sv[0], 4, &c), -EINVAL);
+  assert_int_equal(mp_connection_from_fd(sv[0], 0, NULL), -EINVAL);
+  mp_connection *a = NULL, *b = NULL;
+  assert_int_equal(mp_connection_from_fd(sv[0], 0, &a), 0);
+  assert_int_equal(mp_connection_from_fd(sv[1], MP_CONNECTION_READABLE, &b), 0);
+  assert_true(fcntl(sv[0], F_GETFD) & FD_CLOEXEC);
+  assert_true(fcntl(sv[1], F_GETFD) & FD_CLOEXEC);
+  assert_int_equal(mp_connection_fileno(a), sv[0]);
+  assert_int_equal(mp_connection_readable(a), 1);
+  assert_int_equal(mp_connection_writable(a), 1);
+  assert_int_equal(mp_connection_readable(b), 1);
+  assert_int_equal(mp_connection_writable(b), 0);
+  assert_int_equal(mp_connection_send(b, "x", 1, 0), -EBADF);
+  send_str(a, "adopted");
+  recv_str(b, "adopted");
+  mp_connection_close(a); /* closes sv[0] */
+  mp_connection_close(b);
+  assert_true(fcntl(sv[0], F_GETFD) < 0);
+}
+
+/* ------------------------------------------------------- several senders */
+
+static int send_tagged(void *arg) {
+  intptr_t id = (intptr_t)((void **)arg)[1];
+  mp_connection *w = ((void **)arg)[0];
+  char msg[1000];
+  for (int i = 0; i < 100; i++) {
+    memset(msg, (int)id, sizeof msg);
+    memcpy(msg, &i, sizeof i);
+    CHILD_CHECK(mp_connection_send(w, msg, (size_t)(100 + i * 9), 10) == 0);
+  }
+  return 0;
+}
+
+/* Ten children send through copies of one end at once: every message arrives
+ * whole, each child's in order. */
+static void test_connection_ten_senders_one_end(void **state) {
+  (void)state;
+  mp_connection *r, *w;
+  new_pipe(0, &r, &w);
+  void *args[10][2];
+  pid_t pids[10];
+  for (intptr_t k = 0; k < 10; k++) {
+    args[k][0] = w;
+    args[k][1] = (void *)(k + 1);
+    pids[k] = tu_fork(send_tagged, args[k], 30);
+    assert_true(pids[k] > 0);
+  }
+  mp_connection_close(w);
+  int next[11] = {0};
+  char buf[2000];
+  for (int n = 0; n < 1000; n++) {
+    ssize_t len = mp_connection_recv(r, buf, sizeof buf, 10);
+    assert_true(len >= 100);
+    int id = (unsigned char)buf[len - 1], i;
+    memcpy(&i, buf, sizeof i);
+    assert_true(id >= 1 && id <= 10);
+    assert_int_equal(i, next[id]);
+    assert_int_equal(len, 100 + i * 9);
+    for (ssize_t j = (ssize_t)sizeof i; j < len; j++)
+      assert_int_equal((unsigned char)buf[j], id);
+    next[id]++;
+  }
+  for (int k = 0; k < 10; k++)
+    assert_child_ok(pids[k]);
+  assert_int_equal(mp_connection_recv(r, buf, sizeof buf, 5), -EPIPE);
+  mp_connection_close(r);
+}
+
+struct thr {
+  mp_connection *c;
+  int id;
+};
+
+static void *thread_send(void *arg) {
+  struct thr *t = arg;
+  for (int i = 0; i < 500; i++) {
+    int msg[2] = {t->id, i};
+    if (mp_connection_send(t->c, msg, sizeof msg, 10) != 0)
+      return (void *)1;
+  }
+  return NULL;
+}
+
+/* Two threads send through one handle while a third thread receives on the
+ * other end and this one receives replies. */
+static void *thread_echo(void *arg) {
+  mp_connection *c = arg;
+  for (int n = 0; n < 1000; n++) {
+    int msg[2];
+    if (mp_connection_recv(c, msg, sizeof msg, 10) != sizeof msg)
+      return (void *)1;
+    if (mp_connection_send(c, msg, sizeof msg, 10) != 0)
+      return (void *)2;
+  }
+  return NULL;
+}
+
+static void test_connection_threads(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  pthread_t s1, s2, e;
+  struct thr t1 = {a, 1}, t2 = {a, 2};
+  assert_int_equal(pthread_create(&e, NULL, thread_echo, b), 0);
+  assert_int_equal(pthread_create(&s1, NULL, thread_send, &t1), 0);
+  assert_int_equal(pthread_create(&s2, NULL, thread_send, &t2), 0);
+  int next[3] = {0};
+  for (int n = 0; n < 1000; n++) {
+    int msg[2];
+    assert_int_equal(mp_connection_recv(a, msg, sizeof msg, 10), (ssize_t)sizeof msg);
+    assert_true(msg[0] == 1 || msg[0] == 2);
+    assert_int_equal(msg[1], next[msg[0]]);
+    next[msg[0]]++;
+  }
+  void *rv;
+  pthread_join(s1, &rv);
+  assert_null(rv);
+  pthread_join(s2, &rv);
+  assert_null(rv);
+  pthread_join(e, &rv);
+  assert_null(rv);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+/* ------------------------------------------------------------------ wait */
+
+static int exit_after_eof(void *arg) {
+  struct pair *p = arg; /* a reads, b writes: the child closes its copy of b */
+  mp_connection_close(p->b);
+  char buf[8];
+  while (mp_connection_recv(p->a, buf, sizeof buf, MP_FOREVER) != -EPIPE) {
+  }
+  return 7;
+}
+
+static long do_wait(void *ctx, double t) {
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } *w = ctx;
+  for (size_t i = 0; i < w->n; i++)
+    w->items[i].ready = 42;
+  long r = mp_connection_wait(w->items, w->n, t);
+  if (r < 0)
+    for (size_t i = 0; i < w->n; i++)
+      if (w->items[i].ready != 42)
+        return -1000; /* written on failure */
+  return r;
+}
+
+static void test_connection_wait_connections_processes_fds(void **state) {
+  (void)state;
+  mp_connection *a1, *b1, *a2, *b2;
+  struct pair pp;
+  new_pipe(1, &a1, &b1);
+  new_pipe(0, &a2, &b2);
+  new_pipe(0, &pp.a, &pp.b);
+  mp_process *proc = NULL;
+  assert_int_equal(mp_process_new(exit_after_eof, &pp, NULL, &proc), 0);
+  assert_int_equal(mp_process_start(proc), 0);
+  mp_connection_close(pp.a);
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+
+  mp_wait_item items[4] = {
+      {.kind = MP_WAIT_CONNECTION, .obj = b1},
+      {.kind = MP_WAIT_CONNECTION, .obj = a2},
+      {.kind = MP_WAIT_PROCESS, .obj = proc},
+      {.kind = MP_WAIT_FD, .fd = pfd[0]},
+  };
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } ctx = {items, 4};
+  check_blocking(do_wait, &ctx, -ETIMEDOUT);
+
+  send_str(a1, "x");
+  assert_int_equal(mp_connection_wait(items, 4, 5), 1);
+  assert_int_equal(items[0].ready, 1);
+  assert_int_equal(items[1].ready, 0);
+  assert_int_equal(items[2].ready, 0);
+  assert_int_equal(items[3].ready, 0);
+  assert_int_equal(mp_connection_wait(items, 4, 0), 1); /* wait consumes nothing */
+  recv_str(b1, "x");
+
+  send_str(b2, "y");
+  assert_int_equal(write(pfd[1], "z", 1), 1);
+  assert_int_equal(mp_connection_wait(items, 4, MP_FOREVER), 2);
+  assert_int_equal(items[0].ready, 0);
+  assert_int_equal(items[1].ready, 1);
+  assert_int_equal(items[3].ready, 1);
+  recv_str(a2, "y");
+  char ch;
+  assert_int_equal(read(pfd[0], &ch, 1), 1);
+
+  /* the process ends when its pipe's last writer closes */
+  mp_connection_close(pp.b);
+  double t0 = tu_now();
+  assert_int_equal(mp_connection_wait(items, 4, 10), 1);
+  assert_true(tu_now() - t0 < 5);
+  assert_int_equal(items[2].ready, 1);
+  assert_int_equal(mp_process_join(proc, 5), 0);
+  int code = 0;
+  assert_int_equal(mp_process_exitcode(proc, &code), 1);
+  assert_int_equal(code, 7);
+  assert_int_equal(mp_process_free(proc), 0);
+
+  /* a hung-up descriptor counts as ready */
+  close(pfd[1]);
+  mp_wait_item fdit = {.kind = MP_WAIT_FD, .fd = pfd[0]};
+  assert_int_equal(mp_connection_wait(&fdit, 1, 0), 1);
+  assert_int_equal(fdit.ready, 1);
+  close(pfd[0]);
+  mp_connection_close(a1);
+  mp_connection_close(b1);
+  mp_connection_close(a2);
+  mp_connection_close(b2);
+}
+
+static void test_connection_wait_bad_arguments(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  mp_wait_item it = {.kind = MP_WAIT_CONNECTION, .obj = a};
+  assert_int_equal(mp_connection_wait(NULL, 1, 0), -EINVAL);
+  assert_int_equal(mp_connection_wait(&it, 1, NAN), -EINVAL);
+  assert_int_equal(mp_connection_wait(NULL, 0, MP_FOREVER), -EINVAL);
+  it.kind = 99;
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EINVAL);
+  it = (mp_wait_item){.kind = MP_WAIT_CONNECTION, .obj = NULL};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EINVAL);
+  it = (mp_wait_item){.kind = MP_WAIT_QUEUE, .obj = NULL};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EINVAL);
+  it = (mp_wait_item){.kind = MP_WAIT_PROCESS, .obj = NULL};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EINVAL);
+  it = (mp_wait_item){.kind = MP_WAIT_FD, .fd = -1};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EBADF);
+  int closed = closed_fd();
+  it = (mp_wait_item){.kind = MP_WAIT_FD, .fd = closed};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EBADF);
+  mp_process *proc = NULL;
+  struct pair pp = {a, b};
+  assert_int_equal(mp_process_new(exit_after_eof, &pp, NULL, &proc), 0);
+  it = (mp_wait_item){.kind = MP_WAIT_PROCESS, .obj = proc};
+  assert_int_equal(mp_connection_wait(&it, 1, 0), -EINVAL); /* not started */
+  assert_int_equal(mp_process_free(proc), 0);
+
+  /* no items: sleeps out the timeout */
+  double t0 = tu_now();
+  assert_int_equal(mp_connection_wait(NULL, 0, 0.2), -ETIMEDOUT);
+  assert_true(tu_now() - t0 >= 0.19);
+  assert_int_equal(mp_connection_wait(NULL, 0, 0), -ETIMEDOUT);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+struct putter {
+  mp_queue *q;
+  mp_connection *c;
+  double delay;
+};
+
+static int put_later(void *arg) {
+  struct putter *p = arg;
+  tu_sleep(p->delay);
+  if (p->q)
+    CHILD_CHECK(mp_queue_put(p->q, "item", 4, 5) == 0);
+  if (p->c)
+    CHILD_CHECK(mp_connection_send(p->c, "msg", 3, 5) == 0);
+  return 0;
+}
+
+static mp_queue *new_queue(size_t ring) {
+  mp_queue *q = NULL;
+  mp_queue_options o = {.ring_size = ring};
+  assert_int_equal(mp_queue_new(0, &o, &q), 0);
+  return q;
+}
+
+static void take(mp_queue *q) {
+  char buf[16];
+  assert_int_equal(mp_queue_get(q, buf, sizeof buf, 5), 4);
+  assert_memory_equal(buf, "item", 4);
+}
+
+static void test_connection_wait_one_queue(void **state) {
+  (void)state;
+  mp_queue *q = new_queue(0);
+  mp_wait_item it = {.kind = MP_WAIT_QUEUE, .obj = q};
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } ctx = {&it, 1};
+  check_blocking(do_wait, &ctx, -ETIMEDOUT);
+
+  assert_int_equal(mp_queue_put(q, "item", 4, 0), 0);
+  assert_int_equal(mp_connection_wait(&it, 1, 0), 1);
+  assert_int_equal(it.ready, 1);
+  assert_int_equal(mp_connection_wait(&it, 1, 0), 1); /* nothing consumed */
+  take(q);
+
+  struct putter p = {q, NULL, 0.3};
+  pid_t pid = tu_fork(put_later, &p, 30);
+  assert_true(pid > 0);
+  tu_signals_start(0.05, 0.05);
+  double t0 = tu_now();
+  assert_int_equal(mp_connection_wait(&it, 1, MP_FOREVER), 1);
+  double e = tu_now() - t0;
+  assert_true(tu_signals_stop() >= 2);
+  assert_true(e >= 0.2 && e < 5);
+  assert_int_equal(it.ready, 1);
+  take(q);
+  assert_child_ok(pid);
+
+  /* closed and drained: a get would not block */
+  assert_int_equal(mp_queue_close(q), 0);
+  assert_int_equal(mp_connection_wait(&it, 1, 5), 1);
+  assert_int_equal(mp_queue_free(q), 0);
+}
+
+static void test_connection_wait_several_queues(void **state) {
+  (void)state;
+  mp_queue *q1 = new_queue(0), *q2 = new_queue(0);
+  mp_wait_item items[2] = {{.kind = MP_WAIT_QUEUE, .obj = q1}, {.kind = MP_WAIT_QUEUE, .obj = q2}};
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } ctx = {items, 2};
+  check_blocking(do_wait, &ctx, -ETIMEDOUT);
+
+  struct putter p = {q2, NULL, 0.3};
+  pid_t pid = tu_fork(put_later, &p, 30);
+  assert_true(pid > 0);
+  assert_int_equal(mp_connection_wait(items, 2, 10), 1);
+  assert_int_equal(items[0].ready, 0);
+  assert_int_equal(items[1].ready, 1);
+  take(q2);
+  assert_child_ok(pid);
+  assert_int_equal(mp_queue_put(q1, "item", 4, 0), 0);
+  assert_int_equal(mp_queue_put(q2, "item", 4, 0), 0);
+  assert_int_equal(mp_connection_wait(items, 2, 0), 2);
+  take(q1);
+  take(q2);
+  assert_int_equal(mp_queue_free(q1), 0);
+  assert_int_equal(mp_queue_free(q2), 0);
+}
+
+/* More queues than one futex_waitv call takes: the helpers share them. */
+static void test_connection_wait_many_queues(void **state) {
+  (void)state;
+  enum { N = 130 };
+  mp_queue *qs[N];
+  mp_wait_item items[N];
+  for (int i = 0; i < N; i++) {
+    qs[i] = new_queue(1024);
+    items[i] = (mp_wait_item){.kind = MP_WAIT_QUEUE, .obj = qs[i]};
+  }
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } ctx = {items, N};
+  check_blocking(do_wait, &ctx, -ETIMEDOUT);
+  struct putter p = {qs[N - 1], NULL, 0.3};
+  pid_t pid = tu_fork(put_later, &p, 30);
+  assert_true(pid > 0);
+  assert_int_equal(mp_connection_wait(items, N, 10), 1);
+  assert_int_equal(items[N - 1].ready, 1);
+  assert_int_equal(items[0].ready, 0);
+  take(qs[N - 1]);
+  assert_child_ok(pid);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(mp_queue_free(qs[i]), 0);
+}
+
+static void test_connection_wait_queues_and_connections(void **state) {
+  (void)state;
+  mp_queue *q = new_queue(0);
+  mp_connection *a, *b;
+  new_pipe(1, &a, &b);
+  mp_wait_item items[2] = {{.kind = MP_WAIT_QUEUE, .obj = q},
+                           {.kind = MP_WAIT_CONNECTION, .obj = b}};
+  struct {
+    mp_wait_item *items;
+    size_t n;
+  } ctx = {items, 2};
+  check_blocking(do_wait, &ctx, -ETIMEDOUT);
+
+  /* a message on the connection wakes it */
+  struct putter p = {NULL, a, 0.3};
+  pid_t pid = tu_fork(put_later, &p, 30);
+  assert_true(pid > 0);
+  assert_int_equal(mp_connection_wait(items, 2, 10), 1);
+  assert_int_equal(items[0].ready, 0);
+  assert_int_equal(items[1].ready, 1);
+  recv_str(b, "msg");
+  assert_child_ok(pid);
+
+  /* a put on the queue wakes it, across signals */
+  p = (struct putter){q, NULL, 0.3};
+  pid = tu_fork(put_later, &p, 30);
+  assert_true(pid > 0);
+  tu_signals_start(0.05, 0.05);
+  assert_int_equal(mp_connection_wait(items, 2, MP_FOREVER), 1);
+  assert_true(tu_signals_stop() >= 2);
+  assert_int_equal(items[0].ready, 1);
+  assert_int_equal(items[1].ready, 0);
+  take(q);
+  assert_child_ok(pid);
+
+  /* both */
+  send_str(a, "now");
+  assert_int_equal(mp_queue_put(q, "item", 4, 0), 0);
+  assert_int_equal(mp_connection_wait(items, 2, 0), 2);
+  recv_str(b, "now");
+  take(q);
+  assert_int_equal(mp_queue_free(q), 0);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_connection_pipe_new_and_accessors),
+      cmocka_unit_test(test_connection_bad_arguments),
+      cmocka_unit_test(test_connection_duplex_both_ways),
+      cmocka_unit_test(test_connection_simplex_wrong_direction),
+      cmocka_unit_test(test_connection_emsgsize_keeps_message),
+      cmocka_unit_test(test_connection_poll_does_not_consume),
+      cmocka_unit_test(test_connection_empty_messages),
+      cmocka_unit_test(test_connection_recv_alloc),
+      cmocka_unit_test(test_connection_send_bytes_bounds),
+      cmocka_unit_test(test_connection_many_small_in_order),
+      cmocka_unit_test(test_connection_16mib_round_trip),
+      cmocka_unit_test(test_connection_timeout_mid_message_loses_nothing),
+      cmocka_unit_test(test_connection_eof_when_every_copy_closed),
+      cmocka_unit_test(test_connection_eof_when_holder_killed),
+      cmocka_unit_test(test_connection_send_to_closed_peer_no_sigpipe),
+      cmocka_unit_test(test_connection_sender_killed_mid_message),
+      cmocka_unit_test(test_connection_send_timeout_mid_message),
+      cmocka_unit_test(test_connection_receive_timeouts),
+      cmocka_unit_test(test_connection_send_timeouts),
+      cmocka_unit_test(test_connection_forever_waits_survive_signals),
+      cmocka_unit_test(test_connection_fd_passing),
+      cmocka_unit_test(test_connection_fds_and_messages_interleave),
+      cmocka_unit_test(test_connection_recv_fd_emfile),
+      cmocka_unit_test(test_connection_send_connection_to_child),
+      cmocka_unit_test(test_connection_from_fd),
+      cmocka_unit_test(test_connection_ten_senders_one_end),
+      cmocka_unit_test(test_connection_threads),
+      cmocka_unit_test(test_connection_wait_connections_processes_fds),
+      cmocka_unit_test(test_connection_wait_bad_arguments),
+      cmocka_unit_test(test_connection_wait_one_queue),
+      cmocka_unit_test(test_connection_wait_several_queues),
+      cmocka_unit_test(test_connection_wait_many_queues),
+      cmocka_unit_test(test_connection_wait_queues_and_connections),
+  };
+  return TU_RUN("connection", tests);
+}
