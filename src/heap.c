@@ -81,6 +81,10 @@ struct heap {
   uintptr_t binmap[NBINS / 64];
   uintptr_t bins[NBINS]; /* first free block of each bin, 0 for none */
   uintptr_t recoveries;  /* times a dead holder's operation was undone (tests) */
+  /* Well-known slots, NULL until an area publishes its family-wide object
+   * there with compare-exchange (mp__heap_root()); never written by the
+   * allocator. */
+  _Atomic(void *) roots[MP__HEAP_ROOTS];
 };
 
 _Static_assert(sizeof(uintptr_t) == 8, "libmp's heap assumes 64-bit words");
@@ -558,6 +562,13 @@ long mp__heap_recoveries(void) {
   long n = (long)h->recoveries;
   heap_unlock(h);
   return n;
+}
+
+_Atomic(void *) *mp__heap_root(unsigned slot, bool map) {
+  struct heap *h = map ? heap_get() : atomic_load_explicit(&the_heap, memory_order_acquire);
+  if (!h || slot >= MP__HEAP_ROOTS)
+    return NULL;
+  return &h->roots[slot];
 }
 
 void *mp__object_new(size_t size, uint32_t tag) {

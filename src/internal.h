@@ -43,8 +43,17 @@ typedef struct mp__deadline {
 } mp__deadline;
 
 /* Turn a public timeout into a deadline: negative -> forever, 0 -> now (and
- * nowait), NaN -> -EINVAL, too large for a timespec -> forever. Returns 0. */
-int mp__deadline_init(mp__deadline *d, double timeout);
+ * nowait), NaN -> -EINVAL, too large for a timespec -> forever. Returns 0.
+ * The forever case is inline: it is the hot path of every blocking call. */
+int mp__deadline_init_slow(mp__deadline *d, double timeout);
+static inline int mp__deadline_init(mp__deadline *d, double timeout) {
+  if (__builtin_expect(timeout < 0, 1)) { /* false for NaN */
+    d->forever = true;
+    d->nowait = false;
+    return 0;
+  }
+  return mp__deadline_init_slow(d, timeout);
+}
 
 /* Whether the deadline has passed (never for forever). */
 bool mp__deadline_passed(const mp__deadline *d);
@@ -62,6 +71,14 @@ int64_t mp__now_ns(void);
  * re-checks its condition and calls again with the same deadline);
  * -ETIMEDOUT when the deadline passed. Never returns -EINTR. */
 int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, const mp__deadline *d);
+
+/* Sleep until any *words[i] != expected[i], a wake on any of them, or the
+ * deadline (futex_waitv, Linux 5.16). 1 <= n <= MP__FUTEX_WAITV_MAX. Returns
+ * as mp__futex_wait(), or -ENOSYS when the kernel lacks the call, -EINVAL for
+ * a bad n. */
+#define MP__FUTEX_WAITV_MAX 128
+int mp__futex_waitv(_Atomic uint32_t *const *words, const uint32_t *expected, unsigned n,
+                    const mp__deadline *d);
 
 /* Wake up to n sleepers on word (INT_MAX for all). Returns the number woken. */
 int mp__futex_wake(_Atomic uint32_t *word, int n);
@@ -82,8 +99,16 @@ static inline void mp__cpu_relax(void) {
 
 /* ---------------------------------------------------------------- identity */
 
-/* The calling thread's kernel id, cached per thread and refreshed after fork. */
-pid_t mp__tid(void);
+/* The calling thread's kernel id, cached per thread and refreshed after fork.
+ * initial-exec TLS: one instruction instead of a __tls_get_addr call on every
+ * lock operation; the variable is small enough for glibc's static TLS reserve
+ * even when libmp is loaded with dlopen. */
+extern __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
+pid_t mp__tid_slow(void);
+static inline pid_t mp__tid(void) {
+  pid_t t = mp__cached_tid;
+  return MP__LIKELY(t != 0) ? t : mp__tid_slow();
+}
 
 /* ---------------------------------------------------------------- object tags */
 
@@ -99,6 +124,7 @@ enum {
   MP__TAG_BARRIER = 0x6d704252,   /* "mpBR" */
   MP__TAG_PROCESS = 0x6d705052,   /* "mpPR" */
   MP__TAG_VALUE = 0x6d70564c,     /* "mpVL" */
+  MP__TAG_QUEUE = 0x6d705155,     /* "mpQU" */
 };
 
 static inline bool mp__tag_ok(const void *obj, uint32_t tag) {
@@ -119,6 +145,20 @@ int mp__heap_check(void);
 /* How many times a process found the heap's mutex owner-dead and undid the dead
  * holder's half-done operation. For tests. */
 long mp__heap_recoveries(void);
+
+/* Well-known words in the heap's header, one per area that keeps a single
+ * family-wide object (so that a process finds what another created after the
+ * fork that separated them). Each starts NULL; publish with compare-exchange. */
+enum { MP__ROOT_SHM = 0, MP__HEAP_ROOTS = 8 };
+/* The address of root `slot`; NULL when the heap is not mapped and `map` is
+ * false (or mapping it failed). */
+_Atomic(void *) *mp__heap_root(unsigned slot, bool map);
+
+/* Called by process.c when a process ends normally: at exit() in a process
+ * that started children (after joining them) and when a libmp child's target
+ * returns. Unlinks this process's tracked shared memory blocks and those of
+ * dead creators (shm.c). */
+void mp__shm_at_exit(void);
 
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
 void *mp__object_new(size_t size, uint32_t tag);

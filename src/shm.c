@@ -1,0 +1,1193 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * SharedMemory, ShareableList and SharedMemoryManager: named POSIX shared
+ * memory blocks, and the family-wide registry that unlinks the ones nobody
+ * meant to keep.
+ *
+ * Map of this file:
+ *   1. names
+ *   2. process identity and liveness
+ *   3. the registry of tracked blocks (family heap)
+ *   4. SharedMemory
+ *   5. ShareableList
+ *   6. SharedMemoryManager
+ *
+ * 3. The registry. One `struct registry` per family, published in the heap's
+ * MP__ROOT_SHM slot by whoever needs it first. It holds a singly linked list
+ * of entries, one per tracked block: its name, the owner's pid and start time
+ * (clock ticks since boot, from /proc, so that a recycled pid is not taken for
+ * the owner), and the block's device and inode numbers (so that a block
+ * unlinked behind libmp's back and created again under the same name is never
+ * removed by mistake).
+ *   Entry states: PENDING (recorded, name not created yet, or creation under
+ *   way) -> CREATED (the name exists and dev/ino are known). A PENDING entry
+ *   whose owner is dead is dropped without unlinking anything: its name may
+ *   belong to someone else (the EEXIST case).
+ *   Who writes: every field of the registry and its entries is written under
+ *   `mutex` (robust, process-shared). An entry is filled before it is linked;
+ *   linking and unlinking are one pointer store each, so a holder killed at
+ *   any step leaves a well-formed list (at worst an unlinked entry that was
+ *   not yet freed, leaked in the heap). EOWNERDEAD therefore needs no repair.
+ *   A sweep (under the mutex) drops the entries of dead owners, and at a
+ *   process's normal end also its own, unlinking the name when the block
+ *   under it is still the recorded one.
+ * Crash: a creator killed between shm_open and the CREATED mark leaves a
+ *   PENDING entry, dropped by the next sweep, and its name behind (a window of
+ *   two system calls, documented in mp/shm.h). A sweeper killed between
+ *   unlinking a name and dropping its entry leaves the entry; the next sweep
+ *   finds the name gone (or another inode) and only drops it.
+ * Lock order: registry mutex, then the heap's (mp_heap_free inside).
+ *
+ * 5. A ShareableList block: header, slot descriptors, data (see below). Each
+ * slot is a seqlock with an owner word for writers; the protocol is given at
+ * struct sl_slot.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ 1. names */
+
+#define PATH_CAP (MP_SHARED_MEMORY_NAME_MAX + 2) /* "/" + name + NUL */
+
+/* Check a user's name and make the "/name" path shm_open wants. */
+static int make_path(const char *name, char path[PATH_CAP]) {
+  if (!name)
+    return -EINVAL;
+  if (name[0] == '/')
+    name++;
+  size_t len = strnlen(name, MP_SHARED_MEMORY_NAME_MAX + 1);
+  if (len == 0 || len > MP_SHARED_MEMORY_NAME_MAX || memchr(name, '/', len) || !strcmp(name, ".") ||
+      !strcmp(name, ".."))
+    return -EINVAL;
+  path[0] = '/';
+  memcpy(path + 1, name, len + 1);
+  return 0;
+}
+
+/* A fresh "/psm_xxxxxxxx" (8 random hex digits, as Python's names). */
+static void make_generated_path(char path[PATH_CAP]) {
+  uint32_t v;
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
+    v = (uint32_t)mp__now_ns() ^ ((uint32_t)getpid() << 16);
+  snprintf(path, PATH_CAP, "/psm_%08x", (unsigned)v);
+}
+
+/* ------------------------------------------------------------ 2. identity */
+
+/* Read the state letter and the start time (field 22) of /proc/<pid>/stat.
+ * Returns 0, -ENOENT/-ESRCH when there is no such process, or another
+ * negative errno when /proc cannot tell. */
+static int read_stat(pid_t pid, char *state, uint64_t *start) {
+  char path[32], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t n;
+  do
+    n = read(fd, buf, sizeof buf - 1);
+  while (n < 0 && errno == EINTR);
+  int err = n < 0 ? -errno : 0;
+  close(fd);
+  if (err)
+    return err;
+  buf[n] = 0;
+  /* The command name is in parentheses and may hold anything, ')' too. */
+  char *p = strrchr(buf, ')');
+  if (!p || p[1] != ' ' || !p[2])
+    return -EIO;
+  *state = p[2];
+  p += 2;
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p, ' ');
+    if (!p)
+      return -EIO;
+    p++;
+  }
+  *start = strtoull(p, NULL, 10);
+  return 0;
+}
+
+/* This process's pid and start time, cached; the fork hook clears the cache
+ * in every child (its pid differs). Start time 0 when /proc cannot tell. */
+static _Atomic pid_t ident_pid;
+static _Atomic uint64_t ident_start;
+
+static void ident_after_fork(void) { atomic_store(&ident_pid, 0); }
+static pthread_once_t ident_once = PTHREAD_ONCE_INIT;
+static void ident_register(void) { pthread_atfork(NULL, NULL, ident_after_fork); }
+
+static pid_t self_ident(uint64_t *start) {
+  pid_t me = atomic_load(&ident_pid);
+  if (MP__UNLIKELY(me == 0)) {
+    pthread_once(&ident_once, ident_register);
+    me = getpid();
+    char st;
+    uint64_t t = 0;
+    if (read_stat(me, &st, &t) < 0)
+      t = 0;
+    atomic_store(&ident_start, t);
+    atomic_store(&ident_pid, me);
+  }
+  if (start)
+    *start = atomic_load(&ident_start);
+  return me;
+}
+
+/* Whether the process that was `pid`, started at `start` (0: unknown), is
+ * still running. A zombie counts as dead; when nothing can tell, alive (the
+ * safe answer: a live process's blocks are never removed). */
+static bool owner_alive(pid_t pid, uint64_t start) {
+  if (pid <= 0)
+    return false;
+  if (kill(pid, 0) < 0 && errno == ESRCH)
+    return false;
+  char st;
+  uint64_t t;
+  int r = read_stat(pid, &st, &t);
+  if (r == -ENOENT || r == -ESRCH)
+    return false;
+  if (r < 0)
+    return true;
+  if (st == 'Z' || st == 'X' || st == 'x')
+    return false;
+  return !(start && t != start);
+}
+
+/* ------------------------------------------------------------ 3. registry */
+
+#define REGISTRY_MAGIC 0x6d7073686d726567ULL /* "mpshmreg" */
+
+enum { ENTRY_PENDING = 1, ENTRY_CREATED = 2 };
+
+struct reg_entry {
+  struct reg_entry *next;
+  int32_t pid;
+  uint32_t state;
+  uint64_t start;
+  uint64_t dev, ino;
+  char path[]; /* "/name" */
+};
+
+struct registry {
+  uint64_t magic;
+  pthread_mutex_t mutex;
+  struct reg_entry *head;
+};
+
+/* The family's registry; NULL when it does not exist and `create` is false,
+ * or when the heap cannot be mapped. */
+static struct registry *registry_get(bool create) {
+  _Atomic(void *) *root = mp__heap_root(MP__ROOT_SHM, create);
+  if (!root)
+    return NULL;
+  struct registry *r = atomic_load_explicit(root, memory_order_acquire);
+  if (r || !create)
+    return r;
+  struct registry *n = mp_heap_calloc(1, sizeof *n);
+  if (!n)
+    return NULL;
+  if (mp__robust_mutex_init(&n->mutex, false) < 0) {
+    mp_heap_free(n);
+    return NULL;
+  }
+  n->magic = REGISTRY_MAGIC;
+  void *expected = NULL;
+  /* release: the registry is initialised before others can load it */
+  if (atomic_compare_exchange_strong_explicit(root, &expected, n, memory_order_acq_rel,
+                                              memory_order_acquire))
+    return n;
+  pthread_mutex_destroy(&n->mutex);
+  mp_heap_free(n);
+  return expected;
+}
+
+static void reg_lock(struct registry *r) {
+  /* A dead holder left the list well-formed (one store per change). */
+  if (pthread_mutex_lock(&r->mutex) == EOWNERDEAD)
+    pthread_mutex_consistent(&r->mutex);
+}
+
+static void reg_unlock(struct registry *r) { pthread_mutex_unlock(&r->mutex); }
+
+static struct reg_entry *entry_new(const char *path, uint32_t state, pid_t pid, uint64_t start,
+                                   uint64_t dev, uint64_t ino) {
+  size_t len = strlen(path);
+  struct reg_entry *e = mp_heap_alloc(sizeof *e + len + 1);
+  if (!e)
+    return NULL;
+  e->next = NULL;
+  e->pid = pid;
+  e->state = state;
+  e->start = start;
+  e->dev = dev;
+  e->ino = ino;
+  memcpy(e->path, path, len + 1);
+  return e;
+}
+
+static void reg_link(struct registry *r, struct reg_entry *e) {
+  reg_lock(r);
+  e->next = r->head;
+  r->head = e;
+  reg_unlock(r);
+}
+
+static void reg_mark_created(struct registry *r, struct reg_entry *e, uint64_t dev, uint64_t ino) {
+  reg_lock(r);
+  e->dev = dev;
+  e->ino = ino;
+  e->state = ENTRY_CREATED; /* last: a crash before it leaves PENDING */
+  reg_unlock(r);
+}
+
+/* Remove entry e (and free it) with the mutex held. */
+static void reg_remove_locked(struct registry *r, struct reg_entry *e) {
+  for (struct reg_entry **pp = &r->head; *pp; pp = &(*pp)->next) {
+    if (*pp == e) {
+      *pp = e->next;
+      mp_heap_free(e);
+      return;
+    }
+  }
+}
+
+static void reg_drop(struct registry *r, struct reg_entry *e) {
+  reg_lock(r);
+  reg_remove_locked(r, e);
+  reg_unlock(r);
+}
+
+/* Forget every CREATED entry for this block (it was unlinked), with the mutex
+ * held. */
+static void reg_forget_locked(struct registry *r, const char *path, uint64_t dev, uint64_t ino) {
+  struct reg_entry **pp = &r->head, *e;
+  while ((e = *pp)) {
+    if (e->state == ENTRY_CREATED && e->dev == dev && e->ino == ino && !strcmp(e->path, path)) {
+      *pp = e->next;
+      mp_heap_free(e);
+    } else {
+      pp = &e->next;
+    }
+  }
+}
+
+static void reg_forget(const char *path, uint64_t dev, uint64_t ino) {
+  struct registry *r = registry_get(false);
+  if (!r)
+    return;
+  reg_lock(r);
+  reg_forget_locked(r, path, dev, ino);
+  reg_unlock(r);
+}
+
+/* Unlink `path` if the block under it is still the one with dev/ino. */
+static void unlink_if_same(const char *path, uint64_t dev, uint64_t ino) {
+  int fd = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0)
+    return;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino)
+    shm_unlink(path);
+  close(fd);
+}
+
+/* Drop the entries of dead owners, and when `exiting` those of the calling
+ * process, unlinking their blocks. */
+static void sweep(struct registry *r, bool exiting) {
+  pid_t me = self_ident(NULL);
+  struct verdict {
+    pid_t pid;
+    uint64_t start;
+    bool alive;
+  } seen[16];
+  unsigned nseen = 0;
+  reg_lock(r);
+  struct reg_entry **pp = &r->head, *e;
+  while ((e = *pp)) {
+    bool drop;
+    if (e->pid == me) {
+      drop = exiting;
+    } else {
+      unsigned i = 0;
+      while (i < nseen && !(seen[i].pid == e->pid && seen[i].start == e->start))
+        i++;
+      if (i < nseen) {
+        drop = !seen[i].alive;
+      } else {
+        bool alive = owner_alive(e->pid, e->start);
+        if (nseen < sizeof seen / sizeof seen[0])
+          seen[nseen++] = (struct verdict){e->pid, e->start, alive};
+        drop = !alive;
+      }
+    }
+    if (!drop) {
+      pp = &e->next;
+      continue;
+    }
+    if (e->state == ENTRY_CREATED)
+      unlink_if_same(e->path, e->dev, e->ino);
+    *pp = e->next;
+    mp_heap_free(e);
+  }
+  reg_unlock(r);
+}
+
+/* Sweep when the registry exists (never maps the heap just for this). */
+static void sweep_if_any(void) {
+  struct registry *r = registry_get(false);
+  if (r)
+    sweep(r, false);
+}
+
+void mp__shm_at_exit(void) {
+  struct registry *r = registry_get(false);
+  if (r)
+    sweep(r, true);
+}
+
+static void at_exit_handler(void) { mp__shm_at_exit(); }
+
+/* The process whose atexit handler is registered. A child inherits the
+ * registration (a plain fork child that calls exit() runs it, for its own
+ * blocks) and registers again at its first tracked block: sweeping twice is
+ * harmless. */
+static _Atomic pid_t atexit_pid;
+
+static int ensure_atexit(pid_t me) {
+  pid_t seen = atomic_load(&atexit_pid);
+  if (seen == me || !atomic_compare_exchange_strong(&atexit_pid, &seen, me))
+    return 0;
+  if (atexit(at_exit_handler) != 0) {
+    atomic_store(&atexit_pid, 0);
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+/* Make the calling process the owner of a block (adopt), replacing any
+ * other owner's entry. */
+static int reg_adopt(const char *path, uint64_t dev, uint64_t ino) {
+  struct registry *r = registry_get(true);
+  if (!r)
+    return -ENOMEM;
+  uint64_t start;
+  pid_t me = self_ident(&start);
+  int err = ensure_atexit(me);
+  if (err < 0)
+    return err;
+  struct reg_entry *e = entry_new(path, ENTRY_CREATED, me, start, dev, ino);
+  if (!e)
+    return -ENOMEM;
+  reg_lock(r);
+  reg_forget_locked(r, path, dev, ino);
+  e->next = r->head;
+  r->head = e;
+  reg_unlock(r);
+  return 0;
+}
+
+/* ------------------------------------------------------------ 4. SharedMemory */
+
+struct mgr_entry;
+
+struct mp_shared_memory {
+  void *buf;
+  size_t size;
+  uint64_t dev, ino;
+  struct mgr_entry *mgr; /* the manager record that owns this handle, or NULL */
+  char path[PATH_CAP];   /* "/name" */
+};
+
+static int shm_create(const char *name, size_t size, const mp_shared_memory_options *opts,
+                      mp_shared_memory **ret) {
+  char path[PATH_CAP];
+  bool generated = !name;
+  if (!ret || size == 0 || size > (size_t)INT64_MAX)
+    return -EINVAL;
+  if (name) {
+    int r = make_path(name, path);
+    if (r < 0)
+      return r;
+  }
+  bool tracked = !(opts && opts->keep);
+  struct registry *reg = registry_get(tracked);
+  if (tracked && !reg)
+    return -ENOMEM;
+  if (reg)
+    sweep(reg, false);
+  uint64_t start;
+  pid_t me = self_ident(&start);
+  if (tracked) {
+    int r = ensure_atexit(me);
+    if (r < 0)
+      return r;
+  }
+  mp_shared_memory *h = malloc(sizeof *h);
+  if (!h)
+    return -ENOMEM;
+
+  int fd, err = 0;
+  struct reg_entry *e = NULL;
+  for (int tries = 0;; tries++) {
+    if (generated)
+      make_generated_path(path);
+    if (tracked) {
+      /* Recorded before the name exists, so a crash leaves at most a PENDING
+       * entry; made CREATED as soon as the inode is known. */
+      e = entry_new(path, ENTRY_PENDING, me, start, 0, 0);
+      if (!e) {
+        free(h);
+        return -ENOMEM;
+      }
+      reg_link(reg, e);
+    }
+    fd = shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+      break;
+    err = -errno;
+    if (e)
+      reg_drop(reg, e);
+    if (err == -EEXIST && generated && tries < 100)
+      continue;
+    free(h);
+    return err;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    err = -errno;
+    goto fail;
+  }
+  if (e)
+    reg_mark_created(reg, e, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+  /* The umask may have taken bits off 0600. */
+  if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0) {
+    err = -errno;
+    goto fail;
+  }
+  if (ftruncate(fd, (off_t)size) < 0) {
+    err = errno == EFBIG ? -EINVAL : -errno;
+    goto fail;
+  }
+  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    err = -errno;
+    goto fail;
+  }
+  close(fd);
+  h->buf = m;
+  h->size = size;
+  h->dev = (uint64_t)st.st_dev;
+  h->ino = (uint64_t)st.st_ino;
+  h->mgr = NULL;
+  memcpy(h->path, path, sizeof path);
+  *ret = h;
+  return 0;
+
+fail:
+  shm_unlink(path);
+  if (e)
+    reg_drop(reg, e);
+  close(fd);
+  free(h);
+  return err;
+}
+
+MP_EXPORT int mp_shared_memory_new(const char *name, size_t size,
+                                   const mp_shared_memory_options *opts, mp_shared_memory **ret) {
+  return shm_create(name, size, opts, ret);
+}
+
+MP_EXPORT int mp_shared_memory_attach(const char *name, const mp_shared_memory_options *opts,
+                                      mp_shared_memory **ret) {
+  char path[PATH_CAP];
+  int err = make_path(name, path);
+  if (err < 0)
+    return err;
+  if (!ret)
+    return -EINVAL;
+  sweep_if_any();
+  int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  struct stat st;
+  void *m = MAP_FAILED;
+  mp_shared_memory *h = NULL;
+  if (fstat(fd, &st) < 0) {
+    err = -errno;
+    goto out;
+  }
+  if (st.st_size <= 0) {
+    err = -EAGAIN;
+    goto out;
+  }
+  if ((uint64_t)st.st_size > SIZE_MAX) {
+    err = -ENOMEM;
+    goto out;
+  }
+  h = malloc(sizeof *h);
+  if (!h) {
+    err = -ENOMEM;
+    goto out;
+  }
+  m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    err = -errno;
+    goto out;
+  }
+  if (opts && opts->adopt) {
+    err = reg_adopt(path, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+    if (err < 0)
+      goto out;
+  }
+  h->buf = m;
+  h->size = (size_t)st.st_size;
+  h->dev = (uint64_t)st.st_dev;
+  h->ino = (uint64_t)st.st_ino;
+  h->mgr = NULL;
+  memcpy(h->path, path, sizeof path);
+  *ret = h;
+  close(fd);
+  return 0;
+
+out:
+  if (m != MAP_FAILED)
+    munmap(m, (size_t)st.st_size);
+  free(h);
+  close(fd);
+  return err;
+}
+
+MP_EXPORT void *mp_shared_memory_buf(const mp_shared_memory *shm) { return shm ? shm->buf : NULL; }
+
+MP_EXPORT ssize_t mp_shared_memory_size(const mp_shared_memory *shm) {
+  return shm ? (ssize_t)shm->size : -EINVAL;
+}
+
+MP_EXPORT const char *mp_shared_memory_name(const mp_shared_memory *shm) {
+  return shm ? shm->path + 1 : NULL;
+}
+
+/* A manager's record of one block it created (section 6). */
+struct mgr_entry {
+  struct mgr_entry *next;
+  mp_shared_memory *shm;          /* the handle while open, else NULL */
+  struct mp_shareable_list *list; /* the list that owns `shm`, if any */
+  int unlinked;
+  uint64_t dev, ino;
+  char path[PATH_CAP];
+};
+
+MP_EXPORT int mp_shared_memory_close(mp_shared_memory *shm) {
+  if (!shm)
+    return 0;
+  munmap(shm->buf, shm->size);
+  if (shm->mgr) {
+    shm->mgr->shm = NULL;
+    shm->mgr->list = NULL;
+  }
+  free(shm);
+  return 0;
+}
+
+MP_EXPORT int mp_shared_memory_unlink(mp_shared_memory *shm) {
+  if (!shm)
+    return -EINVAL;
+  if (shm_unlink(shm->path) < 0)
+    return -errno;
+  reg_forget(shm->path, shm->dev, shm->ino);
+  if (shm->mgr)
+    shm->mgr->unlinked = 1;
+  return 0;
+}
+
+MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
+  char path[PATH_CAP];
+  int err = make_path(name, path);
+  if (err < 0)
+    return err;
+  sweep_if_any();
+  struct stat st;
+  bool known = false;
+  int fd = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
+  if (fd >= 0) {
+    known = fstat(fd, &st) == 0;
+    close(fd);
+  }
+  if (shm_unlink(path) < 0)
+    return -errno;
+  if (known)
+    reg_forget(path, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+  return 0;
+}
+
+/* ------------------------------------------------------------ 5. ShareableList */
+
+/*
+ * Block layout (all fields in the machine's byte order):
+ *   struct sl_header                     32 bytes
+ *   struct sl_slot [count]               32 bytes each
+ *   data                                 each slot's `cap` bytes at `offset`
+ *
+ * struct sl_header: written once by the creator; `magic` last (release), so
+ * an attacher that loads the magic (acquire) sees the rest. Magic 0: the
+ * creator is not done yet.
+ *
+ * struct sl_slot, one per item:
+ *   offset, cap  constant after creation. Attachers check them against the
+ *                block once and keep private copies, never re-reading them.
+ *   writer       pid of the process writing the slot, 0 when none. A writer
+ *                takes the slot by compare-exchange 0 -> its pid and gives it
+ *                back by storing 0 (release).
+ *   seq          a seqlock: even while the slot is stable, odd while its
+ *                writer changes `type`, `len` and the data. Readers read
+ *                those between two loads of `seq` and retry unless both
+ *                loads gave the same even value. (The data bytes are copied
+ *                with memcpy while a writer may be storing them; the second
+ *                load of `seq` discards any such copy.)
+ *   type, len    the current value's type and length in bytes (len <= cap).
+ * Crash: a writer killed in the middle of a write leaves `writer` naming a
+ * dead pid and `seq` odd. The next writer that finds it dead takes the slot
+ * over (its own write replaces type, length and data whole). The next reader
+ * that finds it dead takes it over to make it stable as it is (type and len
+ * made valid, the bytes as left) and reports -EOWNERDEAD once.
+ */
+#define SL_MAGIC 0x315453494c53706dULL /* "mpSLIST1" in memory on little-endian */
+#define SL_VERSION 1
+#define SL_MAX_CAP ((uint64_t)UINT32_MAX - 7)
+/* Busy-wait rounds before yielding, and yields between liveness checks. */
+#define SL_SPIN 100
+#define SL_CHECK_EVERY 64
+
+struct sl_header {
+  _Atomic uint64_t magic;
+  uint32_t version;
+  uint32_t count;
+  uint64_t size;
+  uint64_t reserved;
+};
+
+struct sl_slot {
+  _Atomic uint32_t seq;
+  _Atomic int32_t writer;
+  _Atomic uint32_t type;
+  _Atomic uint32_t len;
+  uint64_t offset;
+  uint64_t cap;
+};
+
+_Static_assert(sizeof(struct sl_header) == 32, "ShareableList header layout");
+_Static_assert(sizeof(struct sl_slot) == 32, "ShareableList slot layout");
+
+struct sl_geom {
+  uint64_t offset, cap;
+};
+
+struct mp_shareable_list {
+  mp_shared_memory *shm;
+  uint32_t count;
+  uint64_t max_cap;
+  struct sl_geom *geom; /* private copies of each slot's offset and cap */
+};
+
+static bool type_ok(uint32_t t) { return t <= MP_ITEM_BYTES; }
+
+static bool is_var(uint32_t t) { return t == MP_ITEM_STR || t == MP_ITEM_BYTES; }
+
+static int item_check(const mp_item *it) {
+  if (!it || !type_ok((uint32_t)it->type))
+    return -EINVAL;
+  if (is_var((uint32_t)it->type) && !it->data && it->len)
+    return -EINVAL;
+  return 0;
+}
+
+/* The bytes an item needs in a slot. */
+static uint64_t item_size(const mp_item *it) {
+  switch (it->type) {
+  case MP_ITEM_NONE: return 0;
+  case MP_ITEM_BOOL: return 1;
+  case MP_ITEM_INT:
+  case MP_ITEM_FLOAT: return 8;
+  default: return it->len;
+  }
+}
+
+static struct sl_slot *slot_at(const mp_shareable_list *l, size_t i) {
+  return (struct sl_slot *)((char *)l->shm->buf + sizeof(struct sl_header)) + i;
+}
+
+static char *data_at(const mp_shareable_list *l, size_t i) {
+  return (char *)l->shm->buf + l->geom[i].offset;
+}
+
+static void pause_round(unsigned spins) {
+  if (spins < SL_SPIN)
+    mp__cpu_relax();
+  else
+    sched_yield();
+}
+
+/* Whether it is time to check the liveness of whoever holds the slot. */
+static bool check_due(unsigned spins) {
+  return spins >= SL_SPIN && (spins - SL_SPIN) % SL_CHECK_EVERY == SL_CHECK_EVERY - 1;
+}
+
+/* Take the slot for writing. Returns the odd seq value to publish with. */
+static uint32_t slot_lock(struct sl_slot *s, pid_t me) {
+  for (unsigned spins = 0;; spins++) {
+    int32_t w = 0;
+    if (atomic_compare_exchange_strong(&s->writer, &w, me))
+      break;
+    if (check_due(spins) && w != me && !owner_alive(w, 0) &&
+        atomic_compare_exchange_strong(&s->writer, &w, me))
+      break; /* its writer died: ours replaces whatever it left */
+    pause_round(spins);
+  }
+  uint32_t seq = atomic_load(&s->seq);
+  if (!(seq & 1)) {
+    seq++;
+    /* relaxed + release fence: the odd value is visible before any data
+     * store below (the seqlock writer's side) */
+    atomic_store_explicit(&s->seq, seq, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+  }
+  return seq;
+}
+
+static void slot_unlock(struct sl_slot *s, uint32_t seq) {
+  atomic_store_explicit(&s->seq, seq + 1, memory_order_release);
+  atomic_store_explicit(&s->writer, 0, memory_order_release);
+}
+
+/* Write an item's value into slot i; the slot must be locked. */
+static void slot_write(mp_shareable_list *l, size_t i, const mp_item *it) {
+  struct sl_slot *s = slot_at(l, i);
+  char *d = data_at(l, i);
+  uint64_t n = item_size(it);
+  switch (it->type) {
+  case MP_ITEM_INT: memcpy(d, &it->i, 8); break;
+  case MP_ITEM_FLOAT: memcpy(d, &it->f, 8); break;
+  case MP_ITEM_BOOL: d[0] = it->b ? 1 : 0; break;
+  case MP_ITEM_STR:
+  case MP_ITEM_BYTES:
+    if (n)
+      memcpy(d, it->data, n);
+    break;
+  default: break;
+  }
+  /* relaxed: published by the release store of seq in slot_unlock() */
+  atomic_store_explicit(&s->type, (uint32_t)it->type, memory_order_relaxed);
+  atomic_store_explicit(&s->len, (uint32_t)n, memory_order_relaxed);
+}
+
+MP_EXPORT int mp_shareable_list_set(mp_shareable_list *l, size_t index, const mp_item *item) {
+  if (!l)
+    return -EINVAL;
+  int err = item_check(item);
+  if (err < 0)
+    return err;
+  if (index >= l->count)
+    return -ERANGE;
+  if (item_size(item) > l->geom[index].cap)
+    return -EMSGSIZE;
+  struct sl_slot *s = slot_at(l, index);
+  uint32_t seq = slot_lock(s, self_ident(NULL));
+  slot_write(l, index, item);
+  slot_unlock(s, seq);
+  return 0;
+}
+
+/* A reader found slot i odd with a dead writer: make it stable as it is. */
+static int slot_repair(mp_shareable_list *l, size_t i, int32_t dead) {
+  struct sl_slot *s = slot_at(l, i);
+  if (!atomic_compare_exchange_strong(&s->writer, &dead, self_ident(NULL)))
+    return 0; /* someone else got there first */
+  uint32_t seq = atomic_load(&s->seq);
+  if (!(seq & 1)) {
+    atomic_store(&s->writer, 0);
+    return 0;
+  }
+  uint32_t t = atomic_load(&s->type), n = atomic_load(&s->len);
+  if (!type_ok(t))
+    t = MP_ITEM_NONE;
+  mp_item probe = {(mp_item_type)t, 0, 0.0, 0, NULL, n, 0};
+  if (item_size(&probe) > l->geom[i].cap || (!is_var(t) && n != item_size(&probe))) {
+    t = MP_ITEM_NONE;
+    n = 0;
+  }
+  atomic_store(&s->type, t);
+  atomic_store(&s->len, n);
+  slot_unlock(s, seq);
+  return -EOWNERDEAD;
+}
+
+MP_EXPORT int mp_shareable_list_get(mp_shareable_list *l, size_t index, mp_item *out, void *buf,
+                                    size_t bufsize) {
+  if (!l || !out)
+    return -EINVAL;
+  if (index >= l->count)
+    return -ERANGE;
+  struct sl_slot *s = slot_at(l, index);
+  const char *d = data_at(l, index);
+  uint64_t cap = l->geom[index].cap;
+  for (unsigned spins = 0;; spins++) {
+    uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
+    if (s1 & 1) {
+      int32_t w = atomic_load(&s->writer);
+      if (check_due(spins) && w && w != self_ident(NULL) && !owner_alive(w, 0)) {
+        int r = slot_repair(l, index, w);
+        if (r < 0)
+          return r;
+      }
+      pause_round(spins);
+      continue;
+    }
+    /* relaxed: validated by the seq re-check below */
+    uint32_t t = atomic_load_explicit(&s->type, memory_order_relaxed);
+    uint32_t n = atomic_load_explicit(&s->len, memory_order_relaxed);
+    mp_item it = {(mp_item_type)t, 0, 0.0, 0, NULL, n, 0};
+    int err = 0;
+    if (!type_ok(t) || n > cap)
+      err = -EINVAL;
+    else if (t == MP_ITEM_INT)
+      memcpy(&it.i, d, 8);
+    else if (t == MP_ITEM_FLOAT)
+      memcpy(&it.f, d, 8);
+    else if (t == MP_ITEM_BOOL)
+      it.b = d[0] != 0;
+    else if (is_var(t)) {
+      size_t need = n + (t == MP_ITEM_STR);
+      if (need > bufsize || (!buf && need))
+        err = -EMSGSIZE;
+      else if (n)
+        memcpy(buf, d, n);
+      it.data = buf;
+    }
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&s->seq, memory_order_relaxed) != s1)
+      continue; /* a writer came by: what was read may be mixed */
+    if (err < 0)
+      return err;
+    if (t == MP_ITEM_STR)
+      ((char *)buf)[n] = 0;
+    if (!is_var(t))
+      it.len = 0;
+    *out = it;
+    return 0;
+  }
+}
+
+MP_EXPORT ssize_t mp_shareable_list_len(const mp_shareable_list *l) {
+  return l ? (ssize_t)l->count : -EINVAL;
+}
+
+MP_EXPORT ssize_t mp_shareable_list_capacity(const mp_shareable_list *l, size_t index) {
+  if (!l)
+    return -EINVAL;
+  if (index >= l->count)
+    return -ERANGE;
+  return (ssize_t)l->geom[index].cap;
+}
+
+static bool item_equal(const mp_item *a, const mp_item *b) {
+  if (a->type != b->type)
+    return false;
+  switch (a->type) {
+  case MP_ITEM_NONE: return true;
+  case MP_ITEM_INT: return a->i == b->i;
+  case MP_ITEM_FLOAT: return a->f == b->f;
+  case MP_ITEM_BOOL: return (a->b != 0) == (b->b != 0);
+  default: return a->len == b->len && (a->len == 0 || !memcmp(a->data, b->data, a->len));
+  }
+}
+
+/* Count the slots equal to v (stop at the first when first_only); returns the
+ * count or first index, -ENOENT when first_only finds none. */
+static ssize_t find(mp_shareable_list *l, const mp_item *v, bool first_only) {
+  if (!l)
+    return -EINVAL;
+  int err = item_check(v);
+  if (err < 0)
+    return err;
+  char *buf = malloc(l->max_cap + 1);
+  if (!buf)
+    return -ENOMEM;
+  ssize_t n = 0;
+  for (size_t i = 0; i < l->count; i++) {
+    mp_item it;
+    int r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
+    if (r == -EOWNERDEAD)
+      r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
+    if (r < 0)
+      continue; /* a slot holding garbage equals nothing */
+    if (item_equal(&it, v)) {
+      if (first_only) {
+        free(buf);
+        return (ssize_t)i;
+      }
+      n++;
+    }
+  }
+  free(buf);
+  return first_only ? -ENOENT : n;
+}
+
+MP_EXPORT ssize_t mp_shareable_list_count(mp_shareable_list *l, const mp_item *value) {
+  return find(l, value, false);
+}
+
+MP_EXPORT ssize_t mp_shareable_list_index(mp_shareable_list *l, const mp_item *value) {
+  return find(l, value, true);
+}
+
+MP_EXPORT mp_shared_memory *mp_shareable_list_shm(const mp_shareable_list *l) {
+  return l ? l->shm : NULL;
+}
+
+MP_EXPORT int mp_shareable_list_close(mp_shareable_list *l) {
+  if (!l)
+    return 0;
+  mp_shared_memory_close(l->shm);
+  free(l->geom);
+  free(l);
+  return 0;
+}
+
+MP_EXPORT int mp_shareable_list_unlink(mp_shareable_list *l) {
+  return l ? mp_shared_memory_unlink(l->shm) : -EINVAL;
+}
+
+static int list_create(const char *name, const mp_item *items, size_t n,
+                       const mp_shared_memory_options *opts, mp_shareable_list **ret) {
+  if (!ret || (n && !items) || n > UINT32_MAX)
+    return -EINVAL;
+  uint64_t total = sizeof(struct sl_header) + (uint64_t)n * sizeof(struct sl_slot);
+  uint64_t max_cap = 8;
+  for (size_t i = 0; i < n; i++) {
+    int err = item_check(&items[i]);
+    if (err < 0)
+      return err;
+    uint64_t want = item_size(&items[i]);
+    if (is_var((uint32_t)items[i].type) && items[i].cap > want)
+      want = items[i].cap;
+    if (want > SL_MAX_CAP)
+      return -EINVAL;
+    uint64_t cap = want < 8 ? 8 : (want + 7) & ~(uint64_t)7;
+    if (cap > max_cap)
+      max_cap = cap;
+    total += cap;
+    if (total > (uint64_t)INT64_MAX / 2)
+      return -EINVAL;
+  }
+  mp_shareable_list *l = calloc(1, sizeof *l);
+  if (!l)
+    return -ENOMEM;
+  if (n && !(l->geom = malloc(n * sizeof *l->geom))) {
+    free(l);
+    return -ENOMEM;
+  }
+  int err = shm_create(name, (size_t)total, opts, &l->shm);
+  if (err < 0) {
+    free(l->geom);
+    free(l);
+    return err;
+  }
+  l->count = (uint32_t)n;
+  l->max_cap = max_cap;
+  struct sl_header *h = l->shm->buf;
+  uint64_t off = sizeof(struct sl_header) + (uint64_t)n * sizeof(struct sl_slot);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t want = item_size(&items[i]);
+    if (is_var((uint32_t)items[i].type) && items[i].cap > want)
+      want = items[i].cap;
+    uint64_t cap = want < 8 ? 8 : (want + 7) & ~(uint64_t)7;
+    l->geom[i] = (struct sl_geom){off, cap};
+    struct sl_slot *s = slot_at(l, i);
+    s->offset = off;
+    s->cap = cap;
+    slot_write(l, i, &items[i]); /* seq 0, writer 0: the block is fresh zeros */
+    off += cap;
+  }
+  h->version = SL_VERSION;
+  h->count = (uint32_t)n;
+  h->size = total;
+  atomic_store_explicit(&h->magic, SL_MAGIC, memory_order_release);
+  *ret = l;
+  return 0;
+}
+
+MP_EXPORT int mp_shareable_list_new(const char *name, const mp_item *items, size_t n,
+                                    const mp_shared_memory_options *opts, mp_shareable_list **ret) {
+  return list_create(name, items, n, opts, ret);
+}
+
+MP_EXPORT int mp_shareable_list_attach(const char *name, const mp_shared_memory_options *opts,
+                                       mp_shareable_list **ret) {
+  if (!ret)
+    return -EINVAL;
+  mp_shareable_list *l = calloc(1, sizeof *l);
+  if (!l)
+    return -ENOMEM;
+  int err = mp_shared_memory_attach(name, opts, &l->shm);
+  if (err < 0) {
+    free(l);
+    return err;
+  }
+  uint64_t size = l->shm->size;
+  struct sl_header *h = l->shm->buf;
+  err = -EINVAL;
+  if (size < sizeof *h)
+    goto fail;
+  uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
+  if (magic != SL_MAGIC) {
+    err = magic == 0 ? -EAGAIN : -EINVAL;
+    goto fail;
+  }
+  uint64_t count = h->count;
+  uint64_t data = sizeof *h + count * sizeof(struct sl_slot);
+  if (h->version != SL_VERSION || data > size)
+    goto fail;
+  l->count = (uint32_t)count;
+  l->max_cap = 8;
+  if (count && !(l->geom = malloc(count * sizeof *l->geom))) {
+    err = -ENOMEM;
+    goto fail;
+  }
+  for (uint64_t i = 0; i < count; i++) {
+    struct sl_slot *s = slot_at(l, i);
+    uint64_t off = s->offset, cap = s->cap;
+    if (off < data || off > size || off % 8 || cap < 8 || cap > SL_MAX_CAP || cap > size - off)
+      goto fail;
+    l->geom[i] = (struct sl_geom){off, cap};
+    if (cap > l->max_cap)
+      l->max_cap = cap;
+  }
+  *ret = l;
+  return 0;
+
+fail:
+  mp_shared_memory_close(l->shm);
+  free(l->geom);
+  free(l);
+  return err;
+}
+
+/* ------------------------------------------------------------ 6. manager */
+
+/* The manager is process-private (malloc), like the handles it holds. Each
+ * record outlives its handle: closing the handle early clears the record's
+ * pointers (mp_shared_memory_close) and unlinking it sets `unlinked`, so that
+ * shutdown unlinks and closes exactly what is left. */
+struct mp_shm_manager {
+  pid_t creator;
+  pthread_mutex_t mutex;
+  struct mgr_entry *head;
+};
+
+MP_EXPORT int mp_shm_manager_new(mp_shm_manager **ret) {
+  if (!ret)
+    return -EINVAL;
+  mp_shm_manager *m = calloc(1, sizeof *m);
+  if (!m)
+    return -ENOMEM;
+  m->creator = self_ident(NULL);
+  pthread_mutex_init(&m->mutex, NULL);
+  *ret = m;
+  return 0;
+}
+
+/* Record a handle the manager now owns. */
+static int mgr_adopt(mp_shm_manager *m, mp_shared_memory *shm, mp_shareable_list *list) {
+  struct mgr_entry *e = calloc(1, sizeof *e);
+  if (!e)
+    return -ENOMEM;
+  e->shm = shm;
+  e->list = list;
+  e->dev = shm->dev;
+  e->ino = shm->ino;
+  memcpy(e->path, shm->path, PATH_CAP);
+  shm->mgr = e;
+  pthread_mutex_lock(&m->mutex);
+  e->next = m->head;
+  m->head = e;
+  pthread_mutex_unlock(&m->mutex);
+  return 0;
+}
+
+MP_EXPORT int mp_shm_manager_shared_memory(mp_shm_manager *m, size_t size, mp_shared_memory **ret) {
+  if (!m || !ret)
+    return -EINVAL;
+  if (m->creator != self_ident(NULL))
+    return -ECHILD;
+  mp_shared_memory *h;
+  int err = shm_create(NULL, size, NULL, &h);
+  if (err < 0)
+    return err;
+  err = mgr_adopt(m, h, NULL);
+  if (err < 0) {
+    mp_shared_memory_unlink(h);
+    mp_shared_memory_close(h);
+    return err;
+  }
+  *ret = h;
+  return 0;
+}
+
+MP_EXPORT int mp_shm_manager_shareable_list(mp_shm_manager *m, const mp_item *items, size_t n,
+                                            mp_shareable_list **ret) {
+  if (!m || !ret)
+    return -EINVAL;
+  if (m->creator != self_ident(NULL))
+    return -ECHILD;
+  mp_shareable_list *l;
+  int err = list_create(NULL, items, n, NULL, &l);
+  if (err < 0)
+    return err;
+  err = mgr_adopt(m, l->shm, l);
+  if (err < 0) {
+    mp_shareable_list_unlink(l);
+    mp_shareable_list_close(l);
+    return err;
+  }
+  *ret = l;
+  return 0;
+}
+
+MP_EXPORT int mp_shm_manager_shutdown(mp_shm_manager *m) {
+  if (!m)
+    return 0;
+  if (m->creator != self_ident(NULL))
+    return -ECHILD;
+  pthread_mutex_lock(&m->mutex);
+  while (m->head) {
+    struct mgr_entry *e = m->head;
+    if (!e->unlinked) {
+      unlink_if_same(e->path, e->dev, e->ino);
+      reg_forget(e->path, e->dev, e->ino);
+    }
+    if (e->list)
+      mp_shareable_list_close(e->list);
+    else if (e->shm)
+      mp_shared_memory_close(e->shm);
+    m->head = e->next;
+    free(e);
+  }
+  pthread_mutex_unlock(&m->mutex);
+  pthread_mutex_destroy(&m->mutex);
+  free(m);
+  return 0;
+}
