@@ -13,6 +13,7 @@
 #include "mp/process.h"
 #include "mp/queue.h"
 #include "mp/shared.h"
+#include "mp/shm.h"
 #include "mp/sync.h"
 
 #endif /* MP_H */
