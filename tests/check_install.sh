@@ -3,6 +3,9 @@
 # pkg-config and as a meson subproject.
 #   check_install.sh SOURCE_ROOT BUILD_ROOT
 set -euo pipefail
+# meson test points LD_LIBRARY_PATH at the build tree; the programs built here
+# must find the libmp they were linked with instead.
+unset LD_LIBRARY_PATH
 src=$1
 build=$2
 tmp=$(mktemp -d)
@@ -22,14 +25,21 @@ C
 
 # 1. meson install into a staging directory, then build through pkg-config.
 meson install -C "$build" --destdir "$tmp/stage" --no-rebuild >/dev/null
-prefix=$(meson introspect "$build" --buildoptions | python3 -c \
-  'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="prefix"))')
+opt() {
+  meson introspect "$build" --buildoptions | python3 -c \
+    'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]==sys.argv[1]))' "$1"
+}
+prefix=$(opt prefix)
+# A sanitizer build's library needs its runtime in the program too.
+san=$(opt b_sanitize)
+sanflags=""
+[ "$san" != none ] && sanflags="-fsanitize=$san"
 pcdir=$(dirname "$(find "$tmp/stage" -name libmp.pc | head -n1)")
 [ -f "$pcdir/libmp.pc" ] || { echo "no libmp.pc installed"; exit 1; }
 [ -f "$tmp/stage$prefix/include/mp.h" ] || { echo "mp.h not installed"; exit 1; }
 cflags=$(PKG_CONFIG_PATH="$pcdir" PKG_CONFIG_SYSROOT_DIR="$tmp/stage" pkg-config --cflags libmp)
 libs=$(PKG_CONFIG_PATH="$pcdir" PKG_CONFIG_SYSROOT_DIR="$tmp/stage" pkg-config --libs libmp)
-cc $cflags "$tmp/use.c" -o "$tmp/use" $libs
+cc $sanflags $cflags "$tmp/use.c" -o "$tmp/use" $libs
 libdir=$(dirname "$(find "$tmp/stage" -name 'libmp.so.0' | head -n1)")
 LD_LIBRARY_PATH="$libdir" "$tmp/use" | grep -q "timed out"
 echo "pkg-config: ok"
