@@ -990,14 +990,26 @@ MP_EXPORT int mp_connection_wait(mp_wait_item *items, size_t n, double timeout) 
       ret = -ETIMEDOUT;
       break;
     }
-    /* ...then sleep until something may have changed, and look again. */
+    /* ...then sleep until something may have changed, and look again. With
+     * queues in the set, never longer than a queue consumer would (100 ms): a
+     * producer killed between its commit and its wake-up leaves a message
+     * that only a fresh look finds, as in mp_queue_get(). */
+    mp__deadline nap = d;
+    if (nq > 0) {
+      int64_t cap = mp__now_ns() + 100000000;
+      if (d.forever || (int64_t)d.at.tv_sec * 1000000000 + d.at.tv_nsec > cap) {
+        nap.forever = false;
+        nap.at.tv_sec = (time_t)(cap / 1000000000);
+        nap.at.tv_nsec = (long)(cap % 1000000000);
+      }
+    }
     int r;
     if (nfd == 0 && nq == 1)
-      r = mp__futex_wait(words[0], snaps[0], &d);
+      r = mp__futex_wait(words[0], snaps[0], &nap);
     else if (nfd == 0 && nq <= MP__FUTEX_WAITV_MAX)
-      r = mp__futex_waitv(words, snaps, (unsigned)nq, &d);
+      r = mp__futex_waitv(words, snaps, (unsigned)nq, &nap);
     else
-      r = sleep_mixed(pfds, nfd, words, snaps, nq, &d);
+      r = sleep_mixed(pfds, nfd, words, snaps, nq, &nap);
     for (size_t j = 0; j < nq; j++) {
       if (watching[j])
         mp__queue_watch_end(items[qidx[j]].obj);

@@ -112,7 +112,8 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret);
  * peer sees end of file only when every copy is closed. The handle must not be
  * used after this call in this process.
  *
- * @return 0; 0 for NULL.
+ * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not a live
+ *         connection handle.
  * Thread safety: no other thread may be using the handle.
  */
 MP_EXPORT int mp_connection_close(mp_connection *conn);
