@@ -29,6 +29,10 @@ MP_EXPORT const char *mp_strerror(int code) {
     return "invalid argument: NULL, freed or foreign handle, or an impossible value";
   case ECANCELED:
     return "broken barrier: aborted, reset, timed out or its action failed";
+  case ECONNABORTED:
+    return "pool worker died while running the task (the task failed; a new worker replaced it)";
+  case ESHUTDOWN:
+    return "pool terminated: the task was dropped or stopped by terminate";
   case EDEADLK:
     return "the calling thread already holds this lock";
   case ENOLCK:

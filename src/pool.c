@@ -1,0 +1,1684 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Pool: worker processes fed through a task ring in the family heap, results
+ * collected by a handler thread of the creating process.
+ *
+ * Map of this file:
+ *   1. the shared structures and their protocol
+ *   2. parent-side records (pool, jobs, results, iterators)
+ *   3. the worker: claim, run, report
+ *   4. the handler thread: spawn, collect, deaths, terminate
+ *   5. submission
+ *   6. public entry points
+ *
+ * 1. Protocol. struct shared lives in the family heap; it holds a ring of
+ * RING_CAP task entries and one slot per worker.
+ *
+ * entry.state, the only word that moves a task between owners:
+ *     FREE --parent--> PENDING --worker w (CAS)--> CLAIMED+w --parent--> FREE
+ *   - FREE: the entry belongs to the parent, which fills every field and then
+ *     stores PENDING (release) and advances `tail` (seq_cst).
+ *   - PENDING -> CLAIMED+w: one compare-exchange by worker w. The claim both
+ *     takes the task and names its holder, so there is no instant at which a
+ *     task is taken but its holder unknown: a worker killed at any step either
+ *     left the task PENDING (another worker runs it) or CLAIMED by itself.
+ *   - CLAIMED+w: only worker w writes the result fields (status, done_items,
+ *     res_*). When done, it appends the entry's index to its slot's done ring
+ *     (slot.ring[done_tail % RING_CAP], then done_tail+1 with release): that
+ *     append is the completion. The state stays CLAIMED+w.
+ *   - The parent's handler drains each done ring (acquire), reads the result
+ *     fields, and stores FREE. Only then may the entry be refilled.
+ *   `head` is the index of the next task to claim; it is a hint any worker
+ *   advances (CAS h -> h+1) once entry h is no longer PENDING, so a worker
+ *   killed between its claim and its advance of `head` stalls nobody. A worker
+ *   holding a stale `head` may claim a newer task in the same entry out of
+ *   order; that is harmless, the claim still names it.
+ *   Ring order: the parent fills entry tail % RING_CAP only when it is FREE;
+ *   otherwise the task waits in the parent's backlog (FIFO), so the ring never
+ *   overflows and every done ring (one per worker, RING_CAP long) has room for
+ *   every entry.
+ *
+ * Worker death (SIGKILL or anything else), seen at once by the handler
+ * through the worker's pidfd: the handler first drains the dead worker's done
+ * ring (those tasks completed), then every entry still CLAIMED+w is the task
+ * it held: it fails with -ECONNABORTED (a heap result block the worker had
+ * stored in res_ptr is freed), its entry becomes FREE, the slot's ring is
+ * reset, and a new worker is forked into the slot. A death at any instant is
+ * covered: before the claim CAS the task is PENDING; after it, CLAIMED+w;
+ * after the done-ring append, completed.
+ *
+ * Wake-ups, without system calls while both sides are busy:
+ *   - workers that find no task spin, then sleep on `work_seq`: they add one
+ *     to `sleepers` (and mark slot.asleep), re-check, and futex-wait; the
+ *     parent, after publishing, bumps `work_seq` and wakes only if `sleepers`
+ *     is non-zero (both sides seq_cst: one of them sees the other). A worker
+ *     killed while asleep has its count removed by the handler (slot.asleep);
+ *     a kill inside the two-step announcement leaves `sleepers` one too high,
+ *     which costs a useless wake per submission batch, never a lost task.
+ *   - the handler, when it finds nothing to do, stores `parent_waiting` = 1,
+ *     re-checks the done rings and fd requests, and polls the eventfd and the
+ *     pidfds; a worker that completes a task exchanges `parent_waiting` to 0
+ *     and writes the eventfd only when it was 1 (seq_cst on both sides).
+ *     A worker killed before its write leaves a readable pidfd: no lost wake.
+ *   - `stopping` (parent) tells idle workers to exit (after close, once every
+ *     task is done).
+ *
+ * File descriptors: a task of kind K_APPLY_FD is claimed like any other; the
+ * worker then stores the entry index + 1 in slot.fd_want and wakes the
+ * handler, which clears fd_want, sends its copy of the descriptor over the
+ * worker's own socketpair (SCM_RIGHTS) and closes its copy. A worker that dies
+ * before receiving it fails the task; the handler closes its copy.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define RING_CAP 2048u
+#define INLINE_MAX 64
+#define MAX_WORKERS 1024
+#define WORKER_SPIN 2000
+/* How many chunks per worker an iterator keeps submitted and unread. */
+#define ITER_WINDOW_PER_WORKER 4
+
+enum { E_FREE = 0, E_PENDING = 1, E_CLAIMED = 2 /* + slot */ };
+enum { K_APPLY, K_APPLY_FD, K_CHUNK };
+
+/* The task as the parent describes it: copied into an entry when published. */
+typedef void (*anyfn)(void); /* a task function, cast back by kind */
+
+struct task_desc {
+  uint32_t kind;
+  uint32_t item_size, result_size;
+  anyfn fn;
+  void *ctx;
+  const void *in; /* chunk items, or an apply argument in the heap; NULL: arg_buf */
+  void *out;      /* chunk results (heap) */
+  uint64_t count; /* chunk: items; apply: argument length */
+  unsigned char arg_buf[INLINE_MAX];
+};
+
+struct entry {
+  _Atomic uint32_t state;
+  uint32_t pad0;
+  void *cookie; /* the parent's job: opaque to workers */
+  struct task_desc d;
+  /* written by the claiming worker */
+  int32_t status;
+  uint32_t res_inline;
+  uint64_t done_items;
+  void *res_ptr;
+  uint64_t res_len;
+  unsigned char res_buf[INLINE_MAX];
+};
+
+struct slot {
+  _Atomic uint32_t done_tail; /* worker */
+  _Atomic uint32_t fd_want;   /* worker sets index + 1; the handler clears */
+  _Atomic uint32_t asleep;    /* worker */
+  char pad0[52];
+  _Atomic uint32_t done_head; /* handler */
+  char pad1[60];
+  uint32_t ring[RING_CAP];
+};
+
+struct shared {
+  _Atomic uint64_t head;
+  char pad0[56];
+  _Atomic uint64_t tail;
+  char pad1[56];
+  _Atomic uint32_t work_seq;
+  _Atomic uint32_t sleepers;
+  _Atomic uint32_t stopping;
+  _Atomic uint32_t parent_waiting;
+  char pad2[48];
+  struct entry ring[RING_CAP];
+  /* struct slot slots[nslots] follows */
+};
+
+static inline struct slot *slot_at(struct shared *sh, unsigned w) {
+  return (struct slot *)((char *)sh + sizeof *sh) + w;
+}
+
+/* ------------------------------------------------------------ 2. parent side */
+
+#define POOL_MAGIC 0x6d70504cu   /* "mpPL" */
+#define RESULT_MAGIC 0x6d704152u /* "mpAR" */
+#define ITER_MAGIC 0x6d704954u   /* "mpIT" */
+
+enum { P_RUNNING, P_CLOSED, P_TERMINATING, P_FINISHED };
+enum { R_APPLY, R_MAP };
+
+struct mp_async_result {
+  uint32_t magic;
+  _Atomic uint32_t done; /* futex word: 1 once final, after the callback */
+  _Atomic uint32_t refs; /* the user's and the pool's */
+  pid_t owner;
+  pthread_t handler;
+  int kind;
+  int status;
+  /* map, under the pool mutex */
+  size_t remaining, fail_index;
+  int fail_status;
+  void *user_out, *out_tmp;
+  void *in_tmp;
+  size_t out_bytes;
+  /* apply */
+  const void *data;
+  size_t len;
+  void *heap_data;
+  mp_pool_callbacks cb;
+  struct mp_async_result *next_fin;
+  unsigned char inline_data[INLINE_MAX] __attribute__((aligned(16)));
+};
+
+struct job {
+  struct mp_async_result *res;
+  struct mp_pool_iter *it;
+  struct job *next;      /* backlog, or the iterator's list */
+  struct job *next_done; /* unordered iterator's completion list */
+  size_t start, count;
+  void *in_tmp, *out_tmp;
+  int fd;
+  int status;
+  int lost; /* every item fails with status (died, terminated) */
+  uint64_t done_items;
+  int done;
+  struct task_desc d;
+};
+
+struct mp_pool_iter {
+  uint32_t magic;
+  _Atomic uint32_t seq; /* futex word: bumped at each chunk completion */
+  pid_t owner;
+  struct mp_pool *pool;
+  mp_pool_map_fn fn;
+  void *ctx;
+  const char *items;
+  size_t n, isize, rsize, chunksize, nchunks;
+  int ordered, in_heap, freed, counted_active;
+  size_t submitted, inflight, returned, cur_pos;
+  struct job *sub_head, *sub_tail;   /* ordered: in submission order */
+  struct job *done_head, *done_tail; /* unordered: in completion order */
+};
+
+struct worker {
+  pid_t pid;
+  int pidfd, sock;
+  int alive;
+};
+
+struct mp_pool {
+  uint32_t magic;
+  pid_t owner;
+  pthread_mutex_t mu;
+  int state;                 /* P_*, under mu */
+  _Atomic uint32_t finished; /* futex word: the handler has ended */
+  _Atomic uint32_t started;  /* futex word: 1 ok, 2 failed */
+  int start_err;
+  int refs; /* the user's + live iterators, under mu */
+  pthread_t thread;
+  sigset_t child_mask;
+  int efd;
+  unsigned nslots;
+  struct shared *sh;
+  struct worker *workers;
+  mp_pool_options opts;
+  struct job *backlog_head, *backlog_tail;
+  size_t outstanding;                          /* jobs submitted and not completed */
+  size_t iters_active;                         /* iterators with chunks still to submit */
+  struct mp_async_result *fin_head, *fin_tail; /* results to deliver */
+};
+
+/* This process's pid, refreshed in every child. */
+static _Atomic pid_t pid_cache;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+static void pid_reset(void) { atomic_store(&pid_cache, 0); }
+static void pid_register(void) { pthread_atfork(NULL, NULL, pid_reset); }
+static pid_t my_pid(void) {
+  /* relaxed: the process's own constant; 0 only sends us to getpid() */
+  pid_t p = atomic_load_explicit(&pid_cache, memory_order_relaxed);
+  if (MP__LIKELY(p))
+    return p;
+  pthread_once(&pid_once, pid_register);
+  p = getpid();
+  atomic_store(&pid_cache, p);
+  return p;
+}
+
+static int check_pool(struct mp_pool *p) {
+  if (!p || p->magic != POOL_MAGIC)
+    return -EINVAL;
+  return p->owner == my_pid() ? 0 : -ECHILD;
+}
+
+static void efd_signal(int efd) {
+  uint64_t one = 1;
+  ssize_t r = write(efd, &one, sizeof one);
+  (void)r; /* EAGAIN: the counter is already non-zero, the reader wakes */
+}
+
+/* ------------------------------------------------------------ 3. the worker */
+
+struct mp_pool_out {
+  struct entry *e;
+};
+
+MP_EXPORT int mp_pool_out_alloc(mp_pool_out *out, size_t size, void **buf) {
+  if (!out || !out->e || !buf)
+    return -EINVAL;
+  struct entry *e = out->e;
+  void *old = e->res_inline ? NULL : e->res_ptr;
+  if (size <= INLINE_MAX) {
+    e->res_ptr = NULL;
+    e->res_inline = 1;
+    e->res_len = size;
+    mp_heap_free(old);
+    *buf = e->res_buf;
+    return 0;
+  }
+  void *p = mp_heap_alloc(size);
+  if (!p)
+    return -ENOMEM;
+  e->res_ptr = p; /* stored at once: a death from here on lets the parent free it */
+  e->res_inline = 0;
+  e->res_len = size;
+  mp_heap_free(old);
+  *buf = p;
+  return 0;
+}
+
+MP_EXPORT int mp_pool_out_set(mp_pool_out *out, const void *data, size_t len) {
+  if (!out || (!data && len))
+    return -EINVAL;
+  void *buf;
+  int r = mp_pool_out_alloc(out, len, &buf);
+  if (r == 0 && len)
+    memcpy(buf, data, len);
+  return r;
+}
+
+static void notify_parent(struct shared *sh, int efd) {
+  if (atomic_load(&sh->parent_waiting) && atomic_exchange(&sh->parent_waiting, 0))
+    efd_signal(efd);
+}
+
+/* Claim the next task for worker w; its entry index in *idx. Returns 0, or -1
+ * when the pool tells idle workers to stop. */
+static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
+  struct slot *s = slot_at(sh, w);
+  unsigned spins = 0;
+  for (;;) {
+    uint64_t h = atomic_load(&sh->head);
+    if (h < atomic_load(&sh->tail)) {
+      struct entry *e = &sh->ring[h % RING_CAP];
+      uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
+      if (st == E_PENDING) {
+        if (atomic_compare_exchange_strong(&e->state, &st, E_CLAIMED + w)) {
+          *idx = (uint32_t)(h % RING_CAP); /* before the CAS below rewrites h on failure */
+          atomic_compare_exchange_strong(&sh->head, &h, h + 1);
+          return 0;
+        }
+      } else {
+        atomic_compare_exchange_strong(&sh->head, &h, h + 1);
+      }
+      continue;
+    }
+    if (atomic_load(&sh->stopping))
+      return -1;
+    if (spins++ < WORKER_SPIN) {
+      mp__cpu_relax();
+      continue;
+    }
+    uint32_t seq = atomic_load(&sh->work_seq);
+    atomic_fetch_add(&sh->sleepers, 1);
+    atomic_store(&s->asleep, 1);
+    if (atomic_load(&sh->head) >= atomic_load(&sh->tail) && !atomic_load(&sh->stopping))
+      mp__futex_wait(&sh->work_seq, seq, NULL);
+    atomic_store(&s->asleep, 0);
+    atomic_fetch_sub(&sh->sleepers, 1);
+    spins = WORKER_SPIN / 2;
+  }
+}
+
+static int recv_fd(int sock) {
+  char byte;
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } c;
+  struct msghdr m = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.buf, .msg_controllen = sizeof c.buf};
+  for (;;) {
+    ssize_t r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    break;
+  }
+  struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+  if (!h || h->cmsg_type != SCM_RIGHTS)
+    return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(h), sizeof fd);
+  return fd;
+}
+
+static int send_fd(int sock, int fd) {
+  char byte = 0;
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } c;
+  memset(&c, 0, sizeof c);
+  struct msghdr m = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.buf, .msg_controllen = sizeof c.buf};
+  struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+  h->cmsg_level = SOL_SOCKET;
+  h->cmsg_type = SCM_RIGHTS;
+  h->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  for (;;) {
+    ssize_t r = sendmsg(sock, &m, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR)
+      continue;
+    return r < 0 ? -errno : 0;
+  }
+}
+
+static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t idx, int sock) {
+  struct task_desc *d = &e->d;
+  e->res_inline = 1;
+  e->res_len = 0;
+  e->res_ptr = NULL;
+  if (d->kind == K_CHUNK) {
+    mp_pool_map_fn fn = (mp_pool_map_fn)d->fn;
+    const char *in = d->in;
+    char *out = d->out;
+    uint64_t i = 0;
+    int st = 0;
+    for (; i < d->count; i++) {
+      int r = fn(in ? in + i * d->item_size : NULL, out ? out + i * d->result_size : NULL, d->ctx);
+      if (r < 0) {
+        st = r;
+        break;
+      }
+    }
+    e->done_items = i;
+    e->status = st;
+    return;
+  }
+  mp_pool_out o = {e};
+  const void *arg = d->in ? d->in : d->arg_buf;
+  if (d->kind == K_APPLY) {
+    e->status = ((mp_pool_apply_fn)d->fn)(arg, d->count, &o, d->ctx);
+    return;
+  }
+  struct slot *s = slot_at(p->sh, w);
+  atomic_store(&s->fd_want, idx + 1);
+  atomic_store(&p->sh->parent_waiting, 0);
+  efd_signal(p->efd);
+  int fd = recv_fd(sock);
+  if (fd < 0)
+    _exit(3); /* the parent is gone or broke the protocol: the task fails */
+  e->status = ((mp_pool_fd_fn)d->fn)(fd, arg, d->count, &o, d->ctx);
+  close(fd);
+}
+
+static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
+  mp__process_after_fork_child();
+  pid_reset();
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != p->owner)
+    _exit(1); /* the parent died before the request took hold */
+  pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
+  /* The parent's ends of the other workers' channels are not ours. */
+  for (unsigned i = 0; i < p->nslots; i++) {
+    if (p->workers[i].alive && i != w) {
+      close(p->workers[i].pidfd);
+      close(p->workers[i].sock);
+    }
+  }
+  struct shared *sh = p->sh;
+  struct slot *s = slot_at(sh, w);
+  if (p->opts.initializer)
+    p->opts.initializer(p->opts.initargs);
+  unsigned long n = 0;
+  uint32_t idx;
+  while (claim(sh, w, &idx) == 0) {
+    struct entry *e = &sh->ring[idx];
+    run_entry(p, e, w, idx, sock);
+    fflush(NULL); /* output of a task appears when it ends, as a process's would */
+    uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_relaxed); /* ours only */
+    s->ring[t % RING_CAP] = idx;
+    atomic_store(&s->done_tail, t + 1);
+    notify_parent(sh, p->efd);
+    if (p->opts.maxtasksperchild && ++n >= p->opts.maxtasksperchild)
+      break;
+  }
+  fflush(NULL);
+  _exit(0);
+}
+
+/* ------------------------------------------------------------ 4. the handler */
+
+/* Fork a worker into slot w (handler thread, mu held). */
+static int spawn(struct mp_pool *p, unsigned w) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  struct slot *s = slot_at(p->sh, w);
+  atomic_store(&s->done_head, 0);
+  atomic_store(&s->done_tail, 0);
+  atomic_store(&s->fd_want, 0);
+  atomic_store(&s->asleep, 0);
+  fflush(NULL); /* else buffered output would be written twice */
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    worker_main(p, w, sv[1]);
+  }
+  int e = errno;
+  close(sv[1]);
+  if (pid < 0) {
+    close(sv[0]);
+    return -e;
+  }
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) {
+    e = errno;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    close(sv[0]);
+    return -e;
+  }
+  p->workers[w] = (struct worker){.pid = pid, .pidfd = fd, .sock = sv[0], .alive = 1};
+  return 0;
+}
+
+/* Mark a result final (mu held): queue it for delivery by the handler. */
+static void result_finish(struct mp_pool *p, struct mp_async_result *r) {
+  r->next_fin = NULL;
+  if (p->fin_tail)
+    p->fin_tail->next_fin = r;
+  else
+    p->fin_head = r;
+  p->fin_tail = r;
+}
+
+static void result_unref(struct mp_async_result *r) {
+  if (atomic_fetch_sub(&r->refs, 1) != 1)
+    return;
+  mp_heap_free(r->heap_data);
+  r->magic = 0;
+  free(r);
+}
+
+static void iter_release_job(struct mp_pool_iter *it, struct job *j) {
+  mp_heap_free(j->in_tmp);
+  mp_heap_free(j->out_tmp);
+  free(j);
+  it->inflight--;
+}
+
+static void pool_unref_locked(struct mp_pool *p, int *free_it) { *free_it = --p->refs == 0; }
+
+static void pool_destroy(struct mp_pool *p);
+
+static void iter_maybe_destroy(struct mp_pool_iter *it) {
+  /* mu held; the caller frees the pool if this dropped its last reference */
+  it->magic = 0;
+  free(it);
+}
+
+/* A job has ended with its entry's results copied in (mu held). */
+static void job_complete(struct mp_pool *p, struct job *j, int *pool_gone) {
+  p->outstanding--;
+  if (j->fd >= 0) {
+    close(j->fd);
+    j->fd = -1;
+  }
+  if (j->it) {
+    struct mp_pool_iter *it = j->it;
+    j->done = 1;
+    if (it->freed) {
+      /* No one walks a freed iterator's lists again. */
+      iter_release_job(it, j);
+      if (it->inflight == 0) {
+        iter_maybe_destroy(it);
+        int gone;
+        pool_unref_locked(p, &gone);
+        *pool_gone |= gone;
+      }
+      return;
+    }
+    if (!it->ordered) {
+      j->next_done = NULL;
+      if (it->done_tail)
+        it->done_tail->next_done = j;
+      else
+        it->done_head = j;
+      it->done_tail = j;
+    }
+    atomic_fetch_add(&it->seq, 1);
+    mp__futex_wake(&it->seq, INT_MAX);
+    return;
+  }
+  struct mp_async_result *r = j->res;
+  if (r->kind == R_APPLY) {
+    r->status = j->status;
+    mp_heap_free(j->in_tmp);
+    free(j);
+    result_finish(p, r);
+    return;
+  }
+  if (j->status < 0) {
+    size_t at = j->lost ? j->start : j->start + j->done_items;
+    if (r->fail_status == 0 || at < r->fail_index) {
+      r->fail_status = j->status;
+      r->fail_index = at;
+    }
+  }
+  free(j);
+  if (--r->remaining == 0) {
+    r->status = r->fail_status;
+    if (r->out_tmp && r->user_out)
+      memcpy(r->user_out, r->out_tmp, r->out_bytes);
+    mp_heap_free(r->out_tmp);
+    mp_heap_free(r->in_tmp);
+    r->out_tmp = r->in_tmp = NULL;
+    result_finish(p, r);
+  }
+}
+
+/* Collect the entry at idx (mu held): fold its results into its job. */
+static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool_gone) {
+  struct entry *e = &p->sh->ring[idx];
+  struct job *j = e->cookie;
+  if (failed) {
+    j->status = failed;
+    j->lost = 1;
+    j->done_items = 0;
+    mp_heap_free(e->res_inline ? NULL : e->res_ptr);
+  } else {
+    j->status = e->status;
+    j->done_items = e->done_items;
+    if (j->res && j->res->kind == R_APPLY) {
+      struct mp_async_result *r = j->res;
+      r->len = e->res_len;
+      if (e->res_inline) {
+        memcpy(r->inline_data, e->res_buf, e->res_len);
+        r->data = e->res_len ? r->inline_data : NULL;
+      } else {
+        r->data = r->heap_data = e->res_ptr;
+      }
+    }
+  }
+  e->res_ptr = NULL;
+  e->res_inline = 1;
+  atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+  job_complete(p, j, pool_gone);
+}
+
+/* Fill the ring from the backlog (mu held). Returns how many were published. */
+static unsigned publish_backlog(struct mp_pool *p) {
+  struct shared *sh = p->sh;
+  unsigned n = 0;
+  while (p->backlog_head) {
+    uint64_t t = atomic_load_explicit(&sh->tail, memory_order_relaxed); /* we are the writer */
+    struct entry *e = &sh->ring[t % RING_CAP];
+    if (atomic_load_explicit(&e->state, memory_order_relaxed) != E_FREE)
+      break;
+    struct job *j = p->backlog_head;
+    p->backlog_head = j->next;
+    if (!p->backlog_head)
+      p->backlog_tail = NULL;
+    j->next = NULL;
+    e->cookie = j;
+    e->d = j->d;
+    atomic_store_explicit(&e->state, E_PENDING, memory_order_release);
+    atomic_store(&sh->tail, t + 1);
+    n++;
+  }
+  return n;
+}
+
+static void wake_workers(struct mp_pool *p, unsigned n) {
+  struct shared *sh = p->sh;
+  atomic_fetch_add(&sh->work_seq, 1);
+  if (atomic_load(&sh->sleepers))
+    mp__futex_wake(&sh->work_seq, n > p->nslots ? INT_MAX : (int)n);
+}
+
+/* Drain every done ring and serve fd requests (mu held). Returns the number
+ * of completions. */
+static unsigned collect(struct mp_pool *p, int *pool_gone) {
+  unsigned n = 0;
+  for (unsigned w = 0; w < p->nslots; w++) {
+    if (!p->workers[w].alive)
+      continue;
+    struct slot *s = slot_at(p->sh, w);
+    uint32_t h = atomic_load_explicit(&s->done_head, memory_order_relaxed); /* ours */
+    uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_acquire);
+    for (; h != t; h++, n++) {
+      collect_entry(p, s->ring[h % RING_CAP], 0, pool_gone);
+    }
+    atomic_store_explicit(&s->done_head, h, memory_order_relaxed);
+    uint32_t want = atomic_load(&s->fd_want);
+    if (want) {
+      struct entry *e = &p->sh->ring[want - 1];
+      atomic_store(&s->fd_want, 0);
+      if (atomic_load(&e->state) == E_CLAIMED + w) {
+        struct job *j = e->cookie;
+        if (j->fd >= 0 && send_fd(p->workers[w].sock, j->fd) == 0) {
+          close(j->fd);
+          j->fd = -1;
+        }
+      }
+    }
+  }
+  if (n && p->backlog_head) {
+    unsigned k = publish_backlog(p);
+    if (k)
+      wake_workers(p, k);
+  }
+  return n;
+}
+
+static int anything_to_collect(struct mp_pool *p) {
+  for (unsigned w = 0; w < p->nslots; w++) {
+    if (!p->workers[w].alive)
+      continue;
+    struct slot *s = slot_at(p->sh, w);
+    if (atomic_load(&s->done_head) != atomic_load(&s->done_tail) || atomic_load(&s->fd_want))
+      return 1;
+  }
+  return 0;
+}
+
+static void reap(struct worker *wk) {
+  siginfo_t si;
+  while (waitid(P_PIDFD, (id_t)wk->pidfd, &si, WEXITED) < 0 && errno == EINTR) {
+  }
+  close(wk->pidfd);
+  close(wk->sock);
+  wk->alive = 0;
+  wk->pid = 0;
+}
+
+/* Fail every entry worker w still holds (mu held, after its done ring was
+ * drained). */
+static void fail_claims(struct mp_pool *p, unsigned w, int code, int *pool_gone) {
+  for (uint32_t i = 0; i < RING_CAP; i++)
+    if (atomic_load(&p->sh->ring[i].state) == E_CLAIMED + w)
+      collect_entry(p, i, code, pool_gone);
+}
+
+static int keep_workers(struct mp_pool *p) {
+  return p->state == P_RUNNING || (p->state == P_CLOSED && (p->outstanding || p->iters_active));
+}
+
+/* Worker w has ended (mu held): collect what it finished, fail what it held,
+ * reap it and start its successor if work remains. */
+static void worker_ended(struct mp_pool *p, unsigned w, int *pool_gone) {
+  struct slot *s = slot_at(p->sh, w);
+  collect(p, pool_gone);
+  fail_claims(p, w, -ECONNABORTED, pool_gone);
+  if (atomic_exchange(&s->asleep, 0))
+    atomic_fetch_sub(&p->sh->sleepers, 1);
+  reap(&p->workers[w]);
+  if (keep_workers(p) && spawn(p, w) < 0) {
+    /* No replacement now (the kernel refused): the next death or poll
+     * retries; the surviving workers carry on. */
+  }
+}
+
+static void deliver(struct mp_pool *p) {
+  /* mu held on entry and exit; released around the callbacks */
+  while (p->fin_head) {
+    struct mp_async_result *list = p->fin_head;
+    p->fin_head = p->fin_tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+    while (list) {
+      struct mp_async_result *r = list;
+      list = r->next_fin;
+      mp_pool_callback cb = r->status >= 0 ? r->cb.callback : r->cb.error_callback;
+      if (cb)
+        cb(r, r->status, r->cb.arg);
+      atomic_store_explicit(&r->done, 1, memory_order_release);
+      mp__futex_wake(&r->done, INT_MAX);
+      result_unref(r);
+    }
+    pthread_mutex_lock(&p->mu);
+  }
+}
+
+static void terminate_now(struct mp_pool *p, int *pool_gone) {
+  struct shared *sh = p->sh;
+  atomic_store(&sh->stopping, 1);
+  for (unsigned w = 0; w < p->nslots; w++)
+    if (p->workers[w].alive)
+      syscall(SYS_pidfd_send_signal, p->workers[w].pidfd, SIGKILL, NULL, 0);
+  collect(p, pool_gone);
+  for (unsigned w = 0; w < p->nslots; w++) {
+    if (!p->workers[w].alive)
+      continue;
+    reap(&p->workers[w]);
+    struct slot *s = slot_at(sh, w);
+    uint32_t h = atomic_load(&s->done_head), t = atomic_load(&s->done_tail);
+    for (; h != t; h++) /* finished between the collect and the kill */
+      collect_entry(p, s->ring[h % RING_CAP], 0, pool_gone);
+    atomic_store(&s->done_head, h);
+  }
+  for (uint32_t i = 0; i < RING_CAP; i++)
+    if (atomic_load(&sh->ring[i].state) != E_FREE)
+      collect_entry(p, i, -ESHUTDOWN, pool_gone);
+  while (p->backlog_head) {
+    struct job *j = p->backlog_head;
+    p->backlog_head = j->next;
+    j->status = -ESHUTDOWN;
+    j->lost = 1;
+    job_complete(p, j, pool_gone);
+  }
+  p->backlog_tail = NULL;
+}
+
+static int workers_alive(struct mp_pool *p) {
+  for (unsigned w = 0; w < p->nslots; w++)
+    if (p->workers[w].alive)
+      return 1;
+  return 0;
+}
+
+static void *handler_main(void *arg) {
+  struct mp_pool *p = arg;
+  struct shared *sh = p->sh;
+  int pool_gone = 0;
+  pthread_mutex_lock(&p->mu);
+  int err = 0;
+  for (unsigned w = 0; w < p->nslots && !err; w++)
+    err = spawn(p, w);
+  if (err) {
+    atomic_store(&sh->stopping, 1);
+    for (unsigned w = 0; w < p->nslots; w++)
+      if (p->workers[w].alive) {
+        syscall(SYS_pidfd_send_signal, p->workers[w].pidfd, SIGKILL, NULL, 0);
+        reap(&p->workers[w]);
+      }
+    p->start_err = err;
+    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->started, 2);
+    mp__futex_wake(&p->started, INT_MAX);
+    return NULL;
+  }
+  pthread_mutex_unlock(&p->mu);
+  atomic_store(&p->started, 1);
+  mp__futex_wake(&p->started, INT_MAX);
+
+  struct pollfd *pfd = malloc((p->nslots + 1) * sizeof *pfd);
+  unsigned *pw = malloc((p->nslots + 1) * sizeof *pw);
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    unsigned got = collect(p, &pool_gone);
+    if (p->state == P_TERMINATING) {
+      terminate_now(p, &pool_gone);
+      deliver(p);
+      break;
+    }
+    if (p->state == P_CLOSED && !p->outstanding && !p->iters_active &&
+        !atomic_load(&sh->stopping)) {
+      atomic_store(&sh->stopping, 1);
+      atomic_fetch_add(&sh->work_seq, 1);
+      mp__futex_wake(&sh->work_seq, INT_MAX);
+    }
+    deliver(p);
+    if (atomic_load(&sh->stopping) && !workers_alive(p))
+      break;
+    /* Restart replacements the kernel refused earlier. */
+    if (keep_workers(p))
+      for (unsigned w = 0; w < p->nslots; w++)
+        if (!p->workers[w].alive)
+          spawn(p, w);
+    unsigned n = 0;
+    if (pfd) {
+      pfd[n].fd = p->efd;
+      pfd[n++].events = POLLIN;
+      for (unsigned w = 0; w < p->nslots; w++) {
+        if (!p->workers[w].alive)
+          continue;
+        pw[n] = w;
+        pfd[n].fd = p->workers[w].pidfd;
+        pfd[n++].events = POLLIN;
+      }
+    }
+    int timeout = 0;
+    if (!got) {
+      atomic_store(&sh->parent_waiting, 1);
+      if (anything_to_collect(p) || p->state == P_TERMINATING)
+        atomic_store(&sh->parent_waiting, 0);
+      else
+        timeout = pfd ? -1 : 10;
+    }
+    pthread_mutex_unlock(&p->mu);
+    int r = pfd ? poll(pfd, n, timeout) : poll(NULL, 0, timeout);
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&sh->parent_waiting, 0);
+    if (r <= 0)
+      continue;
+    if (pfd[0].revents) {
+      uint64_t v;
+      ssize_t k = read(p->efd, &v, sizeof v);
+      (void)k;
+    }
+    for (unsigned i = 1; i < n; i++)
+      if (pfd[i].revents)
+        worker_ended(p, pw[i], &pool_gone);
+  }
+  p->state = P_FINISHED;
+  pthread_mutex_unlock(&p->mu);
+  free(pfd);
+  free(pw);
+  atomic_store(&p->finished, 1);
+  mp__futex_wake(&p->finished, INT_MAX);
+  (void)pool_gone; /* the user's reference keeps the pool until mp_pool_free */
+  return NULL;
+}
+
+/* ------------------------------------------------------------ 5. submission */
+
+/* Queue a job (mu held): into the ring when there is room, else the backlog.
+ * Returns 1 when it went into the ring. */
+static int enqueue(struct mp_pool *p, struct job *j) {
+  p->outstanding++;
+  j->next = NULL;
+  if (p->backlog_tail)
+    p->backlog_tail->next = j;
+  else
+    p->backlog_head = j;
+  p->backlog_tail = j;
+  return (int)publish_backlog(p);
+}
+
+static struct mp_async_result *result_new(struct mp_pool *p, int kind,
+                                          const mp_pool_callbacks *cb) {
+  struct mp_async_result *r = calloc(1, sizeof *r);
+  if (!r)
+    return NULL;
+  r->magic = RESULT_MAGIC;
+  atomic_init(&r->refs, 2);
+  r->owner = p->owner;
+  r->handler = p->thread;
+  r->kind = kind;
+  if (cb)
+    r->cb = *cb;
+  return r;
+}
+
+static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const void *arg, size_t len,
+                        void *ctx, const mp_pool_callbacks *cb, mp_async_result **ret) {
+  int r = check_pool(p);
+  if (r < 0)
+    return r;
+  if (!fn || !ret || (!arg && len))
+    return -EINVAL;
+  struct job *j = calloc(1, sizeof *j);
+  struct mp_async_result *res = result_new(p, R_APPLY, cb);
+  if (!j || !res) {
+    free(j);
+    free(res);
+    return -ENOMEM;
+  }
+  j->res = res;
+  j->fd = -1;
+  j->d.kind = (uint32_t)kind;
+  j->d.fn = fn;
+  j->d.ctx = ctx;
+  j->d.count = len;
+  if (len <= INLINE_MAX) {
+    if (len)
+      memcpy(j->d.arg_buf, arg, len);
+  } else if (mp_heap_contains(arg) && mp_heap_contains((const char *)arg + len - 1)) {
+    j->d.in = arg;
+  } else {
+    j->in_tmp = mp_heap_alloc(len);
+    if (!j->in_tmp) {
+      free(j);
+      free(res);
+      return -ENOMEM;
+    }
+    memcpy(j->in_tmp, arg, len);
+    j->d.in = j->in_tmp;
+  }
+  if (kind == K_APPLY_FD) {
+    j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (j->fd < 0) {
+      r = errno == EBADF ? -EBADF : -errno;
+      mp_heap_free(j->in_tmp);
+      free(j);
+      free(res);
+      return r;
+    }
+  }
+  pthread_mutex_lock(&p->mu);
+  if (p->state != P_RUNNING) {
+    pthread_mutex_unlock(&p->mu);
+    if (j->fd >= 0)
+      close(j->fd);
+    mp_heap_free(j->in_tmp);
+    free(j);
+    free(res);
+    return -EPIPE;
+  }
+  int in_ring = enqueue(p, j);
+  pthread_mutex_unlock(&p->mu);
+  if (in_ring)
+    wake_workers(p, 1);
+  *ret = res;
+  return 0;
+}
+
+static size_t auto_chunk(struct mp_pool *p, size_t n) {
+  size_t div = 4 * (size_t)p->nslots;
+  size_t c = n / div + (n % div != 0);
+  return c ? c : 1;
+}
+
+static int in_heap(const void *ptr, size_t bytes) {
+  return ptr && bytes && mp_heap_contains(ptr) && mp_heap_contains((const char *)ptr + bytes - 1);
+}
+
+static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
+                      size_t isize, void *results, size_t rsize, size_t chunksize,
+                      const mp_pool_callbacks *cb, mp_async_result **ret) {
+  int r = check_pool(p);
+  if (r < 0)
+    return r;
+  if (!fn || !ret || (!items && isize && n) || (!results && rsize && n))
+    return -EINVAL;
+  if ((isize && n > SIZE_MAX / isize) || (rsize && n > SIZE_MAX / rsize))
+    return -EINVAL;
+  struct mp_async_result *res = result_new(p, R_MAP, cb);
+  if (!res)
+    return -ENOMEM;
+  size_t ibytes = n * isize, rbytes = n * rsize;
+  const char *in = items;
+  char *out = results;
+  if (ibytes && !in_heap(items, ibytes)) {
+    res->in_tmp = mp_heap_alloc(ibytes);
+    if (!res->in_tmp)
+      goto nomem;
+    memcpy(res->in_tmp, items, ibytes);
+    in = res->in_tmp;
+  }
+  if (rbytes && !in_heap(results, rbytes)) {
+    res->out_tmp = mp_heap_alloc(rbytes);
+    if (!res->out_tmp)
+      goto nomem;
+    res->user_out = results;
+    res->out_bytes = rbytes;
+    out = res->out_tmp;
+  }
+  if (!chunksize)
+    chunksize = auto_chunk(p, n);
+  size_t nchunks = n / chunksize + (n % chunksize != 0);
+  /* Make every job first, so that a failure leaves nothing queued. */
+  struct job *jobs = NULL;
+  for (size_t c = nchunks; c-- > 0;) {
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) {
+      while (jobs) {
+        struct job *next = jobs->next;
+        free(jobs);
+        jobs = next;
+      }
+      goto nomem;
+    }
+    j->res = res;
+    j->fd = -1;
+    j->start = c * chunksize;
+    j->count = n - j->start < chunksize ? n - j->start : chunksize;
+    j->d.kind = K_CHUNK;
+    j->d.fn = (anyfn)fn;
+    j->d.ctx = ctx;
+    j->d.in = isize ? in + j->start * isize : NULL;
+    j->d.out = rsize ? out + j->start * rsize : NULL;
+    j->d.count = j->count;
+    j->d.item_size = (uint32_t)isize;
+    j->d.result_size = (uint32_t)rsize;
+    j->next = jobs;
+    jobs = j;
+  }
+  res->remaining = nchunks;
+  pthread_mutex_lock(&p->mu);
+  if (p->state != P_RUNNING) {
+    pthread_mutex_unlock(&p->mu);
+    while (jobs) {
+      struct job *next = jobs->next;
+      free(jobs);
+      jobs = next;
+    }
+    mp_heap_free(res->in_tmp);
+    mp_heap_free(res->out_tmp);
+    free(res);
+    return -EPIPE;
+  }
+  if (nchunks == 0) {
+    result_finish(p, res);
+    pthread_mutex_unlock(&p->mu);
+    efd_signal(p->efd); /* the handler delivers it, callbacks included */
+    *ret = res;
+    return 0;
+  }
+  /* Append the whole list to the backlog at once, then publish. */
+  struct job *last = jobs;
+  while (last->next)
+    last = last->next;
+  if (p->backlog_tail)
+    p->backlog_tail->next = jobs;
+  else
+    p->backlog_head = jobs;
+  p->backlog_tail = last;
+  p->outstanding += nchunks;
+  unsigned k = publish_backlog(p);
+  pthread_mutex_unlock(&p->mu);
+  if (k)
+    wake_workers(p, k);
+  *ret = res;
+  return 0;
+nomem:
+  mp_heap_free(res->in_tmp);
+  mp_heap_free(res->out_tmp);
+  free(res);
+  return -ENOMEM;
+}
+
+/* ------------------------------------------------------------ 6. public */
+
+MP_EXPORT int mp_pool_new(int processes, const mp_pool_options *opts, mp_pool **ret) {
+  if (!ret || processes < 0 || processes > MAX_WORKERS)
+    return -EINVAL;
+  if (processes == 0)
+    processes = mp_cpu_count();
+  if (processes > MAX_WORKERS)
+    processes = MAX_WORKERS;
+  int r = mp__heap_ensure();
+  if (r < 0)
+    return r;
+  struct mp_pool *p = calloc(1, sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  p->magic = POOL_MAGIC;
+  p->owner = my_pid();
+  p->nslots = (unsigned)processes;
+  p->refs = 1;
+  if (opts)
+    p->opts = *opts;
+  p->workers = calloc(p->nslots, sizeof *p->workers);
+  size_t shsize = sizeof(struct shared) + p->nslots * sizeof(struct slot);
+  p->sh = mp_heap_calloc(1, shsize);
+  p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (!p->workers || !p->sh || p->efd < 0) {
+    r = p->efd < 0 && p->workers && p->sh ? -errno : -ENOMEM;
+    goto fail;
+  }
+  pthread_mutex_init(&p->mu, NULL);
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &p->child_mask);
+  /* The handler takes no signal: the program's handlers run on its threads. */
+  r = -pthread_create(&p->thread, NULL, handler_main, p);
+  pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
+  if (r < 0) {
+    pthread_mutex_destroy(&p->mu);
+    goto fail;
+  }
+  while (atomic_load(&p->started) == 0)
+    mp__futex_wait(&p->started, 0, NULL);
+  if (atomic_load(&p->started) == 2) {
+    pthread_join(p->thread, NULL);
+    r = p->start_err;
+    pthread_mutex_destroy(&p->mu);
+    goto fail;
+  }
+  pthread_setname_np(p->thread, "mp-pool");
+  *ret = p;
+  return 0;
+fail:
+  if (p->efd >= 0)
+    close(p->efd);
+  mp_heap_free(p->sh);
+  free(p->workers);
+  free(p);
+  return r;
+}
+
+MP_EXPORT int mp_pool_apply_async(mp_pool *pool, mp_pool_apply_fn fn, const void *arg, size_t len,
+                                  void *ctx, const mp_pool_callbacks *cb, mp_async_result **ret) {
+  return apply_submit(pool, K_APPLY, (anyfn)fn, -1, arg, len, ctx, cb, ret);
+}
+
+MP_EXPORT int mp_pool_apply_async_fd(mp_pool *pool, mp_pool_fd_fn fn, int fd, const void *arg,
+                                     size_t len, void *ctx, const mp_pool_callbacks *cb,
+                                     mp_async_result **ret) {
+  if (fd < 0)
+    return check_pool(pool) < 0 ? check_pool(pool) : -EBADF;
+  return apply_submit(pool, K_APPLY_FD, (anyfn)fn, fd, arg, len, ctx, cb, ret);
+}
+
+MP_EXPORT int mp_pool_apply(mp_pool *pool, mp_pool_apply_fn fn, const void *arg, size_t len,
+                            void *ctx, void **result, size_t *result_len) {
+  mp_async_result *res;
+  int r = mp_pool_apply_async(pool, fn, arg, len, ctx, NULL, &res);
+  if (r < 0)
+    return r;
+  int st = mp_async_result_get(res, MP_FOREVER);
+  if (result) {
+    void *copy = NULL;
+    if (res->len) {
+      copy = malloc(res->len);
+      if (!copy) {
+        mp_async_result_free(res);
+        return -ENOMEM;
+      }
+      memcpy(copy, res->data, res->len);
+    }
+    *result = copy;
+  }
+  if (result_len)
+    *result_len = res->len;
+  mp_async_result_free(res);
+  return st;
+}
+
+MP_EXPORT int mp_pool_map_async(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items,
+                                size_t n, size_t item_size, void *results, size_t result_size,
+                                size_t chunksize, const mp_pool_callbacks *cb,
+                                mp_async_result **ret) {
+  return map_submit(pool, fn, ctx, items, n, item_size, results, result_size, chunksize, cb, ret);
+}
+
+MP_EXPORT int mp_pool_map(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
+                          size_t item_size, void *results, size_t result_size, size_t chunksize) {
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  if (n == 0)
+    return fn ? 0 : -EINVAL;
+  mp_async_result *res;
+  r = map_submit(pool, fn, ctx, items, n, item_size, results, result_size, chunksize, NULL, &res);
+  if (r < 0)
+    return r;
+  r = mp_async_result_get(res, MP_FOREVER);
+  mp_async_result_free(res);
+  return r;
+}
+
+MP_EXPORT int mp_pool_starmap(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items,
+                              size_t n, size_t item_size, void *results, size_t result_size,
+                              size_t chunksize) {
+  return mp_pool_map(pool, fn, ctx, items, n, item_size, results, result_size, chunksize);
+}
+
+MP_EXPORT int mp_pool_starmap_async(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items,
+                                    size_t n, size_t item_size, void *results, size_t result_size,
+                                    size_t chunksize, const mp_pool_callbacks *cb,
+                                    mp_async_result **ret) {
+  return map_submit(pool, fn, ctx, items, n, item_size, results, result_size, chunksize, cb, ret);
+}
+
+MP_EXPORT int mp_pool_close(mp_pool *pool) {
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  pthread_mutex_lock(&pool->mu);
+  if (pool->state == P_RUNNING)
+    pool->state = P_CLOSED;
+  pthread_mutex_unlock(&pool->mu);
+  efd_signal(pool->efd);
+  return 0;
+}
+
+static int wait_finished(struct mp_pool *p, const mp__deadline *d) {
+  while (!atomic_load(&p->finished)) {
+    int r = mp__futex_wait(&p->finished, 0, d);
+    if (r == -ETIMEDOUT && !atomic_load(&p->finished))
+      return -ETIMEDOUT;
+  }
+  return 0;
+}
+
+MP_EXPORT int mp_pool_terminate(mp_pool *pool) {
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  if (pthread_equal(pthread_self(), pool->thread))
+    return -EDEADLK;
+  pthread_mutex_lock(&pool->mu);
+  if (pool->state == P_RUNNING || pool->state == P_CLOSED)
+    pool->state = P_TERMINATING;
+  pthread_mutex_unlock(&pool->mu);
+  efd_signal(pool->efd);
+  mp__deadline d;
+  mp__deadline_init(&d, MP_FOREVER);
+  return wait_finished(pool, &d);
+}
+
+MP_EXPORT int mp_pool_join(mp_pool *pool, double timeout) {
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  mp__deadline d;
+  r = mp__deadline_init(&d, timeout);
+  if (r < 0)
+    return r;
+  pthread_mutex_lock(&pool->mu);
+  int st = pool->state;
+  pthread_mutex_unlock(&pool->mu);
+  if (st == P_RUNNING)
+    return -EINVAL;
+  if (pthread_equal(pthread_self(), pool->thread))
+    return -EDEADLK;
+  return wait_finished(pool, &d);
+}
+
+static void pool_destroy(struct mp_pool *p) {
+  pthread_mutex_destroy(&p->mu);
+  close(p->efd);
+  mp_heap_free(p->sh);
+  free(p->workers);
+  p->magic = 0;
+  free(p);
+}
+
+MP_EXPORT int mp_pool_free(mp_pool *pool) {
+  if (!pool)
+    return 0;
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  r = mp_pool_terminate(pool); /* no-op once finished */
+  if (r < 0)
+    return r;
+  pthread_join(pool->thread, NULL);
+  pthread_mutex_lock(&pool->mu);
+  pool->magic = 0; /* further calls with this handle: -EINVAL */
+  int gone;
+  pool_unref_locked(pool, &gone);
+  pthread_mutex_unlock(&pool->mu);
+  if (gone)
+    pool_destroy(pool);
+  return 0;
+}
+
+MP_EXPORT int mp_pool_worker_pids(mp_pool *pool, int *out, size_t cap) {
+  int r = check_pool(pool);
+  if (r < 0)
+    return r;
+  if (!out && cap)
+    return -EINVAL;
+  size_t n = 0;
+  pthread_mutex_lock(&pool->mu);
+  for (unsigned w = 0; w < pool->nslots; w++) {
+    if (!pool->workers[w].alive)
+      continue;
+    if (n < cap)
+      out[n] = pool->workers[w].pid;
+    n++;
+  }
+  pthread_mutex_unlock(&pool->mu);
+  return (int)n;
+}
+
+/* ------------------------------------------------------------ results */
+
+static int check_result(struct mp_async_result *r) {
+  if (!r || r->magic != RESULT_MAGIC)
+    return -EINVAL;
+  return r->owner == my_pid() ? 0 : -ECHILD;
+}
+
+static int result_wait(struct mp_async_result *r, double timeout) {
+  mp__deadline d;
+  int e = mp__deadline_init(&d, timeout);
+  if (e < 0)
+    return e;
+  while (!atomic_load_explicit(&r->done, memory_order_acquire)) {
+    if (d.nowait)
+      return -ETIMEDOUT;
+    if (pthread_equal(pthread_self(), r->handler))
+      return -EDEADLK; /* from a callback: the handler would wait for itself */
+    if (mp__futex_wait(&r->done, 0, &d) == -ETIMEDOUT &&
+        !atomic_load_explicit(&r->done, memory_order_acquire))
+      return -ETIMEDOUT;
+  }
+  return 0;
+}
+
+MP_EXPORT int mp_async_result_get(mp_async_result *res, double timeout) {
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  r = result_wait(res, timeout);
+  return r < 0 ? r : res->status;
+}
+
+MP_EXPORT int mp_async_result_wait(mp_async_result *res, double timeout) {
+  int r = check_result(res);
+  return r < 0 ? r : result_wait(res, timeout);
+}
+
+MP_EXPORT int mp_async_result_ready(mp_async_result *res) {
+  int r = check_result(res);
+  return r < 0 ? r : (int)atomic_load_explicit(&res->done, memory_order_acquire);
+}
+
+MP_EXPORT int mp_async_result_successful(mp_async_result *res) {
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  if (!atomic_load_explicit(&res->done, memory_order_acquire))
+    return -EAGAIN;
+  return res->status >= 0;
+}
+
+MP_EXPORT int mp_async_result_data(mp_async_result *res, const void **data, size_t *len) {
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  if (!data)
+    return -EINVAL;
+  /* Inside its own callback the data is already final. */
+  if (!atomic_load_explicit(&res->done, memory_order_acquire) &&
+      !pthread_equal(pthread_self(), res->handler))
+    return -EAGAIN;
+  *data = res->data;
+  if (len)
+    *len = res->len;
+  return 0;
+}
+
+MP_EXPORT int mp_async_result_free(mp_async_result *res) {
+  if (!res)
+    return 0;
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  result_unref(res);
+  return 0;
+}
+
+/* ------------------------------------------------------------ iterators */
+
+static int check_iter(struct mp_pool_iter *it) {
+  if (!it || it->magic != ITER_MAGIC)
+    return -EINVAL;
+  return it->owner == my_pid() ? 0 : -ECHILD;
+}
+
+/* Submit chunks while the window has room (mu held). Returns -EPIPE when the
+ * pool no longer runs tasks. */
+static int iter_topup(struct mp_pool_iter *it) {
+  struct mp_pool *p = it->pool;
+  size_t window = ITER_WINDOW_PER_WORKER * (size_t)p->nslots;
+  unsigned published = 0;
+  int r = 0;
+  while (it->submitted < it->nchunks && it->inflight < window) {
+    if (p->state != P_RUNNING && p->state != P_CLOSED) {
+      r = -EPIPE;
+      break;
+    }
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) {
+      r = -ENOMEM;
+      break;
+    }
+    j->it = it;
+    j->fd = -1;
+    j->start = it->submitted * it->chunksize;
+    j->count = it->n - j->start < it->chunksize ? it->n - j->start : it->chunksize;
+    if (it->isize) {
+      if (it->in_heap) {
+        j->d.in = it->items + j->start * it->isize;
+      } else {
+        j->in_tmp = mp_heap_alloc(j->count * it->isize);
+        if (!j->in_tmp) {
+          free(j);
+          r = -ENOMEM;
+          break;
+        }
+        memcpy(j->in_tmp, it->items + j->start * it->isize, j->count * it->isize);
+        j->d.in = j->in_tmp;
+      }
+    }
+    if (it->rsize) {
+      j->out_tmp = mp_heap_alloc(j->count * it->rsize);
+      if (!j->out_tmp) {
+        mp_heap_free(j->in_tmp);
+        free(j);
+        r = -ENOMEM;
+        break;
+      }
+      j->d.out = j->out_tmp;
+    }
+    j->d.kind = K_CHUNK;
+    j->d.fn = (anyfn)it->fn;
+    j->d.ctx = it->ctx;
+    j->d.count = j->count;
+    j->d.item_size = (uint32_t)it->isize;
+    j->d.result_size = (uint32_t)it->rsize;
+    it->submitted++;
+    it->inflight++;
+    published += (unsigned)enqueue(p, j); /* links the backlog through next */
+    if (it->ordered) {                    /* the iterator's own lists link through next_done */
+      if (it->sub_tail)
+        it->sub_tail->next_done = j;
+      else
+        it->sub_head = j;
+      it->sub_tail = j;
+    }
+  }
+  if (it->submitted == it->nchunks && it->counted_active) {
+    it->counted_active = 0;
+    p->iters_active--;
+  }
+  if (published)
+    wake_workers(p, published);
+  return r;
+}
+
+static int imap_new(mp_pool *p, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
+                    size_t isize, size_t rsize, size_t chunksize, int ordered, mp_pool_iter **ret) {
+  int r = check_pool(p);
+  if (r < 0)
+    return r;
+  if (!fn || !ret || (!items && isize && n))
+    return -EINVAL;
+  if ((isize && n > SIZE_MAX / isize) || (rsize && n > SIZE_MAX / rsize))
+    return -EINVAL;
+  struct mp_pool_iter *it = calloc(1, sizeof *it);
+  if (!it)
+    return -ENOMEM;
+  it->magic = ITER_MAGIC;
+  it->owner = p->owner;
+  it->pool = p;
+  it->fn = fn;
+  it->ctx = ctx;
+  it->items = items;
+  it->n = n;
+  it->isize = isize;
+  it->rsize = rsize;
+  it->chunksize = chunksize ? chunksize : 1;
+  it->nchunks = n / it->chunksize + (n % it->chunksize != 0);
+  it->ordered = ordered;
+  it->in_heap = in_heap(items, n * isize);
+  pthread_mutex_lock(&p->mu);
+  if (p->state != P_RUNNING) {
+    pthread_mutex_unlock(&p->mu);
+    free(it);
+    return -EPIPE;
+  }
+  p->refs++;
+  if (it->nchunks) {
+    it->counted_active = 1;
+    p->iters_active++;
+  }
+  r = iter_topup(it);
+  pthread_mutex_unlock(&p->mu);
+  if (r == -ENOMEM && it->inflight == 0) {
+    mp_pool_iter_free(it);
+    return -ENOMEM;
+  }
+  *ret = it;
+  return 0;
+}
+
+MP_EXPORT int mp_pool_imap(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
+                           size_t item_size, size_t result_size, size_t chunksize,
+                           mp_pool_iter **ret) {
+  return imap_new(pool, fn, ctx, items, n, item_size, result_size, chunksize, 1, ret);
+}
+
+MP_EXPORT int mp_pool_imap_unordered(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items,
+                                     size_t n, size_t item_size, size_t result_size,
+                                     size_t chunksize, mp_pool_iter **ret) {
+  return imap_new(pool, fn, ctx, items, n, item_size, result_size, chunksize, 0, ret);
+}
+
+MP_EXPORT int mp_pool_iter_next(mp_pool_iter *it, void *result, size_t *index, double timeout) {
+  int r = check_iter(it);
+  if (r < 0)
+    return r;
+  if (!result && it->rsize)
+    return -EINVAL;
+  mp__deadline d;
+  r = mp__deadline_init(&d, timeout);
+  if (r < 0)
+    return r;
+  struct mp_pool *p = it->pool;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    if (it->returned == it->n) {
+      pthread_mutex_unlock(&p->mu);
+      return -EPIPE;
+    }
+    int tr = iter_topup(it);
+    struct job *j = it->ordered ? it->sub_head : it->done_head;
+    if (j && j->done) {
+      size_t k = it->cur_pos;
+      int st;
+      if (j->status >= 0 || (!j->lost && k < j->done_items))
+        st = 0;
+      else if (j->lost || k == j->done_items)
+        st = j->status;
+      else
+        st = -ECANCELED;
+      if (st >= 0 && it->rsize)
+        memcpy(result, (char *)j->out_tmp + k * it->rsize, it->rsize);
+      if (index)
+        *index = j->start + k;
+      it->returned++;
+      if (++it->cur_pos == j->count) {
+        it->cur_pos = 0;
+        if (it->ordered) {
+          it->sub_head = j->next_done;
+          if (!it->sub_head)
+            it->sub_tail = NULL;
+        } else {
+          it->done_head = j->next_done;
+          if (!it->done_head)
+            it->done_tail = NULL;
+        }
+        iter_release_job(it, j);
+        iter_topup(it);
+      }
+      pthread_mutex_unlock(&p->mu);
+      return st;
+    }
+    if (it->inflight == 0 && tr < 0) {
+      /* Nothing in flight and nothing can be submitted: the pool stopped. */
+      size_t idx = it->submitted * it->chunksize + it->cur_pos;
+      it->returned++;
+      if (++it->cur_pos == (it->n - it->submitted * it->chunksize < it->chunksize
+                                ? it->n - it->submitted * it->chunksize
+                                : it->chunksize)) {
+        it->cur_pos = 0;
+        it->submitted++;
+      }
+      if (index)
+        *index = idx;
+      pthread_mutex_unlock(&p->mu);
+      return tr == -EPIPE ? -ESHUTDOWN : tr;
+    }
+    uint32_t seq = atomic_load(&it->seq);
+    pthread_mutex_unlock(&p->mu);
+    if (d.nowait)
+      return -ETIMEDOUT;
+    if (mp__futex_wait(&it->seq, seq, &d) == -ETIMEDOUT) {
+      pthread_mutex_lock(&p->mu);
+      struct job *h = it->ordered ? it->sub_head : it->done_head;
+      if (!(h && h->done)) {
+        pthread_mutex_unlock(&p->mu);
+        return -ETIMEDOUT;
+      }
+      continue;
+    }
+    pthread_mutex_lock(&p->mu);
+  }
+}
+
+MP_EXPORT int mp_pool_iter_free(mp_pool_iter *it) {
+  if (!it)
+    return 0;
+  int r = check_iter(it);
+  if (r < 0)
+    return r;
+  struct mp_pool *p = it->pool;
+  pthread_mutex_lock(&p->mu);
+  if (it->counted_active) {
+    it->counted_active = 0;
+    p->iters_active--;
+  }
+  /* Release the chunks that are done; the handler releases the others as
+   * they complete, and the iterator with the last. */
+  struct job **list = it->ordered ? &it->sub_head : &it->done_head;
+  struct job **pp = list;
+  while (*pp) {
+    struct job *j = *pp;
+    if (j->done) {
+      *pp = j->next_done;
+      iter_release_job(it, j);
+    } else {
+      pp = &j->next_done;
+    }
+  }
+  it->sub_tail = it->done_tail = NULL;
+  it->freed = 1;
+  it->magic = 0;
+  int gone = 0;
+  if (it->inflight == 0) {
+    free(it);
+    pool_unref_locked(p, &gone);
+  }
+  pthread_mutex_unlock(&p->mu);
+  efd_signal(p->efd);
+  if (gone)
+    pool_destroy(p);
+  return 0;
+}

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/* Pool under worker kills: 100 rounds in a row, a random worker SIGKILLed at a
+ * random moment while tasks run. The task it held fails with -ECONNABORTED
+ * within a second and its error callback runs; every other task completes
+ * with the right result; the pool stays usable. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <mp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { ROUNDS = 100, TASKS = 12, WORKERS = 3 };
+
+/* Per task, in the heap: which worker started it and whether it got to the
+ * end of its work. Allocated before the pool so every worker sees it. */
+struct track {
+  atomic_int running_pid[TASKS];
+  atomic_int finished[TASKS];
+};
+static struct track *tr;
+
+static int work(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)ctx;
+  int id = ((const int *)arg)[0], ms = ((const int *)arg)[1];
+  atomic_store(&tr->running_pid[id], (int)getpid());
+  tu_sleep(ms / 1000.0);
+  int v = id * 2 + 1;
+  atomic_store(&tr->finished[id], 1);
+  return mp_pool_out_set(out, &v, sizeof v) < 0 ? -ENOMEM : id;
+}
+
+static atomic_int errors_seen[TASKS];
+
+static int on_error(mp_async_result *r, int status, void *arg) {
+  (void)r;
+  if (status == -ECONNABORTED)
+    atomic_fetch_add(&errors_seen[(intptr_t)arg], 1);
+  return 0;
+}
+
+static void test_pool_crash_random_worker_kills(void **state) {
+  (void)state;
+  tr = mp_heap_calloc(1, sizeof *tr);
+  assert_non_null(tr);
+  mp_pool *p;
+  assert_int_equal(mp_pool_new(WORKERS, NULL, &p), 0);
+  srand(12345);
+  int total_failed = 0;
+  double start = tu_now();
+  for (int round = 0; round < ROUNDS; round++) {
+    memset(tr, 0, sizeof *tr);
+    mp_async_result *r[TASKS];
+    int failed_this_round = 0;
+    for (int i = 0; i < TASKS; i++) {
+      atomic_store(&errors_seen[i], 0);
+      int arg[2] = {i, 1 + rand() % 15};
+      mp_pool_callbacks cb = {NULL, on_error, (void *)(intptr_t)i};
+      assert_int_equal(mp_pool_apply_async(p, work, arg, sizeof arg, NULL, &cb, &r[i]), 0);
+    }
+    tu_sleep((rand() % 30) / 1000.0);
+    int pids[WORKERS];
+    assert_int_equal(mp_pool_worker_pids(p, pids, WORKERS), WORKERS);
+    int victim = pids[rand() % WORKERS];
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    double killed_at = tu_now();
+    /* The task the victim held (if it held one) fails within a second. */
+    for (int i = 0; i < TASKS; i++) {
+      if (atomic_load(&tr->running_pid[i]) == victim && !atomic_load(&tr->finished[i])) {
+        assert_int_equal(mp_async_result_get(r[i], 5), -ECONNABORTED);
+        assert_true(tu_now() - killed_at < 1.0 + 0.5 /* a loaded shared machine */);
+      }
+    }
+    for (int i = 0; i < TASKS; i++) {
+      int st = mp_async_result_get(r[i], 10);
+      if (st == -ECONNABORTED) {
+        /* only the victim's task (0: claimed by the victim, killed before the
+         * task's first line ran), at most one per round, and its error
+         * callback ran */
+        int who = atomic_load(&tr->running_pid[i]);
+        assert_true(who == victim || who == 0);
+        assert_int_equal(++failed_this_round, 1);
+        assert_int_equal(atomic_load(&errors_seen[i]), 1);
+        total_failed++;
+      } else {
+        assert_int_equal(st, i);
+        const void *d;
+        size_t len;
+        assert_int_equal(mp_async_result_data(r[i], &d, &len), 0);
+        assert_int_equal(len, sizeof(int));
+        assert_int_equal(*(const int *)d, i * 2 + 1);
+        assert_int_equal(atomic_load(&errors_seen[i]), 0);
+      }
+      assert_int_equal(mp_async_result_free(r[i]), 0);
+    }
+    /* still usable, with all its workers */
+    assert_int_equal(mp_pool_apply(p, work, (int[]){0, 0}, 2 * sizeof(int), NULL, NULL, NULL), 0);
+    assert_int_equal(mp_pool_worker_pids(p, NULL, 0), WORKERS);
+  }
+  print_message("pool crash: %d rounds, %d tasks failed with their worker, %.1f s\n", ROUNDS,
+                total_failed, tu_now() - start);
+  assert_true(total_failed > 0); /* the kills did hit running tasks */
+  assert_int_equal(mp_pool_close(p), 0);
+  assert_int_equal(mp_pool_join(p, 30), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp_heap_free(tr);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_pool_crash_random_worker_kills),
+  };
+  return TU_RUN("pool_crash", tests);
+}
