@@ -92,7 +92,8 @@
  *     inside a stream (tail.INSTREAM set, no data) tries prod_mutex after each
  *     sleep (at most RECHECK_NS) and repairs it itself on EOWNERDEAD.
  *   producer, asleep for room (space_sleepers bit 0 set): consumers keep waking
- *     nobody; a wake that finds no sleeper tries prod_mutex and repairs.
+ *     nobody; every 64th wake that finds no sleeper tries prod_mutex and
+ *     repairs.
  *   consumer, before its commit: the record stays at the head, whole; the next
  *     holder of cons_mutex (EOWNERDEAD) runs cons_repair(): clears
  *     data_sleepers bit 0 and wakes producers. The partial copy is in the dead
@@ -102,11 +103,11 @@
  *   consumer, mid-stream: head points inside the message; the next consumer
  *     skips the rest (see above). That message is lost with its taker.
  *   consumer, asleep for data: data_sleepers bit 0 stays set; a producer whose
- *     wake finds no sleeper tries cons_mutex and repairs it.
+ *     wake finds no sleeper (every 64th time) tries cons_mutex and repairs it.
  *   watcher (mp_connection_wait) killed while registered: its slot in data_reg
  *     names a dead pid; producers that keep waking nobody scan the slots every
- *     16th time and drop dead ones, bit first, then slot (both idempotent, so
- *     a watcher killed between setting the two is cleaned alike). A watcher
+ *     64th time and drop dead ones (see reg_scan(); a watcher killed between
+ *     taking its slot and setting its bit is cleaned alike). A watcher
  *     beyond the NSLOTS slots killed while registered costs one futex wake
  *     per put from then on, never correctness.
  *   close: one compare-and-swap of tail; concurrent commits either precede it
@@ -150,7 +151,8 @@
 #define NSLOTS 16
 #define SLOT_BIT(i) ((uint32_t)2 << (i))
 #define EXTRA_ONE ((uint32_t)1 << (NSLOTS + 1))
-#define LOG_MAX 288 /* the most words one list operation writes: 65 records + 10 */
+#define CLEANING ((uint64_t)1 << 63) /* a slot being cleaned (tids are below 2^31) */
+#define LOG_MAX 288                  /* the most words one list operation writes: 65 records + 10 */
 
 #define POS_MASK ((uint64_t)0xffffffff)
 #define INSTREAM ((uint64_t)1 << 32)
@@ -325,15 +327,13 @@ static bool always(mp_queue *q) {
 static bool not_empty(mp_queue *q) { return mp_queue_empty(q) == 0; }
 static bool not_full(mp_queue *q) { return mp_queue_full(q) == 0; }
 
-static uint64_t reg_me(void) {
-  return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)getpid();
-}
+static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)getpid(); }
 
 /* Register the calling thread as a sleeper in *word: its slot first, then the
- * slot's bit, which is what wakers read. Setting and clearing a bit is
- * idempotent, so a process killed between the two steps leaves a slot that
- * reg_scan() can always clean (bit first, then slot: a bit belongs to its
- * slot's occupant, so no newcomer's bit is ever cleared). */
+ * slot's bit, which is what wakers read; unregister in the reverse order. A
+ * bit belongs to its slot's occupant, and setting or clearing it is
+ * idempotent, so a process killed between the two steps leaves a slot with its
+ * pid that reg_scan() cleans whatever the bit says. */
 static void reg_add(struct reg *r, _Atomic uint32_t *word) {
   uint64_t me = reg_me();
   for (int i = 0; i < NSLOTS; i++) {
@@ -363,16 +363,23 @@ static void reg_del(struct reg *r, _Atomic uint32_t *word) {
   /* Not registered (an unmatched end): nothing to undo. */
 }
 
-/* Drop the registrations of processes that no longer exist. */
+/* Drop the registrations of processes that no longer exist. A cleaner first
+ * claims the slot (its own identity with CLEANING set, which no registrant
+ * matches), then clears the bit, then frees the slot: no newcomer can take the
+ * slot, and so own the bit, before the bit is cleared, and two cleaners never
+ * work on one slot. A cleaner killed half-way is dead in its turn: the next
+ * scan claims the slot from it. */
 static void reg_scan(struct reg *r, _Atomic uint32_t *word) {
+  uint64_t mark = CLEANING | reg_me();
   for (int i = 0; i < NSLOTS; i++) {
     uint64_t v = atomic_load(&r->slot[i]);
     if (!v)
       continue;
     pid_t pid = (pid_t)(uint32_t)v;
-    if (kill(pid, 0) < 0 && errno == ESRCH) {
+    if (kill(pid, 0) < 0 && errno == ESRCH &&
+        atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
       atomic_fetch_and(word, ~SLOT_BIT(i));
-      atomic_compare_exchange_strong(&r->slot[i], &v, 0);
+      atomic_store(&r->slot[i], 0);
     }
   }
 }
@@ -381,12 +388,17 @@ static void fifo_prod_repair(mp_queue *q);
 static void fifo_cons_repair(mp_queue *q);
 static void list_repair(mp_queue *q);
 
-/* A wake found nobody asleep although a sleeper is recorded: the recorded one
- * may be dead. Check the mutex holder (bit 0) and, now and then, the
- * registered ones. */
+/* A wake found nobody asleep although a sleeper is recorded. Usually that
+ * sleeper is between recording itself and sleeping, or just woke; but it may
+ * be dead. Every 64th time, check the mutex holder (bit 0) and the registered
+ * ones; a dead sleeper costs at most that many futex wakes. */
 static void heal(mp_queue *q, uint32_t sl, bool data_side) {
   struct qstate *s = q->s;
-  _Atomic uint32_t *count = data_side ? &s->data_sleepers : &s->space_sleepers;
+  _Atomic uint32_t *word = data_side ? &s->data_sleepers : &s->space_sleepers;
+  struct reg *rg = data_side ? &s->data_reg : &s->space_reg;
+  /* relaxed: a pacing counter, no data hangs on it */
+  if ((atomic_fetch_add_explicit(&rg->idle, 1, memory_order_relaxed) & 63) != 63)
+    return;
   if ((sl & 1) && q->order == MP_QUEUE_FIFO) {
     pthread_mutex_t *m = data_side ? &s->u.f.cons_mutex : &s->u.f.prod_mutex;
     int r = pthread_mutex_trylock(m);
@@ -397,15 +409,12 @@ static void heal(mp_queue *q, uint32_t sl, bool data_side) {
         fifo_prod_repair(q);
       pthread_mutex_unlock(m);
     } else if (r == 0) {
-      atomic_fetch_and(count, ~1u); /* the holder always clears it before unlocking */
+      atomic_fetch_and(word, ~1u); /* the holder always clears it before unlocking */
       pthread_mutex_unlock(m);
     }
   }
-  if (sl >> 1) {
-    struct reg *rg = data_side ? &s->data_reg : &s->space_reg;
-    if ((atomic_fetch_add_explicit(&rg->idle, 1, memory_order_relaxed) & 15) == 15)
-      reg_scan(rg, count);
-  }
+  if (sl >> 1)
+    reg_scan(rg, word);
 }
 
 /* After a commit that gives consumers something (or a close): wake the sleeper
@@ -495,8 +504,8 @@ static void abort_stream(mp_queue *q) {
   wake_data(q);
 }
 
-/* With prod_mutex held after its holder died (or found free with stale
- * state). */
+/* With prod_mutex just taken from a holder that died (EOWNERDEAD): undo what
+ * it left, then mark the mutex consistent. */
 static void fifo_prod_repair(mp_queue *q) {
   struct qstate *s = q->s;
   atomic_fetch_and(&s->space_sleepers, ~1u);
@@ -657,6 +666,7 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
 
 /* ------------------------------------------------------------ 6. FIFO consumers */
 
+/* With cons_mutex just taken from a holder that died (EOWNERDEAD). */
 static void fifo_cons_repair(mp_queue *q) {
   struct qstate *s = q->s;
   atomic_fetch_and(&s->data_sleepers, ~1u);
@@ -796,6 +806,10 @@ again:;
   uint64_t total = clen;
   if (kind == K_BEGIN) {
     ring_read(q, dpos, &total, 8);
+    if (clen < 8 || clen - 8 >= total) {
+      res = -EIO; /* the ring was overwritten */
+      goto out;
+    }
     dpos += 8;
     clen -= 8;
   }

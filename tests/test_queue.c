@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -175,6 +176,17 @@ static void test_queue_errors(void **state) {
   assert_int_equal(mp_queue_close(junk), -EINVAL);
   assert_int_equal(mp_queue_free(junk), -EINVAL);
   mp_heap_free(junk);
+  /* A LIFO or priority message the family heap cannot hold (2 GiB, from a
+   * reserved mapping that is never touched): -ENOMEM, and nothing changes. */
+  size_t huge = (size_t)2 << 30;
+  void *big = mmap(NULL, huge, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  assert_true(big != MAP_FAILED);
+  assert_int_equal(mp_lifo_queue_new(0, &q), 0);
+  assert_int_equal(mp_queue_put(q, big, huge, MP_FOREVER), -ENOMEM);
+  assert_int_equal(mp_queue_qsize(q), 0);
+  assert_int_equal(mp_queue_put(q, "ok", 2, 0), 0);
+  assert_int_equal(mp_queue_free(q), 0);
+  munmap(big, huge);
   /* NaN for join on a joinable queue. */
   assert_int_equal(mp_joinable_queue_new(0, &q), 0);
   assert_int_equal(mp_queue_join(q, NAN), -EINVAL);
@@ -342,10 +354,10 @@ static void test_queue_large_messages_stream_through_the_ring(void **state) {
     size_t ring, len;
     int count;
   } cases[] = {
-      {4096, 4 * 4096, 20},          /* four times the ring */
-      {4096, 4 * 4096 + 3, 5},       /* not a multiple of anything */
-      {1024, 1025, 50},              /* just above the ring */
-      {0, (size_t)16 << 20, 2},      /* 16 MiB through the default ring */
+      {4096, 4 * 4096, 20},     /* four times the ring */
+      {4096, 4 * 4096 + 3, 5},  /* not a multiple of anything */
+      {1024, 1025, 50},         /* just above the ring */
+      {0, (size_t)16 << 20, 2}, /* 16 MiB through the default ring */
   };
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     mp_queue *q = fifo(0, cases[c].ring);
@@ -481,7 +493,7 @@ static void test_queue_get_timeouts_and_signals(void **state) {
 static void test_queue_put_timeouts_and_signals(void **state) {
   (void)state;
   mp_queue *kinds[4];
-  kinds[0] = fifo(1, 0); /* full by count */
+  kinds[0] = fifo(1, 0);    /* full by count */
   kinds[1] = fifo(0, 1024); /* full by bytes */
   assert_int_equal(mp_lifo_queue_new(1, &kinds[2]), 0);
   assert_int_equal(mp_priority_queue_new(1, &kinds[3]), 0);
@@ -830,9 +842,9 @@ static void test_queue_many_producers_and_consumers_threads(void **state) {
   }
   for (uint32_t i = 0; i < MPMC_PRODUCERS; i++) {
     args[MPMC_CONSUMERS + i] = (struct mpmc_child){s, i};
-    assert_int_equal(
-        pthread_create(&t[MPMC_CONSUMERS + i], NULL, mpmc_producer_thread, &args[MPMC_CONSUMERS + i]),
-        0);
+    assert_int_equal(pthread_create(&t[MPMC_CONSUMERS + i], NULL, mpmc_producer_thread,
+                                    &args[MPMC_CONSUMERS + i]),
+                     0);
   }
   for (int i = 0; i < MPMC_PRODUCERS; i++)
     pthread_join(t[MPMC_CONSUMERS + i], NULL);

@@ -3,11 +3,12 @@
  * Queues under SIGKILL: in each round two producers and two consumers run on
  * one long-lived queue, putting and getting numbered, checksummed messages of
  * random sizes (some several times the ring); one of the four is killed at a
- * random moment; the survivors go on, then drain the queue up to a stop
- * message per live consumer. After every round
+ * random moment; the survivors go on, then drain the queue, and then each live
+ * consumer gets a stop message. 200 rounds on a FIFO queue, 50 on a priority
+ * queue and 50 on a LIFO queue. After every round
  * the parent checks that:
  *   - no consumer ever got a torn, foreign or duplicated message, and each saw
- *     every producer's messages in order (FIFO);
+ *     every producer's messages in order (FIFO queues);
  *   - every message whose put returned 0 was delivered exactly once, except
  *     the one a killed consumer may have taken with it;
  *   - nothing a producer never finished putting was delivered;
@@ -102,11 +103,11 @@ static size_t msg_size(uint32_t *rs) {
 /* Everything the children share with the parent, in the family heap. */
 struct round {
   mp_queue *q;
-  int priority; /* a priority queue (random priorities): no order check */
+  int order;
   uint32_t round_id;
   uint32_t seed;
-  _Atomic int stop;     /* producers: stop putting */
-  _Atomic int failed;   /* a child saw something wrong (line number) */
+  _Atomic int stop;               /* producers: stop putting */
+  _Atomic int failed;             /* a child saw something wrong (line number) */
   _Atomic uint32_t put_ok[NPROD]; /* puts that returned 0 */
   _Atomic uint32_t got_n[NCONS];
   uint64_t got[NCONS][NPROD * MAXSEQ + 16];
@@ -126,7 +127,7 @@ static int producer(struct round *r, int idx) {
   for (uint32_t seq = 0; seq < MAXSEQ && !atomic_load(&r->stop); seq++) {
     size_t len = msg_size(&rs);
     msg_fill(m, id, seq, len);
-    int e = r->priority
+    int e = r->order == MP_QUEUE_PRIORITY
                 ? mp_queue_put_priority(r->q, (int64_t)(rand_r(&rs) % 5), m, len, 10)
                 : mp_queue_put(r->q, m, len, 10);
     if (e != 0) {
@@ -187,11 +188,11 @@ static struct {
 } stats;
 
 /* Run one round on queue q; returns after all checks. */
-static void run_round(mp_queue *q, int priority, uint32_t round_id, uint32_t seed) {
+static void run_round(mp_queue *q, int order, uint32_t round_id, uint32_t seed) {
   struct round *r = mp_heap_calloc(1, sizeof *r);
   assert_non_null(r);
   r->q = q;
-  r->priority = priority;
+  r->order = order;
   r->round_id = round_id;
   r->seed = seed;
   for (int i = 0; i < NCONS; i++) {
@@ -225,13 +226,16 @@ static void run_round(mp_queue *q, int priority, uint32_t round_id, uint32_t see
   for (int i = NCONS; i < NPROD + NCONS; i++)
     if (i != victim)
       assert_child_ok(pids[i]);
-  /* One stop message per live consumer, after every producer's messages
-   * (last among equal priorities too). */
+  /* The survivors drain the queue; then one stop message per live consumer. */
+  double t0 = tu_now();
+  while (mp_queue_qsize(q) > 0 && tu_now() - t0 < 20)
+    tu_sleep(0.0005);
+  if (mp_queue_qsize(q) != 0)
+    fail_msg("round %u (seed %u): the consumers left %zd messages (failed at line %d)", round_id,
+             seed, mp_queue_qsize(q), atomic_load(&r->failed));
   for (int i = 0; i < NCONS; i++)
     if (i != victim)
-      assert_int_equal(priority ? mp_queue_put_priority(q, INT64_MAX, "STOP", 4, 10)
-                                : mp_queue_put(q, "STOP", 4, 10),
-                       0);
+      assert_int_equal(mp_queue_put(q, "STOP", 4, 10), 0);
   for (int i = 0; i < NCONS; i++)
     if (i != victim)
       assert_child_ok(pids[i]);
@@ -251,15 +255,15 @@ static void run_round(mp_queue *q, int priority, uint32_t round_id, uint32_t see
     for (uint32_t i = 0; i < n; i++) {
       uint32_t p = (uint32_t)(r->got[c][i] >> 32), s = (uint32_t)r->got[c][i];
       if (p / NPROD != round_id || s >= MAXSEQ)
-        fail_msg("round %u (seed %u): consumer %d got a foreign message %u/%u", round_id, seed,
-                 c, p, s);
+        fail_msg("round %u (seed %u): consumer %d got a foreign message %u/%u", round_id, seed, c,
+                 p, s);
       p %= NPROD;
       if (seen[p][s])
         fail_msg("round %u (seed %u): message %u/%u delivered twice", round_id, seed, p, s);
       seen[p][s] = 1;
-      if (!priority && (int64_t)s <= last[p])
-        fail_msg("round %u (seed %u): consumer %d got %u/%u after %u/%lld", round_id, seed, c,
-                 p, s, p, (long long)last[p]);
+      if (order == MP_QUEUE_FIFO && (int64_t)s <= last[p])
+        fail_msg("round %u (seed %u): consumer %d got %u/%u after %u/%lld", round_id, seed, c, p, s,
+                 p, (long long)last[p]);
       last[p] = s;
       /* A producer that was not killed counted every put it finished; a
        * killed one may have finished one more. */
@@ -319,7 +323,7 @@ static void crash_rounds(int order, uint32_t rounds, uint32_t salt) {
   assert_int_equal(mp_queue_new(0, &o, &q), 0);
   memset(&stats, 0, sizeof stats);
   for (uint32_t i = 0; i < rounds; i++)
-    run_round(q, order == MP_QUEUE_PRIORITY, i, seed);
+    run_round(q, order, i, seed);
   print_message("killed %u producers and %u consumers (%u victims had finished first); "
                 "%llu messages delivered, %u taken by killed consumers\n",
                 stats.killed_producers, stats.killed_consumers, stats.finished_first,
@@ -337,10 +341,16 @@ static void test_queue_crash_priority_survives_random_kills(void **state) {
   crash_rounds(MP_QUEUE_PRIORITY, env_u32("QUEUE_CRASH_ROUNDS", 200) / 4, 0x5a5a5a5a);
 }
 
+static void test_queue_crash_lifo_survives_random_kills(void **state) {
+  (void)state;
+  crash_rounds(MP_QUEUE_LIFO, env_u32("QUEUE_CRASH_ROUNDS", 200) / 4, 0xa5a5a5a5);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_crash_fifo_survives_random_kills),
       cmocka_unit_test(test_queue_crash_priority_survives_random_kills),
+      cmocka_unit_test(test_queue_crash_lifo_survives_random_kills),
   };
   return TU_RUN("queue_crash", tests);
 }

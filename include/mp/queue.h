@@ -31,10 +31,11 @@
  * duplicated message is ever delivered; a message whose put returned 0 is
  * delivered exactly once, unless a consumer died after taking it but before
  * its get returned. A streamed message whose producer dies mid-way is
- * discarded whole. Consumers blocked in the queue notice a dead peer within
+ * discarded whole. Processes blocked in the queue notice a dead peer within
  * about 0.1 s. Tasks a dead consumer never marked done keep a JoinableQueue's
  * join() waiting (as in Python). A process killed inside a put or get of a LIFO
- * or priority queue may leave that one message's heap block allocated.
+ * or priority queue may leave one heap block allocated (that message's, or the
+ * queue's outgrown array), never freed twice.
  *
  * Timeouts are `double` seconds: `MP_FOREVER` blocks, `MP_NOWAIT` (0) tries
  * once (Python's `put_nowait`/`get_nowait`). A wait that ends unsatisfied
@@ -92,7 +93,8 @@ typedef struct mp_queue_options {
  *        FIFO queue is also bounded by its ring: a put waits for room in the
  *        ring (a message larger than a quarter of the ring is streamed and
  *        needs only a consumer draining it).
- * @param opts NULL for an unbounded-order FIFO queue with the default ring.
+ * @param opts NULL for the defaults: a FIFO queue, not joinable, with the
+ *        default ring.
  * @param[out] ret the new queue, written only on success.
  * @return 0; `-EINVAL` for NULL @p ret, an unknown order or a ring size above
  *         1 GiB; `-ENOMEM` when the family heap cannot hold the queue.
@@ -183,8 +185,10 @@ MP_EXPORT int mp_queue_put_priority(mp_queue *q, int64_t priority, const void *m
  *         messages of any length); `-ETIMEDOUT` when no message came in time
  *         (Python's `Empty`; at once with `MP_NOWAIT`); `-EPIPE` when the queue
  *         is closed and no message is left; `-EINVAL` for a NULL or freed
- *         queue, NULL @p buf with a non-zero @p cap, or a NaN timeout. On any
- *         failure the contents of @p buf are unspecified.
+ *         queue, NULL @p buf with a non-zero @p cap, or a NaN timeout;
+ *         `-EIO` when the queue's shared memory was found overwritten (only a
+ *         stray write into the family heap can cause it). On any failure the
+ *         contents of @p buf are unspecified.
  * Thread and process safety: safe.
  */
 MP_EXPORT ssize_t mp_queue_get(mp_queue *q, void *buf, size_t cap, double timeout);
