@@ -10,6 +10,8 @@
 #include "mp/common.h"
 #include "mp/connection.h"
 #include "mp/heap.h"
+#include "mp/manager.h"
+#include "mp/pool.h"
 #include "mp/process.h"
 #include "mp/queue.h"
 #include "mp/shared.h"

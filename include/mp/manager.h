@@ -1,0 +1,588 @@
+/* SPDX-License-Identifier: MIT */
+/**
+ * @file mp/manager.h
+ * @brief Manager: a server process of shared objects reached through proxies
+ *        (Python's `multiprocessing.Manager` and `managers.BaseManager`),
+ *        typed values (#mp_obj), and Listener/Client (Python's
+ *        `multiprocessing.connection.Listener` and `Client`).
+ *
+ * Values. What travels to and from a manager is an #mp_obj: nil, a boolean, a
+ * 64-bit integer, a double, a string, bytes, or a list or dict of values,
+ * nested. Values are plain trees in the calling process's memory
+ * (`malloc`); on the wire they are MessagePack. Limits, checked on both sides:
+ * a message is at most #MP_OBJ_MAX_MESSAGE bytes, nests at most
+ * #MP_OBJ_MAX_DEPTH containers deep and holds at most #MP_OBJ_MAX_ITEMS values
+ * in all. A value beyond them is refused with `-EMSGSIZE` and never sent.
+ *
+ * Building values. The constructors (mp_obj_int(), mp_obj_list() ...) return
+ * the new value, or NULL only when memory is exhausted; the calls that take a
+ * value into a container (mp_obj_list_append(), mp_obj_dict_set(),
+ * mp_obj_listv()) take ownership of it, also when they fail, and report a
+ * NULL argument as `-ENOMEM`, so a chain of constructors needs one check at
+ * the end. Every other call borrows its values. Values are not thread-safe:
+ * one thread at a time per tree.
+ *
+ * The server. mp_manager_start() forks a server process that listens on a
+ * Unix socket in a new private directory (mode 0700, socket 0600) or on TCP,
+ * and connects the calling process to it. mp_manager_serve_forever() instead
+ * serves in the calling process until a client asks it to shut down (a
+ * standalone server for remote clients), and mp_manager_connect() connects to
+ * a server running elsewhere. The server runs one thread per client
+ * connection, so a client blocked in a queue get or a lock acquire never
+ * holds up the others; methods of objects run one at a time under the
+ * server's one mutex.
+ *
+ * Lifetime. A server started with mp_manager_start() ends when
+ * mp_manager_shutdown() or mp_manager_free() is called in the process that
+ * started it, and also when that thread's process ends in any way, SIGKILL
+ * included (the server asks the kernel for SIGKILL at its parent's death).
+ * Start it from the main thread, or from a thread that outlives the manager:
+ * the kernel counts the death of the starting *thread*.
+ *
+ * Security. Every connection starts with a mutual HMAC-SHA256 challenge:
+ * the server sends 32 random bytes, the client answers with their HMAC under
+ * the key, then the client challenges the server the same way; only then is
+ * anything else the client sends parsed. A client with the wrong key gets
+ * `-EACCES` and the server serves on. mp_manager_start() with no key makes a
+ * random 32-byte key, known to the starting process and the children it forks
+ * afterwards (Python's process authkey). Received bytes never choose code to
+ * run: requests name a built-in type or a type registered with
+ * mp_manager_register() and one of its listed methods. The key proves
+ * identity; it does not encrypt: use TCP only on networks you trust, or
+ * through a tunnel.
+ *
+ * Proxies. An #mp_proxy names one object in the server. It holds no
+ * connection itself: calls go through its manager's connection, one call at a
+ * time per manager handle (threads take turns; give each thread its own
+ * mp_manager_connect() handle to block in parallel). A process forked after
+ * the manager was started or connected may use the manager and its proxies:
+ * its first call opens its own connection (the inherited one is left to the
+ * parent). Objects live until the proxy that created them is freed in the
+ * process that created them (proxies copied into children by fork do not
+ * free the object), or until the server ends.
+ *
+ * Errors common to the proxy calls: `-EINVAL` for a NULL or freed handle, a
+ * proxy of the wrong type or a NaN timeout; `-EPIPE` when the server has gone
+ * away (it died or shut down; connect again to a new one); `-EACCES` when
+ * the key is refused; `-EMSGSIZE` when a value is beyond the limits;
+ * `-ESRCH` when the object no longer exists in the server; `-ENOMEM`.
+ * Timeouts are seconds, #MP_FOREVER or #MP_NOWAIT; the server keeps the
+ * deadline, and signals neither end nor stretch a call.
+ */
+#ifndef MP_MANAGER_H
+#define MP_MANAGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common.h"
+#include "connection.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ----------------------------------------------------------------- values */
+
+/** A typed value: nil, bool, int, float, str, bytes, list or dict. */
+typedef struct mp_obj mp_obj;
+
+/** The kinds of #mp_obj. */
+enum mp_obj_type {
+  MP_OBJ_NIL = 0,   /**< Python's `None` */
+  MP_OBJ_BOOL = 1,  /**< `bool` */
+  MP_OBJ_INT = 2,   /**< `int` within int64_t */
+  MP_OBJ_FLOAT = 3, /**< `float` (a double) */
+  MP_OBJ_STR = 4,   /**< `str`: bytes, kept NUL-terminated */
+  MP_OBJ_BYTES = 5, /**< `bytes` */
+  MP_OBJ_LIST = 6,  /**< `list` */
+  MP_OBJ_DICT = 7,  /**< `dict`: keys of any type, in insertion order */
+};
+
+/** The largest encoded message, in bytes. */
+#define MP_OBJ_MAX_MESSAGE (16u * 1024 * 1024)
+/** The deepest nesting of lists and dicts in one value (a scalar is 0). */
+#define MP_OBJ_MAX_DEPTH 30
+/** The most values (containers, keys and items counted) in one message. */
+#define MP_OBJ_MAX_ITEMS (1u << 20)
+
+/** @brief A new nil value; NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_nil(void);
+/** @brief A new boolean (non-zero is true); NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_bool(int v);
+/** @brief A new integer; NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_int(int64_t v);
+/** @brief A new float; NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_float(double v);
+/** @brief A new string, a copy of the NUL-terminated @p s; NULL when out of
+ *         memory or @p s is NULL. */
+MP_EXPORT mp_obj *mp_obj_str(const char *s);
+/** @brief A new string of @p len bytes (may contain NULs); NULL when out of
+ *         memory or @p s is NULL with a non-zero @p len. */
+MP_EXPORT mp_obj *mp_obj_strn(const char *s, size_t len);
+/** @brief New bytes, a copy of @p len bytes; NULL when out of memory or
+ *         @p p is NULL with a non-zero @p len. */
+MP_EXPORT mp_obj *mp_obj_bytes(const void *p, size_t len);
+/** @brief A new empty list; NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_list(void);
+/** @brief A new empty dict; NULL when out of memory. */
+MP_EXPORT mp_obj *mp_obj_dict(void);
+/**
+ * @brief A new list of @p n values given as `mp_obj *` arguments, which it
+ *        takes over (all of them, also on failure).
+ * @return the list; NULL when out of memory or when any item is NULL.
+ */
+MP_EXPORT mp_obj *mp_obj_listv(size_t n, ...);
+
+/** @brief Free a value and everything in it. @return 0; 0 for NULL. */
+MP_EXPORT int mp_obj_free(mp_obj *o);
+/** @brief A deep copy; NULL when out of memory or @p o is NULL. */
+MP_EXPORT mp_obj *mp_obj_copy(const mp_obj *o);
+
+/** @brief The value's #mp_obj_type; `-EINVAL` for NULL. */
+MP_EXPORT int mp_obj_type(const mp_obj *o);
+/** @brief Whether two values are equal: same type and same contents (1 and
+ *         1.0 differ; dicts compare in order). @return 1, 0 or `-EINVAL`. */
+MP_EXPORT int mp_obj_equal(const mp_obj *a, const mp_obj *b);
+
+/** @brief Read a boolean. @return 0; `-EINVAL` for NULL; `-EDOM` when
+ *         @p o is not a boolean (Python's `TypeError`). */
+MP_EXPORT int mp_obj_get_bool(const mp_obj *o, int *ret);
+/** @brief Read an integer. @return 0; `-EINVAL`; `-EDOM` when not an int. */
+MP_EXPORT int mp_obj_get_int(const mp_obj *o, int64_t *ret);
+/** @brief Read a float; an int is converted. @return 0; `-EINVAL`; `-EDOM`
+ *         when neither. */
+MP_EXPORT int mp_obj_get_float(const mp_obj *o, double *ret);
+/**
+ * @brief Read a string, borrowed from @p o (valid until it changes or is
+ *        freed; NUL-terminated).
+ * @param[out] len its length; may be NULL.
+ * @return 0; `-EINVAL`; `-EDOM` when not a string.
+ */
+MP_EXPORT int mp_obj_get_str(const mp_obj *o, const char **ret, size_t *len);
+/** @brief Read bytes, borrowed from @p o. @return 0; `-EINVAL`; `-EDOM`
+ *         when not bytes. */
+MP_EXPORT int mp_obj_get_bytes(const mp_obj *o, const void **ret, size_t *len);
+/** @brief The length of a list, dict, string or bytes. @return the length;
+ *         `-EINVAL`; `-EDOM` for the other types. */
+MP_EXPORT ssize_t mp_obj_len(const mp_obj *o);
+
+/** @brief Append @p item to @p list, taking it over. @return 0; `-ENOMEM`
+ *         (also for a NULL @p item); `-EINVAL` for a NULL @p list; `-EDOM`
+ *         when @p list is not a list. */
+MP_EXPORT int mp_obj_list_append(mp_obj *list, mp_obj *item);
+/** @brief Borrow item @p index of a list (negative counts from the end).
+ *  @return 0; `-ERANGE` out of range (IndexError); `-EINVAL`; `-EDOM`. */
+MP_EXPORT int mp_obj_list_get(const mp_obj *list, int64_t index, const mp_obj **ret);
+
+/** @brief Set @p key to @p value in @p dict, taking both over (an equal key
+ *         is replaced). @return 0; `-ENOMEM` (also for a NULL key or value);
+ *         `-EINVAL`; `-EDOM` when @p dict is not a dict. */
+MP_EXPORT int mp_obj_dict_set(mp_obj *dict, mp_obj *key, mp_obj *value);
+/** @brief Borrow the value of @p key. @return 0; `-ENOENT` when absent
+ *         (KeyError); `-EINVAL`; `-EDOM`. */
+MP_EXPORT int mp_obj_dict_get(const mp_obj *dict, const mp_obj *key, const mp_obj **ret);
+/** @brief Borrow the value of the string key @p key. @return as
+ *         mp_obj_dict_get(). */
+MP_EXPORT int mp_obj_dict_get_str(const mp_obj *dict, const char *key, const mp_obj **ret);
+/** @brief Borrow the @p index-th entry (insertion order) of a dict; either
+ *         output may be NULL. @return 0; `-ERANGE`; `-EINVAL`; `-EDOM`. */
+MP_EXPORT int mp_obj_dict_item(const mp_obj *dict, size_t index, const mp_obj **key,
+                               const mp_obj **value);
+
+/**
+ * @brief Write Python's `repr` of a value (`{0: 0, 1: 'a'}`, `[1.5, None,
+ *        b'\x00']`) like snprintf: at most @p cap bytes with the NUL.
+ * @return the full length (without the NUL), which may exceed @p cap - 1;
+ *         `-EINVAL` for NULL @p o, or NULL @p buf with a non-zero @p cap.
+ */
+MP_EXPORT ssize_t mp_obj_repr(const mp_obj *o, char *buf, size_t cap);
+
+/**
+ * @brief Encode a value as MessagePack (the manager's wire format), to send
+ *        it some other way (for example through an mp_connection).
+ * @param[out] ret a `malloc`ed buffer; @param[out] len its length.
+ * @return 0; `-EMSGSIZE` beyond the limits; `-EINVAL`; `-ENOMEM`.
+ */
+MP_EXPORT int mp_obj_encode(const mp_obj *o, void **ret, size_t *len);
+/**
+ * @brief Decode one MessagePack value that fills @p buf exactly.
+ * @return 0; `-EBADMSG` for malformed input, trailing bytes, extension types
+ *         or integers above INT64_MAX; `-EMSGSIZE` beyond the limits;
+ *         `-EINVAL`; `-ENOMEM`. Safe on any input.
+ */
+MP_EXPORT int mp_obj_decode(const void *buf, size_t len, mp_obj **ret);
+
+/* ------------------------------------------------------------- managers */
+
+/** A manager: the handle of a started, served or connected server. */
+typedef struct mp_manager mp_manager;
+/** A proxy: one object in a manager's server. */
+typedef struct mp_proxy mp_proxy;
+
+/** Options for mp_manager_new(); zero fields mean the default. */
+typedef struct mp_manager_options {
+  /** Where to listen or connect: `"host:port"` for TCP (port 0 lets the
+   *  kernel choose: read it with mp_manager_address()), `"unix:/path"` or
+   *  any string starting with `/` for a Unix socket. NULL: a Unix socket in
+   *  a new private directory (mp_manager_start() and serve only). */
+  const char *address;
+  /** The authentication key; NULL: mp_manager_start() makes a random one,
+   *  mp_manager_connect() and the served server use none unless
+   *  #authkey_len is given. */
+  const void *authkey;
+  /** Its length in bytes (1..1024 when #authkey is set). */
+  size_t authkey_len;
+  /** Non-zero: no authentication even for mp_manager_start() (only for a
+   *  Unix socket, whose permissions then are the only protection). */
+  int no_auth;
+} mp_manager_options;
+
+/**
+ * @brief Make a manager handle (Python's `BaseManager(address, authkey)`);
+ *        nothing is started or connected yet.
+ * @return 0; `-EINVAL` for a bad address or key length or NULL @p ret;
+ *         `-ENOMEM`.
+ */
+MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret);
+
+/**
+ * @brief Bind the manager's listening socket now (done by
+ *        mp_manager_start() and mp_manager_serve_forever() when not yet
+ *        done), so that mp_manager_address() is known before serving.
+ * @return 0; `-EADDRINUSE`; `-EALREADY` when already listening or
+ *         connected; `-EINVAL`; other socket errors as negative errno.
+ */
+MP_EXPORT int mp_manager_listen(mp_manager *m);
+
+/**
+ * @brief Fork the server process and connect to it (Python's
+ *        `start()`). Registered types known now are served.
+ * @return 0; `-EALREADY` when started or connected; errors of
+ *         mp_manager_listen(); `-EAGAIN`/`-ENOMEM` when fork fails.
+ */
+MP_EXPORT int mp_manager_start(mp_manager *m);
+
+/**
+ * @brief Serve in the calling process until a client calls
+ *        mp_manager_shutdown() (Python's `get_server().serve_forever()`).
+ *        Blocks; returns after every client thread has ended.
+ * @return 0 after a shutdown request; errors of mp_manager_listen().
+ */
+MP_EXPORT int mp_manager_serve_forever(mp_manager *m);
+
+/**
+ * @brief Connect to a server already running at the options' address
+ *        (Python's `connect()`), authenticating with the options' key.
+ * @return 0; `-EACCES` when a key is refused (either side); `-ECONNREFUSED`
+ *         or `-ENOENT` when nothing listens there; `-ETIMEDOUT` when the
+ *         server does not complete the handshake within 30 s; `-EALREADY`;
+ *         `-EINVAL`.
+ */
+MP_EXPORT int mp_manager_connect(mp_manager *m);
+
+/**
+ * @brief The address the manager listens on or is connected to, as
+ *        accepted by #mp_manager_options.address (`"127.0.0.1:40123"`,
+ *        `"unix:/tmp/mp-Xa12/manager"`).
+ * @return its length; `-EMSGSIZE` when @p cap is too small; `-ENOTCONN`
+ *         before listen/start/connect; `-EINVAL`.
+ */
+MP_EXPORT ssize_t mp_manager_address(mp_manager *m, char *buf, size_t cap);
+
+/**
+ * @brief The server's process id for a started manager.
+ * @return the pid; `-ECHILD` when this process did not start it (also in
+ *         its children); `-EINVAL`.
+ */
+MP_EXPORT int mp_manager_pid(mp_manager *m);
+
+/**
+ * @brief Stop the server (Python's `shutdown()`).
+ *
+ * In the process that started it: the server is told to end, is killed if
+ * it has not ended within 5 s, and is reaped; its socket and directory are
+ * removed. On a connected handle: asks the server to shut down (a standalone
+ * server's mp_manager_serve_forever() returns). The handle stays valid for
+ * mp_manager_free() only.
+ * @return 0; `-EPIPE` when the server was already gone; `-ECHILD` in a child
+ *         of the starter; `-ENOTCONN` when not started or connected;
+ *         `-EINVAL`.
+ */
+MP_EXPORT int mp_manager_shutdown(mp_manager *m);
+
+/**
+ * @brief Free the handle: a started server is shut down first (in the
+ *        starting process); the connection is closed.
+ * @return 0; 0 for NULL. Proxies of the manager must not be used afterwards.
+ */
+MP_EXPORT int mp_manager_free(mp_manager *m);
+
+/* Custom types (Python's BaseManager.register). */
+
+/** Make an instance from the creation arguments (a list): store it in
+ *  `*self` and return 0, or return a negative errno. */
+typedef int (*mp_manager_constructor)(const mp_obj *args, void **self);
+/** Free an instance; may be NULL. */
+typedef void (*mp_manager_destructor)(void *self);
+/** A method: read the arguments (a list), store a new value in `*result`
+ *  (or leave it NULL for nil) and return 0, or return a negative errno,
+ *  which the caller receives. */
+typedef int (*mp_manager_method)(void *self, const mp_obj *args, mp_obj **result);
+
+/** One exposed method of a registered type. */
+typedef struct mp_manager_method_def {
+  const char *name;       /**< the name clients call it by */
+  mp_manager_method func; /**< runs in the server */
+} mp_manager_method_def;
+
+/**
+ * @brief Register a type its clients can create by name (Python's
+ *        `BaseManager.register(typeid, callable)`), for every server this
+ *        process starts or serves afterwards.
+ *
+ * Registration must happen before mp_manager_start() (the server is forked
+ * and inherits the table) or mp_manager_serve_forever(); a remote server
+ * needs the same registration compiled into it. The strings and the table
+ * are borrowed for the life of the process. Methods run in the server, one
+ * at a time. Not thread-safe against a concurrent start.
+ * @param name up to 63 bytes; not one of the built-in type names.
+ * @return 0; `-EEXIST` when the name is taken; `-ENOSPC` after 64 types;
+ *         `-EINVAL` for NULL or empty names, a NULL constructor or method,
+ *         or a NULL @p methods with a non-zero @p n.
+ */
+MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
+                                  mp_manager_destructor dtor, const mp_manager_method_def *methods,
+                                  size_t n);
+
+/**
+ * @brief Create an object in the server by type name: a registered type or
+ *        one of `dict`, `list`, `Namespace`, `Queue`, `Lock`, `RLock`,
+ *        `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Value`,
+ *        `Array` (their arguments as the typed creators below).
+ * @param args the constructor's arguments, a list; NULL for none.
+ * @return 0; `-ENOENT` for an unknown type; the constructor's error;
+ *         the common errors.
+ */
+MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *args,
+                                mp_proxy **ret);
+
+/** @brief A new shared dict (Python's `Manager().dict()`), a copy of
+ *         @p init (a dict) or empty when NULL. @return as mp_manager_create(). */
+MP_EXPORT int mp_manager_dict(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+/** @brief A new shared list (`Manager().list()`), a copy of @p init (a
+ *         list) or empty when NULL. @return as mp_manager_create(). */
+MP_EXPORT int mp_manager_list(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+/** @brief A new Namespace (`Manager().Namespace()`). */
+MP_EXPORT int mp_manager_namespace(mp_manager *m, mp_proxy **ret);
+/** @brief A new Queue (`Manager().Queue(maxsize)`); @p maxsize <= 0 is
+ *         unbounded. */
+MP_EXPORT int mp_manager_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret);
+/** @brief A new Lock (`Manager().Lock()`); use the mp_lock_proxy calls. */
+MP_EXPORT int mp_manager_lock(mp_manager *m, mp_proxy **ret);
+/** @brief A new RLock, owned per connection (each process, or each
+ *         mp_manager handle); use the mp_lock_proxy calls. */
+MP_EXPORT int mp_manager_rlock(mp_manager *m, mp_proxy **ret);
+/** @brief A new Event (`Manager().Event()`). */
+MP_EXPORT int mp_manager_event(mp_manager *m, mp_proxy **ret);
+/** @brief A new Semaphore (@p bounded: BoundedSemaphore) with @p value
+ *         (>= 0, else `-EINVAL`); use the mp_lock_proxy calls. */
+MP_EXPORT int mp_manager_semaphore(mp_manager *m, int64_t value, int bounded, mp_proxy **ret);
+/** @brief A new Condition with its own RLock (`Manager().Condition()`). */
+MP_EXPORT int mp_manager_condition(mp_manager *m, mp_proxy **ret);
+/** @brief A new Value holding a copy of @p init (nil when NULL). */
+MP_EXPORT int mp_manager_value(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+/** @brief A new Array: a fixed-length copy of the list @p init. */
+MP_EXPORT int mp_manager_array(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+
+/**
+ * @brief Call a method by name on the object (Python's
+ *        `proxy._callmethod(name, args)`); the one call behind every typed
+ *        proxy call below, and the way to call registered types' methods.
+ * @param args a list, or NULL for none; borrowed.
+ * @param timeout for the built-in blocking methods, how long the server
+ *        waits (ignored by the others).
+ * @param[out] ret the result (a new value, nil when the method gives none);
+ *        may be NULL to drop it; written only on success.
+ * @return the method's non-negative status (0 for most); `-EOPNOTSUPP` when
+ *         the object has no such method; the method's own error; the common
+ *         errors.
+ */
+MP_EXPORT int mp_proxy_call(mp_proxy *p, const char *method, const mp_obj *args, double timeout,
+                            mp_obj **ret);
+
+/** @brief The type name the object was created with (borrowed). @return 0;
+ *         `-EINVAL`. */
+MP_EXPORT int mp_proxy_type(mp_proxy *p, const char **ret);
+
+/**
+ * @brief Free the proxy. In the process that created the object, the
+ *        object is also released in the server (best effort: a dead server
+ *        is not an error). @return 0; 0 for NULL.
+ */
+MP_EXPORT int mp_proxy_free(mp_proxy *p);
+
+/* dict (Python's DictProxy). Keys and values are borrowed. */
+
+/** @brief `d[key] = value`. @return 0; the common errors. */
+MP_EXPORT int mp_dict_proxy_set(mp_proxy *d, const mp_obj *key, const mp_obj *value);
+/** @brief `d[key]`. @return 0; `-ENOENT` when absent (KeyError). */
+MP_EXPORT int mp_dict_proxy_get(mp_proxy *d, const mp_obj *key, mp_obj **ret);
+/** @brief `del d[key]`. @return 0; `-ENOENT` when absent. */
+MP_EXPORT int mp_dict_proxy_del(mp_proxy *d, const mp_obj *key);
+/** @brief `d.pop(key)`. @return 0; `-ENOENT` when absent. */
+MP_EXPORT int mp_dict_proxy_pop(mp_proxy *d, const mp_obj *key, mp_obj **ret);
+/** @brief `key in d`. @return 1 or 0; the common errors. */
+MP_EXPORT int mp_dict_proxy_contains(mp_proxy *d, const mp_obj *key);
+/** @brief `len(d)`. @return the length; the common errors. */
+MP_EXPORT ssize_t mp_dict_proxy_len(mp_proxy *d);
+/** @brief `list(d.keys())`, a new list. */
+MP_EXPORT int mp_dict_proxy_keys(mp_proxy *d, mp_obj **ret);
+/** @brief `list(d.items())`, a new list of `[key, value]` lists. */
+MP_EXPORT int mp_dict_proxy_items(mp_proxy *d, mp_obj **ret);
+/** @brief `d.copy()`: a new local dict with the contents. */
+MP_EXPORT int mp_dict_proxy_copy(mp_proxy *d, mp_obj **ret);
+/** @brief `d.update(other)` from a local dict. @return 0; `-EDOM` when
+ *         @p other is not a dict. */
+MP_EXPORT int mp_dict_proxy_update(mp_proxy *d, const mp_obj *other);
+/** @brief `d.clear()`. */
+MP_EXPORT int mp_dict_proxy_clear(mp_proxy *d);
+
+/* list (Python's ListProxy). Negative indexes count from the end. */
+
+/** @brief `l.append(v)`. */
+MP_EXPORT int mp_list_proxy_append(mp_proxy *l, const mp_obj *v);
+/** @brief `l.extend(items)` from a local list; `-EDOM` when not a list. */
+MP_EXPORT int mp_list_proxy_extend(mp_proxy *l, const mp_obj *items);
+/** @brief `l[i]`. @return 0; `-ERANGE` out of range (IndexError). */
+MP_EXPORT int mp_list_proxy_get(mp_proxy *l, int64_t i, mp_obj **ret);
+/** @brief `l[i] = v`. @return 0; `-ERANGE`. */
+MP_EXPORT int mp_list_proxy_set(mp_proxy *l, int64_t i, const mp_obj *v);
+/** @brief `len(l)`. @return the length. */
+MP_EXPORT ssize_t mp_list_proxy_len(mp_proxy *l);
+/** @brief `l.pop(i)` (-1: the last). @return 0; `-ERANGE` (also when empty). */
+MP_EXPORT int mp_list_proxy_pop(mp_proxy *l, int64_t i, mp_obj **ret);
+/** @brief `l.insert(i, v)`; an index past either end inserts at that end. */
+MP_EXPORT int mp_list_proxy_insert(mp_proxy *l, int64_t i, const mp_obj *v);
+/** @brief `l.remove(v)`: the first equal item. @return 0; `-ENOENT` when
+ *         absent (ValueError). */
+MP_EXPORT int mp_list_proxy_remove(mp_proxy *l, const mp_obj *v);
+/** @brief `l.index(v)`. @return the index; `-ENOENT` when absent. */
+MP_EXPORT ssize_t mp_list_proxy_index(mp_proxy *l, const mp_obj *v);
+/** @brief `l.count(v)`. @return the count. */
+MP_EXPORT ssize_t mp_list_proxy_count(mp_proxy *l, const mp_obj *v);
+/** @brief `l[:]`: a new local list with the contents. */
+MP_EXPORT int mp_list_proxy_copy(mp_proxy *l, mp_obj **ret);
+
+/* Namespace (Python's NamespaceProxy). */
+
+/** @brief `ns.name = v`. */
+MP_EXPORT int mp_namespace_proxy_set(mp_proxy *ns, const char *name, const mp_obj *v);
+/** @brief `ns.name`. @return 0; `-ENOENT` when unset (AttributeError). */
+MP_EXPORT int mp_namespace_proxy_get(mp_proxy *ns, const char *name, mp_obj **ret);
+/** @brief `del ns.name`. @return 0; `-ENOENT` when unset. */
+MP_EXPORT int mp_namespace_proxy_del(mp_proxy *ns, const char *name);
+
+/* Queue. */
+
+/** @brief `q.put(v, timeout=...)`. Blocks while full. @return 0;
+ *         `-ETIMEDOUT` when still full at the deadline (Full). */
+MP_EXPORT int mp_queue_proxy_put(mp_proxy *q, const mp_obj *v, double timeout);
+/** @brief `q.get(timeout=...)`. Blocks while empty. @return 0;
+ *         `-ETIMEDOUT` when still empty at the deadline (Empty). */
+MP_EXPORT int mp_queue_proxy_get(mp_proxy *q, double timeout, mp_obj **ret);
+/** @brief `q.qsize()`. @return the number of items. */
+MP_EXPORT ssize_t mp_queue_proxy_qsize(mp_proxy *q);
+
+/* Lock, RLock, Semaphore, BoundedSemaphore, Condition (AcquirerProxy). */
+
+/** @brief `acquire(timeout=...)`. @return 0; `-ETIMEDOUT` (False). */
+MP_EXPORT int mp_lock_proxy_acquire(mp_proxy *l, double timeout);
+/** @brief `release()`. @return 0; `-EPERM` for a Lock that is not held or
+ *         an RLock/Condition this connection does not hold; `-EOVERFLOW`
+ *         beyond a BoundedSemaphore's initial value. */
+MP_EXPORT int mp_lock_proxy_release(mp_proxy *l);
+
+/* Event. */
+
+/** @brief `e.set()`. */
+MP_EXPORT int mp_event_proxy_set(mp_proxy *e);
+/** @brief `e.clear()`. */
+MP_EXPORT int mp_event_proxy_clear(mp_proxy *e);
+/** @brief `e.is_set()`. @return 1 or 0. */
+MP_EXPORT int mp_event_proxy_is_set(mp_proxy *e);
+/** @brief `e.wait(timeout)`. @return 0 once set; `-ETIMEDOUT`. */
+MP_EXPORT int mp_event_proxy_wait(mp_proxy *e, double timeout);
+
+/* Condition (acquire and release with the mp_lock_proxy calls). */
+
+/** @brief `c.wait(timeout)`: release the lock, wait for a notify, re-take
+ *         the lock (also after a timeout). @return 0 when notified;
+ *         `-ETIMEDOUT`; `-EPERM` when this connection does not hold it. */
+MP_EXPORT int mp_condition_proxy_wait(mp_proxy *c, double timeout);
+/** @brief `c.notify(n)`. @return 0; `-EPERM` when not held. */
+MP_EXPORT int mp_condition_proxy_notify(mp_proxy *c, int n);
+/** @brief `c.notify_all()`. @return 0; `-EPERM` when not held. */
+MP_EXPORT int mp_condition_proxy_notify_all(mp_proxy *c);
+
+/* Value and Array. */
+
+/** @brief `v.value`. */
+MP_EXPORT int mp_value_proxy_get(mp_proxy *v, mp_obj **ret);
+/** @brief `v.value = x`. */
+MP_EXPORT int mp_value_proxy_set(mp_proxy *v, const mp_obj *x);
+/** @brief `a[i]`. @return 0; `-ERANGE`. */
+MP_EXPORT int mp_array_proxy_get(mp_proxy *a, int64_t i, mp_obj **ret);
+/** @brief `a[i] = x`. @return 0; `-ERANGE`. */
+MP_EXPORT int mp_array_proxy_set(mp_proxy *a, int64_t i, const mp_obj *x);
+/** @brief `len(a)`. */
+MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a);
+
+/* ------------------------------------------------- Listener and Client */
+
+/** A listening socket whose accepted connections are authenticated
+ *  (Python's `multiprocessing.connection.Listener`). */
+typedef struct mp_listener mp_listener;
+
+/**
+ * @brief Listen at @p address (`"unix:/path"` or `"/path"`) with an
+ *        optional key (Python's
+ *        `Listener(address, authkey=...)`).
+ *
+ * Unix sockets only (`SOCK_SEQPACKET`, the framing of #mp_connection), made
+ * with mode 0600; the path must not exist. Accepted connections are ordinary
+ * #mp_connection handles. For TCP use a manager (mp_manager_new()).
+ * @param authkey NULL for none; else 1..1024 bytes (@p keylen).
+ * @return 0; `-EADDRINUSE`; `-EPROTONOSUPPORT` for a TCP address; `-EINVAL`;
+ *         `-ENOMEM`; socket errors.
+ */
+MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
+                              mp_listener **ret);
+/**
+ * @brief Accept one connection and authenticate it (Python's `accept()`).
+ * @return 0; `-ETIMEDOUT` when no client came in time; `-EACCES` when the
+ *         client's key was wrong (the listener stays usable); `-EPIPE` when
+ *         the client left during the handshake; `-EINVAL`.
+ */
+MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret);
+/** @brief The bound address, as for mp_manager_address(). */
+MP_EXPORT ssize_t mp_listener_address(mp_listener *l, char *buf, size_t cap);
+/** @brief Close the listener (and remove its Unix socket). @return 0. */
+MP_EXPORT int mp_listener_close(mp_listener *l);
+/**
+ * @brief Connect to a listener (Python's `Client(address, authkey=...)`).
+ * Both sides must have the same key, or both none: a client with a key
+ * refuses a listener without one.
+ * @return 0; `-EACCES` when a key is refused; `-ECONNREFUSED`/`-ENOENT`
+ *         when nothing listens; `-EPROTONOSUPPORT` for a TCP address;
+ *         `-ETIMEDOUT`; `-EINVAL`.
+ */
+MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
+                                double timeout, mp_connection **ret);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MP_MANAGER_H */

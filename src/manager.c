@@ -1,0 +1,2127 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Manager: a server of shared objects, its clients and proxies, and
+ * Listener/Client.
+ *
+ * Map of this file:
+ *   1. addresses and sockets
+ *   2. channels: frames on a stream socket (4-byte big-endian length, then
+ *      MessagePack), with deadlines
+ *   3. the handshake (mutual HMAC-SHA256 challenge) over any message transport
+ *   4. the server: objects, the built-in types' methods, one thread per client
+ *   5. registered types
+ *   6. manager handles: listen, start, serve, connect, shutdown
+ *   7. proxies and their typed calls
+ *   8. Listener and Client
+ *
+ * Server state (struct server), in the server process only:
+ *   mu          one mutex over everything below; every request runs under it,
+ *               and blocking methods wait on cv, which is broadcast whenever a
+ *               waitable object changes (simple, and fair enough for a server
+ *               whose cost is the socket round trip).
+ *   objs        the objects by id (id = index + 1; ids are never reused).
+ *   clients     the live client threads (detached; each frees its own entry).
+ *   stopping    set by a shutdown request; ends every wait with -EPIPE.
+ * An object freed while a thread waits on it is only marked `released`; the
+ * last waiter (busy count) frees it. A client that disconnects releases the
+ * locks, RLocks and Conditions it held, so a dead process never leaves a
+ * manager lock held.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "wire.h"
+
+/* ------------------------------------------------ 1. addresses and sockets */
+
+struct addr {
+  struct sockaddr_storage ss;
+  socklen_t len;
+  int family;
+};
+
+#define KEY_MAX 1024
+#define ADDR_MAX 256
+
+/* Parse "unix:/path", "/path" or "host:port" ("[v6]:port"). */
+static int addr_parse(const char *s, struct addr *a) {
+  memset(a, 0, sizeof *a);
+  if (!s || !*s)
+    return -EINVAL;
+  if (!strncmp(s, "unix:", 5) || s[0] == '/') {
+    const char *path = s[0] == '/' ? s : s + 5;
+    struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof un->sun_path)
+      return -EINVAL;
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, n + 1);
+    a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    a->family = AF_UNIX;
+    return 0;
+  }
+  const char *colon = strrchr(s, ':');
+  if (!colon || colon == s || !colon[1] || strlen(s) >= ADDR_MAX)
+    return -EINVAL;
+  char host[ADDR_MAX];
+  size_t hl = (size_t)(colon - s);
+  memcpy(host, s, hl);
+  host[hl] = 0;
+  if (host[0] == '[' && hl >= 2 && host[hl - 1] == ']') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = 0;
+  }
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535)
+    return -EINVAL;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+  if (getaddrinfo(host, colon + 1, &hints, &res) != 0 || !res)
+    return -EINVAL;
+  memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+  a->len = res->ai_addrlen;
+  a->family = res->ai_family;
+  freeaddrinfo(res);
+  return 0;
+}
+
+/* Format an address as addr_parse() reads it. */
+static ssize_t addr_format(const struct addr *a, char *buf, size_t cap) {
+  char tmp[ADDR_MAX + 16];
+  if (a->family == AF_UNIX) {
+    snprintf(tmp, sizeof tmp, "unix:%s", ((const struct sockaddr_un *)&a->ss)->sun_path);
+  } else {
+    char host[INET6_ADDRSTRLEN];
+    const void *in;
+    unsigned port;
+    if (a->family == AF_INET) {
+      const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->ss;
+      in = &s4->sin_addr;
+      port = ntohs(s4->sin_port);
+    } else {
+      const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+      in = &s6->sin6_addr;
+      port = ntohs(s6->sin6_port);
+    }
+    if (!inet_ntop(a->family, in, host, sizeof host))
+      return -EINVAL;
+    snprintf(tmp, sizeof tmp, a->family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+  }
+  size_t n = strlen(tmp);
+  if (!buf || n >= cap)
+    return -EMSGSIZE;
+  memcpy(buf, tmp, n + 1);
+  return (ssize_t)n;
+}
+
+static const char *addr_path(const struct addr *a) {
+  return ((const struct sockaddr_un *)&a->ss)->sun_path;
+}
+
+/* A listening stream socket at a; a Unix socket gets mode 0600. The bound
+ * address (a TCP port chosen by the kernel) is written back to *a. */
+static int listen_at(struct addr *a, int type) {
+  int fd = socket(a->family, type | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int r = 0;
+  if (a->family == AF_UNIX) {
+    /* 0600 from the start: no moment where another user could connect */
+    if (fchmod(fd, 0600) < 0) {
+      /* fchmod on a socket is not portable; the umask below is what counts */
+    }
+    mode_t old = umask(0177);
+    if (bind(fd, (struct sockaddr *)&a->ss, a->len) < 0)
+      r = -errno;
+    umask(old);
+    if (r == 0 && chmod(addr_path(a), 0600) < 0)
+      r = -errno;
+  } else {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a->ss, a->len) < 0)
+      r = -errno;
+    socklen_t l = sizeof a->ss;
+    if (r == 0 && getsockname(fd, (struct sockaddr *)&a->ss, &l) < 0)
+      r = -errno;
+    a->len = l;
+  }
+  if (r == 0 && listen(fd, 128) < 0)
+    r = -errno;
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  return fd;
+}
+
+/* Wait for events on fd until the deadline. 0 or -ETIMEDOUT; signals resume. */
+static int wait_fd(int fd, short events, const mp__deadline *d) {
+  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+  for (;;) {
+    int r = poll(&p, 1, mp__deadline_poll_ms(d));
+    if (r > 0)
+      return 0;
+    if (r == 0 || errno == EINTR) {
+      if (mp__deadline_passed(d))
+        return -ETIMEDOUT;
+      continue;
+    }
+    return -errno;
+  }
+}
+
+/* Connect a stream (or seqpacket) socket to a, within the deadline. */
+static int connect_to(const struct addr *a, int type, const mp__deadline *d) {
+  int fd = socket(a->family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return -errno;
+  int r = 0;
+  if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+    r = -errno;
+    if (r == -EINPROGRESS || r == -EAGAIN || r == -EINTR) {
+      r = wait_fd(fd, POLLOUT, d);
+      int err = 0;
+      socklen_t el = sizeof err;
+      if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err)
+        r = -err;
+    }
+  }
+  if (r == 0) {
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (a->family != AF_UNIX) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    return fd;
+  }
+  close(fd);
+  return r;
+}
+
+/* ----------------------------------------------------------- 2. channels */
+
+struct chan {
+  int fd;
+  char *buf; /* received bytes not yet consumed: buf[off..len) */
+  size_t off, len, cap;
+};
+
+static void chan_init(struct chan *c, int fd) { *c = (struct chan){.fd = fd}; }
+
+static void chan_close(struct chan *c) {
+  if (c->fd >= 0)
+    close(c->fd);
+  free(c->buf);
+  chan_init(c, -1);
+}
+
+/* Send all of buf. 0, -ETIMEDOUT, -EPIPE when the peer is gone. */
+static int chan_send(struct chan *c, const void *buf, size_t len, const mp__deadline *d) {
+  const char *p = buf;
+  int flags = MSG_NOSIGNAL | (d->forever ? 0 : MSG_DONTWAIT);
+  while (len) {
+    ssize_t n = send(c->fd, p, len, flags);
+    if (n >= 0) {
+      p += n;
+      len -= (size_t)n;
+      continue;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN) {
+      int r = wait_fd(c->fd, POLLOUT, d);
+      if (r < 0)
+        return r;
+      continue;
+    }
+    return errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN ? -EPIPE : -errno;
+  }
+  return 0;
+}
+
+/* Read more bytes into the buffer. 0, -EPIPE at end of file, -ETIMEDOUT. */
+static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
+  if (c->off && c->off == c->len)
+    c->off = c->len = 0;
+  if (c->cap - c->len < want) {
+    if (c->off) {
+      memmove(c->buf, c->buf + c->off, c->len - c->off);
+      c->len -= c->off;
+      c->off = 0;
+    }
+    if (c->cap - c->len < want) {
+      size_t nc = c->len + want;
+      if (nc < 4096)
+        nc = 4096;
+      char *b = realloc(c->buf, nc);
+      if (!b)
+        return -ENOMEM;
+      c->buf = b;
+      c->cap = nc;
+    }
+  }
+  int flags = d->forever ? 0 : MSG_DONTWAIT;
+  for (;;) {
+    ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, flags);
+    if (n > 0) {
+      c->len += (size_t)n;
+      return 0;
+    }
+    if (n == 0)
+      return -EPIPE;
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN) {
+      int r = wait_fd(c->fd, POLLIN, d);
+      if (r < 0)
+        return r;
+      continue;
+    }
+    return errno == ECONNRESET || errno == ENOTCONN ? -EPIPE : -errno;
+  }
+}
+
+/* Receive one frame of at most max bytes; *p points into the channel's
+ * buffer until the next receive. -EMSGSIZE for a longer one (the stream can
+ * no longer be trusted: the caller closes it). */
+static ssize_t chan_recv(struct chan *c, size_t max, const char **p, const mp__deadline *d) {
+  while (c->len - c->off < MP__FRAME_HDR) {
+    int r = chan_fill(c, MP__FRAME_HDR, d);
+    if (r < 0)
+      return r;
+  }
+  const unsigned char *h = (const unsigned char *)c->buf + c->off;
+  size_t n = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
+  if (n > max)
+    return -EMSGSIZE;
+  while (c->len - c->off < MP__FRAME_HDR + n) {
+    int r = chan_fill(c, MP__FRAME_HDR + n - (c->len - c->off), d);
+    if (r < 0)
+      return r;
+  }
+  *p = c->buf + c->off + MP__FRAME_HDR;
+  c->off += MP__FRAME_HDR + n;
+  return (ssize_t)n;
+}
+
+/* Send a small raw frame (handshake). */
+static int chan_send_raw(struct chan *c, const void *buf, size_t len, const mp__deadline *d) {
+  char f[MP__FRAME_HDR + MP__HS_MAX];
+  f[0] = f[1] = 0;
+  f[2] = (char)(len >> 8);
+  f[3] = (char)len;
+  memcpy(f + MP__FRAME_HDR, buf, len);
+  return chan_send(c, f, MP__FRAME_HDR + len, d);
+}
+
+/* ---------------------------------------------------------- 3. handshake */
+
+/* A message transport for the handshake: manager channels or connections. */
+struct hs_io {
+  int (*send)(void *ctx, const void *buf, size_t len, const mp__deadline *d);
+  ssize_t (*recv)(void *ctx, void *buf, size_t cap, const mp__deadline *d);
+  void *ctx;
+};
+
+static int chan_io_send(void *ctx, const void *buf, size_t len, const mp__deadline *d) {
+  return chan_send_raw(ctx, buf, len, d);
+}
+
+static ssize_t chan_io_recv(void *ctx, void *buf, size_t cap, const mp__deadline *d) {
+  const char *p;
+  ssize_t n = chan_recv(ctx, cap, &p, d);
+  if (n == -EMSGSIZE)
+    return -EBADMSG;
+  if (n >= 0)
+    memcpy(buf, p, (size_t)n);
+  return n;
+}
+
+static double deadline_left(const mp__deadline *d) {
+  if (d->forever)
+    return MP_FOREVER;
+  int64_t left = (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec - mp__now_ns();
+  return left > 0 ? (double)left / 1e9 : 0;
+}
+
+static int conn_io_send(void *ctx, const void *buf, size_t len, const mp__deadline *d) {
+  return mp_connection_send(ctx, buf, len, deadline_left(d));
+}
+
+static ssize_t conn_io_recv(void *ctx, void *buf, size_t cap, const mp__deadline *d) {
+  ssize_t n = mp_connection_recv(ctx, buf, cap, deadline_left(d));
+  return n == -EMSGSIZE ? -EBADMSG : n;
+}
+
+/* The server's side: challenge the client, then answer its challenge. A
+ * connection that fails is told so and refused with -EACCES. */
+static int hs_server(const struct hs_io *io, const void *key, size_t keylen,
+                     const mp__deadline *d) {
+  uint8_t msg[MP__HS_MAX];
+  if (!key)
+    return io->send(io->ctx, MP__HS_OPEN, MP__HS_MAGIC_LEN, d);
+  uint8_t nonce[MP__NONCE_LEN];
+  int r = mp__random_bytes(nonce, sizeof nonce);
+  if (r < 0)
+    return r;
+  memcpy(msg, MP__HS_AUTH, MP__HS_MAGIC_LEN);
+  memcpy(msg + MP__HS_MAGIC_LEN, nonce, MP__NONCE_LEN);
+  if ((r = io->send(io->ctx, msg, MP__HS_MAGIC_LEN + MP__NONCE_LEN, d)) < 0)
+    return r;
+  ssize_t n = io->recv(io->ctx, msg, sizeof msg, d);
+  if (n < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  if (mp__hs_check(key, keylen, 'C', nonce, msg, (size_t)n) < 0) {
+    io->send(io->ctx, MP__HS_FAILURE, MP__HS_MAGIC_LEN, d);
+    return -EACCES;
+  }
+  if ((r = io->send(io->ctx, MP__HS_WELCOME, MP__HS_MAGIC_LEN, d)) < 0)
+    return r;
+  /* the client's challenge */
+  if ((n = io->recv(io->ctx, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  if (mp__hs_parse_challenge(msg, (size_t)n, nonce) != 1)
+    return -EACCES;
+  uint8_t mac[MP__MAC_LEN];
+  if ((r = mp__hs_answer(key, keylen, 'S', nonce, mac)) < 0)
+    return r;
+  if ((r = io->send(io->ctx, mac, sizeof mac, d)) < 0)
+    return r;
+  if ((n = io->recv(io->ctx, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  return mp__hs_parse_verdict(msg, (size_t)n);
+}
+
+/* The client's side. A client with a key insists that the server proves it
+ * has the key too; a client without one accepts only an open server. */
+static int hs_client(const struct hs_io *io, const void *key, size_t keylen,
+                     const mp__deadline *d) {
+  uint8_t msg[MP__HS_MAX], nonce[MP__NONCE_LEN];
+  ssize_t n = io->recv(io->ctx, msg, sizeof msg, d);
+  if (n < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  int kind = mp__hs_parse_challenge(msg, (size_t)n, nonce);
+  if (kind < 0 || (kind == 1) != (key != NULL))
+    return -EACCES;
+  if (kind == 0)
+    return 0;
+  uint8_t mac[MP__MAC_LEN];
+  int r = mp__hs_answer(key, keylen, 'C', nonce, mac);
+  if (r < 0 || (r = io->send(io->ctx, mac, sizeof mac, d)) < 0)
+    return r;
+  if ((n = io->recv(io->ctx, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG || n == -EPIPE ? -EACCES : (int)n;
+  if (mp__hs_parse_verdict(msg, (size_t)n) < 0)
+    return -EACCES;
+  if ((r = mp__random_bytes(nonce, sizeof nonce)) < 0)
+    return r;
+  memcpy(msg, MP__HS_AUTH, MP__HS_MAGIC_LEN);
+  memcpy(msg + MP__HS_MAGIC_LEN, nonce, MP__NONCE_LEN);
+  if ((r = io->send(io->ctx, msg, MP__HS_MAGIC_LEN + MP__NONCE_LEN, d)) < 0)
+    return r;
+  if ((n = io->recv(io->ctx, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  bool ok = mp__hs_check(key, keylen, 'S', nonce, msg, (size_t)n) == 0;
+  r = io->send(io->ctx, ok ? MP__HS_WELCOME : MP__HS_FAILURE, MP__HS_MAGIC_LEN, d);
+  if (!ok)
+    return -EACCES;
+  return r;
+}
+
+/* ------------------------------------------------------------ 4. the server */
+
+enum kind {
+  K_CUSTOM = 0,
+  K_DICT,
+  K_LIST,
+  K_NAMESPACE,
+  K_QUEUE,
+  K_LOCK,
+  K_RLOCK,
+  K_EVENT,
+  K_SEMAPHORE,
+  K_BSEMAPHORE,
+  K_CONDITION,
+  K_VALUE,
+  K_ARRAY,
+};
+
+static const char *const kind_names[] = {
+    [K_DICT] = "dict",           [K_LIST] = "list",           [K_NAMESPACE] = "Namespace",
+    [K_QUEUE] = "Queue",         [K_LOCK] = "Lock",           [K_RLOCK] = "RLock",
+    [K_EVENT] = "Event",         [K_SEMAPHORE] = "Semaphore", [K_BSEMAPHORE] = "BoundedSemaphore",
+    [K_CONDITION] = "Condition", [K_VALUE] = "Value",         [K_ARRAY] = "Array",
+};
+#define N_KINDS ((int)(sizeof kind_names / sizeof kind_names[0]))
+
+struct custom_type {
+  char name[64];
+  mp_manager_constructor ctor;
+  mp_manager_destructor dtor;
+  const mp_manager_method_def *methods;
+  size_t n;
+};
+
+#define MAX_TYPES 64
+static struct custom_type types[MAX_TYPES];
+static size_t n_types;
+
+struct waiter {
+  struct waiter *next;
+  bool notified;
+};
+
+struct sobj {
+  int kind;
+  const struct custom_type *ct;
+  void *self;     /* a custom type's instance */
+  mp_obj *val;    /* dict, list, namespace, queue items, value, array */
+  int64_t num;    /* semaphore value, event flag, queue maxsize */
+  int64_t bound;  /* a bounded semaphore's initial value */
+  uint64_t owner; /* lock, rlock, condition: the holding client, 0 when free */
+  int64_t count;  /* rlock and condition recursion depth */
+  struct waiter *waiters;
+  int busy; /* threads waiting on it */
+  bool released;
+};
+
+struct client {
+  struct server *srv;
+  struct chan ch;
+  uint64_t id;
+  bool stop_after_reply; /* this client asked for shutdown */
+  struct client *next;
+};
+
+struct server {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct sobj **objs;
+  size_t n_objs, cap_objs;
+  struct client *clients;
+  int live; /* client threads running */
+  uint64_t next_client;
+  bool stopping;
+  int lfd;
+  int wake[2];
+  const void *key;
+  size_t keylen;
+};
+
+static void obj_destroy(struct sobj *o) {
+  if (o->kind == K_CUSTOM && o->ct->dtor)
+    o->ct->dtor(o->self);
+  mp_obj_free(o->val);
+  free(o);
+}
+
+/* Wait on the server's condition variable until the deadline. 0 when woken
+ * (the caller re-checks), -ETIMEDOUT, -EPIPE when the server is stopping,
+ * -ESRCH when the object was released. */
+static int srv_wait(struct server *s, struct sobj *o, const mp__deadline *d) {
+  if (s->stopping)
+    return -EPIPE;
+  if (o->released)
+    return -ESRCH;
+  if (d->nowait || mp__deadline_passed(d))
+    return -ETIMEDOUT;
+  o->busy++;
+  if (d->forever)
+    pthread_cond_wait(&s->cv, &s->mu);
+  else
+    pthread_cond_timedwait(&s->cv, &s->mu, &d->at);
+  o->busy--;
+  if (s->stopping)
+    return -EPIPE;
+  if (o->released)
+    return -ESRCH;
+  return 0;
+}
+
+static void wake_all(struct server *s) { pthread_cond_broadcast(&s->cv); }
+
+static int norm_index(int64_t i, size_t n, size_t *out) {
+  if (i < 0)
+    i += (int64_t)n;
+  if (i < 0 || (uint64_t)i >= n)
+    return -ERANGE;
+  *out = (size_t)i;
+  return 0;
+}
+
+/* The argument i, or NULL when there are fewer. */
+static const mp_obj *arg(const mp_obj *args, size_t i) {
+  const mp_obj *a;
+  return mp_obj_list_get(args, (int64_t)i, &a) == 0 ? a : NULL;
+}
+
+static bool nargs(const mp_obj *args, size_t n) { return mp_obj_len(args) == (ssize_t)n; }
+
+static int arg_int(const mp_obj *args, size_t i, int64_t *v) {
+  const mp_obj *a = arg(args, i);
+  return a && mp_obj_get_int(a, v) == 0 ? 0 : -EINVAL;
+}
+
+/* Copy a borrowed value into *res. */
+static int give(const mp_obj *v, mp_obj **res) {
+  *res = mp_obj_copy(v);
+  return *res ? 0 : -ENOMEM;
+}
+
+#define IS(m, s) (!strcmp((m), (s)))
+
+static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
+  mp_obj *d = o->val;
+  const mp_obj *k = arg(a, 0);
+  if (IS(m, "len"))
+    return (int)mp_obj_len(d);
+  if (IS(m, "clear")) {
+    mp__obj_clear(d);
+    return 0;
+  }
+  if (IS(m, "keys") || IS(m, "items") || IS(m, "values") || IS(m, "copy")) {
+    if (IS(m, "copy"))
+      return give(d, res);
+    mp_obj *l = mp_obj_list();
+    for (size_t i = 0; l && i < (size_t)mp_obj_len(d); i++) {
+      const mp_obj *key, *val;
+      mp_obj_dict_item(d, i, &key, &val);
+      mp_obj *item = IS(m, "keys")     ? mp_obj_copy(key)
+                     : IS(m, "values") ? mp_obj_copy(val)
+                                       : mp_obj_listv(2, mp_obj_copy(key), mp_obj_copy(val));
+      if (mp_obj_list_append(l, item) < 0) {
+        mp_obj_free(l);
+        l = NULL;
+      }
+    }
+    *res = l;
+    return l ? 0 : -ENOMEM;
+  }
+  if (IS(m, "update")) {
+    if (!nargs(a, 1) || mp_obj_type(k) != MP_OBJ_DICT)
+      return -EDOM;
+    for (size_t i = 0; i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *key, *val;
+      mp_obj_dict_item(k, i, &key, &val);
+      int r = mp_obj_dict_set(d, mp_obj_copy(key), mp_obj_copy(val));
+      if (r < 0)
+        return r;
+    }
+    return 0;
+  }
+  if (IS(m, "set")) {
+    if (!nargs(a, 2))
+      return -EINVAL;
+    return mp_obj_dict_set(d, mp_obj_copy(k), mp_obj_copy(arg(a, 1)));
+  }
+  if (!nargs(a, 1))
+    return IS(m, "get") || IS(m, "del") || IS(m, "pop") || IS(m, "contains") ? -EINVAL
+                                                                             : -EOPNOTSUPP;
+  ssize_t at = mp__obj_dict_find(d, k);
+  if (IS(m, "contains"))
+    return at >= 0;
+  if (!IS(m, "get") && !IS(m, "del") && !IS(m, "pop"))
+    return -EOPNOTSUPP;
+  if (at < 0)
+    return -ENOENT;
+  if (IS(m, "get")) {
+    const mp_obj *v;
+    mp_obj_dict_item(d, (size_t)at, NULL, &v);
+    return give(v, res);
+  }
+  mp__obj_dict_remove(d, (size_t)at, NULL, IS(m, "pop") ? res : NULL);
+  return 0;
+}
+
+static int call_list(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
+  mp_obj *l = o->val;
+  size_t n = (size_t)mp_obj_len(l), at;
+  int64_t i;
+  int r;
+  if (IS(m, "len"))
+    return (int)n;
+  if (IS(m, "copy"))
+    return give(l, res);
+  if (IS(m, "append"))
+    return nargs(a, 1) ? mp_obj_list_append(l, mp_obj_copy(arg(a, 0))) : -EINVAL;
+  if (IS(m, "extend")) {
+    const mp_obj *items = arg(a, 0);
+    if (!nargs(a, 1) || mp_obj_type(items) != MP_OBJ_LIST)
+      return -EDOM;
+    for (size_t j = 0; j < (size_t)mp_obj_len(items); j++)
+      if ((r = mp_obj_list_append(l, mp_obj_copy(mp__obj_list_at(items, j)))) < 0)
+        return r;
+    return 0;
+  }
+  if (IS(m, "get") || IS(m, "pop")) {
+    if (a && mp_obj_len(a) > 1)
+      return -EINVAL;
+    i = -1;
+    if (mp_obj_len(a) == 1 && arg_int(a, 0, &i) < 0)
+      return -EINVAL;
+    if (IS(m, "get") && mp_obj_len(a) != 1)
+      return -EINVAL;
+    if ((r = norm_index(i, n, &at)) < 0)
+      return r;
+    if (IS(m, "get"))
+      return give(mp__obj_list_at(l, at), res);
+    *res = mp__obj_list_take(l, at);
+    return 0;
+  }
+  if (IS(m, "set") || IS(m, "insert")) {
+    if (!nargs(a, 2) || arg_int(a, 0, &i) < 0)
+      return -EINVAL;
+    mp_obj *v = mp_obj_copy(arg(a, 1));
+    if (!v)
+      return -ENOMEM;
+    if (IS(m, "set")) {
+      if ((r = norm_index(i, n, &at)) < 0) {
+        mp_obj_free(v);
+        return r;
+      }
+      mp__obj_list_replace(l, at, v);
+      return 0;
+    }
+    if (i < 0)
+      i = i + (int64_t)n < 0 ? 0 : i + (int64_t)n;
+    return mp__obj_list_insert(l, (size_t)i > n ? n : (size_t)i, v);
+  }
+  if (IS(m, "remove") || IS(m, "index") || IS(m, "count")) {
+    if (!nargs(a, 1))
+      return -EINVAL;
+    int count = 0;
+    for (size_t j = 0; j < n; j++) {
+      if (!mp_obj_equal(mp__obj_list_at(l, j), arg(a, 0)))
+        continue;
+      if (IS(m, "index"))
+        return (int)j;
+      if (IS(m, "remove")) {
+        mp_obj_free(mp__obj_list_take(l, j));
+        return 0;
+      }
+      count++;
+    }
+    return IS(m, "count") ? count : -ENOENT;
+  }
+  return -EOPNOTSUPP;
+}
+
+static int call_namespace(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
+  const mp_obj *name = arg(a, 0);
+  if (mp_obj_type(name) != MP_OBJ_STR)
+    return IS(m, "getattr") || IS(m, "setattr") || IS(m, "delattr") ? -EINVAL : -EOPNOTSUPP;
+  if (IS(m, "setattr"))
+    return nargs(a, 2) ? mp_obj_dict_set(o->val, mp_obj_copy(name), mp_obj_copy(arg(a, 1)))
+                       : -EINVAL;
+  if (!IS(m, "getattr") && !IS(m, "delattr"))
+    return -EOPNOTSUPP;
+  ssize_t at = mp__obj_dict_find(o->val, name);
+  if (at < 0)
+    return -ENOENT;
+  if (IS(m, "delattr")) {
+    mp__obj_dict_remove(o->val, (size_t)at, NULL, NULL);
+    return 0;
+  }
+  const mp_obj *v;
+  mp_obj_dict_item(o->val, (size_t)at, NULL, &v);
+  return give(v, res);
+}
+
+static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
+                      const mp__deadline *d, mp_obj **res) {
+  int r;
+  if (IS(m, "qsize"))
+    return (int)mp_obj_len(o->val);
+  if (IS(m, "put")) {
+    if (!nargs(a, 1))
+      return -EINVAL;
+    while (o->num > 0 && mp_obj_len(o->val) >= o->num)
+      if ((r = srv_wait(s, o, d)) < 0)
+        return r;
+    if ((r = mp_obj_list_append(o->val, mp_obj_copy(arg(a, 0)))) < 0)
+      return r;
+    wake_all(s);
+    return 0;
+  }
+  if (IS(m, "get")) {
+    while (mp_obj_len(o->val) == 0)
+      if ((r = srv_wait(s, o, d)) < 0)
+        return r;
+    *res = mp__obj_list_take(o->val, 0);
+    wake_all(s);
+    return 0;
+  }
+  return -EOPNOTSUPP;
+}
+
+/* Acquire for Lock, RLock, Condition (owned) and the semaphores. */
+static int do_acquire(struct server *s, struct sobj *o, uint64_t me, const mp__deadline *d) {
+  int r;
+  if (o->kind == K_SEMAPHORE || o->kind == K_BSEMAPHORE) {
+    while (o->num == 0)
+      if ((r = srv_wait(s, o, d)) < 0)
+        return r;
+    o->num--;
+    return 0;
+  }
+  if (o->kind != K_LOCK && o->owner == me) {
+    o->count++;
+    return 0;
+  }
+  while (o->owner != 0)
+    if ((r = srv_wait(s, o, d)) < 0)
+      return r;
+  o->owner = me;
+  o->count = 1;
+  return 0;
+}
+
+static int do_release(struct server *s, struct sobj *o, uint64_t me) {
+  if (o->kind == K_SEMAPHORE || o->kind == K_BSEMAPHORE) {
+    if (o->kind == K_BSEMAPHORE && o->num >= o->bound)
+      return -EOVERFLOW;
+    o->num++;
+  } else if (o->kind == K_LOCK) {
+    if (!o->owner) /* any client may release a Lock, as in Python */
+      return -EPERM;
+    o->owner = 0;
+  } else {
+    if (o->owner != me)
+      return -EPERM;
+    if (--o->count > 0)
+      return 0;
+    o->owner = 0;
+  }
+  wake_all(s);
+  return 0;
+}
+
+static int call_condition(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
+                          uint64_t me, const mp__deadline *d) {
+  if (IS(m, "notify") || IS(m, "notify_all")) {
+    int64_t n = INT64_MAX;
+    if (IS(m, "notify") && (!nargs(a, 1) || arg_int(a, 0, &n) < 0))
+      return -EINVAL;
+    if (o->owner != me)
+      return -EPERM;
+    for (struct waiter *w = o->waiters; w && n > 0; w = o->waiters, n--) {
+      w->notified = true;
+      o->waiters = w->next;
+    }
+    wake_all(s);
+    return 0;
+  }
+  if (!IS(m, "wait"))
+    return -EOPNOTSUPP;
+  if (o->owner != me)
+    return -EPERM;
+  struct waiter w = {NULL, false}, **pp = &o->waiters;
+  while (*pp)
+    pp = &(*pp)->next;
+  *pp = &w;
+  int64_t saved = o->count;
+  o->owner = 0;
+  o->count = 0;
+  wake_all(s);
+  int r = 0;
+  while (!w.notified && (r = srv_wait(s, o, d)) == 0) {
+  }
+  if (!w.notified) {
+    for (pp = &o->waiters; *pp; pp = &(*pp)->next)
+      if (*pp == &w) {
+        *pp = w.next;
+        break;
+      }
+  } else {
+    r = 0;
+  }
+  if (r == -EPIPE || r == -ESRCH)
+    return r;
+  /* take the lock back whatever happened, as Python does */
+  mp__deadline forever = {.forever = true};
+  while (o->owner != 0) {
+    int e = srv_wait(s, o, &forever);
+    if (e < 0)
+      return e;
+  }
+  o->owner = me;
+  o->count = saved;
+  return r;
+}
+
+static int call_builtin(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
+                        uint64_t me, const mp__deadline *d, mp_obj **res) {
+  int r;
+  switch (o->kind) {
+  case K_DICT: return call_dict(o, m, a, res);
+  case K_LIST: return call_list(o, m, a, res);
+  case K_NAMESPACE: return call_namespace(o, m, a, res);
+  case K_QUEUE: return call_queue(s, o, m, a, d, res);
+  case K_VALUE:
+    if (IS(m, "get"))
+      return give(o->val, res);
+    if (IS(m, "set")) {
+      mp_obj *v = nargs(a, 1) ? mp_obj_copy(arg(a, 0)) : NULL;
+      if (!v)
+        return nargs(a, 1) ? -ENOMEM : -EINVAL;
+      mp_obj_free(o->val);
+      o->val = v;
+      return 0;
+    }
+    return -EOPNOTSUPP;
+  case K_ARRAY:
+    if (IS(m, "get") || IS(m, "set") || IS(m, "len"))
+      return call_list(o, m, a, res);
+    return -EOPNOTSUPP;
+  case K_EVENT:
+    if (IS(m, "set")) {
+      o->num = 1;
+      wake_all(s);
+      return 0;
+    }
+    if (IS(m, "clear")) {
+      o->num = 0;
+      return 0;
+    }
+    if (IS(m, "is_set"))
+      return (int)o->num;
+    if (IS(m, "wait")) {
+      while (!o->num)
+        if ((r = srv_wait(s, o, d)) < 0)
+          return r;
+      return 0;
+    }
+    return -EOPNOTSUPP;
+  default:
+    if (IS(m, "acquire"))
+      return do_acquire(s, o, me, d);
+    if (IS(m, "release"))
+      return do_release(s, o, me);
+    if (o->kind == K_CONDITION)
+      return call_condition(s, o, m, a, me, d);
+    return -EOPNOTSUPP;
+  }
+}
+
+static const struct custom_type *find_type(const char *name) {
+  for (size_t i = 0; i < n_types; i++)
+    if (!strcmp(types[i].name, name))
+      return &types[i];
+  return NULL;
+}
+
+static int find_kind(const char *name) {
+  for (int k = 1; k < N_KINDS; k++)
+    if (!strcmp(kind_names[k], name))
+      return k;
+  return -1;
+}
+
+/* Make a built-in object's state from its creation arguments. */
+static int builtin_init(struct sobj *o, const mp_obj *a) {
+  const mp_obj *a0 = arg(a, 0);
+  size_t na = (size_t)mp_obj_len(a);
+  switch (o->kind) {
+  case K_DICT:
+  case K_LIST: {
+    int t = o->kind == K_DICT ? MP_OBJ_DICT : MP_OBJ_LIST;
+    if (na > 1 || (a0 && mp_obj_type(a0) != t))
+      return -EINVAL;
+    o->val = a0 ? mp_obj_copy(a0) : (t == MP_OBJ_DICT ? mp_obj_dict() : mp_obj_list());
+    return o->val ? 0 : -ENOMEM;
+  }
+  case K_ARRAY:
+    if (na != 1 || mp_obj_type(a0) != MP_OBJ_LIST)
+      return -EINVAL;
+    o->val = mp_obj_copy(a0);
+    return o->val ? 0 : -ENOMEM;
+  case K_NAMESPACE: o->val = mp_obj_dict(); return o->val ? 0 : -ENOMEM;
+  case K_QUEUE:
+    if (na > 1 || (na == 1 && arg_int(a, 0, &o->num) < 0))
+      return -EINVAL;
+    o->val = mp_obj_list();
+    return o->val ? 0 : -ENOMEM;
+  case K_VALUE:
+    if (na > 1)
+      return -EINVAL;
+    o->val = a0 ? mp_obj_copy(a0) : mp_obj_nil();
+    return o->val ? 0 : -ENOMEM;
+  case K_SEMAPHORE:
+  case K_BSEMAPHORE:
+    o->num = 1;
+    if (na > 1 || (na == 1 && arg_int(a, 0, &o->num) < 0) || o->num < 0)
+      return -EINVAL;
+    o->bound = o->num;
+    return 0;
+  default: return na == 0 ? 0 : -EINVAL;
+  }
+}
+
+static int srv_create(struct server *s, const char *type, const mp_obj *a, mp_obj **res) {
+  struct sobj *o = calloc(1, sizeof *o);
+  if (!o)
+    return -ENOMEM;
+  int r;
+  o->kind = find_kind(type);
+  if (o->kind > 0) {
+    r = builtin_init(o, a);
+  } else {
+    o->kind = K_CUSTOM;
+    o->ct = find_type(type);
+    r = o->ct ? o->ct->ctor(a, &o->self) : -ENOENT;
+    if (r > 0)
+      r = 0;
+  }
+  if (r == 0 && s->n_objs == s->cap_objs) {
+    size_t nc = s->cap_objs ? s->cap_objs * 2 : 64;
+    struct sobj **v = realloc(s->objs, nc * sizeof *v);
+    if (!v)
+      r = -ENOMEM;
+    else {
+      s->objs = v;
+      s->cap_objs = nc;
+    }
+  }
+  if (r == 0)
+    r = (*res = mp_obj_int((int64_t)s->n_objs + 1)) ? 0 : -ENOMEM;
+  if (r < 0) {
+    o->ct = o->kind == K_CUSTOM ? NULL : o->ct; /* no destructor for a failed ctor */
+    mp_obj_free(o->val);
+    free(o);
+    return r;
+  }
+  s->objs[s->n_objs++] = o;
+  return 0;
+}
+
+static struct sobj *srv_find(struct server *s, int64_t id) {
+  if (id < 1 || (uint64_t)id > s->n_objs)
+    return NULL;
+  return s->objs[id - 1];
+}
+
+static void srv_release(struct server *s, int64_t id) {
+  struct sobj *o = srv_find(s, id);
+  if (!o)
+    return;
+  s->objs[id - 1] = NULL;
+  o->released = true;
+  wake_all(s);
+  if (o->busy == 0)
+    obj_destroy(o);
+  /* otherwise the last waiter frees it (see client_request) */
+}
+
+/* Run one request under the server mutex. */
+static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
+  struct server *s = c->srv;
+  int64_t op, id = 0, t = 0;
+  const mp_obj *target = arg(req, 1), *name = arg(req, 2), *args = arg(req, 3), *tmo = arg(req, 4);
+  const char *method;
+  double timeout;
+  if (mp_obj_type(req) != MP_OBJ_LIST || !nargs(req, 5) || arg_int(req, 0, &op) < 0 ||
+      mp_obj_get_str(name, &method, NULL) < 0 || mp_obj_type(args) != MP_OBJ_LIST ||
+      mp_obj_get_float(tmo, &timeout) < 0 || mp_obj_get_int(target, &id) < 0)
+    return -EBADMSG;
+  (void)t;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  switch (op) {
+  case MP__OP_CREATE: return srv_create(s, method, args, res);
+  case MP__OP_RELEASE: srv_release(s, id); return 0;
+  case MP__OP_SHUTDOWN:
+    /* Waits end now; the listener is told only after the reply has left
+     * (client_main), so the asker learns the shutdown happened. */
+    s->stopping = true;
+    c->stop_after_reply = true;
+    wake_all(s);
+    return 0;
+  case MP__OP_CALL: break;
+  default: return -EBADMSG;
+  }
+  struct sobj *o = srv_find(s, id);
+  if (!o)
+    return -ESRCH;
+  int r;
+  o->busy++;
+  if (o->kind == K_CUSTOM) {
+    r = -EOPNOTSUPP;
+    for (size_t i = 0; i < o->ct->n; i++)
+      if (!strcmp(o->ct->methods[i].name, method)) {
+        r = o->ct->methods[i].func(o->self, args, res);
+        break;
+      }
+  } else {
+    r = call_builtin(s, o, method, args, c->id, &d, res);
+  }
+  o->busy--;
+  if (o->released && o->busy == 0)
+    obj_destroy(o);
+  return r;
+}
+
+/* Release the locks a departing client held. */
+static void srv_drop_client(struct server *s, uint64_t me) {
+  for (size_t i = 0; i < s->n_objs; i++) {
+    struct sobj *o = s->objs[i];
+    if (o && (o->kind == K_LOCK || o->kind == K_RLOCK || o->kind == K_CONDITION) &&
+        o->owner == me) {
+      o->owner = 0;
+      o->count = 0;
+      wake_all(s);
+    }
+  }
+}
+
+static void *client_main(void *arg_) {
+  struct client *c = arg_;
+  struct server *s = c->srv;
+  struct hs_io io = {chan_io_send, chan_io_recv, &c->ch};
+  mp__deadline hd;
+  mp__deadline_init(&hd, 30.0);
+  int r = hs_server(&io, s->key, s->keylen, &hd);
+  mp__deadline forever = {.forever = true};
+  while (r == 0) {
+    const char *p;
+    ssize_t n = chan_recv(&c->ch, MP_OBJ_MAX_MESSAGE, &p, &forever);
+    if (n < 0) {
+      if (n == -EMSGSIZE) {
+        /* the rest of the stream cannot be framed: answer, then hang up */
+        char *out;
+        size_t len;
+        if (mp__encode_reply(-EMSGSIZE, NULL, &out, &len) == 0) {
+          mp__deadline sd;
+          mp__deadline_init(&sd, 1.0);
+          chan_send(&c->ch, out, len, &sd);
+          free(out);
+        }
+      }
+      break;
+    }
+    mp_obj *req = NULL, *res = NULL;
+    int status = mp__obj_decode(p, (size_t)n, MP__MSG_DEPTH, &req);
+    if (status == 0) {
+      pthread_mutex_lock(&s->mu);
+      status = srv_request(c, req, &res);
+      pthread_mutex_unlock(&s->mu);
+    } else if (status != -ENOMEM) {
+      status = status == -EMSGSIZE ? -EMSGSIZE : -EBADMSG;
+    }
+    mp_obj_free(req);
+    char *out;
+    size_t len;
+    r = mp__encode_reply(status, res, &out, &len);
+    mp_obj_free(res);
+    if (r < 0) /* the result is beyond the limits: say so instead */
+      r = mp__encode_reply(r, NULL, &out, &len);
+    if (r == 0) {
+      r = chan_send(&c->ch, out, len, &forever);
+      free(out);
+    }
+    if (c->stop_after_reply) {
+      if (write(s->wake[1], "x", 1) < 0) {
+        /* the pipe is non-blocking and one byte is enough */
+      }
+      break;
+    }
+  }
+  pthread_mutex_lock(&s->mu);
+  srv_drop_client(s, c->id);
+  for (struct client **pp = &s->clients; *pp; pp = &(*pp)->next)
+    if (*pp == c) {
+      *pp = c->next;
+      break;
+    }
+  chan_close(&c->ch);
+  free(c);
+  s->live--;
+  wake_all(s);
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+#define MAX_CLIENTS 1024
+
+static void srv_accept(struct server *s) {
+  int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd < 0)
+    return;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family != AF_UNIX) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  struct client *c = calloc(1, sizeof *c);
+  pthread_mutex_lock(&s->mu);
+  if (!c || s->live >= MAX_CLIENTS || s->stopping) {
+    pthread_mutex_unlock(&s->mu);
+    free(c);
+    close(fd);
+    return;
+  }
+  c->srv = s;
+  chan_init(&c->ch, fd);
+  c->id = ++s->next_client;
+  pthread_attr_t at;
+  pthread_attr_init(&at);
+  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&at, 1 << 20);
+  pthread_t th;
+  if (pthread_create(&th, &at, client_main, c) != 0) {
+    pthread_mutex_unlock(&s->mu);
+    pthread_attr_destroy(&at);
+    close(fd);
+    free(c);
+    return;
+  }
+  pthread_attr_destroy(&at);
+  c->next = s->clients;
+  s->clients = c;
+  s->live++;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Serve on lfd until a shutdown request; then end every client thread and
+ * free every object. Returns 0 or a negative errno if it could not start. */
+static int serve(int lfd, const void *key, size_t keylen) {
+  struct server s;
+  memset(&s, 0, sizeof s);
+  s.lfd = lfd;
+  s.key = key;
+  s.keylen = keylen;
+  if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0)
+    return -errno;
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&s.cv, &ca);
+  pthread_condattr_destroy(&ca);
+  pthread_mutex_init(&s.mu, NULL);
+  for (;;) {
+    struct pollfd p[2] = {{.fd = lfd, .events = POLLIN}, {.fd = s.wake[0], .events = POLLIN}};
+    int r = poll(p, 2, -1);
+    if (r < 0)
+      continue; /* EINTR */
+    if (p[1].revents)
+      break;
+    if (p[0].revents)
+      srv_accept(&s);
+  }
+  pthread_mutex_lock(&s.mu);
+  for (struct client *c = s.clients; c; c = c->next)
+    shutdown(c->ch.fd, SHUT_RDWR);
+  wake_all(&s);
+  while (s.live > 0)
+    pthread_cond_wait(&s.cv, &s.mu);
+  pthread_mutex_unlock(&s.mu);
+  for (size_t i = 0; i < s.n_objs; i++)
+    if (s.objs[i])
+      obj_destroy(s.objs[i]);
+  free(s.objs);
+  close(s.wake[0]);
+  close(s.wake[1]);
+  pthread_mutex_destroy(&s.mu);
+  pthread_cond_destroy(&s.cv);
+  return 0;
+}
+
+/* ---------------------------------------------------------- 5. registered types */
+
+MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
+                                  mp_manager_destructor dtor, const mp_manager_method_def *methods,
+                                  size_t n) {
+  if (!name || !*name || strlen(name) >= sizeof types[0].name || !ctor || (!methods && n))
+    return -EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (!methods[i].name || !methods[i].func)
+      return -EINVAL;
+  if (find_kind(name) > 0 || find_type(name))
+    return -EEXIST;
+  if (n_types == MAX_TYPES)
+    return -ENOSPC;
+  struct custom_type *t = &types[n_types++];
+  snprintf(t->name, sizeof t->name, "%s", name);
+  t->ctor = ctor;
+  t->dtor = dtor;
+  t->methods = methods;
+  t->n = n;
+  return 0;
+}
+
+/* ---------------------------------------------------------- 6. managers */
+
+#define MANAGER_MAGIC 0x6d704d47u /* "mpMG" */
+#define PROXY_MAGIC 0x6d705058u   /* "mpPX" */
+
+struct mp_manager {
+  uint32_t magic;
+  struct addr addr;
+  bool have_addr; /* an address was given or bound */
+  bool private_dir;
+  char dir[64];
+  uint8_t key[KEY_MAX];
+  size_t keylen;
+  bool auth;
+  int lfd;       /* the listening socket, before start/serve */
+  pid_t server;  /* the started server, in the starter */
+  pid_t starter; /* the process that started it */
+  bool started, connected, stopped;
+  struct chan ch; /* the connection of process conn_pid */
+  pid_t conn_pid;
+  pthread_mutex_t mu;
+};
+
+MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
+  mp_manager_options o = {0};
+  if (opts)
+    o = *opts;
+  if (!ret || (o.authkey && (o.authkey_len == 0 || o.authkey_len > KEY_MAX)))
+    return -EINVAL;
+  mp_manager *m = calloc(1, sizeof *m);
+  if (!m)
+    return -ENOMEM;
+  if (o.address) {
+    int r = addr_parse(o.address, &m->addr);
+    if (r < 0) {
+      free(m);
+      return r;
+    }
+    m->have_addr = true;
+  }
+  if (o.authkey) {
+    memcpy(m->key, o.authkey, o.authkey_len);
+    m->keylen = o.authkey_len;
+    m->auth = true;
+  } else if (!o.no_auth) {
+    m->keylen = 32; /* made at start, or none for connect/serve */
+  }
+  m->lfd = -1;
+  chan_init(&m->ch, -1);
+  pthread_mutex_init(&m->mu, NULL);
+  m->magic = MANAGER_MAGIC;
+  *ret = m;
+  return 0;
+}
+
+static bool manager_ok(const mp_manager *m) { return m && m->magic == MANAGER_MAGIC; }
+
+MP_EXPORT int mp_manager_listen(mp_manager *m) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (m->lfd >= 0 || m->started || m->connected)
+    return -EALREADY;
+  if (!m->have_addr) {
+    /* a private directory only its owner can enter */
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || strlen(tmp) > 40 || tmp[0] != '/')
+      tmp = "/tmp";
+    snprintf(m->dir, sizeof m->dir, "%s/mp-XXXXXX", tmp);
+    if (!mkdtemp(m->dir))
+      return -errno;
+    char path[96];
+    snprintf(path, sizeof path, "%s/manager", m->dir);
+    int r = addr_parse(path, &m->addr);
+    if (r < 0) {
+      rmdir(m->dir);
+      return r;
+    }
+    m->private_dir = true;
+    m->have_addr = true;
+  }
+  int fd = listen_at(&m->addr, SOCK_STREAM);
+  if (fd < 0) {
+    if (m->private_dir) {
+      rmdir(m->dir);
+      m->private_dir = false;
+      m->have_addr = false;
+    }
+    return fd;
+  }
+  m->lfd = fd;
+  return 0;
+}
+
+static void remove_socket(mp_manager *m) {
+  if (m->addr.family == AF_UNIX)
+    unlink(addr_path(&m->addr));
+  if (m->private_dir)
+    rmdir(m->dir);
+}
+
+/* In the forked server: the socket path to remove when the starter dies. */
+static char server_path[128], server_dir[64];
+
+static void server_on_term(int sig) {
+  (void)sig;
+  if (server_path[0])
+    unlink(server_path);
+  if (server_dir[0])
+    rmdir(server_dir);
+  _exit(0);
+}
+
+static int manager_connect(mp_manager *m);
+
+MP_EXPORT int mp_manager_start(mp_manager *m) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (m->started || m->connected)
+    return -EALREADY;
+  if (!m->auth && m->keylen) {
+    int r = mp__random_bytes(m->key, m->keylen);
+    if (r < 0)
+      return r;
+    m->auth = true;
+  }
+  if (m->lfd < 0) {
+    int r = mp_manager_listen(m);
+    if (r < 0)
+      return r;
+  }
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = -errno;
+    return e;
+  }
+  if (pid == 0) {
+    /* The server: end with the starter (SIGTERM, whose handler removes the
+     * socket), ignore the terminal's Ctrl-C as the starter's cleanup should
+     * run first, and hold no descriptor of the starter's but the socket. */
+    if (m->addr.family == AF_UNIX)
+      snprintf(server_path, sizeof server_path, "%s", addr_path(&m->addr));
+    if (m->private_dir)
+      snprintf(server_dir, sizeof server_dir, "%s", m->dir);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = server_on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+      server_on_term(0);
+    int lfd = m->lfd;
+    if (lfd > 3 && syscall(SYS_close_range, 3u, (unsigned)lfd - 1, 0u) < 0) {
+      /* best effort: an old kernel keeps the inherited descriptors */
+    }
+    syscall(SYS_close_range, (unsigned)lfd + 1, ~0u, 0u);
+    serve(lfd, m->auth ? m->key : NULL, m->keylen);
+    server_on_term(0);
+  }
+  close(m->lfd);
+  m->lfd = -1;
+  m->server = pid;
+  m->starter = parent;
+  m->started = true;
+  int r = manager_connect(m);
+  if (r < 0) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    remove_socket(m);
+    m->started = false;
+    return r;
+  }
+  return 0;
+}
+
+MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (m->started || m->connected)
+    return -EALREADY;
+  if (m->lfd < 0) {
+    int r = mp_manager_listen(m);
+    if (r < 0)
+      return r;
+  }
+  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen);
+  close(m->lfd);
+  m->lfd = -1;
+  remove_socket(m);
+  return r;
+}
+
+/* Open this process's connection. Called with m->mu held (or before the
+ * handle is shared). */
+static int manager_connect(mp_manager *m) {
+  mp__deadline d;
+  mp__deadline_init(&d, 30.0);
+  int fd = connect_to(&m->addr, SOCK_STREAM, &d);
+  if (fd < 0)
+    return fd;
+  struct chan ch;
+  chan_init(&ch, fd);
+  struct hs_io io = {chan_io_send, chan_io_recv, &ch};
+  int r = hs_client(&io, m->auth ? m->key : NULL, m->keylen, &d);
+  if (r < 0) {
+    chan_close(&ch);
+    return r == -EPIPE ? -EACCES : r;
+  }
+  m->ch = ch;
+  m->conn_pid = getpid();
+  return 0;
+}
+
+MP_EXPORT int mp_manager_connect(mp_manager *m) {
+  if (!manager_ok(m) || !m->have_addr)
+    return -EINVAL;
+  if (m->started || m->connected || m->lfd >= 0)
+    return -EALREADY;
+  if (!m->auth)
+    m->keylen = 0;
+  int r = manager_connect(m);
+  if (r == 0)
+    m->connected = true;
+  return r;
+}
+
+MP_EXPORT ssize_t mp_manager_address(mp_manager *m, char *buf, size_t cap) {
+  if (!manager_ok(m) || (!buf && cap))
+    return -EINVAL;
+  if (!(m->lfd >= 0 || m->started || m->connected))
+    return -ENOTCONN;
+  return addr_format(&m->addr, buf, cap);
+}
+
+MP_EXPORT int mp_manager_pid(mp_manager *m) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (!m->started || m->starter != getpid())
+    return -ECHILD;
+  return m->server;
+}
+
+/* One request and its reply on this process's connection. */
+static int manager_call(mp_manager *m, int op, int64_t id, const char *name, const mp_obj *args,
+                        double timeout, mp_obj **ret) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (!m->started && !m->connected)
+    return -ENOTCONN;
+  if (m->stopped)
+    return -EPIPE;
+  if (timeout != timeout)
+    return -EINVAL;
+  char *out;
+  size_t len;
+  int r = mp__encode_request(op, id, name, args, timeout < 0 ? -1.0 : timeout, &out, &len);
+  if (r < 0)
+    return r;
+  pid_t me = getpid();
+  if (m->conn_pid != me) {
+    /* a forked child: the inherited connection belongs to the parent, and
+     * so may the mutex's state */
+    pthread_mutex_init(&m->mu, NULL);
+  }
+  pthread_mutex_lock(&m->mu);
+  if (m->conn_pid != me) {
+    if (m->ch.fd >= 0) {
+      close(m->ch.fd);
+      free(m->ch.buf);
+      chan_init(&m->ch, -1);
+    }
+    r = manager_connect(m);
+  }
+  mp__deadline forever = {.forever = true};
+  if (r == 0 && m->ch.fd < 0)
+    r = -EPIPE;
+  if (r == 0)
+    r = chan_send(&m->ch, out, len, &forever);
+  free(out);
+  const char *p;
+  ssize_t n = r == 0 ? chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever) : r;
+  mp_obj *rep = NULL;
+  if (n >= 0)
+    r = mp__obj_decode(p, (size_t)n, MP__MSG_DEPTH, &rep);
+  else
+    r = (int)n;
+  if (r == -EPIPE || r == -EMSGSIZE) {
+    if (r == -EPIPE || n == -EMSGSIZE) { /* the stream is gone or unframeable */
+      chan_close(&m->ch);
+      r = -EPIPE;
+    }
+  }
+  pthread_mutex_unlock(&m->mu);
+  if (r < 0)
+    return r;
+  int64_t status;
+  if (mp_obj_type(rep) != MP_OBJ_LIST || !nargs(rep, 2) || arg_int(rep, 0, &status) < 0 ||
+      status < INT_MIN || status > INT_MAX) {
+    mp_obj_free(rep);
+    return -EBADMSG;
+  }
+  if (status >= 0 && ret)
+    *ret = mp__obj_list_take(rep, 1);
+  mp_obj_free(rep);
+  return (int)status;
+}
+
+MP_EXPORT int mp_manager_shutdown(mp_manager *m) {
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (!m->started && !m->connected)
+    return -ENOTCONN;
+  if (m->started && m->starter != getpid())
+    return -ECHILD;
+  if (m->stopped)
+    return -EPIPE;
+  int r = manager_call(m, MP__OP_SHUTDOWN, 0, "", NULL, MP_FOREVER, NULL);
+  m->stopped = true;
+  if (m->ch.fd >= 0 && m->conn_pid == getpid())
+    chan_close(&m->ch);
+  if (m->started) {
+    /* wait up to 5 s for the server to end, then kill it */
+    int st;
+    pid_t w = 0;
+    for (int i = 0; i < 500 && (w = waitpid(m->server, &st, WNOHANG)) == 0; i++)
+      usleep(10000);
+    if (w == 0) {
+      kill(m->server, SIGKILL);
+      while (waitpid(m->server, &st, 0) < 0 && errno == EINTR) {
+      }
+    }
+    remove_socket(m);
+  }
+  return r < 0 ? r : 0;
+}
+
+MP_EXPORT int mp_manager_free(mp_manager *m) {
+  if (!m)
+    return 0;
+  if (!manager_ok(m))
+    return -EINVAL;
+  if (m->started && !m->stopped && m->starter == getpid())
+    mp_manager_shutdown(m);
+  if (m->ch.fd >= 0)
+    chan_close(&m->ch);
+  if (m->lfd >= 0) {
+    close(m->lfd);
+    remove_socket(m);
+  }
+  m->magic = 0;
+  free(m);
+  return 0;
+}
+
+/* ------------------------------------------------------------ 7. proxies */
+
+struct mp_proxy {
+  uint32_t magic;
+  mp_manager *m;
+  int64_t id;
+  pid_t creator;
+  int kind;
+  char type[64];
+};
+
+static bool proxy_ok(const mp_proxy *p) { return p && p->magic == PROXY_MAGIC; }
+
+MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *args,
+                                mp_proxy **ret) {
+  if (!manager_ok(m) || !type || !ret || strlen(type) >= sizeof((mp_proxy *)0)->type ||
+      (args && mp_obj_type(args) != MP_OBJ_LIST))
+    return -EINVAL;
+  mp_proxy *p = calloc(1, sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  mp_obj *id = NULL;
+  int r = manager_call(m, MP__OP_CREATE, 0, type, args, MP_FOREVER, &id);
+  int64_t v;
+  if (r >= 0 && mp_obj_get_int(id, &v) < 0)
+    r = -EBADMSG;
+  mp_obj_free(id);
+  if (r < 0) {
+    free(p);
+    return r;
+  }
+  p->magic = PROXY_MAGIC;
+  p->m = m;
+  p->id = v;
+  p->creator = getpid();
+  p->kind = find_kind(type);
+  if (p->kind < 0)
+    p->kind = K_CUSTOM;
+  snprintf(p->type, sizeof p->type, "%s", type);
+  *ret = p;
+  return 0;
+}
+
+/* Create a built-in object with up to one argument (borrowed). */
+static int create1(mp_manager *m, const char *type, const mp_obj *a0, mp_proxy **ret) {
+  if (!a0)
+    return mp_manager_create(m, type, NULL, ret);
+  mp_obj *args = mp_obj_listv(1, mp_obj_copy(a0));
+  if (!args)
+    return -ENOMEM;
+  int r = mp_manager_create(m, type, args, ret);
+  mp_obj_free(args);
+  return r;
+}
+
+static int create_int(mp_manager *m, const char *type, int64_t v, mp_proxy **ret) {
+  mp_obj *a = mp_obj_int(v);
+  if (!a)
+    return -ENOMEM;
+  int r = create1(m, type, a, ret);
+  mp_obj_free(a);
+  return r;
+}
+
+MP_EXPORT int mp_manager_dict(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  if (init && mp_obj_type(init) != MP_OBJ_DICT)
+    return -EDOM;
+  return create1(m, "dict", init, ret);
+}
+
+MP_EXPORT int mp_manager_list(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  if (init && mp_obj_type(init) != MP_OBJ_LIST)
+    return -EDOM;
+  return create1(m, "list", init, ret);
+}
+
+MP_EXPORT int mp_manager_namespace(mp_manager *m, mp_proxy **ret) {
+  return create1(m, "Namespace", NULL, ret);
+}
+
+MP_EXPORT int mp_manager_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret) {
+  return create_int(m, "Queue", maxsize < 0 ? 0 : maxsize, ret);
+}
+
+MP_EXPORT int mp_manager_lock(mp_manager *m, mp_proxy **ret) {
+  return create1(m, "Lock", NULL, ret);
+}
+
+MP_EXPORT int mp_manager_rlock(mp_manager *m, mp_proxy **ret) {
+  return create1(m, "RLock", NULL, ret);
+}
+
+MP_EXPORT int mp_manager_event(mp_manager *m, mp_proxy **ret) {
+  return create1(m, "Event", NULL, ret);
+}
+
+MP_EXPORT int mp_manager_semaphore(mp_manager *m, int64_t value, int bounded, mp_proxy **ret) {
+  if (value < 0)
+    return -EINVAL;
+  return create_int(m, bounded ? "BoundedSemaphore" : "Semaphore", value, ret);
+}
+
+MP_EXPORT int mp_manager_condition(mp_manager *m, mp_proxy **ret) {
+  return create1(m, "Condition", NULL, ret);
+}
+
+MP_EXPORT int mp_manager_value(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  return create1(m, "Value", init, ret);
+}
+
+MP_EXPORT int mp_manager_array(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  if (!init || mp_obj_type(init) != MP_OBJ_LIST)
+    return init ? -EDOM : -EINVAL;
+  return create1(m, "Array", init, ret);
+}
+
+MP_EXPORT int mp_proxy_call(mp_proxy *p, const char *method, const mp_obj *args, double timeout,
+                            mp_obj **ret) {
+  if (!proxy_ok(p) || !method || (args && mp_obj_type(args) != MP_OBJ_LIST))
+    return -EINVAL;
+  mp_obj *res = NULL;
+  int r = manager_call(p->m, MP__OP_CALL, p->id, method, args, timeout, ret ? &res : NULL);
+  if (r >= 0 && ret)
+    *ret = res;
+  return r;
+}
+
+MP_EXPORT int mp_proxy_type(mp_proxy *p, const char **ret) {
+  if (!proxy_ok(p) || !ret)
+    return -EINVAL;
+  *ret = p->type;
+  return 0;
+}
+
+MP_EXPORT int mp_proxy_free(mp_proxy *p) {
+  if (!p)
+    return 0;
+  if (!proxy_ok(p))
+    return -EINVAL;
+  if (p->creator == getpid() && manager_ok(p->m) && !p->m->stopped)
+    manager_call(p->m, MP__OP_RELEASE, p->id, "", NULL, MP_FOREVER, NULL);
+  p->magic = 0;
+  free(p);
+  return 0;
+}
+
+/* A typed call: check the proxy's kind, pass up to two borrowed arguments. */
+static int tcall(mp_proxy *p, int kind, const char *method, const mp_obj *a0, const mp_obj *a1,
+                 double timeout, mp_obj **ret) {
+  if (!proxy_ok(p))
+    return -EINVAL;
+  if (p->kind != kind && !(kind == K_LOCK && (p->kind == K_RLOCK || p->kind == K_SEMAPHORE ||
+                                              p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)))
+    return -EINVAL;
+  if (!a0 && a1)
+    return -EINVAL;
+  /* a list that borrows the arguments would need the tree's layout: copy */
+  mp_obj *args = NULL;
+  if (a0) {
+    args =
+        a1 ? mp_obj_listv(2, mp_obj_copy(a0), mp_obj_copy(a1)) : mp_obj_listv(1, mp_obj_copy(a0));
+    if (!args)
+      return -ENOMEM;
+  }
+  mp_obj *res = NULL;
+  int r = manager_call(p->m, MP__OP_CALL, p->id, method, args, timeout, ret ? &res : NULL);
+  mp_obj_free(args);
+  if (r >= 0 && ret)
+    *ret = res;
+  return r;
+}
+
+static int tcall_i(mp_proxy *p, int kind, const char *method, int64_t i, const mp_obj *a1,
+                   double timeout, mp_obj **ret) {
+  mp_obj *io = mp_obj_int(i);
+  if (!io)
+    return -ENOMEM;
+  int r = tcall(p, kind, method, io, a1, timeout, ret);
+  mp_obj_free(io);
+  return r;
+}
+
+static int tcall_s(mp_proxy *p, int kind, const char *method, const char *s, const mp_obj *a1,
+                   mp_obj **ret) {
+  if (!s)
+    return -EINVAL;
+  mp_obj *so = mp_obj_str(s);
+  if (!so)
+    return -ENOMEM;
+  int r = tcall(p, kind, method, so, a1, MP_FOREVER, ret);
+  mp_obj_free(so);
+  return r;
+}
+
+#define NEED(x)                                                                                    \
+  do {                                                                                             \
+    if (!(x))                                                                                      \
+      return -EINVAL;                                                                              \
+  } while (0)
+
+MP_EXPORT int mp_dict_proxy_set(mp_proxy *d, const mp_obj *key, const mp_obj *value) {
+  NEED(key && value);
+  return tcall(d, K_DICT, "set", key, value, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_get(mp_proxy *d, const mp_obj *key, mp_obj **ret) {
+  NEED(key && ret);
+  return tcall(d, K_DICT, "get", key, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_del(mp_proxy *d, const mp_obj *key) {
+  NEED(key);
+  return tcall(d, K_DICT, "del", key, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_pop(mp_proxy *d, const mp_obj *key, mp_obj **ret) {
+  NEED(key && ret);
+  return tcall(d, K_DICT, "pop", key, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_contains(mp_proxy *d, const mp_obj *key) {
+  NEED(key);
+  return tcall(d, K_DICT, "contains", key, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_dict_proxy_len(mp_proxy *d) {
+  return tcall(d, K_DICT, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_keys(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "keys", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_items(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "items", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_copy(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "copy", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_update(mp_proxy *d, const mp_obj *other) {
+  NEED(other);
+  if (mp_obj_type(other) != MP_OBJ_DICT)
+    return -EDOM;
+  return tcall(d, K_DICT, "update", other, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_clear(mp_proxy *d) {
+  return tcall(d, K_DICT, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_list_proxy_append(mp_proxy *l, const mp_obj *v) {
+  NEED(v);
+  return tcall(l, K_LIST, "append", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_extend(mp_proxy *l, const mp_obj *items) {
+  NEED(items);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  return tcall(l, K_LIST, "extend", items, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_get(mp_proxy *l, int64_t i, mp_obj **ret) {
+  NEED(ret);
+  return tcall_i(l, K_LIST, "get", i, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_list_proxy_set(mp_proxy *l, int64_t i, const mp_obj *v) {
+  NEED(v);
+  return tcall_i(l, K_LIST, "set", i, v, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_list_proxy_len(mp_proxy *l) {
+  return tcall(l, K_LIST, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_pop(mp_proxy *l, int64_t i, mp_obj **ret) {
+  NEED(ret);
+  return tcall_i(l, K_LIST, "pop", i, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_list_proxy_insert(mp_proxy *l, int64_t i, const mp_obj *v) {
+  NEED(v);
+  return tcall_i(l, K_LIST, "insert", i, v, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_remove(mp_proxy *l, const mp_obj *v) {
+  NEED(v);
+  return tcall(l, K_LIST, "remove", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_list_proxy_index(mp_proxy *l, const mp_obj *v) {
+  NEED(v);
+  return tcall(l, K_LIST, "index", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_list_proxy_count(mp_proxy *l, const mp_obj *v) {
+  NEED(v);
+  return tcall(l, K_LIST, "count", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_copy(mp_proxy *l, mp_obj **ret) {
+  NEED(ret);
+  return tcall(l, K_LIST, "copy", NULL, NULL, MP_FOREVER, ret);
+}
+
+MP_EXPORT int mp_namespace_proxy_set(mp_proxy *ns, const char *name, const mp_obj *v) {
+  NEED(v);
+  return tcall_s(ns, K_NAMESPACE, "setattr", name, v, NULL);
+}
+MP_EXPORT int mp_namespace_proxy_get(mp_proxy *ns, const char *name, mp_obj **ret) {
+  NEED(ret);
+  return tcall_s(ns, K_NAMESPACE, "getattr", name, NULL, ret);
+}
+MP_EXPORT int mp_namespace_proxy_del(mp_proxy *ns, const char *name) {
+  return tcall_s(ns, K_NAMESPACE, "delattr", name, NULL, NULL);
+}
+
+MP_EXPORT int mp_queue_proxy_put(mp_proxy *q, const mp_obj *v, double timeout) {
+  NEED(v);
+  return tcall(q, K_QUEUE, "put", v, NULL, timeout, NULL);
+}
+MP_EXPORT int mp_queue_proxy_get(mp_proxy *q, double timeout, mp_obj **ret) {
+  NEED(ret);
+  return tcall(q, K_QUEUE, "get", NULL, NULL, timeout, ret);
+}
+MP_EXPORT ssize_t mp_queue_proxy_qsize(mp_proxy *q) {
+  return tcall(q, K_QUEUE, "qsize", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_lock_proxy_acquire(mp_proxy *l, double timeout) {
+  return tcall(l, K_LOCK, "acquire", NULL, NULL, timeout, NULL);
+}
+MP_EXPORT int mp_lock_proxy_release(mp_proxy *l) {
+  return tcall(l, K_LOCK, "release", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_event_proxy_set(mp_proxy *e) {
+  return tcall(e, K_EVENT, "set", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_event_proxy_clear(mp_proxy *e) {
+  return tcall(e, K_EVENT, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_event_proxy_is_set(mp_proxy *e) {
+  return tcall(e, K_EVENT, "is_set", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_event_proxy_wait(mp_proxy *e, double timeout) {
+  return tcall(e, K_EVENT, "wait", NULL, NULL, timeout, NULL);
+}
+
+MP_EXPORT int mp_condition_proxy_wait(mp_proxy *c, double timeout) {
+  return tcall(c, K_CONDITION, "wait", NULL, NULL, timeout, NULL);
+}
+MP_EXPORT int mp_condition_proxy_notify(mp_proxy *c, int n) {
+  return tcall_i(c, K_CONDITION, "notify", n, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_condition_proxy_notify_all(mp_proxy *c) {
+  return tcall(c, K_CONDITION, "notify_all", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_value_proxy_get(mp_proxy *v, mp_obj **ret) {
+  NEED(ret);
+  return tcall(v, K_VALUE, "get", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_value_proxy_set(mp_proxy *v, const mp_obj *x) {
+  NEED(x);
+  return tcall(v, K_VALUE, "set", x, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_array_proxy_get(mp_proxy *a, int64_t i, mp_obj **ret) {
+  NEED(ret);
+  return tcall_i(a, K_ARRAY, "get", i, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_array_proxy_set(mp_proxy *a, int64_t i, const mp_obj *x) {
+  NEED(x);
+  return tcall_i(a, K_ARRAY, "set", i, x, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a) {
+  return tcall(a, K_ARRAY, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+
+/* ------------------------------------------------ 8. Listener and Client */
+
+struct mp_listener {
+  uint32_t magic;
+  int fd;
+  struct addr addr;
+  uint8_t key[KEY_MAX];
+  size_t keylen;
+  bool auth;
+};
+
+#define LISTENER_MAGIC 0x6d704c53u /* "mpLS" */
+
+MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
+                              mp_listener **ret) {
+  if (!address || !ret || (authkey && (keylen == 0 || keylen > KEY_MAX)))
+    return -EINVAL;
+  mp_listener *l = calloc(1, sizeof *l);
+  if (!l)
+    return -ENOMEM;
+  int r = addr_parse(address, &l->addr);
+  if (r == 0 && l->addr.family != AF_UNIX)
+    r = -EPROTONOSUPPORT;
+  if (r == 0)
+    r = listen_at(&l->addr, SOCK_SEQPACKET | SOCK_NONBLOCK);
+  if (r < 0) {
+    free(l);
+    return r;
+  }
+  l->fd = r;
+  if (authkey) {
+    memcpy(l->key, authkey, keylen);
+    l->keylen = keylen;
+    l->auth = true;
+  }
+  l->magic = LISTENER_MAGIC;
+  *ret = l;
+  return 0;
+}
+
+MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret) {
+  if (!l || l->magic != LISTENER_MAGIC || !ret)
+    return -EINVAL;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  int fd;
+  for (;;) {
+    fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0)
+      break;
+    if (errno == EINTR || errno == ECONNABORTED)
+      continue;
+    if (errno != EAGAIN)
+      return -errno;
+    int r = wait_fd(l->fd, POLLIN, &d);
+    if (r < 0)
+      return r;
+  }
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  mp_connection *c;
+  int r = mp_connection_from_fd(fd, 0, &c);
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  /* the handshake has its own bound, so a silent client cannot hold the
+   * listener forever, but no more than the caller's deadline */
+  mp__deadline hd;
+  mp__deadline_init(&hd, 30.0);
+  if (!d.forever && !d.nowait && deadline_left(&d) < 30.0)
+    hd = d;
+  struct hs_io io = {conn_io_send, conn_io_recv, c};
+  r = hs_server(&io, l->auth ? l->key : NULL, l->keylen, &hd);
+  if (r < 0) {
+    mp_connection_close(c);
+    return r == -ETIMEDOUT ? -EACCES : r;
+  }
+  *ret = c;
+  return 0;
+}
+
+MP_EXPORT ssize_t mp_listener_address(mp_listener *l, char *buf, size_t cap) {
+  if (!l || l->magic != LISTENER_MAGIC || (!buf && cap))
+    return -EINVAL;
+  return addr_format(&l->addr, buf, cap);
+}
+
+MP_EXPORT int mp_listener_close(mp_listener *l) {
+  if (!l)
+    return 0;
+  if (l->magic != LISTENER_MAGIC)
+    return -EINVAL;
+  close(l->fd);
+  unlink(addr_path(&l->addr));
+  l->magic = 0;
+  free(l);
+  return 0;
+}
+
+MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
+                                double timeout, mp_connection **ret) {
+  if (!address || !ret || (authkey && (keylen == 0 || keylen > KEY_MAX)))
+    return -EINVAL;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  struct addr a;
+  int r = addr_parse(address, &a);
+  if (r < 0)
+    return r;
+  if (a.family != AF_UNIX)
+    return -EPROTONOSUPPORT;
+  int fd = connect_to(&a, SOCK_SEQPACKET, &d);
+  if (fd < 0)
+    return fd;
+  mp_connection *c;
+  r = mp_connection_from_fd(fd, 0, &c);
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  struct hs_io io = {conn_io_send, conn_io_recv, c};
+  r = hs_client(&io, authkey, keylen, &d);
+  if (r < 0) {
+    mp_connection_close(c);
+    return r == -EPIPE ? -EACCES : r;
+  }
+  *ret = c;
+  return 0;
+}

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internals of typed values (wire.c) shared with the manager (manager.c) and
+ * the fuzz target: container helpers, the framed encoding, and the pure parts
+ * of the authentication handshake.
+ */
+#ifndef MP_WIRE_H
+#define MP_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mp/manager.h"
+
+/* Frames on a stream socket: a 4-byte big-endian length, then the payload. */
+#define MP__FRAME_HDR 4
+
+/* Check that buf holds exactly one MessagePack value within libmp's limits
+ * and at most max_depth containers deep, without allocating. 0, -EBADMSG or
+ * -EMSGSIZE. */
+int mp__wire_validate(const void *buf, size_t len, int max_depth);
+/* Manager messages wrap values two levels deep (request, arguments). */
+#define MP__MSG_DEPTH (MP_OBJ_MAX_DEPTH + 2)
+/* Decode a value allowed max_depth containers deep. As mp_obj_decode(). */
+int mp__obj_decode(const void *buf, size_t len, int max_depth, mp_obj **ret);
+
+/* The index of key in dict d, or -1. */
+ssize_t mp__obj_dict_find(const mp_obj *d, const mp_obj *key);
+/* Remove entry i of dict d and hand back its key and value (either may be
+ * NULL: it is freed). */
+void mp__obj_dict_remove(mp_obj *d, size_t i, mp_obj **key, mp_obj **value);
+/* Insert item (taken over) at position i (0..len) of list l. 0 or -ENOMEM. */
+int mp__obj_list_insert(mp_obj *l, size_t i, mp_obj *item);
+/* Remove and return item i of list l. */
+mp_obj *mp__obj_list_take(mp_obj *l, size_t i);
+/* Replace item i of list l with item (taken over); the old one is freed. */
+void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item);
+/* Borrow item i of a list (no checks). */
+mp_obj *mp__obj_list_at(const mp_obj *l, size_t i);
+/* Empty a list or dict. */
+void mp__obj_clear(mp_obj *o);
+
+/* ------------------------------------------------------------- handshake */
+
+#define MP__NONCE_LEN 32
+#define MP__MAC_LEN 32
+/* Hello: the server's first message. With a key, MAGIC_AUTH then a nonce;
+ * without, MAGIC_OPEN alone. */
+#define MP__HS_MAGIC_LEN 8
+#define MP__HS_AUTH "MPAUTH1"
+#define MP__HS_OPEN "MPOPEN1"
+#define MP__HS_WELCOME "MPWELCO"
+#define MP__HS_FAILURE "MPFAILU"
+/* The largest handshake message. */
+#define MP__HS_MAX 64
+
+/* Parse a challenge. Returns 1 with the nonce stored (authenticated), 0 for
+ * an open server, -EBADMSG for anything else. */
+int mp__hs_parse_challenge(const void *buf, size_t len, uint8_t nonce[MP__NONCE_LEN]);
+/* The answer to a challenge: HMAC-SHA256(key, label || nonce). 0 or -ENOMEM. */
+int mp__hs_answer(const void *key, size_t keylen, char label, const uint8_t *nonce,
+                  uint8_t mac[MP__MAC_LEN]);
+/* Check an answer received for nonce. 0 when it is right, -EACCES otherwise
+ * (wrong length included). Constant time in the answer's contents. */
+int mp__hs_check(const void *key, size_t keylen, char label, const uint8_t *nonce,
+                 const void *answer, size_t len);
+/* Parse a verdict: 0 for welcome, -EACCES for anything else. */
+int mp__hs_parse_verdict(const void *buf, size_t len);
+/* Fill buf with n random bytes (getrandom). 0 or -errno. */
+int mp__random_bytes(void *buf, size_t n);
+
+/* Manager requests and replies (manager.c), encoded as frames:
+ *   request  [op, target, name, args, timeout]  target: object id or type name
+ *   reply    [status, value]
+ * args is borrowed (NULL sends an empty list). */
+enum { MP__OP_CREATE = 1, MP__OP_CALL = 2, MP__OP_RELEASE = 3, MP__OP_SHUTDOWN = 4 };
+int mp__encode_request(int op, int64_t id, const char *name, const mp_obj *args, double timeout,
+                       char **buf, size_t *len);
+int mp__encode_reply(int status, const mp_obj *value, char **buf, size_t *len);
+
+#endif /* MP_WIRE_H */

@@ -1,0 +1,1249 @@
+/* SPDX-License-Identifier: MIT */
+/* Manager: typed values and their wire format, the server and every proxy
+ * type from several processes, custom types, authentication, malformed and
+ * oversized input, server death and lifetime, Listener/Client, TCP. */
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <mp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+static mp_manager *start(void) {
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  return m;
+}
+
+static void check_repr(const mp_obj *o, const char *want) {
+  char buf[512];
+  assert_true(mp_obj_repr(o, buf, sizeof buf) >= 0);
+  assert_string_equal(buf, want);
+}
+
+static int64_t as_int(const mp_obj *o) {
+  int64_t v = -999;
+  assert_int_equal(mp_obj_get_int(o, &v), 0);
+  return v;
+}
+
+typedef int (*timed_op)(void *ctx, double timeout);
+
+/* Timeout 0 fails at once; 0.2 s fails after 0.2 s and not wildly later; a
+ * stream of signals during a 0.5 s wait neither ends it early nor stretches it. */
+static void check_timeouts(timed_op op, void *ctx, int expect) {
+  double t0 = tu_now();
+  assert_int_equal(op(ctx, MP_NOWAIT), expect);
+  assert_true(tu_now() - t0 < 0.5);
+
+  t0 = tu_now();
+  assert_int_equal(op(ctx, 0.2), expect);
+  double el = tu_now() - t0;
+  assert_true(el >= 0.2 - 0.01);
+  assert_true(el < 2.0);
+
+  tu_signals_start(0.05, 0.05);
+  t0 = tu_now();
+  int r = op(ctx, 0.5);
+  el = tu_now() - t0;
+  int n = tu_signals_stop();
+  assert_int_equal(r, expect);
+  assert_true(n >= 3);
+  assert_true(el >= 0.5 - 0.01);
+  assert_true(el < 2.5);
+}
+
+/* ------------------------------------------------------------------ values */
+
+static void test_manager_obj_scalars(void **state) {
+  (void)state;
+  mp_obj *n = mp_obj_nil(), *b = mp_obj_bool(5), *i = mp_obj_int(-42), *f = mp_obj_float(81),
+         *s = mp_obj_str("it's"), *sn = mp_obj_strn("a\0b", 3), *y = mp_obj_bytes("\x00\xff", 2);
+  assert_int_equal(mp_obj_type(n), MP_OBJ_NIL);
+  assert_int_equal(mp_obj_type(NULL), -EINVAL);
+  int bv;
+  assert_int_equal(mp_obj_get_bool(b, &bv), 0);
+  assert_int_equal(bv, 1);
+  assert_int_equal(mp_obj_get_bool(i, &bv), -EDOM);
+  assert_int_equal(mp_obj_get_bool(NULL, &bv), -EINVAL);
+  assert_int_equal(as_int(i), -42);
+  int64_t iv;
+  assert_int_equal(mp_obj_get_int(f, &iv), -EDOM);
+  double fv;
+  assert_int_equal(mp_obj_get_float(f, &fv), 0);
+  assert_true(fv == 81.0);
+  assert_int_equal(mp_obj_get_float(i, &fv), 0);
+  assert_true(fv == -42.0);
+  assert_int_equal(mp_obj_get_float(s, &fv), -EDOM);
+  const char *sv;
+  size_t len;
+  assert_int_equal(mp_obj_get_str(sn, &sv, &len), 0);
+  assert_int_equal(len, 3);
+  assert_memory_equal(sv, "a\0b", 3);
+  assert_int_equal(mp_obj_get_str(y, &sv, &len), -EDOM);
+  const void *yv;
+  assert_int_equal(mp_obj_get_bytes(y, &yv, &len), 0);
+  assert_int_equal(len, 2);
+  assert_int_equal(mp_obj_get_bytes(s, &yv, &len), -EDOM);
+  assert_int_equal(mp_obj_len(s), 4);
+  assert_int_equal(mp_obj_len(i), -EDOM);
+  assert_int_equal(mp_obj_len(NULL), -EINVAL);
+  assert_null(mp_obj_str(NULL));
+  assert_null(mp_obj_strn(NULL, 1));
+  assert_null(mp_obj_bytes(NULL, 1));
+  check_repr(n, "None");
+  check_repr(b, "True");
+  check_repr(i, "-42");
+  check_repr(f, "81.0");
+  check_repr(s, "\"it's\"");
+  check_repr(sn, "'a\\x00b'");
+  check_repr(y, "b'\\x00\\xff'");
+  mp_obj *g = mp_obj_float(0.1);
+  check_repr(g, "0.1");
+  char small[4];
+  assert_int_equal(mp_obj_repr(s, small, sizeof small), 6);
+  assert_string_equal(small, "\"it");
+  assert_int_equal(mp_obj_repr(NULL, small, 4), -EINVAL);
+  assert_int_equal(mp_obj_repr(s, NULL, 4), -EINVAL);
+  assert_int_equal(mp_obj_repr(s, NULL, 0), 6);
+  mp_obj *c = mp_obj_copy(sn);
+  assert_int_equal(mp_obj_equal(c, sn), 1);
+  assert_int_equal(mp_obj_equal(c, s), 0);
+  assert_int_equal(mp_obj_equal(NULL, s), -EINVAL);
+  mp_obj *one = mp_obj_int(1), *onef = mp_obj_float(1);
+  assert_int_equal(mp_obj_equal(one, onef), 0);
+  assert_null(mp_obj_copy(NULL));
+  mp_obj *objs[] = {n, b, i, f, s, sn, y, g, c, one, onef};
+  for (size_t k = 0; k < sizeof objs / sizeof objs[0]; k++)
+    assert_int_equal(mp_obj_free(objs[k]), 0);
+  assert_int_equal(mp_obj_free(NULL), 0);
+}
+
+static void test_manager_obj_containers(void **state) {
+  (void)state;
+  mp_obj *l = mp_obj_listv(3, mp_obj_int(1), mp_obj_str("two"), mp_obj_nil());
+  assert_non_null(l);
+  assert_int_equal(mp_obj_len(l), 3);
+  const mp_obj *it;
+  assert_int_equal(mp_obj_list_get(l, -1, &it), 0);
+  assert_int_equal(mp_obj_type(it), MP_OBJ_NIL);
+  assert_int_equal(mp_obj_list_get(l, 3, &it), -ERANGE);
+  assert_int_equal(mp_obj_list_get(l, -4, &it), -ERANGE);
+  assert_int_equal(mp_obj_list_append(l, NULL), -ENOMEM);
+  assert_int_equal(mp_obj_list_append(NULL, mp_obj_int(1)), -EINVAL);
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_obj_list_append(d, mp_obj_int(1)), -EDOM);
+  assert_int_equal(mp_obj_list_get(d, 0, &it), -EDOM);
+  assert_null(mp_obj_listv(2, mp_obj_int(1), NULL));
+  /* a dict big enough to use its hash index, with a replaced key */
+  for (int k = 0; k < 100; k++)
+    assert_int_equal(mp_obj_dict_set(d, mp_obj_int(k), mp_obj_int(k * k)), 0);
+  assert_int_equal(mp_obj_dict_set(d, mp_obj_int(7), mp_obj_str("seven")), 0);
+  assert_int_equal(mp_obj_len(d), 100);
+  mp_obj *key = mp_obj_int(99);
+  assert_int_equal(mp_obj_dict_get(d, key, &it), 0);
+  assert_int_equal(as_int(it), 9801);
+  mp_obj *miss = mp_obj_int(100);
+  assert_int_equal(mp_obj_dict_get(d, miss, &it), -ENOENT);
+  assert_int_equal(mp_obj_dict_get(l, miss, &it), -EDOM);
+  assert_int_equal(mp_obj_dict_set(d, NULL, mp_obj_int(1)), -ENOMEM);
+  assert_int_equal(mp_obj_dict_set(l, mp_obj_int(1), mp_obj_int(1)), -EDOM);
+  assert_int_equal(mp_obj_dict_set(NULL, mp_obj_int(1), mp_obj_int(1)), -EINVAL);
+  const mp_obj *k2, *v2;
+  assert_int_equal(mp_obj_dict_item(d, 7, &k2, &v2), 0);
+  assert_int_equal(as_int(k2), 7);
+  assert_int_equal(mp_obj_type(v2), MP_OBJ_STR);
+  assert_int_equal(mp_obj_dict_item(d, 100, &k2, &v2), -ERANGE);
+  assert_int_equal(mp_obj_dict_item(l, 0, &k2, &v2), -EDOM);
+  mp_obj *sd = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(sd, mp_obj_str("name"), mp_obj_listv(1, mp_obj_bool(0))), 0);
+  assert_int_equal(mp_obj_dict_get_str(sd, "name", &it), 0);
+  assert_int_equal(mp_obj_dict_get_str(sd, "nope", &it), -ENOENT);
+  assert_int_equal(mp_obj_dict_get_str(sd, NULL, &it), -EINVAL);
+  check_repr(sd, "{'name': [False]}");
+  check_repr(l, "[1, 'two', None]");
+  mp_obj *c = mp_obj_copy(d);
+  assert_int_equal(mp_obj_equal(c, d), 1);
+  mp_obj_free(c);
+  mp_obj_free(key);
+  mp_obj_free(miss);
+  mp_obj_free(d);
+  mp_obj_free(sd);
+  mp_obj_free(l);
+}
+
+static void test_manager_obj_encode_decode(void **state) {
+  (void)state;
+  mp_obj *inner = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(inner, mp_obj_bytes("k", 1), mp_obj_float(-2.5)), 0);
+  mp_obj *o = mp_obj_listv(7, mp_obj_nil(), mp_obj_bool(1), mp_obj_int(INT64_MIN),
+                           mp_obj_int(INT64_MAX), mp_obj_str("héllo"), inner, mp_obj_listv(0));
+  assert_non_null(o);
+  void *buf;
+  size_t len;
+  assert_int_equal(mp_obj_encode(o, &buf, &len), 0);
+  mp_obj *back;
+  assert_int_equal(mp_obj_decode(buf, len, &back), 0);
+  assert_int_equal(mp_obj_equal(o, back), 1);
+  /* every truncation is refused, and so are trailing bytes */
+  for (size_t n = 0; n < len; n++) {
+    mp_obj *x = NULL;
+    assert_int_equal(mp_obj_decode(buf, n, &x), -EBADMSG);
+    assert_null(x);
+  }
+  char *longer = malloc(len + 1);
+  memcpy(longer, buf, len);
+  longer[len] = 0;
+  assert_int_equal(mp_obj_decode(longer, len + 1, &back), -EBADMSG);
+  free(longer);
+  mp_obj_free(back);
+  free(buf);
+  assert_int_equal(mp_obj_encode(NULL, &buf, &len), -EINVAL);
+  assert_int_equal(mp_obj_decode(NULL, 1, &back), -EINVAL);
+  /* extension types, the unused byte, a uint64 above INT64_MAX, a container
+   * that claims more elements than bytes remain */
+  static const unsigned char ext[] = {0xd4, 1, 2}, c1[] = {0xc1},
+                             big[] = {0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0},
+                             lying[] = {0xdd, 0x7f, 0xff, 0xff, 0xff, 0},
+                             lymap[] = {0xdf, 0, 0, 0, 2, 1, 1, 1},
+                             blob[] = {0xc6, 0xff, 0xff, 0xff, 0xff, 1};
+  assert_int_equal(mp_obj_decode(ext, sizeof ext, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(c1, sizeof c1, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(big, sizeof big, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(lying, sizeof lying, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(lymap, sizeof lymap, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(blob, sizeof blob, &back), -EBADMSG);
+  assert_int_equal(mp_obj_decode(blob, 0, &back), -EBADMSG);
+  mp_obj_free(o);
+}
+
+static void test_manager_obj_limits(void **state) {
+  (void)state;
+  /* nesting: MP_OBJ_MAX_DEPTH containers encode, one more does not */
+  mp_obj *o = mp_obj_int(1);
+  for (int d = 0; d < MP_OBJ_MAX_DEPTH; d++)
+    o = mp_obj_listv(1, o);
+  void *buf;
+  size_t len;
+  assert_int_equal(mp_obj_encode(o, &buf, &len), 0);
+  mp_obj *back;
+  assert_int_equal(mp_obj_decode(buf, len, &back), 0);
+  mp_obj_free(back);
+  free(buf);
+  /* the deepest value also goes through a manager and back */
+  mp_manager *m = start();
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  assert_int_equal(mp_list_proxy_append(l, o), 0);
+  assert_int_equal(mp_list_proxy_get(l, 0, &back), 0);
+  assert_int_equal(mp_obj_equal(back, o), 1);
+  mp_obj_free(back);
+  o = mp_obj_listv(1, o);
+  assert_int_equal(mp_obj_encode(o, &buf, &len), -EMSGSIZE);
+  assert_int_equal(mp_list_proxy_append(l, o), -EMSGSIZE);
+  mp_obj_free(o);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+  /* the same depth in raw bytes is refused by the decoder */
+  unsigned char deep[MP_OBJ_MAX_DEPTH + 2];
+  memset(deep, 0x91, sizeof deep);
+  deep[sizeof deep - 1] = 0;
+  assert_int_equal(mp_obj_decode(deep, sizeof deep, &back), -EMSGSIZE);
+  assert_int_equal(mp_obj_decode(deep + 1, sizeof deep - 1, &back), 0);
+  mp_obj_free(back);
+  /* size */
+  char *huge = calloc(1, MP_OBJ_MAX_MESSAGE + 1);
+  o = mp_obj_bytes(huge, MP_OBJ_MAX_MESSAGE + 1);
+  assert_int_equal(mp_obj_encode(o, &buf, &len), -EMSGSIZE);
+  assert_int_equal(mp_obj_decode(huge, MP_OBJ_MAX_MESSAGE + 1, &back), -EMSGSIZE);
+  mp_obj_free(o);
+  free(huge);
+  /* item count */
+  o = mp_obj_list();
+  for (unsigned k = 0; k < MP_OBJ_MAX_ITEMS; k++)
+    assert_int_equal(mp_obj_list_append(o, mp_obj_nil()), 0);
+  assert_int_equal(mp_obj_encode(o, &buf, &len), -EMSGSIZE);
+  mp_obj_free(o);
+}
+
+/* ---------------------------------------------------------------- manager */
+
+static void test_manager_lifecycle_and_errors(void **state) {
+  (void)state;
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, NULL), -EINVAL);
+  mp_manager_options bad = {.authkey = "k", .authkey_len = 0};
+  assert_int_equal(mp_manager_new(&bad, &m), -EINVAL);
+  mp_manager_options badaddr = {.address = "nocolon"};
+  assert_int_equal(mp_manager_new(&badaddr, &m), -EINVAL);
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  char addr[256];
+  assert_int_equal(mp_manager_address(m, addr, sizeof addr), -ENOTCONN);
+  assert_int_equal(mp_manager_shutdown(m), -ENOTCONN);
+  assert_int_equal(mp_manager_pid(m), -ECHILD);
+  mp_proxy *p;
+  assert_int_equal(mp_manager_dict(m, NULL, &p), -ENOTCONN);
+  assert_int_equal(mp_manager_connect(m), -EINVAL); /* no address */
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(mp_manager_start(m), -EALREADY);
+  assert_int_equal(mp_manager_connect(m), -EALREADY);
+  assert_int_equal(mp_manager_listen(m), -EALREADY);
+  assert_int_equal(mp_manager_serve_forever(m), -EALREADY);
+  assert_true(mp_manager_pid(m) > 0);
+  ssize_t n = mp_manager_address(m, addr, sizeof addr);
+  assert_true(n > 5);
+  assert_memory_equal(addr, "unix:/", 6);
+  assert_int_equal(mp_manager_address(m, addr, 4), -EMSGSIZE);
+  assert_int_equal(mp_manager_address(NULL, addr, 4), -EINVAL);
+  /* the private directory and the socket */
+  struct stat st;
+  assert_int_equal(stat(addr + 5, &st), 0);
+  assert_true(S_ISSOCK(st.st_mode));
+  assert_int_equal(st.st_mode & 0777, 0600);
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s", addr + 5);
+  *strrchr(dir, '/') = 0;
+  assert_int_equal(stat(dir, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0700);
+  /* unknown types and methods */
+  assert_int_equal(mp_manager_create(m, "NoSuchType", NULL, &p), -ENOENT);
+  assert_int_equal(mp_manager_create(m, NULL, NULL, &p), -EINVAL);
+  mp_obj *notlist = mp_obj_int(1);
+  assert_int_equal(mp_manager_create(m, "dict", notlist, &p), -EINVAL);
+  assert_int_equal(mp_manager_dict(m, notlist, &p), -EDOM);
+  assert_int_equal(mp_manager_list(m, notlist, &p), -EDOM);
+  assert_int_equal(mp_manager_array(m, notlist, &p), -EDOM);
+  assert_int_equal(mp_manager_array(m, NULL, &p), -EINVAL);
+  assert_int_equal(mp_manager_semaphore(m, -1, 0, &p), -EINVAL);
+  assert_int_equal(mp_manager_dict(m, NULL, &p), 0);
+  const char *type;
+  assert_int_equal(mp_proxy_type(p, &type), 0);
+  assert_string_equal(type, "dict");
+  assert_int_equal(mp_proxy_type(NULL, &type), -EINVAL);
+  assert_int_equal(mp_proxy_call(p, "no_such_method", NULL, MP_FOREVER, NULL), -EOPNOTSUPP);
+  assert_int_equal(mp_proxy_call(p, "len", notlist, MP_FOREVER, NULL), -EINVAL);
+  assert_int_equal(mp_proxy_call(p, NULL, NULL, MP_FOREVER, NULL), -EINVAL);
+  assert_int_equal(mp_proxy_call(NULL, "len", NULL, MP_FOREVER, NULL), -EINVAL);
+  /* a proxy of the wrong type */
+  assert_int_equal(mp_list_proxy_len(p), -EINVAL);
+  assert_int_equal(mp_lock_proxy_acquire(p, 0), -EINVAL);
+  /* wrong argument types reach the server and come back as -EINVAL */
+  mp_obj *args = mp_obj_listv(1, mp_obj_int(1));
+  assert_int_equal(mp_proxy_call(p, "set", args, MP_FOREVER, NULL), -EINVAL);
+  mp_obj_free(args);
+  mp_obj_free(notlist);
+  assert_int_equal(mp_proxy_free(p), 0);
+  assert_int_equal(mp_proxy_free(NULL), 0);
+  int pid = mp_manager_pid(m);
+  assert_int_equal(mp_manager_shutdown(m), 0);
+  assert_int_equal(mp_manager_shutdown(m), -EPIPE);
+  assert_int_equal(kill(pid, 0), -1); /* reaped */
+  assert_int_equal(stat(dir, &st), -1);
+  assert_int_equal(mp_manager_free(m), 0);
+  assert_int_equal(mp_manager_free(NULL), 0);
+}
+
+static void test_manager_dict_methods(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_dict();
+  mp_obj_dict_set(init, mp_obj_str("a"), mp_obj_int(1));
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, init, &d), 0);
+  mp_obj *k = mp_obj_str("b"), *v = mp_obj_listv(2, mp_obj_float(1.5), mp_obj_bytes("x", 1)),
+         *ka = mp_obj_str("a"), *r;
+  assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 2);
+  assert_int_equal(mp_dict_proxy_get(d, k, &r), 0);
+  assert_int_equal(mp_obj_equal(r, v), 1);
+  mp_obj_free(r);
+  assert_int_equal(mp_dict_proxy_contains(d, k), 1);
+  assert_int_equal(mp_dict_proxy_keys(d, &r), 0);
+  check_repr(r, "['a', 'b']");
+  mp_obj_free(r);
+  assert_int_equal(mp_dict_proxy_items(d, &r), 0);
+  check_repr(r, "[['a', 1], ['b', [1.5, b'x']]]");
+  mp_obj_free(r);
+  assert_int_equal(mp_dict_proxy_copy(d, &r), 0);
+  check_repr(r, "{'a': 1, 'b': [1.5, b'x']}");
+  mp_obj_free(r);
+  assert_int_equal(mp_dict_proxy_pop(d, ka, &r), 0);
+  assert_int_equal(as_int(r), 1);
+  mp_obj_free(r);
+  assert_int_equal(mp_dict_proxy_pop(d, ka, &r), -ENOENT);
+  assert_int_equal(mp_dict_proxy_get(d, ka, &r), -ENOENT);
+  assert_int_equal(mp_dict_proxy_del(d, ka), -ENOENT);
+  assert_int_equal(mp_dict_proxy_contains(d, ka), 0);
+  assert_int_equal(mp_dict_proxy_del(d, k), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  assert_int_equal(mp_dict_proxy_update(d, init), 0);
+  assert_int_equal(mp_dict_proxy_update(d, k), -EDOM);
+  assert_int_equal(mp_dict_proxy_len(d), 1);
+  assert_int_equal(mp_dict_proxy_clear(d), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  assert_int_equal(mp_dict_proxy_set(d, NULL, v), -EINVAL);
+  assert_int_equal(mp_dict_proxy_get(d, k, NULL), -EINVAL);
+  assert_int_equal(mp_dict_proxy_len(NULL), -EINVAL);
+  mp_obj_free(k);
+  mp_obj_free(ka);
+  mp_obj_free(v);
+  mp_obj_free(init);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_free(m), 0);
+}
+
+/* Ten children set d[i] = i*i through a proxy made before they were forked. */
+struct dict_child {
+  mp_proxy *d;
+  int i;
+};
+
+static int dict_child(void *arg) {
+  struct dict_child *c = arg;
+  mp_obj *k = mp_obj_int(c->i), *v = mp_obj_int(c->i * c->i);
+  CHILD_CHECK(mp_dict_proxy_set(c->d, k, v) == 0);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  mp_proxy_free(c->d); /* a child's free leaves the object alone */
+  return 0;
+}
+
+static void test_manager_dict_from_children(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  struct dict_child cs[10];
+  pid_t pids[10];
+  for (int i = 0; i < 10; i++) {
+    cs[i] = (struct dict_child){d, i};
+    pids[i] = tu_fork(dict_child, &cs[i], 30);
+    assert_true(pids[i] > 0);
+  }
+  for (int i = 0; i < 10; i++)
+    assert_child_ok(pids[i]);
+  assert_int_equal(mp_dict_proxy_len(d), 10);
+  for (int i = 0; i < 10; i++) {
+    mp_obj *k = mp_obj_int(i), *v;
+    assert_int_equal(mp_dict_proxy_get(d, k, &v), 0);
+    assert_int_equal(as_int(v), i * i);
+    mp_obj_free(k);
+    mp_obj_free(v);
+  }
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+static void test_manager_list_methods(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_listv(3, mp_obj_int(1), mp_obj_int(2), mp_obj_int(3)), *r;
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, init, &l), 0);
+  mp_obj *x = mp_obj_str("x"), *two = mp_obj_int(2);
+  assert_int_equal(mp_list_proxy_append(l, x), 0);
+  assert_int_equal(mp_list_proxy_extend(l, init), 0);
+  assert_int_equal(mp_list_proxy_extend(l, x), -EDOM);
+  assert_int_equal(mp_list_proxy_len(l), 7);
+  assert_int_equal(mp_list_proxy_get(l, -1, &r), 0);
+  assert_int_equal(as_int(r), 3);
+  mp_obj_free(r);
+  assert_int_equal(mp_list_proxy_get(l, 7, &r), -ERANGE);
+  assert_int_equal(mp_list_proxy_get(l, -8, &r), -ERANGE);
+  assert_int_equal(mp_list_proxy_set(l, 0, x), 0);
+  assert_int_equal(mp_list_proxy_set(l, 9, x), -ERANGE);
+  assert_int_equal(mp_list_proxy_index(l, two), 1);
+  assert_int_equal(mp_list_proxy_count(l, two), 2);
+  assert_int_equal(mp_list_proxy_count(l, x), 2);
+  assert_int_equal(mp_list_proxy_remove(l, two), 0);
+  assert_int_equal(mp_list_proxy_count(l, two), 1);
+  assert_int_equal(mp_list_proxy_insert(l, 0, two), 0);
+  assert_int_equal(mp_list_proxy_insert(l, 100, two), 0);
+  assert_int_equal(mp_list_proxy_insert(l, -100, x), 0);
+  assert_int_equal(mp_list_proxy_copy(l, &r), 0);
+  check_repr(r, "['x', 2, 'x', 3, 'x', 1, 2, 3, 2]");
+  mp_obj_free(r);
+  assert_int_equal(mp_list_proxy_pop(l, -1, &r), 0);
+  assert_int_equal(as_int(r), 2);
+  mp_obj_free(r);
+  assert_int_equal(mp_list_proxy_pop(l, 0, &r), 0);
+  mp_obj_free(r);
+  assert_int_equal(mp_list_proxy_pop(l, 50, &r), -ERANGE);
+  mp_obj *absent = mp_obj_int(77);
+  assert_int_equal(mp_list_proxy_remove(l, absent), -ENOENT);
+  assert_int_equal(mp_list_proxy_index(l, absent), -ENOENT);
+  assert_int_equal(mp_list_proxy_count(l, absent), 0);
+  assert_int_equal(mp_list_proxy_append(l, NULL), -EINVAL);
+  mp_proxy *e;
+  assert_int_equal(mp_manager_list(m, NULL, &e), 0);
+  assert_int_equal(mp_list_proxy_pop(e, -1, &r), -ERANGE);
+  mp_proxy_free(e);
+  mp_obj_free(absent);
+  mp_obj_free(x);
+  mp_obj_free(two);
+  mp_obj_free(init);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+}
+
+/* 100 children each subtract 1 from l[0] under a manager Lock. */
+struct counter {
+  mp_proxy *l, *lock;
+};
+
+static int counter_child(void *arg) {
+  struct counter *c = arg;
+  CHILD_CHECK(mp_lock_proxy_acquire(c->lock, MP_FOREVER) == 0);
+  mp_obj *v;
+  CHILD_CHECK(mp_list_proxy_get(c->l, 0, &v) == 0);
+  int64_t n;
+  CHILD_CHECK(mp_obj_get_int(v, &n) == 0);
+  mp_obj_free(v);
+  v = mp_obj_int(n - 1);
+  CHILD_CHECK(mp_list_proxy_set(c->l, 0, v) == 0);
+  mp_obj_free(v);
+  CHILD_CHECK(mp_lock_proxy_release(c->lock) == 0);
+  return 0;
+}
+
+static void test_manager_list_and_lock_from_children(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_listv(1, mp_obj_int(40));
+  struct counter c;
+  assert_int_equal(mp_manager_list(m, init, &c.l), 0);
+  assert_int_equal(mp_manager_lock(m, &c.lock), 0);
+  pid_t pids[40];
+  for (int i = 0; i < 40; i++)
+    assert_true((pids[i] = tu_fork(counter_child, &c, 60)) > 0);
+  for (int i = 0; i < 40; i++)
+    assert_child_ok(pids[i]);
+  mp_obj *v;
+  assert_int_equal(mp_list_proxy_get(c.l, 0, &v), 0);
+  assert_int_equal(as_int(v), 0);
+  mp_obj_free(v);
+  mp_obj_free(init);
+  mp_proxy_free(c.l);
+  mp_proxy_free(c.lock);
+  mp_manager_free(m);
+}
+
+static int ns_child(void *arg) {
+  mp_proxy *ns = arg;
+  mp_obj *v = mp_obj_str("from child");
+  CHILD_CHECK(mp_namespace_proxy_set(ns, "y", v) == 0);
+  mp_obj_free(v);
+  CHILD_CHECK(mp_namespace_proxy_get(ns, "x", &v) == 0);
+  int64_t x;
+  CHILD_CHECK(mp_obj_get_int(v, &x) == 0 && x == 10);
+  mp_obj_free(v);
+  return 0;
+}
+
+static void test_manager_namespace(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *ns;
+  assert_int_equal(mp_manager_namespace(m, &ns), 0);
+  mp_obj *v = mp_obj_int(10), *r;
+  assert_int_equal(mp_namespace_proxy_set(ns, "x", v), 0);
+  pid_t pid = tu_fork(ns_child, ns, 30);
+  assert_child_ok(pid);
+  assert_int_equal(mp_namespace_proxy_get(ns, "y", &r), 0);
+  check_repr(r, "'from child'");
+  mp_obj_free(r);
+  assert_int_equal(mp_namespace_proxy_del(ns, "y"), 0);
+  assert_int_equal(mp_namespace_proxy_get(ns, "y", &r), -ENOENT);
+  assert_int_equal(mp_namespace_proxy_del(ns, "y"), -ENOENT);
+  assert_int_equal(mp_namespace_proxy_get(ns, NULL, &r), -EINVAL);
+  assert_int_equal(mp_namespace_proxy_set(ns, "x", NULL), -EINVAL);
+  mp_obj_free(v);
+  mp_proxy_free(ns);
+  mp_manager_free(m);
+}
+
+static int queue_get_op(void *ctx, double t) {
+  mp_obj *r = NULL;
+  int e = mp_queue_proxy_get(ctx, t, &r);
+  mp_obj_free(r);
+  return e;
+}
+
+static int queue_put_op(void *ctx, double t) {
+  mp_obj *v = mp_obj_nil();
+  int e = mp_queue_proxy_put(ctx, v, t);
+  mp_obj_free(v);
+  return e;
+}
+
+static int queue_child(void *arg) {
+  mp_proxy *q = arg;
+  for (int i = 0; i < 5; i++) {
+    mp_obj *v = mp_obj_int(i * i);
+    CHILD_CHECK(mp_queue_proxy_put(q, v, 10) == 0);
+    mp_obj_free(v);
+  }
+  return 0;
+}
+
+static void test_manager_queue(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *q;
+  assert_int_equal(mp_manager_queue(m, 2, &q), 0);
+  check_timeouts(queue_get_op, q, -ETIMEDOUT);
+  pid_t pid = tu_fork(queue_child, q, 30);
+  for (int i = 0; i < 5; i++) {
+    mp_obj *r;
+    assert_int_equal(mp_queue_proxy_get(q, 10, &r), 0);
+    assert_int_equal(as_int(r), i * i);
+    mp_obj_free(r);
+  }
+  assert_child_ok(pid);
+  assert_int_equal(queue_put_op(q, 0), 0);
+  assert_int_equal(queue_put_op(q, 0), 0);
+  assert_int_equal(mp_queue_proxy_qsize(q), 2);
+  check_timeouts(queue_put_op, q, -ETIMEDOUT);
+  assert_int_equal(mp_queue_proxy_put(q, NULL, 0), -EINVAL);
+  assert_int_equal(mp_queue_proxy_get(q, 0, NULL), -EINVAL);
+  mp_proxy_free(q);
+  mp_manager_free(m);
+}
+
+static int lock_acquire_op(void *ctx, double t) { return mp_lock_proxy_acquire(ctx, t); }
+
+static int holder_child(void *arg) {
+  mp_proxy *l = arg;
+  CHILD_CHECK(mp_lock_proxy_acquire(l, 0) == 0);
+  return 0; /* exits holding it: the server releases it */
+}
+
+static void test_manager_locks(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *l, *rl, *s, *bs;
+  assert_int_equal(mp_manager_lock(m, &l), 0);
+  assert_int_equal(mp_manager_rlock(m, &rl), 0);
+  assert_int_equal(mp_manager_semaphore(m, 2, 0, &s), 0);
+  assert_int_equal(mp_manager_semaphore(m, 1, 1, &bs), 0);
+  /* Lock */
+  assert_int_equal(mp_lock_proxy_release(l), -EPERM);
+  assert_int_equal(mp_lock_proxy_acquire(l, 0), 0);
+  check_timeouts(lock_acquire_op, l, -ETIMEDOUT);
+  assert_int_equal(mp_lock_proxy_release(l), 0);
+  /* a child that dies holding the lock leaves it free */
+  assert_child_ok(tu_fork(holder_child, l, 30));
+  assert_int_equal(mp_lock_proxy_acquire(l, 5), 0);
+  assert_int_equal(mp_lock_proxy_release(l), 0);
+  /* RLock: recursive for its owner, refused for another connection */
+  assert_int_equal(mp_lock_proxy_acquire(rl, 0), 0);
+  assert_int_equal(mp_lock_proxy_acquire(rl, 0), 0);
+  /* a child is another connection: it does not own the RLock */
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    CHILD_CHECK(mp_lock_proxy_release(rl) == -EPERM);
+    CHILD_CHECK(mp_lock_proxy_acquire(rl, 0.1) == -ETIMEDOUT);
+    _exit(0);
+  }
+  assert_child_ok(pid);
+  assert_int_equal(mp_lock_proxy_release(rl), 0);
+  assert_int_equal(mp_lock_proxy_release(rl), 0);
+  assert_int_equal(mp_lock_proxy_release(rl), -EPERM);
+  /* Semaphore */
+  assert_int_equal(mp_lock_proxy_acquire(s, 0), 0);
+  assert_int_equal(mp_lock_proxy_acquire(s, 0), 0);
+  check_timeouts(lock_acquire_op, s, -ETIMEDOUT);
+  assert_int_equal(mp_lock_proxy_release(s), 0);
+  assert_int_equal(mp_lock_proxy_release(s), 0);
+  assert_int_equal(mp_lock_proxy_release(s), 0); /* unbounded */
+  /* BoundedSemaphore */
+  assert_int_equal(mp_lock_proxy_release(bs), -EOVERFLOW);
+  assert_int_equal(mp_lock_proxy_acquire(bs, 0), 0);
+  assert_int_equal(mp_lock_proxy_release(bs), 0);
+  mp_proxy_free(l);
+  mp_proxy_free(rl);
+  mp_proxy_free(s);
+  mp_proxy_free(bs);
+  mp_manager_free(m);
+}
+
+static int event_wait_op(void *ctx, double t) { return mp_event_proxy_wait(ctx, t); }
+
+static int event_child(void *arg) {
+  tu_sleep(0.2);
+  CHILD_CHECK(mp_event_proxy_set(arg) == 0);
+  return 0;
+}
+
+static void test_manager_event(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *e;
+  assert_int_equal(mp_manager_event(m, &e), 0);
+  assert_int_equal(mp_event_proxy_is_set(e), 0);
+  check_timeouts(event_wait_op, e, -ETIMEDOUT);
+  pid_t pid = tu_fork(event_child, e, 30);
+  assert_int_equal(mp_event_proxy_wait(e, 10), 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_event_proxy_is_set(e), 1);
+  assert_int_equal(mp_event_proxy_wait(e, 0), 0);
+  assert_int_equal(mp_event_proxy_clear(e), 0);
+  assert_int_equal(mp_event_proxy_is_set(e), 0);
+  assert_int_equal(mp_event_proxy_is_set(NULL), -EINVAL);
+  mp_proxy_free(e);
+  mp_manager_free(m);
+}
+
+static int cond_wait_op(void *ctx, double t) { return mp_condition_proxy_wait(ctx, t); }
+
+struct cond_ctx {
+  mp_proxy *c, *flag;
+};
+
+static int cond_child(void *arg) {
+  struct cond_ctx *x = arg;
+  tu_sleep(0.2);
+  CHILD_CHECK(mp_lock_proxy_acquire(x->c, 10) == 0);
+  mp_obj *v = mp_obj_bool(1);
+  CHILD_CHECK(mp_value_proxy_set(x->flag, v) == 0);
+  mp_obj_free(v);
+  CHILD_CHECK(mp_condition_proxy_notify(x->c, 1) == 0);
+  CHILD_CHECK(mp_lock_proxy_release(x->c) == 0);
+  return 0;
+}
+
+static void test_manager_condition(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  struct cond_ctx x;
+  assert_int_equal(mp_manager_condition(m, &x.c), 0);
+  assert_int_equal(mp_manager_value(m, NULL, &x.flag), 0);
+  assert_int_equal(mp_condition_proxy_wait(x.c, 0), -EPERM);
+  assert_int_equal(mp_condition_proxy_notify(x.c, 1), -EPERM);
+  assert_int_equal(mp_condition_proxy_notify_all(x.c), -EPERM);
+  assert_int_equal(mp_lock_proxy_acquire(x.c, 0), 0);
+  check_timeouts(cond_wait_op, x.c, -ETIMEDOUT);
+  /* still held after the timeouts */
+  assert_int_equal(mp_condition_proxy_notify_all(x.c), 0);
+  pid_t pid = tu_fork(cond_child, &x, 30);
+  int got = 0;
+  for (int i = 0; i < 100 && !got; i++) {
+    mp_obj *v;
+    assert_int_equal(mp_value_proxy_get(x.flag, &v), 0);
+    got = mp_obj_type(v) == MP_OBJ_BOOL;
+    mp_obj_free(v);
+    if (!got)
+      assert_int_equal(mp_condition_proxy_wait(x.c, 10), 0);
+  }
+  assert_true(got);
+  assert_int_equal(mp_lock_proxy_release(x.c), 0);
+  assert_child_ok(pid);
+  mp_proxy_free(x.c);
+  mp_proxy_free(x.flag);
+  mp_manager_free(m);
+}
+
+static void test_manager_value_array(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_float(0.5), *r;
+  mp_proxy *v, *a;
+  assert_int_equal(mp_manager_value(m, init, &v), 0);
+  assert_int_equal(mp_value_proxy_get(v, &r), 0);
+  check_repr(r, "0.5");
+  mp_obj_free(r);
+  mp_obj *x = mp_obj_int(124);
+  assert_int_equal(mp_value_proxy_set(v, x), 0);
+  assert_int_equal(mp_value_proxy_get(v, &r), 0);
+  assert_int_equal(as_int(r), 124);
+  mp_obj_free(r);
+  assert_int_equal(mp_value_proxy_set(v, NULL), -EINVAL);
+  mp_obj *arr = mp_obj_listv(3, mp_obj_int(0), mp_obj_int(0), mp_obj_int(0));
+  assert_int_equal(mp_manager_array(m, arr, &a), 0);
+  assert_int_equal(mp_array_proxy_len(a), 3);
+  assert_int_equal(mp_array_proxy_set(a, -1, x), 0);
+  assert_int_equal(mp_array_proxy_set(a, 3, x), -ERANGE);
+  assert_int_equal(mp_array_proxy_get(a, 2, &r), 0);
+  assert_int_equal(as_int(r), 124);
+  mp_obj_free(r);
+  assert_int_equal(mp_array_proxy_get(a, 3, &r), -ERANGE);
+  /* an Array has no append */
+  assert_int_equal(mp_proxy_call(a, "append", NULL, MP_FOREVER, NULL), -EOPNOTSUPP);
+  mp_obj_free(arr);
+  mp_obj_free(x);
+  mp_obj_free(init);
+  mp_proxy_free(v);
+  mp_proxy_free(a);
+  mp_manager_free(m);
+}
+
+/* ------------------------------------------------------------- custom types */
+
+struct maths {
+  int64_t calls;
+};
+
+static int maths_new(const mp_obj *args, void **self) {
+  if (mp_obj_len(args) != 0)
+    return -EINVAL;
+  *self = calloc(1, sizeof(struct maths));
+  return *self ? 0 : -ENOMEM;
+}
+
+static void maths_free(void *self) { free(self); }
+
+static int two_ints(const mp_obj *args, int64_t *a, int64_t *b) {
+  const mp_obj *x, *y;
+  if (mp_obj_len(args) != 2 || mp_obj_list_get(args, 0, &x) < 0 ||
+      mp_obj_list_get(args, 1, &y) < 0 || mp_obj_get_int(x, a) < 0 || mp_obj_get_int(y, b) < 0)
+    return -EINVAL;
+  return 0;
+}
+
+static int maths_add(void *self, const mp_obj *args, mp_obj **res) {
+  int64_t a, b;
+  if (two_ints(args, &a, &b) < 0)
+    return -EINVAL;
+  ((struct maths *)self)->calls++;
+  *res = mp_obj_int(a + b);
+  return 0;
+}
+
+static int maths_mul(void *self, const mp_obj *args, mp_obj **res) {
+  int64_t a, b;
+  if (two_ints(args, &a, &b) < 0)
+    return -EINVAL;
+  ((struct maths *)self)->calls++;
+  *res = mp_obj_int(a * b);
+  return 0;
+}
+
+static int maths_calls(void *self, const mp_obj *args, mp_obj **res) {
+  (void)args;
+  *res = mp_obj_int(((struct maths *)self)->calls);
+  return 0;
+}
+
+static const mp_manager_method_def maths_methods[] = {
+    {"add", maths_add}, {"mul", maths_mul}, {"calls", maths_calls}};
+
+static void test_manager_custom_type(void **state) {
+  (void)state;
+  int r = mp_manager_register("Maths", maths_new, maths_free, maths_methods, 3);
+  assert_true(r == 0 || r == -EEXIST);
+  assert_int_equal(mp_manager_register("Maths", maths_new, NULL, maths_methods, 3), -EEXIST);
+  assert_int_equal(mp_manager_register("dict", maths_new, NULL, maths_methods, 3), -EEXIST);
+  assert_int_equal(mp_manager_register(NULL, maths_new, NULL, maths_methods, 3), -EINVAL);
+  assert_int_equal(mp_manager_register("X", NULL, NULL, maths_methods, 3), -EINVAL);
+  assert_int_equal(mp_manager_register("X", maths_new, NULL, NULL, 3), -EINVAL);
+  mp_manager *m = start();
+  mp_proxy *p;
+  assert_int_equal(mp_manager_create(m, "Maths", NULL, &p), 0);
+  mp_obj *args = mp_obj_listv(2, mp_obj_int(4), mp_obj_int(3)), *res;
+  assert_int_equal(mp_proxy_call(p, "add", args, MP_FOREVER, &res), 0);
+  assert_int_equal(as_int(res), 7);
+  mp_obj_free(res);
+  mp_obj_free(args);
+  args = mp_obj_listv(2, mp_obj_int(7), mp_obj_int(8));
+  assert_int_equal(mp_proxy_call(p, "mul", args, MP_FOREVER, &res), 0);
+  assert_int_equal(as_int(res), 56);
+  mp_obj_free(res);
+  mp_obj_free(args);
+  assert_int_equal(mp_proxy_call(p, "calls", NULL, MP_FOREVER, &res), 0);
+  assert_int_equal(as_int(res), 2);
+  mp_obj_free(res);
+  assert_int_equal(mp_proxy_call(p, "add", NULL, MP_FOREVER, &res), -EINVAL);
+  assert_int_equal(mp_proxy_call(p, "system", NULL, MP_FOREVER, &res), -EOPNOTSUPP);
+  args = mp_obj_listv(1, mp_obj_int(1));
+  assert_int_equal(mp_manager_create(m, "Maths", args, &p), -EINVAL); /* constructor's error */
+  mp_obj_free(args);
+  mp_proxy_free(p);
+  mp_manager_free(m);
+}
+
+/* --------------------------------------------------------------- security */
+
+static void test_manager_wrong_key_refused(void **state) {
+  (void)state;
+  mp_manager_options o = {.address = "127.0.0.1:0", .authkey = "right key", .authkey_len = 9};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  assert_memory_equal(addr, "127.0.0.1:", 10);
+  assert_true(atoi(addr + 10) > 0);
+  mp_manager_options w = {.address = addr, .authkey = "wrong key", .authkey_len = 9};
+  mp_manager *c;
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(mp_manager_new(&w, &c), 0);
+    assert_int_equal(mp_manager_connect(c), -EACCES);
+    assert_int_equal(mp_manager_free(c), 0);
+  }
+  /* no key at all */
+  mp_manager_options nk = {.address = addr};
+  assert_int_equal(mp_manager_new(&nk, &c), 0);
+  assert_int_equal(mp_manager_connect(c), -EACCES);
+  mp_manager_free(c);
+  /* the right key still works, from a second handle */
+  mp_manager_options ok = {.address = addr, .authkey = "right key", .authkey_len = 9};
+  assert_int_equal(mp_manager_new(&ok, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(c, NULL, &d), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  mp_proxy_free(d);
+  mp_manager_free(c);
+  mp_manager_free(m);
+}
+
+/* A server without a key refuses a client that insists on one: the client
+ * cannot tell it is the right server. */
+static int open_server_child(void *arg) {
+  mp_manager *m = arg;
+  CHILD_CHECK(mp_manager_serve_forever(m) == 0);
+  return 0;
+}
+
+static void test_manager_serve_forever_tcp(void **state) {
+  (void)state;
+  mp_manager_options o = {.address = "127.0.0.1:0", .authkey = "k3y", .authkey_len = 3};
+  mp_manager *srv;
+  assert_int_equal(mp_manager_new(&o, &srv), 0);
+  assert_int_equal(mp_manager_listen(srv), 0);
+  char addr[256];
+  assert_true(mp_manager_address(srv, addr, sizeof addr) > 0);
+  pid_t pid = tu_fork(open_server_child, srv, 60);
+  assert_int_equal(mp_manager_free(srv), 0); /* our copy of the socket */
+  mp_manager_options co = {.address = addr, .authkey = "k3y", .authkey_len = 3};
+  mp_manager *c1, *c2;
+  assert_int_equal(mp_manager_new(&co, &c1), 0);
+  assert_int_equal(mp_manager_connect(c1), 0);
+  assert_int_equal(mp_manager_new(&co, &c2), 0);
+  assert_int_equal(mp_manager_connect(c2), 0);
+  mp_proxy *q;
+  assert_int_equal(mp_manager_queue(c1, 0, &q), 0);
+  mp_obj *v = mp_obj_str("over tcp"), *r;
+  assert_int_equal(mp_queue_proxy_put(q, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_get(q, 1, &r), 0);
+  assert_int_equal(mp_obj_equal(v, r), 1);
+  mp_obj_free(r);
+  mp_obj_free(v);
+  mp_proxy_free(q);
+  assert_int_equal(mp_manager_pid(c1), -ECHILD);
+  assert_int_equal(mp_manager_shutdown(c2), 0); /* serve_forever returns */
+  assert_child_ok(pid);
+  mp_manager_free(c2);
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(c1, NULL, &d), -EPIPE);
+  mp_manager_free(c1);
+}
+
+static void test_manager_open_server_and_keyed_client(void **state) {
+  (void)state;
+  mp_manager_options o = {.no_auth = 1};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager_options k = {.address = addr, .authkey = "x", .authkey_len = 1};
+  mp_manager *c;
+  assert_int_equal(mp_manager_new(&k, &c), 0);
+  assert_int_equal(mp_manager_connect(c), -EACCES);
+  mp_manager_free(c);
+  mp_manager_options n = {.address = addr};
+  assert_int_equal(mp_manager_new(&n, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  mp_manager_free(c);
+  mp_manager_free(m);
+}
+
+/* Raw bytes to the server: garbage in a frame gets an error reply and the
+ * connection goes on; an oversized frame gets -EMSGSIZE and a hang-up; the
+ * server serves on either way. */
+static int raw_connect(const char *addr) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un un = {.sun_family = AF_UNIX};
+  snprintf(un.sun_path, sizeof un.sun_path, "%s", addr + 5);
+  assert_int_equal(connect(fd, (struct sockaddr *)&un, sizeof un), 0);
+  return fd;
+}
+
+static void raw_send(int fd, const void *p, uint32_t n) {
+  unsigned char h[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16), (unsigned char)(n >> 8),
+                        (unsigned char)n};
+  assert_int_equal(write(fd, h, 4), 4);
+  if (n)
+    assert_int_equal(write(fd, p, n), (ssize_t)n);
+}
+
+/* Read one frame and decode the reply's status. */
+static int raw_status(int fd) {
+  unsigned char h[4];
+  if (read(fd, h, 4) != 4)
+    return 1;
+  uint32_t n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+  char *b = malloc(n);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, b + got, n - got);
+    if (r <= 0)
+      break;
+    got += (size_t)r;
+  }
+  mp_obj *o;
+  int st = 2;
+  if (got == n && mp_obj_decode(b, n, &o) == 0) {
+    const mp_obj *s;
+    int64_t v;
+    if (mp_obj_list_get(o, 0, &s) == 0 && mp_obj_get_int(s, &v) == 0)
+      st = (int)v;
+    mp_obj_free(o);
+  }
+  free(b);
+  return st;
+}
+
+static void test_manager_malformed_and_oversized_input(void **state) {
+  (void)state;
+  mp_manager_options o = {.no_auth = 1};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  int fd = raw_connect(addr);
+  char hello[12];
+  assert_int_equal(read(fd, hello, 12), 12); /* the open server's hello */
+  raw_send(fd, "\xc1garbage", 8);
+  assert_int_equal(raw_status(fd), -EBADMSG);
+  raw_send(fd, "\x93\x01\x02\x03", 4); /* a list, but not a request */
+  assert_int_equal(raw_status(fd), -EBADMSG);
+  raw_send(fd, "\x95\x09\x01\xa1x\x90\xcb\0\0\0\0\0\0\0\0", 15); /* unknown op */
+  assert_int_equal(raw_status(fd), -EBADMSG);
+  raw_send(fd, "\x95\x02\x63\xa3len\x90\xcb\0\0\0\0\0\0\0\0", 17); /* no object 99 */
+  assert_int_equal(raw_status(fd), -ESRCH);
+  raw_send(fd, "", 0);
+  assert_int_equal(raw_status(fd), -EBADMSG);
+  /* oversized: a header claiming more than the limit */
+  unsigned char h[4] = {0x7f, 0xff, 0xff, 0xff};
+  assert_int_equal(write(fd, h, 4), 4);
+  assert_int_equal(raw_status(fd), -EMSGSIZE);
+  char c;
+  assert_int_equal(read(fd, &c, 1), 0); /* hung up */
+  close(fd);
+  /* the server lives */
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  mp_proxy_free(d);
+  /* a keyed server: garbage instead of the answer is refused */
+  mp_manager *k = start();
+  assert_true(mp_manager_address(k, addr, sizeof addr) > 0);
+  fd = raw_connect(addr);
+  char chal[4 + 40];
+  assert_int_equal(read(fd, chal, sizeof chal), (ssize_t)sizeof chal);
+  raw_send(fd, "not an hmac", 11);
+  unsigned char verdict[12];
+  assert_int_equal(read(fd, verdict, 12), 12);
+  assert_memory_equal(verdict + 4, "MPFAILU", 7);
+  assert_int_equal(read(fd, &c, 1), 0);
+  close(fd);
+  assert_int_equal(mp_manager_dict(k, NULL, &d), 0);
+  mp_proxy_free(d);
+  mp_manager_free(k);
+  mp_manager_free(m);
+}
+
+/* ---------------------------------------------------------------- lifetime */
+
+static void test_manager_server_killed_then_new_one(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(kill(mp_manager_pid(m), SIGKILL), 0);
+  assert_int_equal(mp_dict_proxy_len(d), -EPIPE);
+  assert_int_equal(mp_dict_proxy_len(d), -EPIPE);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_shutdown(m), -EPIPE);
+  mp_manager_free(m);
+  m = start();
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+/* An intermediate program starts a manager, reports the server's pid and
+ * address, and waits to be killed. */
+static int starter_child(void *arg) {
+  int *pfd = arg;
+  mp_manager *m;
+  CHILD_CHECK(mp_manager_new(NULL, &m) == 0);
+  CHILD_CHECK(mp_manager_start(m) == 0);
+  struct {
+    int pid;
+    char addr[200];
+  } msg = {mp_manager_pid(m), ""};
+  CHILD_CHECK(mp_manager_address(m, msg.addr, sizeof msg.addr) > 0);
+  CHILD_CHECK(write(pfd[1], &msg, sizeof msg) == (ssize_t)sizeof msg);
+  pause();
+  return 0;
+}
+
+static void test_manager_server_ends_with_its_program(void **state) {
+  (void)state;
+  int pfd[2];
+  assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+  pid_t pid = tu_fork(starter_child, pfd, 60);
+  struct {
+    int pid;
+    char addr[200];
+  } msg;
+  assert_int_equal(read(pfd[0], &msg, sizeof msg), (ssize_t)sizeof msg);
+  close(pfd[0]);
+  close(pfd[1]);
+  assert_true(msg.pid > 0);
+  assert_int_equal(kill(msg.pid, 0), 0);
+  struct stat st;
+  assert_int_equal(stat(msg.addr + 5, &st), 0);
+  assert_int_equal(kill(pid, SIGKILL), 0);
+  assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+  double end = tu_now() + 10;
+  while (kill(msg.pid, 0) == 0 && tu_now() < end)
+    tu_sleep(0.01);
+  assert_int_equal(kill(msg.pid, 0), -1);
+  assert_int_equal(errno, ESRCH);
+  assert_int_equal(stat(msg.addr + 5, &st), -1); /* its socket is gone too */
+}
+
+/* ------------------------------------------------------- Listener and Client */
+
+struct lc {
+  char addr[200];
+  const char *key;
+};
+
+static int client_child(void *arg) {
+  struct lc *x = arg;
+  mp_connection *c;
+  CHILD_CHECK(mp_client_connect(x->addr, x->key, x->key ? strlen(x->key) : 0, 10, &c) == 0);
+  CHILD_CHECK(mp_connection_send(c, "hello", 5, 10) == 0);
+  char buf[16];
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 10) == 3 && !memcmp(buf, "ack", 3));
+  mp_connection_close(c);
+  return 0;
+}
+
+static void listener_round(const char *key) {
+  struct lc x = {"", key};
+  snprintf(x.addr, sizeof x.addr, "unix:/tmp/mp-test-listener-%d", (int)getpid());
+  mp_listener *l;
+  assert_int_equal(mp_listener_new(x.addr, key, key ? strlen(key) : 0, &l), 0);
+  char got[200];
+  assert_true(mp_listener_address(l, got, sizeof got) > 0);
+  assert_string_equal(got, x.addr);
+  struct stat st;
+  assert_int_equal(stat(x.addr + 5, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  pid_t pid = tu_fork(client_child, &x, 30);
+  mp_connection *c;
+  assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+  char buf[16];
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 5);
+  assert_memory_equal(buf, "hello", 5);
+  assert_int_equal(mp_connection_send(c, "ack", 3, 10), 0);
+  assert_child_ok(pid);
+  mp_connection_close(c);
+  if (key) {
+    /* a wrong key: -EACCES on both sides, and the listener goes on */
+    mp_connection *bad = NULL;
+    pid = fork();
+    if (pid == 0) {
+      alarm(30);
+      CHILD_CHECK(mp_client_connect(x.addr, "nope", 4, 10, &bad) == -EACCES);
+      _exit(0);
+    }
+    assert_int_equal(mp_listener_accept(l, 10, &c), -EACCES);
+    assert_child_ok(pid);
+    pid = tu_fork(client_child, &x, 30);
+    assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+    assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 5);
+    assert_int_equal(mp_connection_send(c, "ack", 3, 10), 0);
+    assert_child_ok(pid);
+    mp_connection_close(c);
+  }
+  assert_int_equal(mp_listener_close(l), 0);
+  assert_int_equal(stat(x.addr + 5, &st), -1);
+}
+
+static void test_manager_listener_client(void **state) {
+  (void)state;
+  listener_round(NULL);
+  listener_round("secret");
+  mp_listener *l;
+  assert_int_equal(mp_listener_new(NULL, NULL, 0, &l), -EINVAL);
+  assert_int_equal(mp_listener_new("unix:/tmp/x", "k", 0, &l), -EINVAL);
+  assert_int_equal(mp_listener_new("127.0.0.1:0", NULL, 0, &l), -EPROTONOSUPPORT);
+  mp_connection *c;
+  assert_int_equal(mp_client_connect("unix:/tmp/mp-test-nothing-here", NULL, 0, 1, &c), -ENOENT);
+  assert_int_equal(mp_listener_close(NULL), 0);
+}
+
+static int accept_op(void *ctx, double t) {
+  mp_connection *c;
+  return mp_listener_accept(ctx, t, &c);
+}
+
+static void test_manager_listener_accept_timeouts(void **state) {
+  (void)state;
+  char addr[200];
+  snprintf(addr, sizeof addr, "/tmp/mp-test-accept-%d", (int)getpid());
+  mp_listener *l;
+  assert_int_equal(mp_listener_new(addr, NULL, 0, &l), 0);
+  check_timeouts(accept_op, l, -ETIMEDOUT);
+  mp_listener_close(l);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_manager_obj_scalars),
+      cmocka_unit_test(test_manager_obj_containers),
+      cmocka_unit_test(test_manager_obj_encode_decode),
+      cmocka_unit_test(test_manager_obj_limits),
+      cmocka_unit_test(test_manager_lifecycle_and_errors),
+      cmocka_unit_test(test_manager_dict_methods),
+      cmocka_unit_test(test_manager_dict_from_children),
+      cmocka_unit_test(test_manager_list_methods),
+      cmocka_unit_test(test_manager_list_and_lock_from_children),
+      cmocka_unit_test(test_manager_namespace),
+      cmocka_unit_test(test_manager_queue),
+      cmocka_unit_test(test_manager_locks),
+      cmocka_unit_test(test_manager_event),
+      cmocka_unit_test(test_manager_condition),
+      cmocka_unit_test(test_manager_value_array),
+      cmocka_unit_test(test_manager_custom_type),
+      cmocka_unit_test(test_manager_wrong_key_refused),
+      cmocka_unit_test(test_manager_serve_forever_tcp),
+      cmocka_unit_test(test_manager_open_server_and_keyed_client),
+      cmocka_unit_test(test_manager_malformed_and_oversized_input),
+      cmocka_unit_test(test_manager_server_killed_then_new_one),
+      cmocka_unit_test(test_manager_server_ends_with_its_program),
+      cmocka_unit_test(test_manager_listener_client),
+      cmocka_unit_test(test_manager_listener_accept_timeouts),
+  };
+  return TU_RUN("manager", tests);
+}
