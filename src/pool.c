@@ -55,17 +55,34 @@
  *     killed while asleep has its count removed by the handler (slot.asleep);
  *     a kill inside the two-step announcement leaves `sleepers` one too high,
  *     which costs a useless wake per submission batch, never a lost task.
- *   - the handler, when it finds nothing to do, stores `parent_waiting` = 1,
- *     re-checks the done rings and fd requests, and polls the eventfd and the
- *     pidfds; a worker that completes a task exchanges `parent_waiting` to 0
- *     and writes the eventfd only when it was 1 (seq_cst on both sides).
- *     A worker killed before its write leaves a readable pidfd: no lost wake.
+ *   - the handler, when it finds nothing to do while tasks are outstanding,
+ *     first spins (bounded: SPIN_NS) watching the done rings; then it stores
+ *     `parent_waiting` = 1, re-checks the done rings and fd requests, and
+ *     polls the eventfd and the pidfds; a worker that completes a task
+ *     exchanges `parent_waiting` to 0 and writes the eventfd only when it was 1
+ *     (seq_cst on both sides). A worker killed before its write leaves a
+ *     readable pidfd: no lost wake.
+ *   - a caller blocked in mp_pool_apply() or mp_pool_map() collects
+ *     completions itself (under the pool mutex, as the handler does) for a
+ *     bounded spin. Meanwhile it takes over the handler's wake-up: it exchanges
+ *     `parent_waiting` 1 -> 0 (so workers do not write the eventfd), and on
+ *     leaving stores 1 again and re-checks the done rings, writing the eventfd
+ *     itself when something arrived (the same two seq_cst steps as the
+ *     handler's). It writes the eventfd when what it collected needs the
+ *     handler: callbacks to run, or a pool no longer running. Results without
+ *     callbacks are final as soon as any thread collects them; callbacks still
+ *     run only on the handler thread, in collection order.
+ *   - a result's `done` word: RES_PENDING -> RES_DONE, or RES_PENDING ->
+ *     RES_SLEEPER (a waiter, after a bounded spin, announces it will sleep)
+ *     -> RES_DONE; the finisher exchanges RES_DONE in and calls futex wake only
+ *     when it took RES_SLEEPER out.
  *   - `stopping` (parent) tells idle workers to exit (after close, once every
  *     task is done).
  *
  * File descriptors: a task of kind K_APPLY_FD is claimed like any other; the
  * worker then stores the entry index + 1 in slot.fd_want and wakes the
- * handler, which clears fd_want, sends its copy of the descriptor over the
+ * handler, which (or a caller collecting for itself, under the mutex) clears
+ * fd_want, sends its copy of the descriptor over the
  * worker's own socketpair (SCM_RIGHTS) and closes its copy. A worker that dies
  * before receiving it fails the task; the handler closes its copy.
  */
@@ -74,6 +91,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,10 +179,29 @@ static inline struct slot *slot_at(struct shared *sh, unsigned w) {
 
 enum { P_RUNNING, P_CLOSED, P_TERMINATING, P_FINISHED };
 enum { R_APPLY, R_MAP };
+/* mp_async_result.done: PENDING -> (SLEEPER: a waiter is or may be asleep) ->
+ * DONE. The finisher exchanges DONE in and wakes only when it took SLEEPER
+ * out, so a result nobody sleeps on costs no system call. */
+enum { RES_PENDING = 0, RES_DONE = 1, RES_SLEEPER = 2 };
+
+struct job {
+  struct mp_async_result *res;
+  struct mp_pool_iter *it;
+  struct job *next;      /* backlog, or the iterator's list */
+  struct job *next_done; /* unordered iterator's completion list */
+  size_t start, count;
+  void *in_tmp, *out_tmp;
+  int fd;
+  int status;
+  int lost; /* every item fails with status (died, terminated) */
+  uint64_t done_items;
+  int done;
+  struct task_desc d;
+};
 
 struct mp_async_result {
   uint32_t magic;
-  _Atomic uint32_t done; /* futex word: 1 once final, after the callback */
+  _Atomic uint32_t done; /* futex word: RES_* (final after the callback) */
   _Atomic uint32_t refs; /* the user's and the pool's */
   pid_t owner;
   pthread_t handler;
@@ -182,22 +219,8 @@ struct mp_async_result {
   void *heap_data;
   mp_pool_callbacks cb;
   struct mp_async_result *next_fin;
+  struct job apply_job; /* an apply's job: one allocation per task */
   unsigned char inline_data[INLINE_MAX] __attribute__((aligned(16)));
-};
-
-struct job {
-  struct mp_async_result *res;
-  struct mp_pool_iter *it;
-  struct job *next;      /* backlog, or the iterator's list */
-  struct job *next_done; /* unordered iterator's completion list */
-  size_t start, count;
-  void *in_tmp, *out_tmp;
-  int fd;
-  int status;
-  int lost; /* every item fails with status (died, terminated) */
-  uint64_t done_items;
-  int done;
-  struct task_desc d;
 };
 
 struct mp_pool_iter {
@@ -241,6 +264,7 @@ struct mp_pool {
   size_t outstanding;                          /* jobs submitted and not completed */
   size_t iters_active;                         /* iterators with chunks still to submit */
   struct mp_async_result *fin_head, *fin_tail; /* results to deliver */
+  _Atomic uint32_t collectors;                 /* callers collecting for themselves */
 };
 
 /* This process's pid, refreshed in every child. */
@@ -270,6 +294,13 @@ static void efd_signal(int efd) {
   ssize_t r = write(efd, &one, sizeof one);
   (void)r; /* EAGAIN: the counter is already non-zero, the reader wakes */
 }
+
+/* Spinning before a sleep: a hand-off between CPUs that both stay awake takes
+ * well under a microsecond, while waking a sleeper costs tens on a VM. Every
+ * spin is bounded in time (SPIN_NS), so an idle waiter stops using the CPU
+ * soon; the clock is read once every SPIN_CHECK pauses. */
+#define SPIN_NS 30000
+#define SPIN_CHECK 64
 
 /* ------------------------------------------------------------ 3. the worker */
 
@@ -513,8 +544,23 @@ static int spawn(struct mp_pool *p, unsigned w) {
   return 0;
 }
 
-/* Mark a result final (mu held): queue it for delivery by the handler. */
+static void result_unref(struct mp_async_result *r);
+
+/* Publish a result as final and drop the pool's reference to it. */
+static void result_mark_done(struct mp_async_result *r) {
+  if (atomic_exchange(&r->done, RES_DONE) == RES_SLEEPER)
+    mp__futex_wake(&r->done, INT_MAX);
+  result_unref(r);
+}
+
+/* Mark a result final (mu held). Without callbacks it is done at once, by
+ * whichever thread collected it; with callbacks it is queued for the handler,
+ * which runs them in this order and then marks each done. */
 static void result_finish(struct mp_pool *p, struct mp_async_result *r) {
+  if (!r->cb.callback && !r->cb.error_callback) {
+    result_mark_done(r);
+    return;
+  }
   r->next_fin = NULL;
   if (p->fin_tail)
     p->fin_tail->next_fin = r;
@@ -584,8 +630,7 @@ static void job_complete(struct mp_pool *p, struct job *j, int *pool_gone) {
   struct mp_async_result *r = j->res;
   if (r->kind == R_APPLY) {
     r->status = j->status;
-    mp_heap_free(j->in_tmp);
-    free(j);
+    mp_heap_free(j->in_tmp); /* j is r->apply_job */
     result_finish(p, r);
     return;
   }
@@ -713,6 +758,40 @@ static int anything_to_collect(struct mp_pool *p) {
   return 0;
 }
 
+/* Whether a done ring or an fd request has something, read without mu (the
+ * slots of dead workers have empty rings). For the handler's spin. */
+static int completions_pending(struct mp_pool *p) {
+  for (unsigned w = 0; w < p->nslots; w++) {
+    struct slot *s = slot_at(p->sh, w);
+    /* relaxed: a hint; the collection that follows reads under mu with acquire */
+    if (atomic_load_explicit(&s->done_head, memory_order_relaxed) !=
+            atomic_load_explicit(&s->done_tail, memory_order_relaxed) ||
+        atomic_load_explicit(&s->fd_want, memory_order_relaxed))
+      return 1;
+  }
+  return 0;
+}
+
+/* The handler, with tasks outstanding, spins up to SPIN_NS for a completion
+ * before it sleeps in poll(). Returns 1 when one came. */
+static int handler_spin(struct mp_pool *p) {
+  int64_t until = 0;
+  for (unsigned i = 1;; i++) {
+    if (completions_pending(p))
+      return 1;
+    if (atomic_load_explicit(&p->collectors, memory_order_relaxed))
+      return 0; /* a caller collects: leave the CPU to it (relaxed: a hint) */
+    mp__cpu_relax();
+    if (i % SPIN_CHECK == 0) {
+      int64_t now = mp__now_ns();
+      if (!until)
+        until = now + SPIN_NS;
+      else if (now >= until)
+        return 0;
+    }
+  }
+}
+
 static void reap(struct worker *wk) {
   siginfo_t si;
   while (waitid(P_PIDFD, (id_t)wk->pidfd, &si, WEXITED) < 0 && errno == EINTR) {
@@ -762,9 +841,7 @@ static void deliver(struct mp_pool *p) {
       mp_pool_callback cb = r->status >= 0 ? r->cb.callback : r->cb.error_callback;
       if (cb)
         cb(r, r->status, r->cb.arg);
-      atomic_store_explicit(&r->done, 1, memory_order_release);
-      mp__futex_wake(&r->done, INT_MAX);
-      result_unref(r);
+      result_mark_done(r);
     }
     pthread_mutex_lock(&p->mu);
   }
@@ -869,6 +946,13 @@ static void *handler_main(void *arg) {
       }
     }
     int timeout = 0;
+    if (!got && p->outstanding && p->state != P_TERMINATING && !atomic_load(&p->collectors)) {
+      pthread_mutex_unlock(&p->mu);
+      int came = handler_spin(p);
+      pthread_mutex_lock(&p->mu);
+      if (came)
+        continue;
+    }
     if (!got) {
       atomic_store(&sh->parent_waiting, 1);
       if (anything_to_collect(p) || p->state == P_TERMINATING)
@@ -938,13 +1022,10 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
     return r;
   if (!fn || !ret || (!arg && len))
     return -EINVAL;
-  struct job *j = calloc(1, sizeof *j);
   struct mp_async_result *res = result_new(p, R_APPLY, cb);
-  if (!j || !res) {
-    free(j);
-    free(res);
+  if (!res)
     return -ENOMEM;
-  }
+  struct job *j = &res->apply_job;
   j->res = res;
   j->fd = -1;
   j->d.kind = (uint32_t)kind;
@@ -959,7 +1040,6 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
   } else {
     j->in_tmp = mp_heap_alloc(len);
     if (!j->in_tmp) {
-      free(j);
       free(res);
       return -ENOMEM;
     }
@@ -971,7 +1051,6 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
     if (j->fd < 0) {
       r = errno == EBADF ? -EBADF : -errno;
       mp_heap_free(j->in_tmp);
-      free(j);
       free(res);
       return r;
     }
@@ -982,7 +1061,6 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
     if (j->fd >= 0)
       close(j->fd);
     mp_heap_free(j->in_tmp);
-    free(j);
     free(res);
     return -EPIPE;
   }
@@ -1182,13 +1260,64 @@ MP_EXPORT int mp_pool_apply_async_fd(mp_pool *pool, mp_pool_fd_fn fn, int fd, co
   return apply_submit(pool, K_APPLY_FD, (anyfn)fn, fd, arg, len, ctx, cb, ret);
 }
 
+static int result_is_done(struct mp_async_result *r);
+static int result_wait(struct mp_async_result *r, double timeout);
+
+/* The caller of mp_pool_apply() or mp_pool_map() (so the pool is alive) waits
+ * for its result r by collecting completions itself for up to SPIN_NS after the
+ * last one it saw, instead of waiting for the handler to collect them and
+ * wake it. It takes over the handler's wake-up (parent_waiting 1 -> 0, see the
+ * protocol) while it does, and hands it back (store 1, then re-check) when it
+ * leaves. It wakes the handler for what only the handler does: callbacks to
+ * run, a closed pool to wind down. Then it waits as any other caller. */
+static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
+  struct shared *sh = p->sh;
+  int took = 0;
+  int64_t until = 0;
+  if (pthread_equal(pthread_self(), p->thread))
+    return mp_async_result_get(r, MP_FOREVER); /* from a callback: -EDEADLK as before */
+  atomic_fetch_add(&p->collectors, 1);
+  for (unsigned i = 1; !result_is_done(r); i++) {
+    if (atomic_load_explicit(&sh->parent_waiting, memory_order_relaxed) &&
+        atomic_exchange(&sh->parent_waiting, 0))
+      took = 1; /* relaxed load: only a filter for the exchange */
+    if (completions_pending(p)) {
+      int gone = 0;
+      pthread_mutex_lock(&p->mu);
+      collect(p, &gone);
+      int tell = p->fin_head || p->state != P_RUNNING;
+      pthread_mutex_unlock(&p->mu);
+      if (tell)
+        efd_signal(p->efd);
+      until = 0;
+      continue;
+    }
+    mp__cpu_relax();
+    if (i % SPIN_CHECK == 0) {
+      int64_t now = mp__now_ns();
+      if (!until)
+        until = now + SPIN_NS;
+      else if (now >= until)
+        break;
+    }
+  }
+  if (took) {
+    atomic_store(&sh->parent_waiting, 1);
+    if (completions_pending(p) && atomic_exchange(&sh->parent_waiting, 0))
+      efd_signal(p->efd);
+  }
+  atomic_fetch_sub(&p->collectors, 1);
+  int w = result_wait(r, MP_FOREVER);
+  return w < 0 ? w : r->status;
+}
+
 MP_EXPORT int mp_pool_apply(mp_pool *pool, mp_pool_apply_fn fn, const void *arg, size_t len,
                             void *ctx, void **result, size_t *result_len) {
   mp_async_result *res;
   int r = mp_pool_apply_async(pool, fn, arg, len, ctx, NULL, &res);
   if (r < 0)
     return r;
-  int st = mp_async_result_get(res, MP_FOREVER);
+  int st = pool_wait_own(pool, res);
   if (result) {
     void *copy = NULL;
     if (res->len) {
@@ -1225,7 +1354,7 @@ MP_EXPORT int mp_pool_map(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const voi
   r = map_submit(pool, fn, ctx, items, n, item_size, results, result_size, chunksize, NULL, &res);
   if (r < 0)
     return r;
-  r = mp_async_result_get(res, MP_FOREVER);
+  r = pool_wait_own(pool, res);
   mp_async_result_free(res);
   return r;
 }
@@ -1317,6 +1446,10 @@ MP_EXPORT int mp_pool_free(mp_pool *pool) {
   if (r < 0)
     return r;
   pthread_join(pool->thread, NULL);
+  /* Every result is final now; a thread still inside pool_wait_own() sees
+   * its own done at its next look and leaves. */
+  while (atomic_load(&pool->collectors))
+    sched_yield();
   pthread_mutex_lock(&pool->mu);
   pool->magic = 0; /* further calls with this handle: -EINVAL */
   int gone;
@@ -1354,21 +1487,50 @@ static int check_result(struct mp_async_result *r) {
   return r->owner == my_pid() ? 0 : -ECHILD;
 }
 
+static int result_is_done(struct mp_async_result *r) {
+  return atomic_load_explicit(&r->done, memory_order_acquire) == RES_DONE;
+}
+
+/* Spin up to SPIN_NS for r to be done. Returns 1 when it is. */
+static int spin_until_done(struct mp_async_result *r) {
+  int64_t until = 0;
+  for (unsigned i = 1;; i++) {
+    if (result_is_done(r))
+      return 1;
+    mp__cpu_relax();
+    if (i % SPIN_CHECK == 0) {
+      int64_t now = mp__now_ns();
+      if (!until)
+        until = now + SPIN_NS;
+      else if (now >= until)
+        return 0;
+    }
+  }
+}
+
 static int result_wait(struct mp_async_result *r, double timeout) {
   mp__deadline d;
   int e = mp__deadline_init(&d, timeout);
   if (e < 0)
     return e;
-  while (!atomic_load_explicit(&r->done, memory_order_acquire)) {
-    if (d.nowait)
-      return -ETIMEDOUT;
-    if (pthread_equal(pthread_self(), r->handler))
-      return -EDEADLK; /* from a callback: the handler would wait for itself */
-    if (mp__futex_wait(&r->done, 0, &d) == -ETIMEDOUT &&
-        !atomic_load_explicit(&r->done, memory_order_acquire))
+  if (result_is_done(r))
+    return 0;
+  if (d.nowait)
+    return -ETIMEDOUT;
+  if (pthread_equal(pthread_self(), r->handler))
+    return -EDEADLK; /* from a callback: the handler would wait for itself */
+  /* A result due within microseconds costs no sleep and no wake-up. */
+  if (spin_until_done(r))
+    return 0;
+  for (;;) {
+    uint32_t v = atomic_load(&r->done);
+    if (v == RES_DONE)
+      return 0;
+    if (v == RES_PENDING && !atomic_compare_exchange_strong(&r->done, &v, RES_SLEEPER))
+      continue; /* finished meanwhile (or another waiter announced itself) */
+    if (mp__futex_wait(&r->done, RES_SLEEPER, &d) == -ETIMEDOUT && !result_is_done(r))
       return -ETIMEDOUT;
   }
-  return 0;
 }
 
 MP_EXPORT int mp_async_result_get(mp_async_result *res, double timeout) {
@@ -1386,14 +1548,14 @@ MP_EXPORT int mp_async_result_wait(mp_async_result *res, double timeout) {
 
 MP_EXPORT int mp_async_result_ready(mp_async_result *res) {
   int r = check_result(res);
-  return r < 0 ? r : (int)atomic_load_explicit(&res->done, memory_order_acquire);
+  return r < 0 ? r : result_is_done(res);
 }
 
 MP_EXPORT int mp_async_result_successful(mp_async_result *res) {
   int r = check_result(res);
   if (r < 0)
     return r;
-  if (!atomic_load_explicit(&res->done, memory_order_acquire))
+  if (!result_is_done(res))
     return -EAGAIN;
   return res->status >= 0;
 }
@@ -1405,8 +1567,7 @@ MP_EXPORT int mp_async_result_data(mp_async_result *res, const void **data, size
   if (!data)
     return -EINVAL;
   /* Inside its own callback the data is already final. */
-  if (!atomic_load_explicit(&res->done, memory_order_acquire) &&
-      !pthread_equal(pthread_self(), res->handler))
+  if (!result_is_done(res) && !pthread_equal(pthread_self(), res->handler))
     return -EAGAIN;
   *data = res->data;
   if (len)
