@@ -167,6 +167,44 @@ static void test_pool_map_results_in_order(void **state) {
   assert_int_equal(mp_pool_free(p), 0);
 }
 
+/* starmap: an argument tuple is a struct; Python's starmap(mul, pairs). */
+struct pair {
+  int a, b;
+};
+
+static int mul_pair(const void *item, void *result, void *ctx) {
+  (void)ctx;
+  const struct pair *p = item;
+  *(long *)result = (long)p->a * p->b;
+  return 0;
+}
+
+static void test_pool_starmap_and_starmap_async(void **state) {
+  (void)state;
+  mp_pool *p = new_pool(2, NULL);
+  enum { N = 1000 };
+  struct pair in[N];
+  long out[N], out2[N];
+  for (int i = 0; i < N; i++)
+    in[i] = (struct pair){i, i + 3};
+  assert_int_equal(mp_pool_starmap(p, mul_pair, NULL, in, N, sizeof *in, out, sizeof *out, 7), 0);
+  mp_async_result *r;
+  assert_int_equal(
+      mp_pool_starmap_async(p, mul_pair, NULL, in, N, sizeof *in, out2, sizeof *out2, 0, NULL, &r),
+      0);
+  assert_int_equal(mp_async_result_get(r, 30), 0);
+  assert_int_equal(mp_async_result_successful(r), 1);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(out[i], (long)i * (i + 3));
+    assert_int_equal(out2[i], (long)i * (i + 3));
+  }
+  assert_int_equal(mp_async_result_free(r), 0);
+  assert_int_equal(mp_pool_starmap_async(NULL, mul_pair, NULL, in, N, sizeof *in, out2,
+                                         sizeof *out2, 0, NULL, &r),
+                   -EINVAL);
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
 static void test_pool_map_in_heap_is_zero_copy(void **state) {
   (void)state;
   mp_pool *p = new_pool(2, NULL);
@@ -853,6 +891,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_new_and_bad_arguments),
       cmocka_unit_test(test_pool_map_results_in_order),
+      cmocka_unit_test(test_pool_starmap_and_starmap_async),
       cmocka_unit_test(test_pool_map_in_heap_is_zero_copy),
       cmocka_unit_test(test_pool_map_huge_input),
       cmocka_unit_test(test_pool_map_failing_item),
