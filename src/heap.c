@@ -285,8 +285,11 @@ static uintptr_t free_locked(struct heap *h, uintptr_t b, uintptr_t *fsize) {
 /* ------------------------------------------------------------ 4. locking */
 
 static void heap_lock(struct heap *h) {
-  int r = pthread_mutex_lock(&h->mutex);
-  if (MP__UNLIKELY(r == EOWNERDEAD)) {
+  /* Not pthread_mutex_lock(): a process killed inside the mutex may leave its
+   * sleepers unwoken; this one sleeps in slices (lock.c). */
+  static const mp__deadline forever = {.forever = true};
+  int r = mp__robust_mutex_lock(&h->mutex, &forever);
+  if (MP__UNLIKELY(r == -EOWNERDEAD)) {
     /* The previous holder died inside an operation: undo what it began. */
     journal_rollback(h);
     h->recoveries++;

@@ -172,6 +172,14 @@ void mp__object_free(void *obj);
  * negative errno. */
 int mp__robust_mutex_init(void *mutex, bool recursive);
 
+/* Lock a process-shared robust mutex by deadline d (lock.c): a try, then sleeps
+ * in it of at most 0.1 s each until d. A robust mutex can lose its wake-up
+ * when a process is killed inside it (see lock.c); the slices turn that loss
+ * into a delay. Returns 0, -EOWNERDEAD (held; the caller repairs and marks it
+ * consistent), -ETIMEDOUT (at once for nowait), or another negative errno
+ * from pthread_mutex_clocklock(). */
+int mp__robust_mutex_lock(void *mutex, const mp__deadline *d);
+
 /* Internal lock entry points used by other areas with a deadline already made. */
 int mp__lock_acquire(mp_lock *lock, const mp__deadline *d);
 int mp__lock_release(mp_lock *lock);

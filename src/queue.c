@@ -45,6 +45,8 @@
  *     set and cleared by that watcher, or cleared by reg_scan() once it is
  *     dead; the bits above count watchers that found no free slot.
  *   - space_sleepers bit 0: the holder of prod_mutex, while it sleeps for room.
+ *   - join_waiters: as data_sleepers' bits 1.. and count, for mp_queue_join()
+ *     callers registered in join_reg (bit 0 unused).
  *   - data_word / space_word / join_word: futex words, bumped by whoever wakes.
  *   - done (JoinableQueue): mp_queue_task_done(), by compare-and-swap.
  *
@@ -109,7 +111,12 @@
  *     64th time and drop dead ones (see reg_scan(); a watcher killed between
  *     taking its slot and setting its bit is cleaned alike). A watcher
  *     beyond the NSLOTS slots killed while registered costs one futex wake
- *     per put from then on, never correctness.
+ *     per put from then on, never correctness (mp_queue_free() answers
+ *     -EBUSY from then on). A joiner killed in mp_queue_join() alike, in
+ *     join_reg, which mp_queue_free() scans.
+ *   anyone killed inside a robust mutex (holder or sleeper): besides the
+ *     repairs above, its death may swallow the mutex's wake-up (lock.c), so
+ *     nobody sleeps in one longer than 0.1 s at a time.
  *   close: one compare-and-swap of tail; concurrent commits either precede it
  *     (their message is delivered) or fail with -EPIPE.
  *
@@ -213,9 +220,10 @@ struct qstate {
   _Alignas(64) _Atomic uint32_t data_word;
   _Atomic uint32_t space_word;
   _Atomic uint32_t join_word;
-  _Atomic uint32_t join_waiters;
+  _Atomic uint32_t join_waiters; /* like data_sleepers: mp_queue_join() callers */
   _Alignas(64) struct reg data_reg;
   struct reg space_reg;
+  struct reg join_reg;
   union {
     struct fifo f;
     struct list l;
@@ -294,10 +302,12 @@ static int nap(_Atomic uint32_t *word, uint32_t snap, wctx *w, bool endless) {
 }
 
 /* Lock a robust mutex within the caller's time: try, spin a little, then
- * block until the deadline. With MP_NOWAIT, spin only when worth(q) says what
- * the caller wants is there (the holder is then about to leave).
- * Returns 0; 1 when the previous holder died (the caller holds it, repairs,
- * then marks it consistent); -ETIMEDOUT; another negative errno. */
+ * block until the deadline, in slices of at most 0.1 s (a process killed
+ * inside the mutex can leave its sleepers unwoken: see lock.c). With
+ * MP_NOWAIT, spin only when worth(q) says what the caller wants is there (the
+ * holder is then about to leave). Returns 0; 1 when the previous holder died
+ * (the caller holds it, repairs, then marks it consistent); -ETIMEDOUT;
+ * another negative errno. */
 static int mutex_take(pthread_mutex_t *m, wctx *w, bool (*worth)(mp_queue *), mp_queue *q) {
   int r = pthread_mutex_trylock(m);
   if (MP__UNLIKELY(r == EBUSY) && (!nowait(w) || worth(q))) {
@@ -308,10 +318,9 @@ static int mutex_take(pthread_mutex_t *m, wctx *w, bool (*worth)(mp_queue *), mp
         r = pthread_mutex_trylock(m);
     }
 #endif
-    if (r == EBUSY && !nowait(w)) {
-      const mp__deadline *d = deadline(w);
-      r = d->forever ? pthread_mutex_lock(m) : pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
-    }
+    /* In slices: a kill inside the mutex may lose its wake-up (lock.c). */
+    if (r == EBUSY && !nowait(w))
+      r = -mp__robust_mutex_lock(m, deadline(w));
   }
   if (r == EBUSY)
     r = ETIMEDOUT;
@@ -1156,7 +1165,9 @@ static int join(mp_queue *q, wctx *w) {
       return 0;
   }
   int r;
-  atomic_fetch_add(&s->join_waiters, 1);
+  /* Registered (a slot when one is free), so that mp_queue_free() sees us
+   * and a joiner killed here is cleaned by its scan. */
+  reg_add(&s->join_reg, &s->join_waiters);
   for (;;) {
     uint32_t snap = atomic_load(&s->join_word);
     if (unfinished(q) == 0) {
@@ -1166,7 +1177,7 @@ static int join(mp_queue *q, wctx *w) {
     if ((r = nap(&s->join_word, snap, w, false)) < 0)
       break;
   }
-  atomic_fetch_sub(&s->join_waiters, 1);
+  reg_del(&s->join_reg, &s->join_waiters);
   return r;
 }
 
@@ -1398,10 +1409,14 @@ MP_EXPORT int mp_queue_join(mp_queue *q, double timeout) {
 static int free_lock(mp_queue *q, pthread_mutex_t *m) {
   int r = pthread_mutex_trylock(m);
   if (r == EOWNERDEAD) {
+    /* Repaired in full (each repair marks it consistent): free may still
+     * answer -EBUSY and leave the queue in use. */
     if (q->order != MP_QUEUE_FIFO)
       list_repair(q);
+    else if (m == &q->s->u.f.prod_mutex)
+      fifo_prod_repair(q);
     else
-      pthread_mutex_consistent(m);
+      fifo_cons_repair(q);
     return 0;
   }
   return r ? -EBUSY : 0;
@@ -1415,6 +1430,14 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
   struct qstate *s = q->s;
   reg_scan(&s->data_reg, &s->data_sleepers);
   reg_scan(&s->space_reg, &s->space_sleepers);
+  reg_scan(&s->join_reg, &s->join_waiters);
+  /* Every sleeper counts: the registered ones (bits 1..NSLOTS) and those that
+   * found no slot (the count above them). Bit 0, the FIFO mutex holder's, is
+   * ours or stale once we hold the mutexes. A sleeper killed while registered
+   * without a slot stays counted: that queue answers -EBUSY from then on. */
+  const uint32_t others = ~1u;
+  if (atomic_load(&s->join_waiters))
+    return -EBUSY;
   if (q->order == MP_QUEUE_FIFO) {
     struct fifo *f = &s->u.f;
     if (free_lock(q, &f->prod_mutex) < 0)
@@ -1423,7 +1446,7 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
       pthread_mutex_unlock(&f->prod_mutex);
       return -EBUSY;
     }
-    if (atomic_load(&s->data_sleepers) & (EXTRA_ONE - 2)) {
+    if (atomic_load(&s->data_sleepers) & others) {
       pthread_mutex_unlock(&f->cons_mutex);
       pthread_mutex_unlock(&f->prod_mutex);
       return -EBUSY;
@@ -1436,7 +1459,7 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     struct list *l = &s->u.l;
     if (free_lock(q, &l->mutex) < 0)
       return -EBUSY;
-    if ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & (EXTRA_ONE - 2)) {
+    if ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & others) {
       pthread_mutex_unlock(&l->mutex);
       return -EBUSY;
     }

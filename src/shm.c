@@ -217,7 +217,8 @@ static struct registry *registry_get(bool create) {
 
 static void reg_lock(struct registry *r) {
   /* A dead holder left the list well-formed (one store per change). */
-  if (pthread_mutex_lock(&r->mutex) == EOWNERDEAD)
+  mp__deadline forever = {.forever = true, .nowait = false};
+  if (mp__robust_mutex_lock(&r->mutex, &forever) == -EOWNERDEAD)
     pthread_mutex_consistent(&r->mutex);
 }
 

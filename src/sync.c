@@ -560,7 +560,8 @@ static void barrier_break(mp_barrier *b) {
 }
 
 static void barrier_lock(mp_barrier *b) {
-  if (MP__UNLIKELY(pthread_mutex_lock(&b->mutex) == EOWNERDEAD)) {
+  mp__deadline forever = {.forever = true, .nowait = false};
+  if (MP__UNLIKELY(mp__robust_mutex_lock(&b->mutex, &forever) == -EOWNERDEAD)) {
     pthread_mutex_consistent(&b->mutex);
     barrier_break(b);
   }

@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* White-box: deadlines, the futex layer, thread ids, the heap's invariants. */
+/* White-box: deadlines, the futex layer, thread ids, the heap's invariants,
+ * robust mutex sleeps. */
 #include "testutil.h"
 
+#include <linux/futex.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -107,6 +113,113 @@ static void test_internal_object_tags(void **state) {
   assert_false(mp__tag_ok(o, MP__TAG_EVENT));
 }
 
+/* A robust mutex in shared memory and the steps of the lost wake-up test. */
+struct robust_sh {
+  pthread_mutex_t m;
+  _Atomic int stage; /* 1: holder holds it; 2: release it */
+  _Atomic int64_t got_ns;
+};
+
+static int robust_holder(void *p) {
+  struct robust_sh *sh = p;
+  CHILD_CHECK(pthread_mutex_lock(&sh->m) == 0);
+  atomic_store(&sh->stage, 1);
+  while (atomic_load(&sh->stage) != 2)
+    tu_sleep(0.001);
+  CHILD_CHECK(pthread_mutex_unlock(&sh->m) == 0);
+  return 0;
+}
+
+static int robust_sleeper(void *p) {
+  struct robust_sh *sh = p;
+  mp__deadline d;
+  mp__deadline_init(&d, 10);
+  CHILD_CHECK(mp__robust_mutex_lock(&sh->m, &d) == 0);
+  atomic_store(&sh->got_ns, mp__now_ns());
+  CHILD_CHECK(pthread_mutex_unlock(&sh->m) == 0);
+  return 0;
+}
+
+static int robust_dier(void *p) {
+  struct robust_sh *sh = p;
+  CHILD_CHECK(pthread_mutex_lock(&sh->m) == 0);
+  return 0; /* exits holding it */
+}
+
+/* The state a process killed inside a robust mutex can leave: a sleeper in the
+ * futex, and the word without FUTEX_WAITERS (the unlocker swapped it to 0, or
+ * the sleeper it woke died, and a third thread took the mutex before the
+ * kernel could pass the wake on). The holder's unlock then wakes nobody; the
+ * sleeper must still get the mutex within a slice, not at its deadline. */
+static void test_internal_robust_mutex_lock_survives_lost_wake(void **state) {
+  (void)state;
+  struct robust_sh *sh =
+      mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  assert_true(sh != MAP_FAILED);
+  memset(sh, 0, sizeof *sh);
+  assert_int_equal(mp__robust_mutex_init(&sh->m, false), 0);
+  pid_t holder = tu_fork(robust_holder, sh, 30);
+  while (atomic_load(&sh->stage) != 1)
+    tu_sleep(0.001);
+  pid_t sleeper = tu_fork(robust_sleeper, sh, 30);
+  /* glibc's futex word; FUTEX_WAITERS appears once the sleeper is about to
+   * sleep. Clear it and check it stays clear: the sleeper is then asleep in
+   * the futex, and only a wake-up (or its own give-up) moves it. */
+  int *word = &sh->m.__data.__lock;
+  int quiet = 0;
+  for (int i = 0; i < 2000 && quiet < 5; i++) {
+    int v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    if (v & FUTEX_WAITERS) {
+      __atomic_compare_exchange_n(word, &v, v & ~FUTEX_WAITERS, false, __ATOMIC_SEQ_CST,
+                                  __ATOMIC_SEQ_CST);
+      quiet = 0;
+    } else if (v == holder) {
+      quiet++;
+    }
+    tu_sleep(0.01);
+  }
+  assert_int_equal(__atomic_load_n(word, __ATOMIC_SEQ_CST) & ~FUTEX_WAITERS, holder);
+  int64_t released = mp__now_ns();
+  atomic_store(&sh->stage, 2); /* an unlock that finds no FUTEX_WAITERS: no wake */
+  assert_child_ok(holder);
+  assert_child_ok(sleeper);
+  double waited = (double)(atomic_load(&sh->got_ns) - released) * 1e-9;
+  assert_true(waited < 3.0); /* one slice (0.1 s) plus a loaded machine; 10 s before */
+
+  /* The ordinary outcomes: a holder that died, a deadline, MP_NOWAIT, signals. */
+  pid_t dier = tu_fork(robust_dier, sh, 30);
+  assert_child_ok(dier);
+  mp__deadline d;
+  mp__deadline_init(&d, 5);
+  assert_int_equal(mp__robust_mutex_lock(&sh->m, &d), -EOWNERDEAD);
+  assert_int_equal(pthread_mutex_consistent(&sh->m), 0);
+  assert_int_equal(pthread_mutex_unlock(&sh->m), 0);
+  atomic_store(&sh->stage, 0);
+  holder = tu_fork(robust_holder, sh, 30);
+  while (atomic_load(&sh->stage) != 1)
+    tu_sleep(0.001);
+  mp__deadline_init(&d, MP_NOWAIT);
+  double t0 = tu_now();
+  assert_int_equal(mp__robust_mutex_lock(&sh->m, &d), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 0.5);
+  mp__deadline_init(&d, 0.35); /* spans several slices */
+  t0 = tu_now();
+  assert_int_equal(mp__robust_mutex_lock(&sh->m, &d), -ETIMEDOUT);
+  double el = tu_now() - t0;
+  assert_true(el >= 0.35 - 0.01 && el < 2.0);
+  tu_signals_start(0.05, 0.05);
+  mp__deadline_init(&d, 0.3);
+  t0 = tu_now();
+  assert_int_equal(mp__robust_mutex_lock(&sh->m, &d), -ETIMEDOUT);
+  el = tu_now() - t0;
+  assert_true(tu_signals_stop() > 0);
+  assert_true(el >= 0.3 - 0.01 && el < 2.0);
+  atomic_store(&sh->stage, 2);
+  assert_child_ok(holder);
+  pthread_mutex_destroy(&sh->m);
+  munmap(sh, sizeof *sh);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_internal_deadline_kinds),
@@ -114,6 +227,7 @@ int main(void) {
       cmocka_unit_test(test_internal_tid_per_thread_and_after_fork),
       cmocka_unit_test(test_internal_heap_invariants_under_churn),
       cmocka_unit_test(test_internal_object_tags),
+      cmocka_unit_test(test_internal_robust_mutex_lock_survives_lost_wake),
   };
   return TU_RUN("internal", tests);
 }

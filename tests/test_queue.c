@@ -1113,6 +1113,57 @@ static void test_queue_free_busy_and_memory(void **state) {
   assert_int_equal(after.used, before.used);
 }
 
+struct joiner_arg {
+  mp_queue *q;
+  double timeout;
+  _Atomic int state;
+  int r;
+};
+
+static void *free_joiner(void *p) {
+  struct joiner_arg *a = p;
+  atomic_store(&a->state, 1);
+  a->r = mp_queue_join(a->q, a->timeout);
+  return NULL;
+}
+
+/* Threads in mp_queue_join() keep a joinable queue from being freed, also the
+ * ones beyond the 16 slots of the sleeper registry: here 16 joiners take the
+ * slots, a 17th is only counted, then the 16 time out and leave. */
+static void test_queue_free_busy_while_joining(void **state) {
+  (void)state;
+  enum { NJ = 17 };
+  for (int k = 0; k < 3; k++) {
+    mp_queue *q;
+    mp_queue_options o = {.order = k, .joinable = 1};
+    assert_int_equal(mp_queue_new(0, &o, &q), 0);
+    assert_int_equal(mp_queue_put(q, "task", 4, 0), 0);
+    struct joiner_arg a[NJ];
+    pthread_t t[NJ];
+    for (int i = 0; i < NJ; i++) {
+      a[i] = (struct joiner_arg){.q = q, .timeout = i < NJ - 1 ? 0.6 : 20};
+      if (i == NJ - 1)
+        tu_sleep(0.2); /* the first 16 have registered */
+      assert_int_equal(pthread_create(&t[i], NULL, free_joiner, &a[i]), 0);
+      while (atomic_load(&a[i].state) != 1)
+        tu_sleep(0.001);
+    }
+    tu_sleep(0.1);
+    assert_int_equal(mp_queue_free(q), -EBUSY); /* 17 joiners */
+    for (int i = 0; i < NJ - 1; i++) {
+      pthread_join(t[i], NULL);
+      assert_int_equal(a[i].r, -ETIMEDOUT);
+    }
+    assert_int_equal(mp_queue_free(q), -EBUSY); /* the one without a slot */
+    char b[8];
+    assert_int_equal(mp_queue_get(q, b, sizeof b, 1), 4);
+    assert_int_equal(mp_queue_task_done(q), 0);
+    pthread_join(t[NJ - 1], NULL);
+    assert_int_equal(a[NJ - 1].r, 0);
+    assert_int_equal(mp_queue_free(q), 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_put_get_in_order),
@@ -1136,6 +1187,7 @@ int main(void) {
       cmocka_unit_test(test_queue_priority_across_processes),
       cmocka_unit_test(test_queue_handle_sent_through_a_queue),
       cmocka_unit_test(test_queue_free_busy_and_memory),
+      cmocka_unit_test(test_queue_free_busy_while_joining),
   };
   return TU_RUN("queue", tests);
 }

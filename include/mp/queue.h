@@ -276,9 +276,10 @@ MP_EXPORT int mp_queue_join(mp_queue *q, double timeout);
  *
  * Must be the queue's last use: freeing a queue another thread or process
  * still uses is undefined, as freeing memory in use always is.
- * @return 0; 0 for NULL; `-EBUSY` when a thread is inside a put, get or
- *         connection wait on it right now (nothing is freed); `-EINVAL` for a
- *         freed or foreign pointer.
+ * @return 0; 0 for NULL; `-EBUSY` when a thread is waiting inside a put, get,
+ *         mp_queue_join() or connection wait on it right now (nothing is
+ *         freed; a waiter killed while waiting may keep it so); `-EINVAL` for
+ *         a freed or foreign pointer.
  */
 MP_EXPORT int mp_queue_free(mp_queue *q);
 
