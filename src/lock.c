@@ -28,6 +28,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 #include <pthread.h>
 
 #include "internal.h"
@@ -62,6 +65,20 @@ int mp__robust_mutex_init(void *mutex, bool recursive) {
   return mutex_init(mutex, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_NORMAL);
 }
 
+/* pthread_mutex_clocklock(), told to ThreadSanitizer, which does not
+ * intercept it (it does intercept the trylock and unlock around it). */
+static int clocklock(pthread_mutex_t *m, const struct timespec *ts) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
+  int r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, ts);
+  bool got = r == 0 || r == EOWNERDEAD;
+  __tsan_mutex_post_lock(m, __tsan_mutex_try_lock | (got ? 0 : __tsan_mutex_try_lock_failed), 0);
+  return r;
+#else
+  return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, ts);
+#endif
+}
+
 /* The longest one sleep inside a robust mutex lasts.
  *
  * Why sleeps are sliced: glibc's robust unlock swaps the futex word to 0 (its
@@ -92,7 +109,7 @@ int mp__robust_mutex_lock(void *mutex, const mp__deadline *d) {
       }
     }
     struct timespec ts = {.tv_sec = (time_t)(at / 1000000000), .tv_nsec = (long)(at % 1000000000)};
-    r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    r = clocklock(m, &ts);
     if (r == ETIMEDOUT && last)
       return -ETIMEDOUT;
   }
