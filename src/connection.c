@@ -9,8 +9,9 @@
  *   3. socket primitives (every syscall turned into -errno, EINTR resumed)
  *   4. sending
  *   5. receiving, and the begun large message
- *   6. file descriptors and connections in transit
- *   7. wait
+ *   6. stream connections (TCP, Unix SOCK_STREAM)
+ *   7. file descriptors and connections in transit
+ *   8. wait
  *
  * 1. Wire format. Every record (one sendmsg, one SOCK_SEQPACKET packet) starts
  * with a 16-byte `struct rec_hdr`: a magic and kind word, the sending thread's
@@ -46,6 +47,29 @@
  * malloc'ed buffer the next receive continues from. A record that is not the
  * expected MORE (a FIRST, an FD) ends it: its sender overlapped or abandoned
  * it. MORE records that continue no begun message are discarded.
+ *
+ * Stream mode. A connection over a byte stream (a TCP socket from Listener
+ * and Client, or any connected SOCK_STREAM socket given to
+ * mp_connection_from_fd()) cannot use records, so the same message is framed
+ * in the stream as records of its own (section 6), all integers big-endian
+ * since the peer may be another machine:
+ *   header   16 bytes: REC_WORD(kind), the payload length, a value
+ *            (FIRST: the message's length; MORE: 0)
+ *   payload  at most STREAM_CHUNK bytes
+ *   trailer  4 bytes: TRL_OK, or TRL_DROP for a record its sender abandoned
+ * The trailer is what keeps a timed send all-or-nothing: a sender whose
+ * deadline passes in the middle of a record cannot take back what the kernel
+ * has, so it owes the rest of the record (remembered in the handle) and pays
+ * it, with zeros for the payload and TRL_DROP, before its next message; a
+ * send that times out between two records of a message owes a MORE of no
+ * payload ending in TRL_DROP. A message counts only once its last record's
+ * trailer is TRL_OK, and a TRL_DROP ends the begun message, so the receiver
+ * drops every abandoned message, and the stream stays in step. The receiver
+ * reads into a buffer in the handle (one recv for many small messages, none
+ * lost to a timeout); the payload of a large record goes straight into the
+ * message. Bytes that are not this framing (a bad word or length) leave the
+ * connection unusable: -EPROTO, since a stream cannot find the next message.
+ * Descriptors do not cross a stream: fd passing is -EOPNOTSUPP there.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -93,18 +117,47 @@ struct partial {
   bool owned; /* buf is ours (else it is the running receive's caller buffer) */
 };
 
+/* Stream mode, the receiving side: the bytes read but not yet used, and the
+ * record being read. */
+struct stream_rx {
+  char *buf;       /* STREAM_BUF bytes, allocated by the first receive */
+  size_t off, len; /* the unused bytes are buf[off .. off + len) */
+  size_t rec_left; /* payload bytes of the current record still to come */
+  bool in_rec;     /* a record's header is read and its trailer is not */
+};
+
+/* Stream mode, the sending side: what is still owed of an abandoned record
+ * (see the file comment). Paid before the next message. */
+struct stream_tx {
+  unsigned char hdr[16]; /* the record's header */
+  size_t hdr_left;       /* its last hdr_left bytes are unsent */
+  size_t zeros;          /* then this many payload bytes, sent as zeros */
+  size_t trl_left;       /* then the last trl_left bytes of TRL_DROP */
+};
+
 /* Private to one process (copied, with the descriptor, by fork). Fields are
  * constant after creation but `chunk` (shrunk on EMSGSIZE, relaxed: any value
- * is valid) and `part` (used by the one receiving thread). */
+ * is valid), `part` and `rx` (used by the one receiving thread) and `tx` (by
+ * the one sending thread). */
 struct mp_connection {
   uint32_t magic;
   int fd;
   bool readable, writable;
+  bool stream; /* a byte stream: section 6 */
   _Atomic size_t chunk;
   struct partial part;
+  struct stream_rx rx;
+  struct stream_tx tx;
 };
 
 static bool conn_ok(const mp_connection *c) { return c && c->magic == CONN_MAGIC; }
+
+/* Stream mode (section 6). */
+static int stream_send(mp_connection *c, const char *p, size_t len, const mp__deadline *d);
+static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
+                           const mp__deadline *d);
+static int stream_poll(mp_connection *c, const mp__deadline *d);
+static ssize_t stream_peek_size(mp_connection *c, const mp__deadline *d);
 
 static size_t chunk_for(int fd) {
   size_t chunk = MP_CONNECTION_ATOMIC_MAX;
@@ -120,7 +173,7 @@ static size_t chunk_for(int fd) {
   return chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
 }
 
-static int conn_make(int fd, bool readable, bool writable, mp_connection **ret) {
+static int conn_make(int fd, bool readable, bool writable, bool stream, mp_connection **ret) {
   mp_connection *c = calloc(1, sizeof *c);
   if (!c)
     return -ENOMEM;
@@ -128,7 +181,8 @@ static int conn_make(int fd, bool readable, bool writable, mp_connection **ret) 
   c->fd = fd;
   c->readable = readable;
   c->writable = writable;
-  atomic_init(&c->chunk, chunk_for(fd));
+  c->stream = stream;
+  atomic_init(&c->chunk, stream ? 0 : chunk_for(fd));
   *ret = c;
   return 0;
 }
@@ -157,10 +211,10 @@ MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **con
     }
   }
   mp_connection *a, *b;
-  int r = conn_make(sv[0], true, duplex, &a);
+  int r = conn_make(sv[0], true, duplex, false, &a);
   if (r < 0)
     goto fail;
-  r = conn_make(sv[1], duplex, true, &b);
+  r = conn_make(sv[1], duplex, true, false, &b);
   if (r < 0) {
     free(a);
     goto fail;
@@ -188,10 +242,19 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret) {
   l = sizeof domain;
   if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &l) < 0)
     return -errno;
-  if (type != SOCK_SEQPACKET || domain != AF_UNIX)
+  bool stream =
+      type == SOCK_STREAM && (domain == AF_UNIX || domain == AF_INET || domain == AF_INET6);
+  if (!stream && (type != SOCK_SEQPACKET || domain != AF_UNIX))
     return -EPROTOTYPE;
+  if (stream) {
+    /* a listening or unconnected socket has no peer */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0)
+      return -errno;
+  }
   mp_connection *c;
-  int r = conn_make(fd, flags & MP_CONNECTION_READABLE, flags & MP_CONNECTION_WRITABLE, &c);
+  int r = conn_make(fd, flags & MP_CONNECTION_READABLE, flags & MP_CONNECTION_WRITABLE, stream, &c);
   if (r < 0)
     return r;
   int fl = fcntl(fd, F_GETFD);
@@ -207,6 +270,7 @@ MP_EXPORT int mp_connection_close(mp_connection *c) {
   if (!conn_ok(c))
     return -EINVAL;
   part_drop(c);
+  free(c->rx.buf);
   close(c->fd);
   c->magic = CONN_CLOSED;
   free(c);
@@ -418,6 +482,8 @@ MP_EXPORT int mp_connection_send(mp_connection *c, const void *buf, size_t len, 
   mp__deadline d;
   if (mp__deadline_init(&d, timeout) < 0)
     return -EINVAL;
+  if (c->stream)
+    return stream_send(c, buf, len, &d);
   return send_message(c, buf, len, &d);
 }
 
@@ -514,6 +580,8 @@ static bool part_alive(mp_connection *c) {
  * stored in *out. */
 static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
                             const mp__deadline *d) {
+  if (c->stream)
+    return stream_recv(c, buf, cap, alloc, out, d);
   struct partial *pt = &c->part;
   if (!alloc && part_alive(c)) {
     /* continue a message begun by an earlier receive, in the caller's buffer */
@@ -618,6 +686,8 @@ MP_EXPORT int mp_connection_poll(mp_connection *c, double timeout) {
   int r = recv_begin(c, &d, timeout);
   if (r < 0)
     return r;
+  if (c->stream)
+    return stream_poll(c, &d);
   struct rec_hdr h;
   size_t pay;
   r = next_record(c, &h, &pay, &d);
@@ -631,6 +701,8 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *c, double timeout) {
   int r = recv_begin(c, &d, timeout);
   if (r < 0)
     return r;
+  if (c->stream)
+    return stream_peek_size(c, &d);
   if (part_alive(c))
     return (ssize_t)c->part.total;
   struct rec_hdr h;
@@ -644,9 +716,486 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *c, double timeout) {
   return (ssize_t)h.value;
 }
 
-/* ------------------------------------------ 6. descriptors and connections */
+/* --------------------------------------------------- 6. stream connections */
+
+#define STREAM_CHUNK ((size_t)256 * 1024) /* payload per record we send */
+#define STREAM_PAY_MAX ((size_t)1 << 30)  /* payload per record we accept */
+#define STREAM_BUF ((size_t)64 * 1024)    /* the receive buffer */
+#define SHDR ((size_t)16)
+#define STRL ((size_t)4)
+/* The trailers differ in their last byte only, so a sender that tore a
+ * TRL_OK can always finish it as a TRL_DROP. */
+#define TRL_OK 0x6d707401u   /* "mpt" 1 */
+#define TRL_DROP 0x6d707400u /* "mpt" 0 */
+
+static void put32(unsigned char *p, uint32_t v) {
+  for (int i = 3; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char)v;
+}
+static void put64(unsigned char *p, uint64_t v) {
+  for (int i = 7; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char)v;
+}
+static uint32_t get32(const unsigned char *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+
+static void stream_hdr(unsigned char *h, int kind, size_t pay, uint64_t value) {
+  put32(h, REC_WORD(kind));
+  put32(h + 4, (uint32_t)pay);
+  put64(h + 8, value);
+}
+
+/* Write the iovecs whole, within the deadline. *done counts the bytes
+ * written, also on failure. 0, -ETIMEDOUT, -EPIPE or another negative errno. */
+static int stream_write(mp_connection *c, struct iovec *iov, int n, size_t *done,
+                        const mp__deadline *d) {
+  struct msghdr m;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = iov;
+  m.msg_iovlen = (size_t)n;
+  /* as send_record(): forever blocks in the kernel, else poll() waits */
+  int flags = MSG_NOSIGNAL | (d->forever ? 0 : MSG_DONTWAIT);
+  *done = 0;
+  for (;;) {
+    while (m.msg_iovlen > 0 && m.msg_iov->iov_len == 0) {
+      m.msg_iov++;
+      m.msg_iovlen--;
+    }
+    if (m.msg_iovlen == 0)
+      return 0;
+    ssize_t w = sendmsg(c->fd, &m, flags);
+    if (w >= 0) {
+      size_t k = (size_t)w;
+      *done += k;
+      while (k > 0) {
+        size_t t = k < m.msg_iov->iov_len ? k : m.msg_iov->iov_len;
+        m.msg_iov->iov_base = (char *)m.msg_iov->iov_base + t;
+        m.msg_iov->iov_len -= t;
+        k -= t;
+        if (m.msg_iov->iov_len == 0) {
+          m.msg_iov++;
+          m.msg_iovlen--;
+        }
+      }
+      continue;
+    }
+    int e = errno;
+    if (e == EINTR)
+      continue;
+    if (e == EAGAIN) {
+      int r = wait_fd(c->fd, POLLOUT, d);
+      if (r < 0)
+        return r;
+      continue;
+    }
+    if (e == EPIPE || e == ECONNRESET || e == ENOTCONN)
+      return -EPIPE;
+    return -e;
+  }
+}
+
+/* Pay what an abandoned record still owes: the rest of its header, zeros for
+ * its payload, and TRL_DROP. 0 when nothing is owed any more. */
+static int stream_pay_debt(mp_connection *c, const mp__deadline *d) {
+  static const unsigned char zeros[4096];
+  struct stream_tx *tx = &c->tx;
+  for (;;) {
+    size_t done = 0;
+    int r = 0;
+    if (tx->hdr_left) {
+      struct iovec iov = {tx->hdr + SHDR - tx->hdr_left, tx->hdr_left};
+      r = stream_write(c, &iov, 1, &done, d);
+      tx->hdr_left -= done;
+    } else if (tx->zeros) {
+      struct iovec iov[16];
+      size_t left = tx->zeros;
+      int n = 0;
+      for (; n < 16 && left > 0; n++) {
+        size_t t = left < sizeof zeros ? left : sizeof zeros;
+        iov[n] = (struct iovec){(void *)zeros, t};
+        left -= t;
+      }
+      r = stream_write(c, iov, n, &done, d);
+      tx->zeros -= done;
+    } else if (tx->trl_left) {
+      unsigned char t[STRL];
+      put32(t, TRL_DROP);
+      struct iovec iov = {t + STRL - tx->trl_left, tx->trl_left};
+      r = stream_write(c, &iov, 1, &done, d);
+      tx->trl_left -= done;
+    } else {
+      return 0;
+    }
+    if (r < 0)
+      return r;
+  }
+}
+
+static int stream_send(mp_connection *c, const char *p, size_t len, const mp__deadline *d) {
+  int r = stream_pay_debt(c, d);
+  if (r < 0)
+    return r; /* nothing of this message went out */
+  unsigned char h[SHDR], t[STRL];
+  put32(t, TRL_OK);
+  size_t off = 0;
+  int kind = K_FIRST;
+  for (;;) {
+    size_t n = len - off < STREAM_CHUNK ? len - off : STREAM_CHUNK;
+    stream_hdr(h, kind, n, kind == K_FIRST ? len : 0);
+    struct iovec iov[3] = {{h, SHDR}, {(void *)(p + off), n}, {t, STRL}};
+    size_t done;
+    r = stream_write(c, iov, 3, &done, d);
+    if (r < 0) {
+      if (done > 0 || off > 0) {
+        /* The message has begun: owe the rest of this record, or a MORE of
+         * no payload, each ending in TRL_DROP (file comment). */
+        struct stream_tx *tx = &c->tx;
+        if (done == 0) {
+          n = 0;
+          stream_hdr(h, K_MORE, 0, 0);
+        }
+        memcpy(tx->hdr, h, SHDR);
+        tx->hdr_left = done < SHDR ? SHDR - done : 0;
+        tx->zeros = done <= SHDR ? n : done < SHDR + n ? SHDR + n - done : 0;
+        tx->trl_left = done <= SHDR + n ? STRL : SHDR + n + STRL - done;
+      }
+      return r;
+    }
+    off += n;
+    if (off == len)
+      return 0;
+    kind = K_MORE;
+  }
+}
+
+static void rx_consume(struct stream_rx *rx, size_t n) {
+  rx->off += n;
+  rx->len -= n;
+  if (rx->len == 0)
+    rx->off = 0;
+}
+
+/* Read until at least `want` (<= STREAM_BUF) bytes are buffered. 0, -EPIPE at
+ * end of file, -ETIMEDOUT, or another negative errno. */
+static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
+  struct stream_rx *rx = &c->rx;
+  if (!rx->buf && !(rx->buf = malloc(STREAM_BUF)))
+    return -ENOMEM;
+  int flags = d->forever ? 0 : MSG_DONTWAIT;
+  int resets = 0;
+  while (rx->len < want) {
+    if (rx->off + want > STREAM_BUF) {
+      memmove(rx->buf, rx->buf + rx->off, rx->len);
+      rx->off = 0;
+    }
+    ssize_t r = recv(c->fd, rx->buf + rx->off + rx->len, STREAM_BUF - rx->off - rx->len, flags);
+    if (r > 0) {
+      rx->len += (size_t)r;
+      continue;
+    }
+    if (r == 0)
+      return -EPIPE;
+    switch (errno) {
+    case EINTR: continue;
+    case ECONNRESET:
+      /* reported once, after the data sent to us; then end of file */
+      if (++resets > 1)
+        return -EPIPE;
+      continue;
+    case EAGAIN: {
+      int w = wait_fd(c->fd, POLLIN, d);
+      if (w < 0)
+        return w;
+      continue;
+    }
+    default: return -errno;
+    }
+  }
+  return 0;
+}
+
+/* Read the next `n` payload bytes into dst (NULL: drop them), from the
+ * buffer first. Returns how many (> 0) or a negative errno. */
+static ssize_t rx_payload(mp_connection *c, char *dst, size_t n, const mp__deadline *d) {
+  struct stream_rx *rx = &c->rx;
+  if (rx->len == 0 && dst) {
+    /* straight into the message */
+    int flags = d->forever ? 0 : MSG_DONTWAIT;
+    for (;;) {
+      ssize_t r = recv(c->fd, dst, n, flags);
+      if (r > 0)
+        return r;
+      if (r == 0)
+        return -EPIPE;
+      if (errno == EINTR || errno == ECONNRESET)
+        break; /* rx_fill() knows how to take these */
+      if (errno != EAGAIN)
+        return -errno;
+      int w = wait_fd(c->fd, POLLIN, d);
+      if (w < 0)
+        return w;
+    }
+  }
+  if (rx->len == 0) {
+    int r = rx_fill(c, 1, d);
+    if (r < 0)
+      return r;
+  }
+  size_t t = n < rx->len ? n : rx->len;
+  if (dst)
+    memcpy(dst, rx->buf + rx->off, t);
+  rx_consume(rx, t);
+  return (ssize_t)t;
+}
+
+struct shdr {
+  int kind; /* K_FIRST or K_MORE */
+  size_t pay;
+  uint64_t value;
+};
+
+/* Check the buffered header (SHDR bytes at least). 0 or -EPROTO. */
+static int rx_header(const struct stream_rx *rx, struct shdr *h) {
+  const unsigned char *p = (const unsigned char *)rx->buf + rx->off;
+  uint32_t word = get32(p);
+  h->kind = (int)(word & 0xff);
+  h->pay = get32(p + 4);
+  h->value = get64(p + 8);
+  if ((word >> 8) != REC_MAGIC || h->pay > STREAM_PAY_MAX)
+    return -EPROTO;
+  if (h->kind == K_FIRST) {
+    /* a message of several records starts with a non-empty one */
+    if (h->value > SSIZE_MAX || h->pay > h->value || (h->pay == 0 && h->value > 0))
+      return -EPROTO;
+    return 0;
+  }
+  return h->kind == K_MORE && h->value == 0 ? 0 : -EPROTO;
+}
+
+/* Read the trailer of the current record. 1 for TRL_OK, 0 for TRL_DROP. */
+static int rx_trailer(mp_connection *c, const mp__deadline *d) {
+  int r = rx_fill(c, STRL, d);
+  if (r < 0)
+    return r;
+  uint32_t t = get32((const unsigned char *)c->rx.buf + c->rx.off);
+  if (t != TRL_OK && t != TRL_DROP)
+    return -EPROTO;
+  rx_consume(&c->rx, STRL);
+  c->rx.in_rec = false;
+  return t == TRL_OK;
+}
+
+/* End of file: what is begun will never end. */
+static void rx_eof(mp_connection *c) {
+  part_drop(c);
+  c->rx.len = c->rx.off = c->rx.rec_left = 0;
+  c->rx.in_rec = false;
+}
+
+/* Whether a begun message kept from an earlier receive is still going (or
+ * has ended and waits for a buffer large enough). Reads, without waiting, what
+ * has arrived of it into its own buffer: its current record may be one its
+ * sender abandoned (TRL_DROP), and a header that is not its MORE, or end of
+ * file, shows it will never end; then it is dropped. */
+static bool stream_part_alive(mp_connection *c) {
+  struct stream_rx *rx = &c->rx;
+  struct partial *pt = &c->part;
+  mp__deadline now;
+  mp__deadline_init(&now, MP_NOWAIT);
+  while (pt->buf) {
+    int r;
+    if (rx->rec_left > 0) {
+      ssize_t n = rx_payload(c, pt->buf + pt->got, rx->rec_left, &now);
+      if (n > 0) {
+        rx->rec_left -= (size_t)n;
+        pt->got += (size_t)n;
+      }
+      r = n < 0 ? (int)n : 0;
+    } else if (rx->in_rec) {
+      r = rx_trailer(c, &now);
+      if (r == 0)
+        part_drop(c); /* its sender gave it up */
+      if (r == 1 && pt->got == pt->total)
+        break; /* whole */
+    } else {
+      struct shdr h;
+      r = rx_fill(c, SHDR, &now);
+      if (r == 0 && (rx_header(rx, &h) < 0 || h.kind != K_MORE))
+        part_drop(c); /* a new message: this one was given up */
+      if (r == 0)
+        break;
+    }
+    if (r == -EPIPE)
+      rx_eof(c);
+    if (r < 0)
+      break;
+  }
+  return pt->buf != NULL;
+}
+
+static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
+                           const mp__deadline *d) {
+  struct partial *pt = &c->part;
+  struct stream_rx *rx = &c->rx;
+  if (!alloc && stream_part_alive(c)) {
+    /* continue a message begun by an earlier receive, in the caller's buffer */
+    if (pt->total > cap)
+      return -EMSGSIZE;
+    memcpy(buf, pt->buf, pt->got);
+    free(pt->buf);
+    pt->buf = buf;
+    pt->owned = false;
+  }
+  ssize_t ret;
+  for (;;) {
+    if (pt->buf && pt->got == pt->total && !rx->in_rec) {
+      ret = (ssize_t)pt->total;
+      if (alloc)
+        *out = pt->buf;
+      pt->buf = NULL;
+      return ret;
+    }
+    if (rx->rec_left > 0) {
+      /* payload of the begun message, or of a record that continues none */
+      ssize_t n = rx_payload(c, pt->buf ? pt->buf + pt->got : NULL, rx->rec_left, d);
+      if (n < 0) {
+        ret = n;
+        break;
+      }
+      rx->rec_left -= (size_t)n;
+      if (pt->buf)
+        pt->got += (size_t)n;
+      continue;
+    }
+    if (rx->in_rec) {
+      int t = rx_trailer(c, d);
+      if (t < 0) {
+        ret = t;
+        break;
+      }
+      if (t == 0)
+        part_drop(c); /* its sender gave it up */
+      continue;
+    }
+    int r = rx_fill(c, SHDR, d);
+    struct shdr h;
+    if (r == 0)
+      r = rx_header(rx, &h);
+    if (r < 0) {
+      ret = r;
+      break;
+    }
+    if (h.kind == K_MORE) {
+      rx_consume(rx, SHDR);
+      if (pt->buf && h.pay > pt->total - pt->got)
+        part_drop(c); /* cannot be its continuation */
+      rx->rec_left = h.pay;
+      rx->in_rec = true;
+      continue;
+    }
+    part_drop(c); /* a new message: a begun one was given up */
+    size_t total = (size_t)h.value;
+    if (!alloc && total > cap) {
+      ret = -EMSGSIZE;
+      break;
+    }
+    if (h.pay == total && SHDR + total + STRL <= STREAM_BUF) {
+      /* the whole message in one record: take it from the buffer */
+      r = rx_fill(c, SHDR + total + STRL, d);
+      if (r < 0) {
+        ret = r;
+        break;
+      }
+      const char *p = rx->buf + rx->off;
+      uint32_t t = get32((const unsigned char *)p + SHDR + total);
+      if (t != TRL_OK && t != TRL_DROP) {
+        ret = -EPROTO;
+        break;
+      }
+      if (t == TRL_DROP) {
+        rx_consume(rx, SHDR + total + STRL);
+        continue;
+      }
+      char *dst = alloc ? malloc(total ? total : 1) : buf;
+      if (!dst) {
+        ret = -ENOMEM;
+        break;
+      }
+      memcpy(dst, p + SHDR, total);
+      rx_consume(rx, SHDR + total + STRL);
+      if (alloc)
+        *out = dst;
+      return (ssize_t)total;
+    }
+    char *dst = alloc ? malloc(total) : buf;
+    if (!dst) {
+      ret = -ENOMEM;
+      break;
+    }
+    rx_consume(rx, SHDR);
+    *pt = (struct partial){dst, total, 0, 0, alloc};
+    rx->rec_left = h.pay;
+    rx->in_rec = true;
+  }
+  if (ret == -EPIPE)
+    rx_eof(c);
+  else
+    part_keep(c);
+  return ret;
+}
+
+static int stream_poll(mp_connection *c, const mp__deadline *d) {
+  if (c->rx.len > 0)
+    return 1;
+  int r = wait_fd(c->fd, POLLIN, d);
+  if (r == 0)
+    return 1;
+  return r == -ETIMEDOUT ? 0 : r;
+}
+
+static ssize_t stream_peek_size(mp_connection *c, const mp__deadline *d) {
+  struct stream_rx *rx = &c->rx;
+  for (;;) {
+    if (stream_part_alive(c))
+      return (ssize_t)c->part.total;
+    /* drop the records that continue no message until a FIRST */
+    int r = 0;
+    if (rx->rec_left > 0) {
+      ssize_t n = rx_payload(c, NULL, rx->rec_left, d);
+      if (n > 0)
+        rx->rec_left -= (size_t)n;
+      r = n < 0 ? (int)n : 0;
+    } else if (rx->in_rec) {
+      r = rx_trailer(c, d);
+      r = r < 0 ? r : 0;
+    } else {
+      struct shdr h;
+      r = rx_fill(c, SHDR, d);
+      if (r == 0)
+        r = rx_header(rx, &h);
+      if (r == 0 && h.kind == K_FIRST)
+        return (ssize_t)h.value;
+      if (r == 0) {
+        rx_consume(rx, SHDR);
+        rx->rec_left = h.pay;
+        rx->in_rec = true;
+      }
+    }
+    if (r < 0) {
+      if (r == -EPIPE)
+        rx_eof(c);
+      return r;
+    }
+  }
+}
+
+/* ------------------------------------------ 7. descriptors and connections */
 
 static int send_fd(mp_connection *c, int fd, uint64_t what, double timeout) {
+  if (c->stream)
+    return -EOPNOTSUPP; /* SCM_RIGHTS needs a Unix socket and its records */
   if (!c->writable)
     return -EBADF;
   if (fd < 0)
@@ -678,6 +1227,8 @@ static int recv_fd(mp_connection *c, bool want_conn, int *fd, uint64_t *what, do
   int r = recv_begin(c, &d, timeout);
   if (r < 0)
     return r;
+  if (c->stream)
+    return -EOPNOTSUPP;
   for (;;) {
     struct rec_hdr h;
     size_t pay;
@@ -723,13 +1274,17 @@ MP_EXPORT int mp_connection_recv_connection(mp_connection *c, mp_connection **re
   int r = recv_fd(c, true, &fd, &what, timeout);
   if (r < 0)
     return r;
-  r = conn_make(fd, what & MP_CONNECTION_READABLE, what & MP_CONNECTION_WRITABLE, ret);
+  int type = 0;
+  socklen_t l = sizeof type;
+  getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l);
+  r = conn_make(fd, what & MP_CONNECTION_READABLE, what & MP_CONNECTION_WRITABLE,
+                type == SOCK_STREAM, ret);
   if (r < 0)
     close(fd);
   return r;
 }
 
-/* ------------------------------------------------------------------- 7. wait */
+/* ------------------------------------------------------------------- 8. wait */
 
 /*
  * mp_connection_wait(): descriptors (connections, process sentinels, raw fds)
@@ -918,6 +1473,15 @@ MP_EXPORT int mp_connection_wait(mp_wait_item *items, size_t n, double timeout) 
     default: return -EINVAL;
     }
   }
+  /* A stream connection may hold received bytes in its handle, where poll()
+   * cannot see them: such a connection is ready now, so only look at the
+   * rest without waiting. */
+  size_t nbuf = 0;
+  for (size_t i = 0; i < n; i++)
+    if (items[i].kind == MP_WAIT_CONNECTION && ((mp_connection *)items[i].obj)->rx.len > 0)
+      nbuf++;
+  if (nbuf > 0)
+    mp__deadline_init(&d, MP_NOWAIT);
 
   /* One allocation: pollfds (+1 for the helpers' eventfd), queue words, the
    * item index of each pollfd and queue, snapshots and per-queue flags. */
@@ -1024,7 +1588,8 @@ MP_EXPORT int mp_connection_wait(mp_wait_item *items, size_t n, double timeout) 
     if (watching[j])
       mp__queue_watch_end(items[qidx[j]].obj);
 out:
-  if (ret > 0) {
+  if (ret > 0 || (nbuf > 0 && ret == -ETIMEDOUT)) {
+    /* (a look that found nothing left every revents and qready clear) */
     for (size_t i = 0; i < n; i++)
       items[i].ready = 0;
     for (size_t i = 0; i < nfd; i++)
@@ -1033,6 +1598,14 @@ out:
     for (size_t j = 0; j < nq; j++)
       if (qready[j])
         items[qidx[j]].ready = 1;
+    if (nbuf > 0) {
+      ret = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (items[i].kind == MP_WAIT_CONNECTION && ((mp_connection *)items[i].obj)->rx.len > 0)
+          items[i].ready = 1;
+        ret += items[i].ready;
+      }
+    }
   }
   free(mem);
   return ret;

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -947,7 +949,7 @@ static void test_connection_from_fd(void **state) {
   close(pfd[0]);
   close(pfd[1]);
   int sv[2];
-  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  assert_int_equal(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
   assert_int_equal(mp_connection_from_fd(sv[0], 0, &c), -EPROTOTYPE);
   close(sv[0]);
   close(sv[1]);
@@ -1376,6 +1378,555 @@ static void test_connection_wait_queues_and_connections(void **state) {
   mp_connection_close(b);
 }
 
+/* ------------------------------------------------------- stream connections */
+
+/* Make two connected stream-mode connections. */
+typedef void (*stream_maker)(mp_connection **a, mp_connection **b);
+
+static void unix_stream_pair(mp_connection **a, mp_connection **b) {
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  assert_int_equal(mp_connection_from_fd(sv[0], 0, a), 0);
+  assert_int_equal(mp_connection_from_fd(sv[1], 0, b), 0);
+}
+
+static void tcp_pair(mp_connection **a, mp_connection **b) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(l >= 0);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(l, 1), 0);
+  socklen_t sl = sizeof sa;
+  assert_int_equal(getsockname(l, (struct sockaddr *)&sa, &sl), 0);
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(c >= 0);
+  assert_int_equal(connect(c, (struct sockaddr *)&sa, sizeof sa), 0);
+  int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+  assert_true(s >= 0);
+  close(l);
+  assert_int_equal(mp_connection_from_fd(c, 0, a), 0);
+  assert_int_equal(mp_connection_from_fd(s, 0, b), 0);
+}
+
+static const stream_maker stream_makers[] = {unix_stream_pair, tcp_pair};
+#define FOR_EACH_STREAM(mk)                                                                        \
+  for (size_t mk##_i = 0; mk##_i < 2; mk##_i++)                                                    \
+    for (stream_maker mk = stream_makers[mk##_i]; mk; mk = NULL)
+
+static const size_t stream_sizes[] = {0,     1,     15,    16,     100,    0,      65515,  65516,
+                                      65517, 65536, 65537, 262144, 262145, 300000, 1 << 20};
+#define N_SIZES (sizeof stream_sizes / sizeof stream_sizes[0])
+
+static int send_sizes_then_small(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  char *m = malloc((size_t)1 << 20);
+  for (unsigned i = 0; i < N_SIZES; i++) {
+    fill(m, stream_sizes[i], i);
+    CHILD_CHECK(mp_connection_send(p->a, m, stream_sizes[i], 20) == 0);
+  }
+  for (unsigned i = 0; i < 1000; i++) {
+    fill(m, i % 61, i);
+    CHILD_CHECK(mp_connection_send(p->a, m, i % 61, 20) == 0);
+  }
+  free(m);
+  return 0;
+}
+
+/* Boundaries kept for every size around the buffer and record limits, the
+ * empty message included, then end of file. */
+static void test_connection_stream_boundaries(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    assert_int_equal(mp_connection_readable(p.a), 1);
+    assert_int_equal(mp_connection_writable(p.a), 1);
+    pid_t pid = tu_fork(send_sizes_then_small, &p, 60);
+    assert_true(pid > 0);
+    mp_connection_close(p.a);
+    char *buf = malloc((size_t)1 << 20);
+    for (unsigned i = 0; i < N_SIZES; i++) {
+      ssize_t n;
+      assert_int_equal(mp_connection_peek_size(p.b, 10), (ssize_t)stream_sizes[i]);
+      if (i % 2) {
+        void *m = NULL;
+        n = mp_connection_recv_alloc(p.b, &m, 10);
+        assert_non_null(m);
+        assert_int_equal(n, (ssize_t)stream_sizes[i]);
+        assert_true(check(m, (size_t)n, i));
+        free(m);
+      } else {
+        n = mp_connection_recv(p.b, buf, (size_t)1 << 20, 10);
+        assert_int_equal(n, (ssize_t)stream_sizes[i]);
+        assert_true(check(buf, (size_t)n, i));
+      }
+    }
+    for (unsigned i = 0; i < 1000; i++) {
+      ssize_t n = mp_connection_recv(p.b, buf, 4096, 10);
+      assert_int_equal(n, (ssize_t)(i % 61));
+      assert_true(check(buf, (size_t)n, i));
+    }
+    assert_int_equal(mp_connection_recv(p.b, buf, 4096, 10), -EPIPE);
+    assert_child_ok(pid);
+    free(buf);
+    mp_connection_close(p.b);
+  }
+}
+
+static int send_one_mib_slowly(void *arg) {
+  struct pair *p = arg;
+  mp_connection_close(p->b);
+  size_t n = BIG; /* more than TCP's buffers hold */
+  char *m = malloc(n);
+  fill(m, n, 4);
+  CHILD_CHECK(mp_connection_send(p->a, m, n, 30) == 0);
+  CHILD_CHECK(mp_connection_send(p->a, "end", 3, 30) == 0);
+  free(m);
+  return 0;
+}
+
+/* -EMSGSIZE consumes nothing, also for a message begun by a receive that
+ * timed out; receives that time out mid-message lose nothing. */
+static void test_connection_stream_emsgsize_and_partial(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    char msg[100], buf[100];
+    fill(msg, sizeof msg, 1);
+    assert_int_equal(mp_connection_send(p.a, msg, sizeof msg, 1), 0);
+    assert_int_equal(mp_connection_recv(p.b, buf, 10, 1), -EMSGSIZE);
+    assert_int_equal(mp_connection_recv(p.b, NULL, 0, 0), -EMSGSIZE);
+    assert_int_equal(mp_connection_peek_size(p.b, 0), 100);
+    assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 0), 100);
+    assert_memory_equal(buf, msg, sizeof msg);
+    assert_int_equal(mp_connection_poll(p.b, 0), 0);
+
+    pid_t pid = tu_fork(send_one_mib_slowly, &p, 30);
+    assert_true(pid > 0);
+    mp_connection_close(p.a);
+    size_t n = BIG;
+    char *big = malloc(n);
+    assert_int_equal(mp_connection_poll(p.b, 10), 1);
+    assert_int_equal(mp_connection_peek_size(p.b, 10), (ssize_t)n);
+    assert_int_equal(mp_connection_recv(p.b, big, n - 1, 10), -EMSGSIZE);
+    ssize_t r;
+    int timeouts = 0, rounds = 0;
+    for (;;) {
+      rounds++;
+      if (rounds == 1)
+        kill(pid, SIGSTOP); /* the receive surely runs dry mid-message */
+      if (rounds % 3 == 0) {
+        assert_int_equal(mp_connection_recv(p.b, big, n - 1, MP_NOWAIT), -EMSGSIZE);
+        assert_int_equal(mp_connection_peek_size(p.b, 0), (ssize_t)n);
+      }
+      if (rounds % 2 == 0) {
+        void *m = NULL;
+        r = mp_connection_recv_alloc(p.b, &m, MP_NOWAIT);
+        if (r >= 0) {
+          assert_int_equal(r, (ssize_t)n);
+          assert_true(check(m, n, 4));
+          free(m);
+          break;
+        }
+      } else {
+        r = mp_connection_recv(p.b, big, n, MP_NOWAIT);
+        if (r >= 0) {
+          assert_int_equal(r, (ssize_t)n);
+          assert_true(check(big, n, 4));
+          break;
+        }
+      }
+      assert_int_equal(r, -ETIMEDOUT);
+      timeouts++;
+      if (rounds == 1)
+        kill(pid, SIGCONT);
+      assert_int_equal(mp_connection_poll(p.b, 10), 1);
+    }
+    assert_true(timeouts > 0);
+    recv_str(p.b, "end");
+    assert_int_equal(mp_connection_recv(p.b, big, n, 10), -EPIPE);
+    assert_child_ok(pid);
+    free(big);
+    mp_connection_close(p.b);
+  }
+}
+
+static void test_connection_stream_16mib_round_trip(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    pid_t pid = tu_fork(echo_big, &p, 60);
+    assert_true(pid > 0);
+    mp_connection_close(p.b);
+    char *m = malloc(BIG), *r = malloc(BIG);
+    fill(m, BIG, 9);
+    assert_int_equal(mp_connection_send(p.a, m, BIG, 30), 0);
+    memset(r, 0, BIG);
+    assert_int_equal(mp_connection_recv(p.a, r, BIG, 30), (ssize_t)BIG);
+    assert_true(check(r, BIG, 9));
+    assert_child_ok(pid);
+    assert_int_equal(mp_connection_recv(p.a, r, BIG, 5), -EPIPE);
+    free(m);
+    free(r);
+    mp_connection_close(p.a);
+  }
+}
+
+static int stream_send_to_closed_peer(void *arg) {
+  struct pair *p = arg;
+  signal(SIGPIPE, SIG_DFL); /* SIGPIPE would kill this child */
+  /* TCP may take one send before it learns of the close; then -EPIPE */
+  int r = 0;
+  for (int i = 0; i < 200 && r == 0; i++) {
+    r = mp_connection_send(p->a, "x", 1, 1);
+    if (r == 0)
+      tu_sleep(0.01);
+  }
+  CHILD_CHECK(r == -EPIPE);
+  CHILD_CHECK(mp_connection_send(p->a, "x", 1, 0) == -EPIPE);
+  CHILD_CHECK(mp_connection_send(p->a, "x", 1, MP_FOREVER) == -EPIPE);
+  char big[100000];
+  memset(big, 1, sizeof big);
+  CHILD_CHECK(mp_connection_send(p->a, big, sizeof big, 1) == -EPIPE);
+  return 0;
+}
+
+/* End of file after the last message, on every receiving call; sends to a
+ * closed peer give -EPIPE and no SIGPIPE; a sender killed mid-message leaves
+ * end of file, never a torn message. */
+static void test_connection_stream_eof(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    send_str(p.a, "last words");
+    mp_connection_close(p.a);
+    recv_str(p.b, "last words");
+    char buf[16];
+    assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 10), -EPIPE);
+    assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, 0), -EPIPE);
+    void *m = NULL;
+    assert_int_equal(mp_connection_recv_alloc(p.b, &m, 0), -EPIPE);
+    assert_null(m);
+    assert_int_equal(mp_connection_peek_size(p.b, 0), -EPIPE);
+    assert_int_equal(mp_connection_poll(p.b, 0), 1);
+    mp_connection_close(p.b);
+
+    mk(&p.a, &p.b);
+    mp_connection_close(p.b);
+    p.b = NULL;
+    pid_t pid = tu_fork(stream_send_to_closed_peer, &p, 30);
+    assert_true(pid > 0);
+    assert_child_ok(pid);
+    mp_connection_close(p.a);
+
+    mk(&p.a, &p.b);
+    pid = tu_fork(send_big_forever, &p, 30);
+    assert_true(pid > 0);
+    mp_connection_close(p.a);
+    assert_int_equal(mp_connection_poll(p.b, 10), 1);
+    tu_sleep(0.1);
+    kill(pid, SIGKILL);
+    assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+    char *big = malloc(BIG);
+    assert_int_equal(mp_connection_recv(p.b, big, BIG, 10), -EPIPE);
+    free(big);
+    mp_connection_close(p.b);
+  }
+}
+
+static void test_connection_stream_receive_timeouts(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    mp_connection *a, *b;
+    mk(&a, &b);
+    check_blocking(do_recv, b, -ETIMEDOUT);
+    check_blocking(do_recv_alloc, b, -ETIMEDOUT);
+    check_blocking(do_poll, b, 0);
+    check_blocking(do_peek_size, b, -ETIMEDOUT);
+    mp_connection_close(a);
+    mp_connection_close(b);
+  }
+  /* part of a message satisfies none of them: replay a message's bytes
+   * (header 16, payload 10, trailer 4) in three steps */
+  mp_connection *a, *b, *c;
+  unix_stream_pair(&a, &b);
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  assert_int_equal(mp_connection_from_fd(sv[1], 0, &c), 0);
+  send_str(a, "0123456789");
+  unsigned char raw[64];
+  assert_int_equal(recv(mp_connection_fileno(b), raw, sizeof raw, 0), 30);
+  assert_int_equal(write(sv[0], raw, 12), 12);
+  assert_int_equal(mp_connection_poll(c, 1), 1);
+  check_blocking(do_peek_size, c, -ETIMEDOUT);
+  check_blocking(do_recv, c, -ETIMEDOUT);
+  assert_int_equal(write(sv[0], raw + 12, 16), 16);
+  assert_int_equal(mp_connection_peek_size(c, 1), 10);
+  check_blocking(do_recv_alloc, c, -ETIMEDOUT);
+  assert_int_equal(write(sv[0], raw + 28, 2), 2);
+  recv_str(c, "0123456789");
+  /* bytes that are not libmp's framing */
+  assert_int_equal(write(sv[0], "GET / HTTP/1.0\r\n\r\n", 18), 18);
+  char buf[64];
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 1), -EPROTO);
+  assert_int_equal(mp_connection_peek_size(c, 1), -EPROTO);
+  close(sv[0]);
+  mp_connection_close(c);
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+/* Send NOWAIT until the connection stays full: TCP still moves bytes from
+ * the sender's buffer to the receiver's for a while. Returns how many. */
+static int fill_until_full(mp_connection *a, const void *msg, size_t len) {
+  int sent = 0, round;
+  do {
+    round = 0;
+    while (mp_connection_send(a, msg, len, MP_NOWAIT) == 0)
+      round++;
+    sent += round;
+    tu_sleep(0.2);
+  } while (round > 0);
+  return sent;
+}
+
+/* Large enough that the little room TCP may still free on a full connection
+ * does not take a whole one. */
+#define FULL_MSG ((size_t)64 * 1024)
+static char full_msg[FULL_MSG];
+
+static int drain_later_alloc(void *arg) {
+  struct pair *p = arg;
+  tu_sleep(0.3);
+  void *m = NULL;
+  while (mp_connection_recv_alloc(p->b, &m, 0.5) >= 0)
+    free(m);
+  return 0;
+}
+
+static long do_send_full_msg(void *ctx, double t) {
+  return mp_connection_send(ctx, full_msg, FULL_MSG, t);
+}
+
+/* Sends that time out deliver nothing, not even when part of the message
+ * went out; the connection stays in step and the next message comes whole. */
+static void test_connection_stream_send_timeouts(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    mp_connection *a, *b;
+    mk(&a, &b);
+    int sent = fill_until_full(a, full_msg, FULL_MSG);
+    assert_true(sent >= 2);
+    check_blocking(do_send_full_msg, a, -ETIMEDOUT);
+    char *buf = malloc(FULL_MSG);
+    for (int i = 0; i < sent; i++)
+      assert_int_equal(mp_connection_recv(b, buf, FULL_MSG, 5), (ssize_t)FULL_MSG);
+    assert_int_equal(mp_connection_recv(b, buf, FULL_MSG, 0.05), -ETIMEDOUT);
+    free(buf);
+    send_str(a, "after");
+    recv_str(b, "after");
+    assert_int_equal(mp_connection_poll(b, 0), 0);
+    mp_connection_close(a);
+    mp_connection_close(b);
+  }
+}
+
+static void *send_after_abandoned(void *arg) {
+  struct pair *p = arg;
+  char msg[1000];
+  fill(msg, sizeof msg, 6);
+  return (void *)(intptr_t)mp_connection_send(p->a, msg, sizeof msg, 20);
+}
+
+/* A large send that times out mid-message: the receiver drops the part that
+ * went out and gets the next message whole. */
+static void test_connection_stream_send_timeout_mid_message(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    char *m = malloc(BIG);
+    fill(m, BIG, 6);
+    double t0 = tu_now();
+    assert_int_equal(mp_connection_send(p.a, m, BIG, 0.2), -ETIMEDOUT);
+    double e = tu_now() - t0;
+    assert_true(e >= 0.19 && e < 2.0);
+    assert_int_equal(mp_connection_poll(p.b, 0), 1);
+    char *buf = malloc(BIG);
+    assert_int_equal(mp_connection_recv(p.b, buf, BIG, 0.1), -ETIMEDOUT);
+    assert_int_equal(mp_connection_peek_size(p.b, 0), (ssize_t)BIG); /* begun, kept */
+    /* the next send pays what the abandoned one owes, so someone must read:
+     * a thread of this process sends (a forked child would pay with its own
+     * copy of the handle) */
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, send_after_abandoned, &p), 0);
+    assert_int_equal(mp_connection_recv(p.b, buf, BIG, 20), 1000);
+    assert_true(check(buf, 1000, 6));
+    void *res;
+    assert_int_equal(pthread_join(th, &res), 0);
+    assert_int_equal((intptr_t)res, 0);
+    assert_int_equal(mp_connection_poll(p.b, 0), 0);
+    send_str(p.a, "and on");
+    recv_str(p.b, "and on");
+    free(m);
+    free(buf);
+    mp_connection_close(p.a);
+    mp_connection_close(p.b);
+  }
+}
+
+/* Forever waits resume across signals until satisfied. */
+static void test_connection_stream_forever_waits_survive_signals(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    struct pair p;
+    mk(&p.a, &p.b);
+    pid_t pid = tu_fork(send_later, &p, 30);
+    assert_true(pid > 0);
+    tu_signals_start(0.05, 0.05);
+    char buf[16];
+    assert_int_equal(mp_connection_recv(p.b, buf, sizeof buf, MP_FOREVER), 4);
+    assert_true(tu_signals_stop() >= 2);
+    assert_child_ok(pid);
+
+    fill_until_full(p.a, full_msg, FULL_MSG);
+    pid = tu_fork(drain_later_alloc, &p, 30);
+    assert_true(pid > 0);
+    tu_signals_start(0.05, 0.05);
+    assert_int_equal(mp_connection_send(p.a, full_msg, FULL_MSG, MP_FOREVER), 0);
+    assert_true(tu_signals_stop() >= 2);
+    assert_child_ok(pid);
+    mp_connection_close(p.a);
+    mp_connection_close(p.b);
+  }
+}
+
+/* Descriptors do not cross a stream; a stream connection itself can be sent
+ * over a pipe and works at the other end. */
+static void test_connection_stream_fd_passing(void **state) {
+  (void)state;
+  mp_connection *a, *b;
+  tcp_pair(&a, &b);
+  int fd;
+  mp_connection *c = NULL;
+  assert_int_equal(mp_connection_send_fd(a, 0, 1), -EOPNOTSUPP);
+  assert_int_equal(mp_connection_send_connection(a, b, 1), -EOPNOTSUPP);
+  assert_int_equal(mp_connection_recv_fd(b, &fd, 0), -EOPNOTSUPP);
+  assert_int_equal(mp_connection_recv_connection(b, &c, 0), -EOPNOTSUPP);
+  assert_null(c);
+  mp_connection *x, *y;
+  new_pipe(1, &x, &y);
+  assert_int_equal(mp_connection_send_connection(x, b, 1), 0);
+  assert_int_equal(mp_connection_recv_connection(y, &c, 1), 0);
+  mp_connection_close(b);
+  send_str(a, "via the copy");
+  recv_str(c, "via the copy");
+  assert_int_equal(mp_connection_recv_fd(c, &fd, 0), -EOPNOTSUPP);
+  mp_connection_close(c);
+  mp_connection_close(x);
+  mp_connection_close(y);
+  mp_connection_close(a);
+}
+
+static void test_connection_stream_from_fd(void **state) {
+  (void)state;
+  mp_connection *c = NULL;
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(l >= 0);
+  assert_int_equal(mp_connection_from_fd(l, 0, &c), -ENOTCONN); /* unconnected */
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(l, 1), 0);
+  assert_int_equal(mp_connection_from_fd(l, 0, &c), -ENOTCONN); /* listening */
+  close(l);
+  assert_null(c);
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0); /* no CLOEXEC */
+  mp_connection *a = NULL, *b = NULL;
+  assert_int_equal(mp_connection_from_fd(sv[0], MP_CONNECTION_WRITABLE, &a), 0);
+  assert_int_equal(mp_connection_from_fd(sv[1], MP_CONNECTION_READABLE, &b), 0);
+  assert_true(fcntl(sv[0], F_GETFD) & FD_CLOEXEC);
+  assert_int_equal(mp_connection_fileno(a), sv[0]);
+  assert_int_equal(mp_connection_readable(a), 0);
+  assert_int_equal(mp_connection_writable(b), 0);
+  char buf[8];
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 0), -EBADF);
+  assert_int_equal(mp_connection_send(b, "x", 1, 0), -EBADF);
+  send_str(a, "adopted");
+  recv_str(b, "adopted");
+  mp_connection_close(a);
+  mp_connection_close(b);
+}
+
+/* Bytes already read into the handle count as readable for wait and poll,
+ * though the descriptor shows nothing. */
+static void test_connection_stream_wait(void **state) {
+  (void)state;
+  FOR_EACH_STREAM(mk) {
+    mp_connection *a, *b, *x, *y;
+    mk(&a, &b);
+    new_pipe(1, &x, &y);
+    mp_wait_item items[2] = {{.kind = MP_WAIT_CONNECTION, .obj = y},
+                             {.kind = MP_WAIT_CONNECTION, .obj = b}};
+    struct {
+      mp_wait_item *items;
+      size_t n;
+    } ctx = {items, 2};
+    check_blocking(do_wait, &ctx, -ETIMEDOUT);
+    send_str(a, "one");
+    send_str(a, "two");
+    assert_int_equal(mp_connection_wait(items, 2, 5), 1);
+    assert_int_equal(items[0].ready, 0);
+    assert_int_equal(items[1].ready, 1);
+    tu_sleep(0.05); /* both messages are in, and one recv takes both */
+    recv_str(b, "one");
+    struct pollfd pf = {.fd = mp_connection_fileno(b), .events = POLLIN, .revents = 0};
+    assert_int_equal(poll(&pf, 1, 0), 0);
+    double t0 = tu_now();
+    assert_int_equal(mp_connection_wait(items, 2, MP_FOREVER), 1);
+    assert_true(tu_now() - t0 < 1.0);
+    assert_int_equal(items[1].ready, 1);
+    assert_int_equal(mp_connection_poll(b, 0), 1);
+    send_str(x, "pipe");
+    assert_int_equal(mp_connection_wait(items, 2, 5), 2);
+    assert_int_equal(items[0].ready, 1);
+    recv_str(b, "two");
+    recv_str(y, "pipe");
+    assert_int_equal(mp_connection_wait(items, 2, 0), -ETIMEDOUT);
+    /* with a queue in the set too */
+    mp_queue *q = NULL;
+    assert_int_equal(mp_queue_new(0, NULL, &q), 0);
+    mp_wait_item mixed[2] = {{.kind = MP_WAIT_QUEUE, .obj = q},
+                             {.kind = MP_WAIT_CONNECTION, .obj = b}};
+    send_str(a, "three");
+    send_str(a, "four");
+    tu_sleep(0.05);
+    recv_str(b, "three");
+    t0 = tu_now();
+    assert_int_equal(mp_connection_wait(mixed, 2, 10), 1);
+    assert_true(tu_now() - t0 < 1.0);
+    assert_int_equal(mixed[0].ready, 0);
+    assert_int_equal(mixed[1].ready, 1);
+    recv_str(b, "four");
+    assert_int_equal(mp_connection_wait(mixed, 2, 0), -ETIMEDOUT);
+    mp_queue_free(q);
+    mp_connection_close(x);
+    mp_connection_close(y);
+    mp_connection_close(a);
+    mp_connection_close(b);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_connection_pipe_new_and_accessors),
@@ -1411,6 +1962,17 @@ int main(void) {
       cmocka_unit_test(test_connection_wait_several_queues),
       cmocka_unit_test(test_connection_wait_many_queues),
       cmocka_unit_test(test_connection_wait_queues_and_connections),
+      cmocka_unit_test(test_connection_stream_boundaries),
+      cmocka_unit_test(test_connection_stream_emsgsize_and_partial),
+      cmocka_unit_test(test_connection_stream_16mib_round_trip),
+      cmocka_unit_test(test_connection_stream_eof),
+      cmocka_unit_test(test_connection_stream_receive_timeouts),
+      cmocka_unit_test(test_connection_stream_send_timeouts),
+      cmocka_unit_test(test_connection_stream_send_timeout_mid_message),
+      cmocka_unit_test(test_connection_stream_forever_waits_survive_signals),
+      cmocka_unit_test(test_connection_stream_fd_passing),
+      cmocka_unit_test(test_connection_stream_from_fd),
+      cmocka_unit_test(test_connection_stream_wait),
   };
   return TU_RUN("connection", tests);
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /**
  * @file mp/connection.h
- * @brief Pipe and Connection: byte messages over a Unix socket pair, as
- *        Python's `multiprocessing.Pipe`, and `wait` over many objects.
+ * @brief Pipe and Connection: byte messages over a Unix socket pair (or a
+ *        stream such as TCP), as Python's `multiprocessing.Pipe`, and
+ *        `wait` over many objects.
  *
  * mp_pipe_new() makes two connected ends. Each end sends and receives whole
  * byte messages of any length, the empty message included; messages never
@@ -37,6 +38,22 @@
  * begun by a receive that timed out is kept in that handle: do not fork or
  * send the connection in the middle of one. Records on the socket that libmp
  * did not make are discarded.
+ *
+ * Stream connections. mp_connection_from_fd() also adopts a connected
+ * stream socket (TCP, or a Unix `SOCK_STREAM` socket), and Listener/Client
+ * (mp/manager.h) give one for a TCP address. libmp then frames messages in
+ * the stream itself, with the same semantics as above: boundaries, empty
+ * messages, `-EMSGSIZE` keeping the message, `-EPIPE` at end of file, one
+ * deadline per call, no SIGPIPE; a send that times out delivers nothing, even
+ * when part of it went out (the rest of that part is sent as filler marked
+ * dropped before the next message). The differences: descriptors and
+ * connections cannot travel over a stream (`-EOPNOTSUPP`); one process at a
+ * time may send and one receive, whatever the message size, and neither may
+ * fork or send the connection while a send or a receive is half done; the
+ * receiver reads ahead into its handle, so bytes already read count as
+ * readable for mp_connection_poll() and mp_connection_wait() but not on the
+ * descriptor; bytes that are not libmp's framing give `-EPROTO` and leave the
+ * connection unusable.
  *
  * Signals never end a call early: an interrupted wait resumes against the
  * same deadline. Errors common to every call: `-EINVAL` for a NULL handle or
@@ -85,12 +102,16 @@ typedef struct mp_connection mp_connection;
 MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **conn2);
 
 /**
- * @brief Adopt a connected Unix `SOCK_SEQPACKET` socket as a connection
- *        (Python's `Connection(handle, readable, writable)`).
+ * @brief Adopt a connected socket as a connection (Python's
+ *        `Connection(handle, readable, writable)`).
  *
  * Used to rebuild a connection whose descriptor arrived some other way (for
  * example through mp_connection_recv_fd(), or inherited across exec). The
- * peer must speak libmp's framing, i.e. be a libmp connection.
+ * peer must speak libmp's framing, i.e. be a libmp connection. A Unix
+ * `SOCK_SEQPACKET` socket gives a connection like a pipe's end; a connected
+ * stream socket (TCP over IPv4 or IPv6, or Unix `SOCK_STREAM`) a stream
+ * connection (see the file comment), whose peer must be a stream connection
+ * too.
  *
  * @param fd the socket; on success the connection owns it (closed by
  *           mp_connection_close()) and it is made close-on-exec. On failure
@@ -99,8 +120,11 @@ MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **con
  *              for both.
  * @param[out] ret written only on success.
  * @return 0; `-EBADF` for a closed descriptor; `-ENOTSOCK` when @p fd is not
- *         a socket; `-EPROTOTYPE` when it is not a Unix `SOCK_SEQPACKET`
- *         socket; `-EINVAL` for unknown flags or NULL @p ret; `-ENOMEM`.
+ *         a socket; `-EPROTOTYPE` when it is another kind of socket (neither
+ *         Unix `SOCK_SEQPACKET` nor `SOCK_STREAM` of Unix, IPv4 or IPv6);
+ *         `-ENOTCONN` for a stream socket that is not connected (a listening
+ *         one included); `-EINVAL` for unknown flags or NULL @p ret;
+ *         `-ENOMEM`.
  */
 MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret);
 
@@ -128,7 +152,9 @@ MP_EXPORT int mp_connection_close(mp_connection *conn);
  * @param buf the bytes; may be NULL when @p len is 0 (an empty message).
  * @return 0 once the whole message is queued; `-ETIMEDOUT` when it could not
  *         all be queued in time: the message is not delivered (when its first
- *         records were already out, the receiver drops them); `-EPIPE` when
+ *         records were already out, the receiver drops them; on a stream
+ *         connection the rest of the begun part is sent, marked dropped,
+ *         before the next message); `-EPIPE` when
  *         every copy of the other end is closed (no SIGPIPE); `-EBADF` on a
  *         receive-only end; `-EINVAL` for NULL @p conn, NULL @p buf with a
  *         non-zero @p len, a length above `SSIZE_MAX` or a NaN timeout;
@@ -167,8 +193,9 @@ MP_EXPORT int mp_connection_send_bytes(mp_connection *conn, const void *buf, siz
  *         the other end closed and every message read); `-EBADMSG` when the
  *         next item is a file descriptor (nothing is consumed: take it with
  *         mp_connection_recv_fd() or mp_connection_recv_connection());
- *         `-EBADF` on a send-only end; `-EINVAL`. On an error the contents
- *         of @p buf are unspecified.
+ *         `-EPROTO` on a stream connection whose bytes are not libmp's
+ *         framing (the connection is unusable); `-EBADF` on a send-only end;
+ *         `-EINVAL`. On an error the contents of @p buf are unspecified.
  */
 MP_EXPORT ssize_t mp_connection_recv(mp_connection *conn, void *buf, size_t cap, double timeout);
 
@@ -195,8 +222,8 @@ MP_EXPORT int mp_connection_poll(mp_connection *conn, double timeout);
 /**
  * @brief The length of the next message, without consuming it; waits up to
  *        @p timeout seconds for one, like mp_connection_poll().
- * @return the length; `-ETIMEDOUT`, `-EPIPE`, `-EBADMSG`, `-EBADF`, `-EINVAL`
- *         as mp_connection_recv().
+ * @return the length; `-ETIMEDOUT`, `-EPIPE`, `-EBADMSG`, `-EPROTO`,
+ *         `-EBADF`, `-EINVAL` as mp_connection_recv().
  */
 MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *conn, double timeout);
 
@@ -205,7 +232,9 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *conn, double timeout);
  *        poll/epoll: readable when mp_connection_poll() would return 1.
  *
  * The connection owns it: do not close it, and do not read or write it
- * directly.
+ * directly. A stream connection may hold bytes already read in its handle,
+ * which the descriptor does not show: ask mp_connection_poll() (with
+ * timeout 0) before sleeping on it.
  * @return the descriptor; `-EINVAL` for NULL.
  */
 MP_EXPORT int mp_connection_fileno(mp_connection *conn);
@@ -224,7 +253,9 @@ MP_EXPORT int mp_connection_writable(mp_connection *conn);
  *
  * Kept in order with messages. The caller's @p fd stays open and its own.
  * @return 0; `-EBADF` for an invalid @p fd or on a receive-only end;
- *         `-ETIMEDOUT`, `-EPIPE`, `-EINVAL` as mp_connection_send().
+ *         `-EOPNOTSUPP` on a stream connection (descriptors cannot cross
+ *         it; nothing is sent); `-ETIMEDOUT`, `-EPIPE`, `-EINVAL` as
+ *         mp_connection_send().
  */
 MP_EXPORT int mp_connection_send_fd(mp_connection *conn, int fd, double timeout);
 
@@ -235,14 +266,17 @@ MP_EXPORT int mp_connection_send_fd(mp_connection *conn, int fd, double timeout)
  *             written only on success.
  * @return 0; `-EBADMSG` when the next item is a message (nothing is consumed);
  *         `-EMFILE` when the process has no descriptor left (the descriptor is
- *         lost); otherwise as mp_connection_recv().
+ *         lost); `-EOPNOTSUPP` on a stream connection (nothing is consumed);
+ *         otherwise as mp_connection_recv().
  */
 MP_EXPORT int mp_connection_recv_fd(mp_connection *conn, int *ret, double timeout);
 
 /**
  * @brief Send a connection to the process at the other end, which rebuilds it
  *        with mp_connection_recv_connection() (Python's pickling of a
- *        Connection). The sender's handle stays open and usable.
+ *        Connection). The sender's handle stays open and usable. @p what
+ *        may be a stream connection (bytes its handle has read ahead stay
+ *        there); @p conn may not (`-EOPNOTSUPP`).
  * @return as mp_connection_send_fd(); `-EINVAL` for a NULL @p what.
  */
 MP_EXPORT int mp_connection_send_connection(mp_connection *conn, mp_connection *what,
@@ -262,7 +296,8 @@ MP_EXPORT int mp_connection_recv_connection(mp_connection *conn, mp_connection *
 
 /** What an mp_wait_item watches. */
 enum mp_wait_kind {
-  /** `obj` is an mp_connection: ready when mp_connection_poll() gives 1. */
+  /** `obj` is an mp_connection: ready when mp_connection_poll() gives 1
+   *  (for a stream connection, also when its handle holds bytes read ahead). */
   MP_WAIT_CONNECTION = 1,
   /** `obj` is an mp_process started by the caller: ready when it has ended
    *  (its sentinel, as Python's `Process.sentinel`). */
