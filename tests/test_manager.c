@@ -7,7 +7,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <mp.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1196,10 +1198,136 @@ static void test_manager_listener_client(void **state) {
   mp_listener *l;
   assert_int_equal(mp_listener_new(NULL, NULL, 0, &l), -EINVAL);
   assert_int_equal(mp_listener_new("unix:/tmp/x", "k", 0, &l), -EINVAL);
-  assert_int_equal(mp_listener_new("127.0.0.1:0", NULL, 0, &l), -EPROTONOSUPPORT);
+  assert_int_equal(mp_listener_new("127.0.0.1:99999", NULL, 0, &l), -EINVAL);
   mp_connection *c;
   assert_int_equal(mp_client_connect("unix:/tmp/mp-test-nothing-here", NULL, 0, 1, &c), -ENOENT);
   assert_int_equal(mp_listener_close(NULL), 0);
+}
+
+static int tcp_client_child(void *arg) {
+  struct lc *x = arg;
+  mp_connection *c;
+  CHILD_CHECK(mp_client_connect(x->addr, x->key, x->key ? strlen(x->key) : 0, 10, &c) == 0);
+  CHILD_CHECK(mp_connection_send(c, "hello", 5, 10) == 0);
+  CHILD_CHECK(mp_connection_send(c, NULL, 0, 10) == 0);
+  size_t n = 300000;
+  char *m = malloc(n);
+  for (size_t i = 0; i < n; i++)
+    m[i] = (char)(i * 7);
+  CHILD_CHECK(mp_connection_send(c, m, n, 10) == 0);
+  free(m);
+  char buf[16];
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 10) == 3 && !memcmp(buf, "ack", 3));
+  int fd;
+  CHILD_CHECK(mp_connection_recv_fd(c, &fd, 0) == -EOPNOTSUPP);
+  mp_connection_close(c);
+  return 0;
+}
+
+static int tcp_client_refused(void *arg) {
+  struct lc *x = arg;
+  mp_connection *c = NULL;
+  CHILD_CHECK(mp_client_connect(x->addr, x->key, x->key ? strlen(x->key) : 0, 10, &c) == -EACCES);
+  CHILD_CHECK(c == NULL);
+  return 0;
+}
+
+/* Listener/Client over TCP: the kernel's port, messages with their
+ * boundaries, the key checked both ways. */
+static void tcp_listener_round(const char *key) {
+  struct lc x = {"", key};
+  mp_listener *l;
+  assert_int_equal(mp_listener_new("127.0.0.1:0", key, key ? strlen(key) : 0, &l), 0);
+  ssize_t n = mp_listener_address(l, x.addr, sizeof x.addr);
+  assert_true(n > 10);
+  assert_int_equal(strncmp(x.addr, "127.0.0.1:", 10), 0);
+  assert_true(atoi(x.addr + 10) > 0);
+  assert_int_equal(mp_listener_address(l, x.addr, 5), -EMSGSIZE);
+  assert_int_equal(mp_listener_address(l, x.addr, sizeof x.addr), n);
+
+  pid_t pid = tu_fork(tcp_client_child, &x, 30);
+  assert_true(pid > 0);
+  mp_connection *c = NULL;
+  assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+  char buf[16];
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 5);
+  assert_memory_equal(buf, "hello", 5);
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 0);
+  assert_int_equal(mp_connection_peek_size(c, 10), 300000);
+  void *m = NULL;
+  assert_int_equal(mp_connection_recv_alloc(c, &m, 10), 300000);
+  bool same = true;
+  for (size_t i = 0; i < 300000; i++)
+    same &= ((char *)m)[i] == (char)(i * 7);
+  assert_true(same);
+  free(m);
+  assert_int_equal(mp_connection_send(c, "ack", 3, 10), 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), -EPIPE);
+  mp_connection_close(c);
+
+  if (key) {
+    /* a wrong key: -EACCES on both sides, and the listener goes on */
+    struct lc bad = x;
+    bad.key = "nope";
+    pid = tu_fork(tcp_client_refused, &bad, 30);
+    assert_true(pid > 0);
+    assert_int_equal(mp_listener_accept(l, 10, &c), -EACCES);
+    assert_child_ok(pid);
+    /* no key against a listener with one: the client refuses, the listener
+     * sees it leave */
+    bad.key = NULL;
+    pid = tu_fork(tcp_client_refused, &bad, 30);
+    assert_true(pid > 0);
+    assert_int_equal(mp_listener_accept(l, 10, &c), -EPIPE);
+    assert_child_ok(pid);
+  } else {
+    /* a client with a key refuses a listener without one */
+    struct lc keyed = x;
+    keyed.key = "secret";
+    pid = tu_fork(tcp_client_refused, &keyed, 30);
+    assert_true(pid > 0);
+    assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+    assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), -EPIPE);
+    assert_child_ok(pid);
+    mp_connection_close(c);
+  }
+  /* a peer that does not speak the protocol is refused */
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)atoi(x.addr + 10));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(write(fd, "GET / HTTP/1.0\r\n\r\n", 18), 18);
+  assert_int_equal(mp_listener_accept(l, 10, &c), key ? -EACCES : 0);
+  if (!key)
+    mp_connection_close(c); /* without a key there is nothing to check */
+  close(fd);
+
+  /* and the listener still works */
+  x.key = key;
+  pid = tu_fork(tcp_client_child, &x, 30);
+  assert_true(pid > 0);
+  assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 5);
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 0);
+  assert_int_equal(mp_connection_recv_alloc(c, &m, 10), 300000);
+  free(m);
+  assert_int_equal(mp_connection_send(c, "ack", 3, 10), 0);
+  assert_child_ok(pid);
+  mp_connection_close(c);
+  assert_int_equal(mp_listener_close(l), 0);
+  /* nothing listens there any more */
+  assert_int_equal(mp_client_connect(x.addr, key, key ? strlen(key) : 0, 5, &c), -ECONNREFUSED);
+}
+
+static void test_manager_listener_client_tcp(void **state) {
+  (void)state;
+  tcp_listener_round(NULL);
+  tcp_listener_round("secret");
 }
 
 static int accept_op(void *ctx, double t) {
@@ -1243,6 +1371,7 @@ int main(void) {
       cmocka_unit_test(test_manager_server_killed_then_new_one),
       cmocka_unit_test(test_manager_server_ends_with_its_program),
       cmocka_unit_test(test_manager_listener_client),
+      cmocka_unit_test(test_manager_listener_client_tcp),
       cmocka_unit_test(test_manager_listener_accept_timeouts),
   };
   return TU_RUN("manager", tests);

@@ -546,37 +546,57 @@ MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a);
 typedef struct mp_listener mp_listener;
 
 /**
- * @brief Listen at @p address (`"unix:/path"` or `"/path"`) with an
- *        optional key (Python's
+ * @brief Listen at @p address with an optional key (Python's
  *        `Listener(address, authkey=...)`).
  *
- * Unix sockets only (`SOCK_SEQPACKET`, the framing of #mp_connection), made
- * with mode 0600; the path must not exist. Accepted connections are ordinary
- * #mp_connection handles. For TCP use a manager (mp_manager_new()).
+ * @p address is `"unix:/path"` or `"/path"` for a Unix socket
+ * (`SOCK_SEQPACKET`, a pipe's framing, descriptors can be passed), made
+ * with mode 0600, whose path must not exist; or `"host:port"` /
+ * `"[v6]:port"` for TCP, where port 0 lets the kernel choose one
+ * (mp_listener_address() tells it). Accepted connections are ordinary
+ * #mp_connection handles; over TCP they are stream connections (see
+ * mp/connection.h: the same message semantics, no descriptor passing).
  * @param authkey NULL for none; else 1..1024 bytes (@p keylen).
- * @return 0; `-EADDRINUSE`; `-EPROTONOSUPPORT` for a TCP address; `-EINVAL`;
- *         `-ENOMEM`; socket errors.
+ * @return 0; `-EADDRINUSE`; `-EINVAL` for a malformed address or key;
+ *         `-ENOMEM`; socket errors (`-EADDRNOTAVAIL`; `-EACCES` for a
+ *         privileged port or a directory that cannot be written).
+ * Thread safety: one thread at a time per listener.
  */
 MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
                               mp_listener **ret);
 /**
  * @brief Accept one connection and authenticate it (Python's `accept()`).
+ *
+ * Waits up to @p timeout seconds for a client; signals do not end the wait.
+ * The client's handshake is bounded by the same deadline and by 30 s at
+ * most, so a silent client cannot hold the listener.
+ * @param[out] ret the connection (over TCP a stream connection), written
+ *             only on success.
  * @return 0; `-ETIMEDOUT` when no client came in time; `-EACCES` when the
- *         client's key was wrong (the listener stays usable); `-EPIPE` when
- *         the client left during the handshake; `-EINVAL`.
+ *         client's key was wrong, it did not finish the handshake in time or
+ *         it does not speak the protocol (the listener stays usable);
+ *         `-EPIPE` when the client left during the handshake (as a client
+ *         without a key does when the listener has one); `-EINVAL`.
  */
 MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret);
-/** @brief The bound address, as for mp_manager_address(). */
+/** @brief The bound address, as for mp_manager_address(), with the port the
+ *  kernel chose for a TCP port 0 (`"127.0.0.1:40123"`).
+ *  @return its length; `-EMSGSIZE` when @p cap is too small; `-EINVAL`. */
 MP_EXPORT ssize_t mp_listener_address(mp_listener *l, char *buf, size_t cap);
-/** @brief Close the listener (and remove its Unix socket). @return 0. */
+/** @brief Close the listener (and remove its Unix socket); the connections
+ *  it accepted stay open. @return 0; 0 for NULL; `-EINVAL` for a bad
+ *  handle. */
 MP_EXPORT int mp_listener_close(mp_listener *l);
 /**
  * @brief Connect to a listener (Python's `Client(address, authkey=...)`).
- * Both sides must have the same key, or both none: a client with a key
- * refuses a listener without one.
- * @return 0; `-EACCES` when a key is refused; `-ECONNREFUSED`/`-ENOENT`
- *         when nothing listens; `-EPROTONOSUPPORT` for a TCP address;
- *         `-ETIMEDOUT`; `-EINVAL`.
+ *
+ * @p address as for mp_listener_new(); a TCP address gives a stream
+ * connection. Both sides must have the same key, or both none: a client with
+ * a key refuses a listener without one. The connect and the handshake share
+ * one deadline, @p timeout seconds.
+ * @return 0; `-EACCES` when a key is refused (either way); `-ECONNREFUSED`
+ *         (TCP or Unix) or `-ENOENT` (Unix) when nothing listens;
+ *         `-ETIMEDOUT`; `-EINVAL` for a malformed address or key.
  */
 MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
                                 double timeout, mp_connection **ret);
