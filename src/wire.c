@@ -8,7 +8,7 @@
  *   3. encoding (msgpack_packer) with the limits checked
  *   4. decoding: a validator that bounds what msgpack-c may allocate, then
  *      msgpack_unpack_next and a conversion to mp_obj
- *   5. the pure parts of the handshake (HMAC-SHA256 from OpenSSL)
+ *   5. the pure parts of the handshake (HMAC-SHA256 from libsodium)
  *
  * Untrusted input: mp_obj_decode() first walks the bytes without allocating
  * (mp__wire_validate): every length must fit in what is left, containers
@@ -19,9 +19,7 @@
 #include <errno.h>
 #include <math.h>
 #include <msgpack.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -905,9 +903,16 @@ int mp__hs_answer(const void *key, size_t keylen, char label, const uint8_t *non
   uint8_t msg[1 + MP__NONCE_LEN];
   msg[0] = (uint8_t)label;
   memcpy(msg + 1, nonce, MP__NONCE_LEN);
-  unsigned int n = MP__MAC_LEN;
-  if (!HMAC(EVP_sha256(), key, (int)keylen, msg, sizeof msg, mac, &n) || n != MP__MAC_LEN)
+  _Static_assert(MP__MAC_LEN == crypto_auth_hmacsha256_BYTES, "the MAC is an HMAC-SHA256");
+  /* sodium_init() is idempotent and thread-safe; -1 only when no entropy
+   * source can be opened, which HMAC itself does not need. */
+  if (sodium_init() < 0)
     return -ENOMEM;
+  crypto_auth_hmacsha256_state st;
+  crypto_auth_hmacsha256_init(&st, key, keylen);
+  crypto_auth_hmacsha256_update(&st, msg, sizeof msg);
+  crypto_auth_hmacsha256_final(&st, mac);
+  sodium_memzero(&st, sizeof st);
   return 0;
 }
 
@@ -916,7 +921,7 @@ int mp__hs_check(const void *key, size_t keylen, char label, const uint8_t *nonc
   uint8_t want[MP__MAC_LEN];
   if (mp__hs_answer(key, keylen, label, nonce, want) < 0)
     return -EACCES;
-  if (len != MP__MAC_LEN || CRYPTO_memcmp(want, answer, MP__MAC_LEN) != 0)
+  if (len != MP__MAC_LEN || sodium_memcmp(want, answer, MP__MAC_LEN) != 0)
     return -EACCES;
   return 0;
 }
