@@ -105,6 +105,10 @@ static inline void mp__cpu_relax(void) {
  * even when libmp is loaded with dlopen. */
 extern __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
 pid_t mp__tid_slow(void);
+
+/* The calling process's pid, cached (glibc's getpid() is a system call) and
+ * cleared in every child by the same fork handler as the tid. */
+pid_t mp__pid(void);
 static inline pid_t mp__tid(void) {
   pid_t t = mp__cached_tid;
   return MP__LIKELY(t != 0) ? t : mp__tid_slow();

@@ -1552,25 +1552,8 @@ MP_EXPORT int mp_manager_pid(mp_manager *m) {
   return m->server;
 }
 
-/* This process's pid for manager_call(), which compares it with the
- * connection's owner on every call: cached (glibc's getpid() is a system
- * call) and cleared in every child by a fork hook. */
-static _Atomic pid_t self_pid_cache;
-static pthread_once_t self_pid_once = PTHREAD_ONCE_INIT;
-static void self_pid_after_fork(void) { atomic_store(&self_pid_cache, 0); }
-static void self_pid_register(void) { pthread_atfork(NULL, NULL, self_pid_after_fork); }
-
-static pid_t self_pid(void) {
-  /* relaxed: the process's own constant; a stale 0 only sends the caller to
-   * getpid() */
-  pid_t p = atomic_load_explicit(&self_pid_cache, memory_order_relaxed);
-  if (MP__LIKELY(p))
-    return p;
-  pthread_once(&self_pid_once, self_pid_register);
-  p = getpid();
-  atomic_store(&self_pid_cache, p);
-  return p;
-}
+/* This process's pid, compared with the connection's owner on every call. */
+static pid_t self_pid(void) { return mp__pid(); }
 
 /* One request and its reply on this process's connection. */
 static int manager_call(mp_manager *m, int op, int64_t id, const char *name, const mp_obj *args,

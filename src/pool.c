@@ -267,21 +267,7 @@ struct mp_pool {
   _Atomic uint32_t collectors;                 /* callers collecting for themselves */
 };
 
-/* This process's pid, refreshed in every child. */
-static _Atomic pid_t pid_cache;
-static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
-static void pid_reset(void) { atomic_store(&pid_cache, 0); }
-static void pid_register(void) { pthread_atfork(NULL, NULL, pid_reset); }
-static pid_t my_pid(void) {
-  /* relaxed: the process's own constant; 0 only sends us to getpid() */
-  pid_t p = atomic_load_explicit(&pid_cache, memory_order_relaxed);
-  if (MP__LIKELY(p))
-    return p;
-  pthread_once(&pid_once, pid_register);
-  p = getpid();
-  atomic_store(&pid_cache, p);
-  return p;
-}
+static pid_t my_pid(void) { return mp__pid(); }
 
 static int check_pool(struct mp_pool *p) {
   if (!p || p->magic != POOL_MAGIC)
@@ -474,7 +460,6 @@ static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t i
 
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
-  pid_reset();
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != p->owner)
     _exit(1); /* the parent died before the request took hold */

@@ -57,17 +57,33 @@ int mp__deadline_poll_ms(const mp__deadline *d) {
   return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
 }
 
-/* The tid is cached per thread; the fork handler clears the forking thread's
- * cache in the child, whose only thread has a new tid. */
+/* The tid is cached per thread and the pid per process; the fork handler
+ * clears both in the child, whose pid and only thread's tid are new. One
+ * handler for every area, so a child touches one page for them. */
 __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
+static _Atomic pid_t cached_pid;
 
-static void tid_after_fork(void) { mp__cached_tid = 0; }
+static void ids_after_fork(void) {
+  mp__cached_tid = 0;
+  atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
+}
 
-static pthread_once_t tid_once = PTHREAD_ONCE_INIT;
-static void tid_register(void) { pthread_atfork(NULL, NULL, tid_after_fork); }
+static pthread_once_t ids_once = PTHREAD_ONCE_INIT;
+static void ids_register(void) { pthread_atfork(NULL, NULL, ids_after_fork); }
 
 pid_t mp__tid_slow(void) {
-  pthread_once(&tid_once, tid_register);
+  pthread_once(&ids_once, ids_register);
   mp__cached_tid = (pid_t)syscall(SYS_gettid);
   return mp__cached_tid;
+}
+
+pid_t mp__pid(void) {
+  /* relaxed: the process's own constant; a stale 0 only costs a getpid() */
+  pid_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
+  if (MP__LIKELY(p))
+    return p;
+  pthread_once(&ids_once, ids_register);
+  p = getpid();
+  atomic_store_explicit(&cached_pid, p, memory_order_relaxed);
+  return p;
 }
