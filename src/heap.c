@@ -47,7 +47,7 @@
 /* ------------------------------------------------------------ 1. layout */
 
 #define HEAP_MAGIC 0x6c69626d70686561ULL /* "libmphea" */
-#define LOG_MAX 64                        /* the most words one operation writes */
+#define LOG_MAX 64                       /* the most words one operation writes */
 #define NBINS 192
 #define SMALL_LIMIT 1024 /* sizes up to this have a bin each (16-byte steps) */
 #define MIN_BLOCK 32
@@ -58,7 +58,7 @@
 #define MIN_SIZE ((size_t)64 << 10)
 /* Free blocks at least this large give their interior pages back to the kernel,
  * and so does the reserve above `top` once it shrinks by as much. */
-#define TRIM_THRESHOLD ((uintptr_t)16 << 20)
+#define TRIM_THRESHOLD ((uintptr_t)MP__HEAP_TRIM)
 
 struct journal_entry {
   uintptr_t *addr;
@@ -74,10 +74,10 @@ struct heap {
   uintptr_t log_n;
   struct journal_entry log[LOG_MAX];
   /* Allocator state, written through jset() only. */
-  uintptr_t top;       /* start of the untouched reserve */
-  uintptr_t high;      /* pages below this may hold data (trim mark) */
-  uintptr_t used;      /* bytes in allocated blocks */
-  uintptr_t blocks;    /* allocated blocks */
+  uintptr_t top;    /* start of the untouched reserve */
+  uintptr_t high;   /* pages below this may hold data (trim mark) */
+  uintptr_t used;   /* bytes in allocated blocks */
+  uintptr_t blocks; /* allocated blocks */
   uintptr_t binmap[NBINS / 64];
   uintptr_t bins[NBINS]; /* first free block of each bin, 0 for none */
   uintptr_t recoveries;  /* times a dead holder's operation was undone (tests) */
@@ -125,13 +125,11 @@ static inline uintptr_t *hdr(uintptr_t b) { return (uintptr_t *)b; }
 static inline uintptr_t bsize(uintptr_t b) { return *hdr(b) & ~FLAGS; }
 static inline uintptr_t *nextp(uintptr_t b) { return (uintptr_t *)(b + 8); }
 static inline uintptr_t *prevp(uintptr_t b) { return (uintptr_t *)(b + 16); }
-static inline uintptr_t *footer(uintptr_t b, uintptr_t size) {
-  return (uintptr_t *)(b + size - 8);
-}
+static inline uintptr_t *footer(uintptr_t b, uintptr_t size) { return (uintptr_t *)(b + size - 8); }
 
 static unsigned bin_of(uintptr_t size) {
   if (size <= SMALL_LIMIT)
-    return (unsigned)(size >> 4); /* 2..64 */
+    return (unsigned)(size >> 4);                     /* 2..64 */
   unsigned lg = 63u - (unsigned)__builtin_clzl(size); /* >= 10 */
   unsigned sub = (unsigned)(size >> (lg - 2)) & 3u;
   unsigned b = 65 + (lg - 10) * 4 + sub;
@@ -325,9 +323,21 @@ static int parse_size(const char *s, size_t *out) {
     return -EINVAL;
   unsigned shift = 0;
   switch (*end) {
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
+  case 'k':
+  case 'K':
+    shift = 10;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    shift = 20;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    shift = 30;
+    end++;
+    break;
   default: break;
   }
   if (*end || v > (~0ULL >> (shift + 1)))
@@ -340,8 +350,8 @@ static int map_heap(size_t size) {
   if (size < MIN_SIZE)
     return -EINVAL;
   size = (size + 4095) & ~(size_t)4095;
-  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void *m =
+      mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED)
     return -ENOMEM;
   struct heap *h = m;

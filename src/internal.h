@@ -139,6 +139,11 @@ static inline bool mp__tag_ok(const void *obj, uint32_t tag) {
 
 /* ---------------------------------------------------------------- the heap */
 
+/* A free block of at least this many bytes gives its pages back to the kernel
+ * (they read as zeros and must be faulted in again); smaller free blocks keep
+ * theirs, so reusing them costs no page faults. */
+#define MP__HEAP_TRIM (16u << 20)
+
 /* Map the heap if it is not yet mapped. Returns 0 or -ENOMEM/-EINVAL. */
 int mp__heap_ensure(void);
 
@@ -149,6 +154,12 @@ int mp__heap_check(void);
 /* How many times a process found the heap's mutex owner-dead and undid the dead
  * holder's half-done operation. For tests. */
 long mp__heap_recoveries(void);
+
+/* Whether the workers of pool p copy a map's items and results straight from
+ * and to its owner's memory (1) or through the heap (0), after waiting up to
+ * `timeout` seconds for the first worker's probe (-ETIMEDOUT). For tests. */
+struct mp_pool;
+int mp__pool_direct(struct mp_pool *p, double timeout);
 
 /* Well-known words in the heap's header, one per area that keeps a single
  * family-wide object (so that a process finds what another created after the
@@ -208,6 +219,12 @@ struct mp_queue;
  * mp__queue_watch_end(q). Negative errno for a bad handle. */
 int mp__queue_watch_begin(struct mp_queue *q, _Atomic uint32_t **word, uint32_t *snapshot);
 void mp__queue_watch_end(struct mp_queue *q);
+
+/* ---------------------------------------------------------------- manager */
+
+/* How many calls of this process were answered through a manager's shared
+ * channel (manager.c). For tests. */
+long mp__manager_channel_calls(void);
 
 /* ---------------------------------------------------------------- processes */
 

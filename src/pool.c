@@ -38,6 +38,22 @@
  *   overflows and every done ring (one per worker, RING_CAP long) has room for
  *   every entry.
  *
+ * A map is one job whose chunks are published one entry each from a cursor
+ * (job.next_chunk; entry.chunk names the chunk): no allocation per chunk, and
+ * the job leaves the backlog with its last chunk. Its result counts chunks
+ * down (remaining); terminate fails the chunks never published.
+ *
+ * Direct maps (DIRECT_IN / DIRECT_OUT in task_desc.flags): the chunk's items
+ * and results are addresses in the owner's private memory, which the worker
+ * reads and writes with process_vm_readv/writev (see run_chunk_direct). The
+ * first worker probes once whether the kernel allows it (shared.direct). A
+ * worker killed mid-chunk leaves that chunk's results partly written, never
+ * anything else: every write is inside the chunk's range, and the map's
+ * arrays outlive every worker write (the map is done only after each chunk
+ * completed or its worker was reaped). A worker cannot write into a stranger
+ * that took the owner's pid: the owner's death SIGKILLs it (PDEATHSIG) before
+ * the pid can be reaped and reused.
+ *
  * Worker death (SIGKILL or anything else), seen at once by the handler
  * through the worker's pidfd: the handler first drains the dead worker's done
  * ring (those tasks completed), then every entry still CLAIMED+w is the task
@@ -94,11 +110,13 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -118,9 +136,16 @@ enum { K_APPLY, K_APPLY_FD, K_CHUNK };
 /* The task as the parent describes it: copied into an entry when published. */
 typedef void (*anyfn)(void); /* a task function, cast back by kind */
 
+/* task_desc.flags: a chunk's items or results are addresses in the pool
+ * owner's own memory, copied by the worker (run_chunk_direct). */
+enum { DIRECT_IN = 1, DIRECT_OUT = 2 };
+/* shared.direct: whether workers may copy from and to the owner's memory */
+enum { DIRECT_UNKNOWN = 0, DIRECT_YES = 1, DIRECT_NO = 2 };
+
 struct task_desc {
   uint32_t kind;
   uint32_t item_size, result_size;
+  uint32_t flags;
   anyfn fn;
   void *ctx;
   const void *in; /* chunk items, or an apply argument in the heap; NULL: arg_buf */
@@ -132,7 +157,8 @@ struct task_desc {
 struct entry {
   _Atomic uint32_t state;
   uint32_t pad0;
-  void *cookie; /* the parent's job: opaque to workers */
+  void *cookie;   /* the parent's job: opaque to workers */
+  uint64_t chunk; /* a map's chunk: its index (parent only) */
   struct task_desc d;
   /* written by the claiming worker */
   int32_t status;
@@ -162,7 +188,8 @@ struct shared {
   _Atomic uint32_t sleepers;
   _Atomic uint32_t stopping;
   _Atomic uint32_t parent_waiting;
-  char pad2[48];
+  _Atomic uint32_t direct; /* DIRECT_*: set once, by the first worker's probe */
+  char pad2[44];
   struct entry ring[RING_CAP];
   /* struct slot slots[nslots] follows */
 };
@@ -196,7 +223,11 @@ struct job {
   int lost; /* every item fails with status (died, terminated) */
   uint64_t done_items;
   int done;
-  struct task_desc d;
+  /* a map: one job for every chunk, published from a cursor */
+  int map;
+  size_t next_chunk, nchunks, chunksize, n;
+  size_t ready;       /* chunks whose items are in place (copied in, or not copied) */
+  struct task_desc d; /* a map's: in and out are the bases, count is n */
 };
 
 struct mp_async_result {
@@ -212,14 +243,15 @@ struct mp_async_result {
   int fail_status;
   void *user_out, *out_tmp;
   void *in_tmp;
-  size_t out_bytes;
+  size_t rsize;
+  int copying_in; /* the submitter still copies items into in_tmp */
   /* apply */
   const void *data;
   size_t len;
   void *heap_data;
   mp_pool_callbacks cb;
   struct mp_async_result *next_fin;
-  struct job apply_job; /* an apply's job: one allocation per task */
+  struct job job; /* an apply's or a map's job: no allocation per task or chunk */
   unsigned char inline_data[INLINE_MAX] __attribute__((aligned(16)));
 };
 
@@ -287,6 +319,17 @@ static void efd_signal(int efd) {
  * soon; the clock is read once every SPIN_CHECK pauses. */
 #define SPIN_NS 30000
 #define SPIN_CHECK 64
+
+/* One step of a spin. A pool usually has as many workers as CPUs, so the
+ * parent's threads and the workers outnumber the CPUs: a spinner that only
+ * paused would keep the thread it waits for off the CPU for the rest of its
+ * time slice. Every SPIN_CHECK steps it offers the CPU instead. */
+static inline void spin_pause(unsigned i) {
+  if (i % SPIN_CHECK == 0)
+    sched_yield();
+  else
+    mp__cpu_relax();
+}
 
 /* ------------------------------------------------------------ 3. the worker */
 
@@ -357,7 +400,7 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
     if (atomic_load(&sh->stopping))
       return -1;
     if (spins++ < WORKER_SPIN) {
-      mp__cpu_relax();
+      spin_pause(spins);
       continue;
     }
     uint32_t seq = atomic_load(&sh->work_seq);
@@ -419,11 +462,112 @@ static int send_fd(int sock, int fd) {
   }
 }
 
+/* Copy len bytes between this worker's buffer and address `remote` of process
+ * pid (the pool's owner). Returns 0 or -errno (-EFAULT: remote is not mapped
+ * there, -EPERM: the owner's memory is no longer open to its children, as
+ * after a setuid or PR_SET_DUMPABLE 0). */
+static int cross_copy(pid_t pid, void *local, uintptr_t remote, size_t len, int to_remote) {
+  char *l = local;
+  while (len) {
+    struct iovec lv = {.iov_base = l, .iov_len = len};
+    struct iovec rv = {.iov_base = (void *)remote, .iov_len = len};
+    ssize_t k = to_remote ? process_vm_writev(pid, &lv, 1, &rv, 1, 0)
+                          : process_vm_readv(pid, &lv, 1, &rv, 1, 0);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k < 0)
+      return -errno;
+    if (k == 0)
+      return -EFAULT;
+    l += k;
+    remote += (size_t)k;
+    len -= (size_t)k;
+  }
+  return 0;
+}
+
+/* Whether this worker may read its owner's memory: one small read of the
+ * owner's pool record, which must show the pool's magic. */
+static void probe_direct(struct mp_pool *p) {
+  if (atomic_load(&p->sh->direct) != DIRECT_UNKNOWN)
+    return;
+  uint32_t v = 0, expect = DIRECT_UNKNOWN;
+  int r = cross_copy(p->owner, &v, (uintptr_t)&p->magic, sizeof v, 0);
+  atomic_compare_exchange_strong(&p->sh->direct, &expect,
+                                 r == 0 && v == POOL_MAGIC ? DIRECT_YES : DIRECT_NO);
+}
+
+/* A direct chunk: items are read from the owner's memory and results written
+ * back to it in blocks of DIRECT_BLOCK bytes through this worker's bounce
+ * buffer, one process_vm_readv/writev each: one copy per byte each way, into
+ * pages that stay warm from block to block and from chunk to chunk, and none
+ * of it done by the owner. The results of items before a failing one are
+ * written back. */
+#define DIRECT_BLOCK (512u << 10)
+static char *bounce; /* this worker's */
+static size_t bounce_cap;
+
+static void run_chunk_direct(struct mp_pool *p, struct entry *e) {
+  struct task_desc *d = &e->d;
+  mp_pool_map_fn fn = (mp_pool_map_fn)d->fn;
+  size_t isz = d->item_size, rsz = d->result_size;
+  size_t widest = isz > rsz ? isz : rsz;
+  size_t per = widest && widest < DIRECT_BLOCK ? DIRECT_BLOCK / widest : 1;
+  size_t need = per * (isz + rsz);
+  e->done_items = 0;
+  if (need > bounce_cap) {
+    free(bounce);
+    bounce = malloc(need);
+    bounce_cap = bounce ? need : 0;
+    if (!bounce) {
+      e->status = -ENOMEM;
+      return;
+    }
+  }
+  char *bin = bounce, *bout = bounce + per * isz;
+  uintptr_t in = (uintptr_t)d->in, out = (uintptr_t)d->out;
+  uint64_t i = 0;
+  int st = 0;
+  while (i < d->count && st == 0) {
+    size_t k = d->count - i < per ? (size_t)(d->count - i) : per;
+    const char *src = in ? (const char *)(in + i * isz) : NULL;
+    if (d->flags & DIRECT_IN) {
+      st = cross_copy(p->owner, bin, in + i * isz, k * isz, 0);
+      if (st < 0)
+        break;
+      src = bin;
+    }
+    char *dst = (d->flags & DIRECT_OUT) ? bout : out ? (char *)(out + i * rsz) : NULL;
+    size_t j = 0;
+    for (; j < k; j++) {
+      int r = fn(src ? src + j * isz : NULL, dst ? dst + j * rsz : NULL, d->ctx);
+      if (r < 0) {
+        st = r;
+        break;
+      }
+    }
+    if ((d->flags & DIRECT_OUT) && j) {
+      int w = cross_copy(p->owner, bout, out + i * rsz, j * rsz, 1);
+      if (w < 0) {
+        st = w;
+        break;
+      }
+    }
+    i += j;
+  }
+  e->done_items = i;
+  e->status = st;
+}
+
 static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t idx, int sock) {
   struct task_desc *d = &e->d;
   e->res_inline = 1;
   e->res_len = 0;
   e->res_ptr = NULL;
+  if (d->kind == K_CHUNK && (d->flags & (DIRECT_IN | DIRECT_OUT))) {
+    run_chunk_direct(p, e);
+    return;
+  }
   if (d->kind == K_CHUNK) {
     mp_pool_map_fn fn = (mp_pool_map_fn)d->fn;
     const char *in = d->in;
@@ -458,6 +602,16 @@ static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t i
   close(fd);
 }
 
+/* Flush stdout and stderr when they hold output: a check of two pointers when
+ * they do not (fflush(NULL) would walk and lock every stream after every
+ * task). Other streams are flushed when the worker exits. */
+static void flush_std(void) {
+  if (__fpending(stdout))
+    fflush(stdout);
+  if (__fpending(stderr))
+    fflush(stderr);
+}
+
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -473,6 +627,7 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   }
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);
+  probe_direct(p);
   if (p->opts.initializer)
     p->opts.initializer(p->opts.initargs);
   unsigned long n = 0;
@@ -480,7 +635,7 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   while (claim(sh, w, &idx) == 0) {
     struct entry *e = &sh->ring[idx];
     run_entry(p, e, w, idx, sock);
-    fflush(NULL); /* output of a task appears when it ends, as a process's would */
+    flush_std(); /* what a task printed appears when it ends */
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_relaxed); /* ours only */
     s->ring[t % RING_CAP] = idx;
     atomic_store(&s->done_tail, t + 1);
@@ -612,28 +767,35 @@ static void job_complete(struct mp_pool *p, struct job *j, int *pool_gone) {
     mp__futex_wake(&it->seq, INT_MAX);
     return;
   }
-  struct mp_async_result *r = j->res;
-  if (r->kind == R_APPLY) {
-    r->status = j->status;
-    mp_heap_free(j->in_tmp); /* j is r->apply_job */
-    result_finish(p, r);
-    return;
+  struct mp_async_result *r = j->res; /* an apply's */
+  r->status = j->status;
+  mp_heap_free(j->in_tmp); /* j is r->job */
+  result_finish(p, r);
+}
+
+/* A chunk of map r, starting at item `start`, has ended (mu held) with
+ * `done` results written; when status < 0, `at` is the index of its first
+ * item without a result. Results that went through the heap are copied out
+ * now, chunk by chunk, while the workers run the other chunks. The last chunk
+ * finishes r (which may free it: the caller does not touch r afterwards). */
+static void map_chunk_done(struct mp_pool *p, struct mp_async_result *r, size_t start, size_t done,
+                           int status, size_t at) {
+  p->outstanding--;
+  if (status < 0 && (r->fail_status == 0 || at < r->fail_index)) {
+    r->fail_status = status;
+    r->fail_index = at;
   }
-  if (j->status < 0) {
-    size_t at = j->lost ? j->start : j->start + j->done_items;
-    if (r->fail_status == 0 || at < r->fail_index) {
-      r->fail_status = j->status;
-      r->fail_index = at;
-    }
-  }
-  free(j);
+  if (r->out_tmp && done)
+    memcpy((char *)r->user_out + start * r->rsize, (char *)r->out_tmp + start * r->rsize,
+           done * r->rsize);
   if (--r->remaining == 0) {
     r->status = r->fail_status;
-    if (r->out_tmp && r->user_out)
-      memcpy(r->user_out, r->out_tmp, r->out_bytes);
     mp_heap_free(r->out_tmp);
-    mp_heap_free(r->in_tmp);
-    r->out_tmp = r->in_tmp = NULL;
+    r->out_tmp = NULL;
+    if (!r->copying_in) { /* else the submitter frees it when it has finished */
+      mp_heap_free(r->in_tmp);
+      r->in_tmp = NULL;
+    }
     result_finish(p, r);
   }
 }
@@ -642,6 +804,18 @@ static void job_complete(struct mp_pool *p, struct job *j, int *pool_gone) {
 static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool_gone) {
   struct entry *e = &p->sh->ring[idx];
   struct job *j = e->cookie;
+  if (j->map) {
+    size_t start = e->chunk * j->chunksize;
+    int st = failed ? failed : e->status;
+    size_t done = failed ? 0 : e->done_items;
+    size_t at = start + done;
+    mp_heap_free(failed && !e->res_inline ? e->res_ptr : NULL);
+    e->res_ptr = NULL;
+    e->res_inline = 1;
+    atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+    map_chunk_done(p, j->res, start, done, st, at);
+    return;
+  }
   if (failed) {
     j->status = failed;
     j->lost = 1;
@@ -677,12 +851,24 @@ static unsigned publish_backlog(struct mp_pool *p) {
     if (atomic_load_explicit(&e->state, memory_order_relaxed) != E_FREE)
       break;
     struct job *j = p->backlog_head;
-    p->backlog_head = j->next;
-    if (!p->backlog_head)
-      p->backlog_tail = NULL;
-    j->next = NULL;
+    if (j->map && j->next_chunk == j->ready)
+      break; /* its items are still being copied in */
     e->cookie = j;
     e->d = j->d;
+    if (j->map) {
+      /* the map's next chunk; the job leaves the backlog with its last */
+      size_t c = j->next_chunk++, start = c * j->chunksize;
+      e->chunk = c;
+      e->d.in = j->d.in ? (const char *)j->d.in + start * j->d.item_size : NULL;
+      e->d.out = j->d.out ? (char *)j->d.out + start * j->d.result_size : NULL;
+      e->d.count = j->n - start < j->chunksize ? j->n - start : j->chunksize;
+    }
+    if (!j->map || j->next_chunk == j->nchunks) {
+      p->backlog_head = j->next;
+      if (!p->backlog_head)
+        p->backlog_tail = NULL;
+      j->next = NULL;
+    }
     atomic_store_explicit(&e->state, E_PENDING, memory_order_release);
     atomic_store(&sh->tail, t + 1);
     n++;
@@ -766,7 +952,7 @@ static int handler_spin(struct mp_pool *p) {
       return 1;
     if (atomic_load_explicit(&p->collectors, memory_order_relaxed))
       return 0; /* a caller collects: leave the CPU to it (relaxed: a hint) */
-    mp__cpu_relax();
+    spin_pause(i);
     if (i % SPIN_CHECK == 0) {
       int64_t now = mp__now_ns();
       if (!until)
@@ -855,6 +1041,15 @@ static void terminate_now(struct mp_pool *p, int *pool_gone) {
   while (p->backlog_head) {
     struct job *j = p->backlog_head;
     p->backlog_head = j->next;
+    if (j->map) {
+      /* every chunk not yet published; r may be freed by the last */
+      size_t c = j->next_chunk, nc = j->nchunks, cs = j->chunksize;
+      struct mp_async_result *r = j->res;
+      j->next_chunk = nc;
+      for (; c < nc; c++)
+        map_chunk_done(p, r, c * cs, 0, -ESHUTDOWN, c * cs);
+      continue;
+    }
     j->status = -ESHUTDOWN;
     j->lost = 1;
     job_complete(p, j, pool_gone);
@@ -1010,7 +1205,7 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
   struct mp_async_result *res = result_new(p, R_APPLY, cb);
   if (!res)
     return -ENOMEM;
-  struct job *j = &res->apply_job;
+  struct job *j = &res->job;
   j->res = res;
   j->fd = -1;
   j->d.kind = (uint32_t)kind;
@@ -1067,6 +1262,62 @@ static int in_heap(const void *ptr, size_t bytes) {
   return ptr && bytes && mp_heap_contains(ptr) && mp_heap_contains((const char *)ptr + bytes - 1);
 }
 
+/* Copy a map's items into its heap block (res->in_tmp) a few chunks at a
+ * time, publishing each group as soon as it is in place, so that the workers
+ * start on the first chunks while the rest is copied. The first group is one
+ * chunk, the next ones at least COPY_IN_BYTES. terminate may fail the map
+ * meanwhile (it fails every unpublished chunk): the copy stops, and this
+ * thread frees the block, which the map's end left to it (copying_in). */
+#define COPY_IN_BYTES (256u << 10)
+static void copy_in(struct mp_pool *p, struct mp_async_result *res, const char *items,
+                    size_t isize) {
+  struct job *j = &res->job;
+  size_t per = COPY_IN_BYTES / isize, done = 0, n = j->n, cs = j->chunksize;
+  for (;;) {
+    size_t upto = done ? done + (per > cs ? per : cs) : cs; /* items */
+    upto = upto < n ? (upto + cs - 1) / cs * cs : n;        /* whole chunks */
+    if (upto > n)
+      upto = n;
+    memcpy((char *)res->in_tmp + done * isize, items + done * isize, (upto - done) * isize);
+    done = upto;
+    pthread_mutex_lock(&p->mu);
+    int over = j->next_chunk == j->nchunks && j->ready < j->nchunks; /* terminated */
+    unsigned k = 0;
+    if (!over) {
+      j->ready = done / cs + (done % cs != 0);
+      k = publish_backlog(p);
+    }
+    if (over || done == n) {
+      res->copying_in = 0;
+      if (res->remaining == 0) {
+        mp_heap_free(res->in_tmp);
+        res->in_tmp = NULL;
+      }
+      pthread_mutex_unlock(&p->mu);
+      if (k)
+        wake_workers(p, k);
+      return;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (k)
+      wake_workers(p, k);
+  }
+}
+
+/* How a map's items and results that are not in the heap reach the workers.
+ * Through the heap (staging blocks, copied in and out by this process) while
+ * both fit below MP__HEAP_TRIM: blocks of that size keep their pages when
+ * freed, so the next map of a similar size reuses them warm, and a memcpy in
+ * this process is the fastest copy there is. Bigger maps, and maps the heap
+ * has no room for, are copied by the workers straight from and to this
+ * process's memory (see run_chunk_direct) when the workers may (the first
+ * one's probe) and the chunks hold at least DIRECT_MIN bytes (below that a
+ * system call per chunk costs more than the copies): no heap space, and no
+ * fresh pages to fault in. The arrays stay valid until the map is done:
+ * mp_pool_map() waits, and mp_pool_map_async() asks it of its caller. */
+#define DIRECT_MIN 4096
+#define STAGE_MAX MP__HEAP_TRIM
+
 static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
                       size_t isize, void *results, size_t rsize, size_t chunksize,
                       const mp_pool_callbacks *cb, mp_async_result **ret) {
@@ -1075,68 +1326,69 @@ static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const voi
     return r;
   if (!fn || !ret || (!items && isize && n) || (!results && rsize && n))
     return -EINVAL;
-  if ((isize && n > SIZE_MAX / isize) || (rsize && n > SIZE_MAX / rsize))
+  if ((isize && n > SIZE_MAX / isize) || (rsize && n > SIZE_MAX / rsize) || isize > UINT32_MAX ||
+      rsize > UINT32_MAX)
     return -EINVAL;
   struct mp_async_result *res = result_new(p, R_MAP, cb);
   if (!res)
     return -ENOMEM;
-  size_t ibytes = n * isize, rbytes = n * rsize;
-  const char *in = items;
-  char *out = results;
-  if (ibytes && !in_heap(items, ibytes)) {
-    res->in_tmp = mp_heap_alloc(ibytes);
-    if (!res->in_tmp)
-      goto nomem;
-    memcpy(res->in_tmp, items, ibytes);
-    in = res->in_tmp;
-  }
-  if (rbytes && !in_heap(results, rbytes)) {
-    res->out_tmp = mp_heap_alloc(rbytes);
-    if (!res->out_tmp)
-      goto nomem;
-    res->user_out = results;
-    res->out_bytes = rbytes;
-    out = res->out_tmp;
-  }
   if (!chunksize)
     chunksize = auto_chunk(p, n);
   size_t nchunks = n / chunksize + (n % chunksize != 0);
-  /* Make every job first, so that a failure leaves nothing queued. */
-  struct job *jobs = NULL;
-  for (size_t c = nchunks; c-- > 0;) {
-    struct job *j = calloc(1, sizeof *j);
-    if (!j) {
-      while (jobs) {
-        struct job *next = jobs->next;
-        free(jobs);
-        jobs = next;
-      }
+  size_t ibytes = n * isize, rbytes = n * rsize;
+  size_t cbytes = (chunksize < n ? chunksize : n) * (isize + rsize);
+  int can_direct = cbytes >= DIRECT_MIN && atomic_load(&p->sh->direct) == DIRECT_YES;
+  size_t istage = ibytes && !in_heap(items, ibytes) ? ibytes : 0;
+  size_t rstage = rbytes && !in_heap(results, rbytes) ? rbytes : 0;
+  int direct = can_direct && istage + rstage > STAGE_MAX;
+  if (!direct && istage)
+    res->in_tmp = mp_heap_alloc(ibytes); /* filled below, a few chunks at a time */
+  if (!direct && rstage)
+    res->out_tmp = mp_heap_alloc(rbytes);
+  if ((istage && !res->in_tmp) || (rstage && !res->out_tmp)) {
+    if (!can_direct)
       goto nomem;
-    }
-    j->res = res;
-    j->fd = -1;
-    j->start = c * chunksize;
-    j->count = n - j->start < chunksize ? n - j->start : chunksize;
-    j->d.kind = K_CHUNK;
-    j->d.fn = (anyfn)fn;
-    j->d.ctx = ctx;
-    j->d.in = isize ? in + j->start * isize : NULL;
-    j->d.out = rsize ? out + j->start * rsize : NULL;
-    j->d.count = j->count;
-    j->d.item_size = (uint32_t)isize;
-    j->d.result_size = (uint32_t)rsize;
-    j->next = jobs;
-    jobs = j;
+    mp_heap_free(res->in_tmp); /* no room in the heap: copy directly */
+    mp_heap_free(res->out_tmp);
+    res->in_tmp = res->out_tmp = NULL;
+    direct = 1;
   }
+  uint32_t flags = 0;
+  const char *in = items;
+  char *out = results;
+  if (istage && direct)
+    flags |= DIRECT_IN;
+  else if (istage)
+    in = res->in_tmp;
+  if (rstage && direct) {
+    flags |= DIRECT_OUT;
+  } else if (rstage) {
+    res->user_out = results;
+    res->rsize = rsize;
+    out = res->out_tmp;
+  }
+  struct job *j = &res->job;
+  j->res = res;
+  j->fd = -1;
+  j->map = 1;
+  j->n = n;
+  j->chunksize = chunksize;
+  j->nchunks = nchunks;
+  j->d.kind = K_CHUNK;
+  j->d.flags = flags;
+  j->d.fn = (anyfn)fn;
+  j->d.ctx = ctx;
+  j->d.in = isize ? in : NULL;
+  j->d.out = rsize ? out : NULL;
+  j->d.count = n;
+  j->d.item_size = (uint32_t)isize;
+  j->d.result_size = (uint32_t)rsize;
+  j->ready = res->in_tmp ? 0 : nchunks;
+  res->copying_in = res->in_tmp != NULL;
   res->remaining = nchunks;
   pthread_mutex_lock(&p->mu);
   if (p->state != P_RUNNING) {
     pthread_mutex_unlock(&p->mu);
-    while (jobs) {
-      struct job *next = jobs->next;
-      free(jobs);
-      jobs = next;
-    }
     mp_heap_free(res->in_tmp);
     mp_heap_free(res->out_tmp);
     free(res);
@@ -1149,20 +1401,19 @@ static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const voi
     *ret = res;
     return 0;
   }
-  /* Append the whole list to the backlog at once, then publish. */
-  struct job *last = jobs;
-  while (last->next)
-    last = last->next;
+  j->next = NULL;
   if (p->backlog_tail)
-    p->backlog_tail->next = jobs;
+    p->backlog_tail->next = j;
   else
-    p->backlog_head = jobs;
-  p->backlog_tail = last;
+    p->backlog_head = j;
+  p->backlog_tail = j;
   p->outstanding += nchunks;
   unsigned k = publish_backlog(p);
   pthread_mutex_unlock(&p->mu);
   if (k)
     wake_workers(p, k);
+  if (res->copying_in)
+    copy_in(p, res, items, isize);
   *ret = res;
   return 0;
 nomem:
@@ -1445,6 +1696,17 @@ MP_EXPORT int mp_pool_free(mp_pool *pool) {
   return 0;
 }
 
+int mp__pool_direct(struct mp_pool *p, double timeout) {
+  int64_t until = mp__now_ns() + (int64_t)(timeout * 1e9);
+  uint32_t v;
+  while ((v = atomic_load(&p->sh->direct)) == DIRECT_UNKNOWN) {
+    if (mp__now_ns() >= until)
+      return -ETIMEDOUT;
+    usleep(1000);
+  }
+  return v == DIRECT_YES;
+}
+
 MP_EXPORT int mp_pool_worker_pids(mp_pool *pool, int *out, size_t cap) {
   int r = check_pool(pool);
   if (r < 0)
@@ -1482,7 +1744,7 @@ static int spin_until_done(struct mp_async_result *r) {
   for (unsigned i = 1;; i++) {
     if (result_is_done(r))
       return 1;
-    mp__cpu_relax();
+    spin_pause(i);
     if (i % SPIN_CHECK == 0) {
       int64_t now = mp__now_ns();
       if (!until)

@@ -8,11 +8,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "internal.h"
+#include <mp.h>
 
 static void test_internal_deadline_kinds(void **state) {
   (void)state;
@@ -220,6 +222,106 @@ static void test_internal_robust_mutex_lock_survives_lost_wake(void **state) {
   munmap(sh, sizeof *sh);
 }
 
+/* ---------------------------------------------------------------- pool maps */
+
+static int add_seven(const void *item, void *result, void *ctx) {
+  int v = *(const int *)item;
+  if (ctx && v == *(const int *)ctx)
+    return -1234;
+  *(int *)result = v + 7;
+  return 0;
+}
+
+/* What the kernel lets a child do to its parent's memory: Yama's scope 0 (or
+ * no Yama) allows it, any other scope refuses it. */
+static int direct_allowed(void) {
+  FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
+  if (!f)
+    return 1;
+  int scope = 1;
+  if (fscanf(f, "%d", &scope) != 1)
+    scope = 1;
+  fclose(f);
+  return scope == 0;
+}
+
+/* Maps over ordinary memory too big to stage through the heap (items and
+ * results above MP__HEAP_TRIM together), with chunks of at least a page, are
+ * read and written by the workers straight in the caller's memory: results,
+ * a failing item (the results of its chunk before it are written, none
+ * after), a map_async, and memory the caller cannot read or write (-EFAULT,
+ * the pool goes on). */
+static void test_internal_pool_direct_maps(void **state) {
+  (void)state;
+  mp_pool *p;
+  assert_int_equal(mp_pool_new(2, NULL, &p), 0);
+  int d = mp__pool_direct(p, 10);
+  assert_int_equal(d, direct_allowed());
+  if (d != 1) {
+    /* this system refuses: every map goes through the heap (test_pool) */
+    assert_int_equal(mp_pool_free(p), 0);
+    return;
+  }
+  size_t n = 3u << 20; /* 12 MiB each way */
+  assert_true(2 * n * sizeof(int) > MP__HEAP_TRIM);
+  int *in = malloc(n * sizeof *in), *out = malloc(n * sizeof *out);
+  assert_non_null(in);
+  assert_non_null(out);
+  for (size_t i = 0; i < n; i++) {
+    in[i] = (int)i;
+    out[i] = -1;
+  }
+  assert_int_equal(mp_pool_map(p, add_seven, NULL, in, n, sizeof *in, out, sizeof *out, 0), 0);
+  for (size_t i = 0; i < n; i++)
+    if (out[i] != (int)i + 7)
+      fail_msg("out[%zu] = %d", i, out[i]);
+
+  /* item 300000 fails: chunks of 100000, so 300000..399999 stay untouched */
+  int *bad = mp_heap_alloc(sizeof *bad);
+  *bad = 300000;
+  for (size_t i = 0; i < n; i++)
+    out[i] = -1;
+  assert_int_equal(mp_pool_map(p, add_seven, bad, in, n, sizeof *in, out, sizeof *out, 100000),
+                   -1234);
+  for (size_t i = 0; i < n; i++) {
+    int want = i >= 300000 && i < 400000 ? -1 : (int)i + 7;
+    if (out[i] != want)
+      fail_msg("out[%zu] = %d, want %d", i, out[i], want);
+  }
+  mp_heap_free(bad);
+
+  mp_async_result *r;
+  for (size_t i = 0; i < n; i++)
+    out[i] = -1;
+  assert_int_equal(
+      mp_pool_map_async(p, add_seven, NULL, in, n, sizeof *in, out, sizeof *out, 0, NULL, &r), 0);
+  assert_int_equal(mp_async_result_get(r, 30), 0);
+  assert_int_equal(mp_async_result_free(r), 0);
+  assert_int_equal(out[n - 1], (int)(n - 1) + 7);
+
+  /* memory the caller cannot read, then cannot write */
+  size_t bytes = n * sizeof(int);
+  char *gone = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert_true(gone != MAP_FAILED);
+  assert_int_equal(munmap(gone, bytes), 0);
+  assert_int_equal(
+      mp_pool_map(p, add_seven, NULL, gone, bytes / sizeof(int), sizeof(int), out, sizeof *out, 0),
+      -EFAULT);
+  char *ro = mmap(NULL, bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert_true(ro != MAP_FAILED);
+  assert_int_equal(
+      mp_pool_map(p, add_seven, NULL, in, bytes / sizeof(int), sizeof(int), ro, sizeof(int), 0),
+      -EFAULT);
+  for (size_t i = 0; i < bytes; i++)
+    assert_int_equal(ro[i], 0);
+  assert_int_equal(munmap(ro, bytes), 0);
+  assert_int_equal(mp_pool_map(p, add_seven, NULL, in, 5000, sizeof *in, out, sizeof *out, 0), 0);
+  assert_int_equal(out[4999], 4999 + 7);
+  free(in);
+  free(out);
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_internal_deadline_kinds),
@@ -228,6 +330,7 @@ int main(void) {
       cmocka_unit_test(test_internal_heap_invariants_under_churn),
       cmocka_unit_test(test_internal_object_tags),
       cmocka_unit_test(test_internal_robust_mutex_lock_survives_lost_wake),
+      cmocka_unit_test(test_internal_pool_direct_maps),
   };
   return TU_RUN("internal", tests);
 }

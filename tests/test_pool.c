@@ -546,6 +546,54 @@ static void test_pool_terminate_with_10000_queued(void **state) {
   free(r);
 }
 
+static atomic_int shut_down;
+static int count_shutdown(mp_async_result *r, int status, void *arg) {
+  (void)r;
+  (void)arg;
+  if (status == -ESHUTDOWN)
+    atomic_fetch_add(&shut_down, 1);
+  return 0;
+}
+
+/* Sleeps 2 ms per item. */
+static int slow_item(const void *item, void *result, void *ctx) {
+  (void)ctx;
+  tu_sleep(0.002);
+  *(int *)result = *(const int *)item;
+  return 0;
+}
+
+/* terminate while a map of 100,000 one-item chunks is mostly unpublished:
+ * prompt, the map reports -ESHUTDOWN once (its error callback once), and a
+ * second map waiting behind it too. */
+static void test_pool_terminate_during_map(void **state) {
+  (void)state;
+  mp_pool *p = new_pool(2, NULL);
+  enum { N = 100000 };
+  int *in = malloc(N * sizeof *in), *out = malloc(N * sizeof *out);
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  mp_pool_callbacks cb = {NULL, count_shutdown, NULL};
+  atomic_store(&shut_down, 0);
+  mp_async_result *r[2];
+  for (int k = 0; k < 2; k++)
+    assert_int_equal(
+        mp_pool_map_async(p, slow_item, NULL, in, N, sizeof *in, out, sizeof *out, 1, &cb, &r[k]),
+        0);
+  tu_sleep(0.05);
+  double t0 = tu_now();
+  assert_int_equal(mp_pool_terminate(p), 0);
+  assert_true(tu_now() - t0 < 2.0);
+  for (int k = 0; k < 2; k++) {
+    assert_int_equal(mp_async_result_get(r[k], 0), -ESHUTDOWN);
+    assert_int_equal(mp_async_result_free(r[k]), 0);
+  }
+  assert_int_equal(atomic_load(&shut_down), 2);
+  assert_int_equal(mp_pool_free(p), 0);
+  free(in);
+  free(out);
+}
+
 static void test_pool_close_join(void **state) {
   (void)state;
   mp_pool *p = new_pool(2, NULL);
@@ -901,6 +949,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_task_exit_or_segfault_fails_only_it),
       cmocka_unit_test(test_pool_maxtasksperchild),
       cmocka_unit_test(test_pool_terminate_with_10000_queued),
+      cmocka_unit_test(test_pool_terminate_during_map),
       cmocka_unit_test(test_pool_close_join),
       cmocka_unit_test(test_pool_used_from_other_process_is_echild),
       cmocka_unit_test(test_pool_initializer_runs_in_each_worker),

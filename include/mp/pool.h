@@ -171,14 +171,25 @@ MP_EXPORT int mp_pool_apply_async_fd(mp_pool *pool, mp_pool_fd_fn fn, int fd, co
  * Item i is `(const char *)items + i * item_size`; its result goes to
  * `(char *)results + i * result_size`, in order. Items are sent in chunks of
  * @p chunksize (0: ceil(n / (4 * workers)), as Python). When @p items or
- * @p results lies in the family heap, workers use it in place; otherwise it
- * is copied through the heap.
+ * @p results lies in the family heap, workers use it in place. Other memory
+ * is copied through the heap, chunk by chunk, while the workers run (the
+ * heap blocks are reused warm by the next map of a similar size) — up to
+ * 16 MiB of items and results together. Above that, or when the heap has no
+ * room, the workers copy items from and results to the caller's memory
+ * themselves (process_vm_readv and process_vm_writev: no heap space, no work
+ * for the caller), provided chunks hold at least 4 KiB and the system lets a
+ * child access its parent's memory (Yama ptrace_scope 0 or no Yama).
  * @param results may be NULL when @p result_size is 0.
  * @return 0 when every item succeeded (all results written); otherwise the
  *         status of the failing item with the lowest index (its chunk stops
  *         there; results of the other chunks are written), `-ECONNABORTED`
- *         when a worker died in a chunk; `-EPIPE`, `-ECHILD`, `-EINVAL`
- *         (NULL with a non-zero size), `-ENOMEM`. 0 at once when @p n is 0.
+ *         when a worker died in a chunk (results of that chunk may be partly
+ *         written; nothing outside @p results is), `-EFAULT` when workers
+ *         copying directly found part of @p items unreadable or of
+ *         @p results unwritable (through the heap such memory crashes the
+ *         caller, as memcpy would); `-EPIPE`, `-ECHILD`, `-EINVAL` (NULL with a
+ *         non-zero size, a size above 4 GiB), `-ENOMEM`. 0 at once when
+ *         @p n is 0.
  */
 MP_EXPORT int mp_pool_map(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const void *items, size_t n,
                           size_t item_size, void *results, size_t result_size, size_t chunksize);
