@@ -361,7 +361,10 @@ static bool at_eof(int fd) {
  * (possibly < HDR for a foreign record), or -EPIPE at end of file,
  * -ETIMEDOUT, or another negative errno. */
 static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadline *d) {
-  int flags = MSG_PEEK | MSG_TRUNC | (d->forever ? 0 : MSG_DONTWAIT);
+  /* Look without blocking, poll a while (mp__spin_readable), then sleep: in
+   * recv() for forever, in poll() for a deadline. */
+  int flags = MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT;
+  bool spun = false;
   for (;;) {
     ssize_t r = recv(c->fd, h, sizeof *h, flags);
     if (r > 0)
@@ -378,6 +381,15 @@ static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadli
        * what was sent to us is still there, so look again. */
       continue;
     case EAGAIN: {
+      if (!spun) {
+        spun = true;
+        if (mp__spin_readable(c->fd, d))
+          continue;
+      }
+      if (d->forever) {
+        flags &= ~MSG_DONTWAIT;
+        continue;
+      }
       int w = wait_fd(c->fd, POLLIN, d);
       if (w < 0)
         return w;
@@ -883,7 +895,8 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
   struct stream_rx *rx = &c->rx;
   if (!rx->buf && !(rx->buf = malloc(STREAM_BUF)))
     return -ENOMEM;
-  int flags = d->forever ? 0 : MSG_DONTWAIT;
+  int flags = MSG_DONTWAIT; /* then poll a while, then sleep (see peek_record) */
+  bool spun = false;
   int resets = 0;
   while (rx->len < want) {
     if (rx->off + want > STREAM_BUF) {
@@ -905,6 +918,15 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
         return -EPIPE;
       continue;
     case EAGAIN: {
+      if (!spun) {
+        spun = true;
+        if (mp__spin_readable(c->fd, d))
+          continue;
+      }
+      if (d->forever) {
+        flags = 0;
+        continue;
+      }
       int w = wait_fd(c->fd, POLLIN, d);
       if (w < 0)
         return w;

@@ -64,6 +64,19 @@ int mp__deadline_poll_ms(const mp__deadline *d);
 /* Nanoseconds of CLOCK_MONOTONIC. */
 int64_t mp__now_ns(void);
 
+/* A receiver on a socket polls before it sleeps: a hop whose receiver sleeps
+ * costs a wake-up on another CPU (10-50 us on a VM), while a peer that
+ * answers at once does so within microseconds. mp__spin_readable() looks at
+ * fd with poll() (which reads the socket's state without taking its lock),
+ * yielding its CPU every MP__SPIN_YIELD_EVERY looks (a peer waiting for that
+ * same CPU then runs at once), for at most MP__SPIN_NS and never past d.
+ * Returns true when fd became readable (or hung up); false at once for a
+ * MP_NOWAIT deadline. The bound caps what an idle peer costs: one such poll
+ * after each message. */
+#define MP__SPIN_NS 30000
+#define MP__SPIN_YIELD_EVERY 8
+bool mp__spin_readable(int fd, const mp__deadline *d);
+
 /* ------------------------------------------------------------------ futexes */
 
 /* Sleep while *word == expected, until woken or the deadline passes.

@@ -4,7 +4,9 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -86,4 +88,25 @@ pid_t mp__pid(void) {
   p = getpid();
   atomic_store_explicit(&cached_pid, p, memory_order_relaxed);
   return p;
+}
+
+bool mp__spin_readable(int fd, const mp__deadline *d) {
+  if (d->nowait)
+    return false;
+  int64_t end = mp__now_ns() + MP__SPIN_NS;
+  if (!d->forever) {
+    int64_t at = (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec;
+    end = at < end ? at : end;
+  }
+  struct pollfd pf = {.fd = fd, .events = POLLIN, .revents = 0};
+  for (unsigned i = 1;; i++) {
+    int r = poll(&pf, 1, 0);
+    if (r != 0)
+      return r > 0; /* readable, end of file or error: the caller's recv tells */
+    if (i % MP__SPIN_YIELD_EVERY == 0) {
+      sched_yield();
+      if (mp__now_ns() >= end)
+        return false;
+    }
+  }
 }
