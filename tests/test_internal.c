@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "internal.h"
+#include "wire.h"
 #include <mp.h>
 
 static void test_internal_deadline_kinds(void **state) {
@@ -322,6 +323,39 @@ static void test_internal_pool_direct_maps(void **state) {
   assert_int_equal(mp_pool_free(p), 0);
 }
 
+/* The handshake's MAC is HMAC-SHA256 of the label byte and the nonce: known
+ * answers computed independently (Python's hmac module), one with a key
+ * longer than SHA-256's block (hashed first, as RFC 2104 says). */
+static void hex32(const char *hex, uint8_t out[32]) {
+  for (int i = 0; i < 32; i++) {
+    unsigned v;
+    assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
+    out[i] = (uint8_t)v;
+  }
+}
+
+static void test_internal_handshake_mac_known_answers(void **state) {
+  (void)state;
+  uint8_t nonce[MP__NONCE_LEN], mac[MP__MAC_LEN], want[MP__MAC_LEN];
+  assert_int_equal(MP__NONCE_LEN, 32);
+  for (int i = 0; i < MP__NONCE_LEN; i++)
+    nonce[i] = (uint8_t)i;
+  assert_int_equal(mp__hs_answer("Jefe", 4, 'C', nonce, mac), 0);
+  hex32("ac211873311961811b275ec98d851f284e8030e183d425b08f2e1b6e6abb206e", want);
+  assert_memory_equal(mac, want, MP__MAC_LEN);
+  assert_int_equal(mp__hs_check("Jefe", 4, 'C', nonce, want, MP__MAC_LEN), 0);
+  want[31] ^= 1;
+  assert_int_equal(mp__hs_check("Jefe", 4, 'C', nonce, want, MP__MAC_LEN), -EACCES);
+  assert_int_equal(mp__hs_check("Jefe", 4, 'C', nonce, want, MP__MAC_LEN - 1), -EACCES);
+
+  uint8_t key[131];
+  memset(key, 0xaa, sizeof key);
+  memset(nonce, 0xdd, sizeof nonce);
+  assert_int_equal(mp__hs_answer(key, sizeof key, 'S', nonce, mac), 0);
+  hex32("811d0b2efa637efb73367d83f85d9cce4b4b6e86c59693855aa19e8bb8260d60", want);
+  assert_memory_equal(mac, want, MP__MAC_LEN);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_internal_deadline_kinds),
@@ -331,6 +365,7 @@ int main(void) {
       cmocka_unit_test(test_internal_object_tags),
       cmocka_unit_test(test_internal_robust_mutex_lock_survives_lost_wake),
       cmocka_unit_test(test_internal_pool_direct_maps),
+      cmocka_unit_test(test_internal_handshake_mac_known_answers),
   };
   return TU_RUN("internal", tests);
 }
