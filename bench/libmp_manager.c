@@ -3,9 +3,12 @@
  * libmp's Manager for the manager-dict workloads: d[k] = v then d[k] round
  * trips to a manager's server, round trips per second.
  *
- *   libmp-manager unix N      one client, the default Unix socket
- *   libmp-manager tcp N       one client, TCP on 127.0.0.1
- *   libmp-manager 2clients N  two client processes at once (Unix), total
+ *   libmp-manager unix N         one client, the default Unix socket (its
+ *                                shared channel in the family heap)
+ *   libmp-manager unix-socket N  the same with no_shared_channel: every
+ *                                request through the socket
+ *   libmp-manager tcp N          one client, TCP on 127.0.0.1
+ *   libmp-manager 2clients N     two client processes at once (Unix), total
  */
 #include <mp.h>
 #include <sys/wait.h>
@@ -29,11 +32,12 @@ static void run(mp_proxy *d, long n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2 ||
-      (strcmp(argv[1], "unix") && strcmp(argv[1], "tcp") && strcmp(argv[1], "2clients")))
-    bench_die("usage: libmp-manager unix|tcp|2clients [N]");
+  if (argc < 2 || (strcmp(argv[1], "unix") && strcmp(argv[1], "unix-socket") &&
+                   strcmp(argv[1], "tcp") && strcmp(argv[1], "2clients")))
+    bench_die("usage: libmp-manager unix|unix-socket|tcp|2clients [N]");
   long n = bench_count(argc, argv, 2, 20000);
-  mp_manager_options o = {.address = !strcmp(argv[1], "tcp") ? "127.0.0.1:0" : NULL};
+  mp_manager_options o = {.address = !strcmp(argv[1], "tcp") ? "127.0.0.1:0" : NULL,
+                          .no_shared_channel = !strcmp(argv[1], "unix-socket")};
   mp_manager *m;
   BENCH_CHECK_MP(mp_manager_new(&o, &m));
   BENCH_CHECK_MP(mp_manager_start(m));

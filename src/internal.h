@@ -72,7 +72,10 @@ int64_t mp__now_ns(void);
  * same CPU then runs at once), for at most MP__SPIN_NS and never past d.
  * Returns true when fd became readable (or hung up); false at once for a
  * MP_NOWAIT deadline. The bound caps what an idle peer costs: one such poll
- * after each message. */
+ * after each message. Manager round trips measured spins of 15 to 100 us
+ * alike when the peer answers at once; a pause loop instead of yields was a
+ * few percent faster on two idle CPUs and several times slower when both
+ * peers shared one. */
 #define MP__SPIN_NS 30000
 #define MP__SPIN_YIELD_EVERY 8
 bool mp__spin_readable(int fd, const mp__deadline *d);

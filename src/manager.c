@@ -6,7 +6,8 @@
  * Map of this file:
  *   1. addresses and sockets
  *   2. channels: frames on a stream socket (4-byte big-endian length, then
- *      MessagePack), with deadlines
+ *      MessagePack), with deadlines; 2b. the shared channel in the family
+ *      heap that same-family clients use instead (its protocol is there)
  *   3. the handshake (mutual HMAC-SHA256 challenge) over any message transport
  *   4. the server: objects, the built-in types' methods, one thread per client
  *   5. registered types
@@ -261,20 +262,6 @@ static int chan_send(struct chan *c, const void *buf, size_t len, const mp__dead
   return 0;
 }
 
-/* How long a receiver polls for bytes before it sleeps in the kernel. A
- * manager round trip is two hops between processes; a hop whose receiver
- * sleeps costs a wake-up on another CPU, about 10-50 us on a VM, while a peer
- * that answers at once does so within a few microseconds. So a receiver
- * first polls, yielding its CPU between polls (a peer that waits for that
- * same CPU runs at once, instead of after a spinner's time slice), for at
- * most this long, then sleeps. bench/run manager-dict-* measured 15, 30, 50
- * and 100 us alike when the peer answers at once; 30 us bounds the CPU an
- * idle peer costs (the server thread of an idle client polls this long
- * after each reply). Polling with a pause loop instead of sched_yield() was
- * faster by a few percent on two idle CPUs and several times slower when
- * both peers shared one. */
-#define CHAN_SPIN_NS 30000
-
 /* Read more bytes into the buffer. 0, -EPIPE at end of file, -ETIMEDOUT. */
 static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
   if (c->off && c->off == c->len)
@@ -296,10 +283,9 @@ static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
       c->cap = nc;
     }
   }
-  /* Poll (see CHAN_SPIN_NS), then sleep: in recv() for forever, in poll()
-   * for a deadline. MP_NOWAIT polls once. */
-  int64_t spin_end = 0;
-  bool block = false;
+  /* Poll a while (mp__spin_readable), then sleep: in recv() for forever, in
+   * poll() for a deadline. MP_NOWAIT looks once. */
+  bool spun = false, block = false;
   for (;;) {
     ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
     if (n > 0) {
@@ -312,20 +298,10 @@ static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
       continue;
     if (errno != EAGAIN)
       return errno == ECONNRESET || errno == ENOTCONN ? -EPIPE : -errno;
-    if (!d->nowait && spin_end >= 0) {
-      int64_t now = mp__now_ns();
-      if (spin_end == 0) {
-        spin_end = now + CHAN_SPIN_NS;
-        if (!d->forever) {
-          int64_t at = (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec;
-          spin_end = at < spin_end ? at : spin_end;
-        }
-      }
-      if (now < spin_end) {
-        sched_yield();
+    if (!spun) {
+      spun = true;
+      if (mp__spin_readable(c->fd, d))
         continue;
-      }
-      spin_end = -1; /* done polling */
     }
     if (d->forever && !block) {
       block = true;
@@ -368,6 +344,167 @@ static int chan_send_raw(struct chan *c, const void *buf, size_t len, const mp__
   f[3] = (char)len;
   memcpy(f + MP__FRAME_HDR, buf, len);
   return chan_send(c, f, MP__FRAME_HDR + len, d);
+}
+
+/* ---------------------------------------------- 2b. the shared channel */
+
+/*
+ * A client whose process shares the family heap with the server (the
+ * server of mp_manager_start() is forked from the starter after the heap is
+ * mapped, so the starter and every process it forks afterwards qualify)
+ * carries its requests and replies through a block of that heap instead of
+ * the socket. The encoding, the dispatch (srv_request) and the errors are
+ * those of the socket path; only the transport differs.
+ *
+ * Setting up. After the handshake, the client allocates a block, writes
+ * SH_MAGIC and 16 random bytes (nonce) into it and sends an offer over the
+ * socket: [SH_OP_OFFER, the block's address, "", [nonce], -1]. The server
+ * accepts only a 16-aligned address whose whole block lies in its own heap
+ * and holds the same magic and nonce (proof that both processes map the
+ * same memory there, not two heaps at one address), and answers 0 over the
+ * socket; from the next request on, that connection uses the block. Any
+ * refusal or failure leaves the connection on the socket path.
+ *
+ * The socket stays open: it carries a message that does not fit the block
+ * (either direction, one message at a time: the client makes one call at a
+ * time, so order is kept), the client's wake-ups of a sleeping server, and
+ * each side's death (POLLHUP / end of file).
+ *
+ * Fields and who writes them (the client is synchronous: one request, then
+ * its reply, so one data area serves both directions):
+ *   req_len, data   the client, before publishing req_seq; the server reads
+ *                   them only after an acquire load shows a new req_seq and
+ *                   is done with them before it writes its reply;
+ *   req_seq         the client: one store per request (seq_cst, so also a
+ *                   release of the bytes above);
+ *   resp_len, data  the server, before publishing resp_seq; SH_ON_SOCKET in
+ *                   resp_len: the reply is the next frame on the socket,
+ *                   sent right after resp_seq moves (before, it could fill
+ *                   the socket's buffer while the client waits on the
+ *                   block);
+ *   resp_seq        the server: one store per reply, also for a reply sent on
+ *                   the socket (so that a client sleeping on the futex word
+ *                   learns of it);
+ *   server_asleep   the server sets 1 (seq_cst) before it re-checks req_seq
+ *                   and sleeps in poll() on the socket; a client that
+ *                   published a request exchanges it to 0 and, when it was
+ *                   1, sends a wake frame (a frame of length 0, which is
+ *                   never a request) on the socket. The socket is the
+ *                   server's wake-up because it already sleeps in poll() on
+ *                   it to learn of the client's death: no second descriptor
+ *                   has to be passed between the processes.
+ *   client_asleep   likewise for the client, which sleeps with a futex wait
+ *                   on resp_seq in slices of at most 100 ms; the server wakes
+ *                   it with a futex wake only when it exchanged a 1 to 0.
+ *                   Between slices the client polls its socket (timeout 0):
+ *                   POLLHUP or end of file means the server is gone.
+ *   gone            each side ORs its bit in when it lets go of the block
+ *                   without having seen the other's end (see freeing).
+ * A request larger than the block goes on the socket as an ordinary frame,
+ * without req_seq; the server reads socket frames as requests.
+ *
+ * Waiting. Each side first spins for at most SH_SPIN_NS, reading the clock
+ * and yielding the CPU (sched_yield) every 64 pauses: with two CPUs, two
+ * clients and two server threads outnumber the CPUs, and a spinner must not
+ * keep the thread it waits for off a CPU. The server also polls its socket
+ * (timeout 0) every 64 pauses, for a large request or a dead client.
+ *
+ * Freeing (the block belongs to both; exactly one side frees it):
+ *   - a side that sees the other's end of the socket closed (end of file,
+ *     POLLHUP) frees the block: the other side closes its socket only after
+ *     it let go of the block, or it died;
+ *   - a side that ends without having seen that (mp_manager_free(), a
+ *     shutdown, a server thread ending with its server) first looks at the
+ *     socket once more (POLLHUP: as above), else ORs its bit into `gone`
+ *     and frees the block only when the other's bit was already there.
+ *     A server thread ending because its own server shuts down skips the
+ *     look (its socket was shut down by its own server) and only ORs.
+ * What a SIGKILL leaves behind:
+ *   - client killed while writing a request (before req_seq): nothing was
+ *     published; the server sees POLLHUP, drops the client as on the socket
+ *     path (its locks are released) and frees the block;
+ *   - client killed after publishing, or while it waits: the server answers
+ *     into the block (nobody reads it), then sees POLLHUP and frees it;
+ *   - server killed while writing a reply (before resp_seq): nothing torn is
+ *     read; the client's next look at its socket (at most 100 ms later)
+ *     shows POLLHUP: the call fails with -EPIPE and the client frees the
+ *     block; a later call reconnects as on the socket path;
+ *   - both sides killed, or one killed in the instant between the other's
+ *     last look at the socket and its OR into `gone`: one block is leaked
+ *     (it is the family heap's: the kernel frees it with the family).
+ */
+
+#define SH_MAGIC 0x6d705348u  /* "mpSH" */
+#define SH_OP_OFFER 5         /* a request op beside wire.h's, manager-only */
+#define SH_BLOCK (32u * 1024) /* the whole block */
+#define SH_NONCE 16
+#define SH_ON_SOCKET UINT32_MAX
+#define SH_SPIN_NS 40000
+#define SH_YIELD_EVERY 64     /* pauses between yields (and clock reads) */
+#define SH_SLICE_NS 100000000 /* the client's sleep slice: 100 ms */
+#define SH_GONE_CLIENT 1u
+#define SH_GONE_SERVER 2u
+
+/* The client's words and the server's words lie 64 bytes apart: on a block
+ * of the heap (16-byte aligned) each group of 12 bytes then sits in a cache
+ * line of its own (padding, not _Alignas, which the heap cannot honour). */
+struct shchan {
+  uint32_t magic;
+  uint8_t nonce[SH_NONCE];
+  _Atomic uint32_t gone;
+  char pad0[40];
+  _Atomic uint32_t req_seq; /* offset 64 */
+  _Atomic uint32_t server_asleep;
+  uint32_t req_len;
+  char pad1[52];
+  _Atomic uint32_t resp_seq; /* offset 128 */
+  _Atomic uint32_t client_asleep;
+  uint32_t resp_len;
+  char pad2[52];
+  char data[]; /* offset 192 */
+};
+_Static_assert(offsetof(struct shchan, req_seq) == 64 && offsetof(struct shchan, resp_seq) == 128 &&
+                   offsetof(struct shchan, data) == 192,
+               "the channel's layout");
+
+#define SH_CAP (SH_BLOCK - offsetof(struct shchan, data))
+
+/* Calls of this process answered through a shared channel (for tests). */
+static _Atomic long sh_calls;
+
+long mp__manager_channel_calls(void) { return atomic_load(&sh_calls); }
+
+/* Whether the peer's end of fd is closed: POLLHUP, an error, or end of file
+ * ahead in the stream. Never blocks. */
+static bool sock_peer_gone(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+  int r;
+  do
+    r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  if (r <= 0)
+    return false;
+  if (p.revents & (POLLHUP | POLLERR | POLLNVAL))
+    return true;
+  char b;
+  ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
+/* Let go of the block (see "Freeing" above). peer_gone: this side saw the
+ * other's end closed; look: check the socket first. */
+static void sh_release(struct shchan *b, uint32_t mine, bool peer_gone, int fd, bool look) {
+  if (!b)
+    return;
+  if (!peer_gone && look && fd >= 0)
+    peer_gone = sock_peer_gone(fd);
+  if (!peer_gone) {
+    uint32_t prev = atomic_fetch_or(&b->gone, mine);
+    if (!(prev & (SH_GONE_CLIENT | SH_GONE_SERVER) & ~mine))
+      return; /* the other side frees it */
+  }
+  b->magic = 0;
+  mp_heap_free(b);
 }
 
 /* ---------------------------------------------------------- 3. handshake */
@@ -547,6 +684,9 @@ struct client {
   struct chan ch;
   uint64_t id;
   bool stop_after_reply; /* this client asked for shutdown */
+  struct shchan *sh;     /* the shared channel, once accepted (2b) */
+  uint32_t req_seen;     /* the last request sequence taken from it */
+  uint32_t resp_seq;     /* the last reply sequence published in it */
   struct client *next;
 };
 
@@ -561,6 +701,7 @@ struct server {
   bool stopping;
   int lfd;
   int wake[2];
+  int stop[2]; /* readable once stopping: wakes threads asleep on a shared channel */
   const void *key;
   size_t keylen;
 };
@@ -1069,6 +1210,8 @@ static void srv_release(struct server *s, int64_t id) {
   /* otherwise the last waiter frees it (see client_request) */
 }
 
+static int sh_accept(struct client *c, int64_t addr, const mp_obj *args);
+
 /* Run one request under the server mutex. */
 static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   struct server *s = c->srv;
@@ -1094,6 +1237,7 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
     c->stop_after_reply = true;
     wake_all(s);
     return 0;
+  case SH_OP_OFFER: return sh_accept(c, id, args);
   case MP__OP_CALL: break;
   default: return -EBADMSG;
   }
@@ -1118,6 +1262,117 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   return r;
 }
 
+/* Accept a client's offer of a shared channel (see 2b). */
+static int sh_accept(struct client *c, int64_t addr, const mp_obj *args) {
+  uintptr_t a = (uintptr_t)addr;
+  const void *nonce;
+  size_t nl;
+  if (c->sh)
+    return -EALREADY;
+  if (!nargs(args, 1) || mp_obj_get_bytes(arg(args, 0), &nonce, &nl) < 0 || nl != SH_NONCE)
+    return -EINVAL;
+  /* the whole block in this process's heap: never read outside it */
+  if (addr <= 0 || a % 16 || !mp_heap_contains((const void *)a) ||
+      !mp_heap_contains((const void *)(a + SH_BLOCK - 1)))
+    return -EXDEV;
+  struct shchan *b = (struct shchan *)a;
+  if (b->magic != SH_MAGIC || memcmp(b->nonce, nonce, SH_NONCE) != 0)
+    return -EXDEV; /* not the client's memory: another family's heap */
+  c->sh = b;
+  c->req_seen = atomic_load(&b->req_seq);
+  c->resp_seq = atomic_load(&b->resp_seq);
+  return 0;
+}
+
+/* The next request of a client on a shared channel: in the block (*p points
+ * into it) or a frame on the socket (*p into the socket's buffer). Its
+ * length; -EPIPE when the client is gone; -ECANCELED when the server
+ * stops; other negative errno as chan_recv(). Wake frames are consumed
+ * here. */
+static ssize_t sh_server_next(struct client *c, const char **p) {
+  struct shchan *b = c->sh;
+  mp__deadline forever = {.forever = true};
+  for (;;) {
+    int64_t spin_end = 0;
+    bool sock = false;
+    for (unsigned i = 1;; i++) {
+      /* acquire: the request's bytes were written before the store */
+      if (atomic_load_explicit(&b->req_seq, memory_order_acquire) != c->req_seen)
+        break;
+      if (c->ch.len > c->ch.off) { /* bytes of a frame already buffered */
+        sock = true;
+        break;
+      }
+      if (i % SH_YIELD_EVERY) {
+        mp__cpu_relax();
+        continue;
+      }
+      sched_yield();
+      struct pollfd pf[2] = {{.fd = c->ch.fd, .events = POLLIN},
+                             {.fd = c->srv->stop[0], .events = POLLIN}};
+      if (poll(pf, 2, 0) > 0) {
+        if (pf[1].revents)
+          return -ECANCELED;
+        sock = true;
+        break;
+      }
+      int64_t now = mp__now_ns();
+      if (!spin_end)
+        spin_end = now + SH_SPIN_NS;
+      if (now < spin_end)
+        continue;
+      /* sleep: announce it, re-check, then poll until a wake frame, a
+       * large request or the client's end arrives */
+      atomic_store(&b->server_asleep, 1);
+      if (atomic_load(&b->req_seq) != c->req_seen) {
+        atomic_store(&b->server_asleep, 0);
+        break;
+      }
+      int r;
+      do
+        r = poll(pf, 2, -1);
+      while (r < 0 && errno == EINTR);
+      atomic_store(&b->server_asleep, 0);
+      if (pf[1].revents)
+        return -ECANCELED;
+      sock = true;
+      break;
+    }
+    if (!sock) {
+      c->req_seen = atomic_load_explicit(&b->req_seq, memory_order_acquire);
+      uint32_t len = b->req_len;
+      if (len > SH_CAP)
+        return -EBADMSG;
+      *p = b->data;
+      return (ssize_t)len;
+    }
+    ssize_t n = chan_recv(&c->ch, MP_OBJ_MAX_MESSAGE, p, &forever);
+    if (n != 0)
+      return n; /* a request, or the client's end */
+    /* a wake frame: look at the block again */
+  }
+}
+
+/* Answer a client on a shared channel: into the block, or on the socket
+ * when it does not fit (announced in the block either way). */
+static int sh_server_reply(struct client *c, const char *out, size_t len) {
+  struct shchan *b = c->sh;
+  size_t n = len - MP__FRAME_HDR;
+  bool fits = n <= SH_CAP;
+  if (fits)
+    memcpy(b->data, out + MP__FRAME_HDR, n);
+  b->resp_len = fits ? (uint32_t)n : SH_ON_SOCKET;
+  atomic_store(&b->resp_seq, ++c->resp_seq);
+  if (atomic_exchange(&b->client_asleep, 0))
+    mp__futex_wake(&b->resp_seq, 1);
+  if (fits)
+    return 0;
+  /* after the announcement: the client reads the socket only then, and a
+   * reply larger than the socket's buffer would otherwise never leave */
+  mp__deadline forever = {.forever = true};
+  return chan_send(&c->ch, out, len, &forever);
+}
+
 /* Release the locks a departing client held. */
 static void srv_drop_client(struct server *s, uint64_t me) {
   for (size_t i = 0; i < s->n_objs; i++) {
@@ -1139,10 +1394,16 @@ static void *client_main(void *arg_) {
   mp__deadline_init(&hd, 30.0);
   int r = hs_server(&io, s->key, s->keylen, &hd);
   mp__deadline forever = {.forever = true};
+  bool eof = false;
   while (r == 0) {
     const char *p;
-    ssize_t n = chan_recv(&c->ch, MP_OBJ_MAX_MESSAGE, &p, &forever);
+    /* the reply takes the path the connection used when the request came:
+     * the answer to an offer goes on the socket */
+    bool via_sh = c->sh != NULL;
+    ssize_t n =
+        via_sh ? sh_server_next(c, &p) : chan_recv(&c->ch, MP_OBJ_MAX_MESSAGE, &p, &forever);
     if (n < 0) {
+      eof = n == -EPIPE;
       if (n == -EMSGSIZE) {
         /* the rest of the stream cannot be framed: answer, then hang up */
         char *out;
@@ -1173,7 +1434,7 @@ static void *client_main(void *arg_) {
     if (r < 0) /* the result is beyond the limits: say so instead */
       r = mp__encode_reply(r, NULL, &out, &len);
     if (r == 0) {
-      r = chan_send(&c->ch, out, len, &forever);
+      r = via_sh ? sh_server_reply(c, out, len) : chan_send(&c->ch, out, len, &forever);
       free(out);
     }
     if (c->stop_after_reply) {
@@ -1183,6 +1444,12 @@ static void *client_main(void *arg_) {
       break;
     }
   }
+  pthread_mutex_lock(&s->mu);
+  pthread_mutex_unlock(&s->mu);
+  /* a channel's socket is never shut down by its own server (see serve()):
+   * its end of file is the client's */
+  sh_release(c->sh, SH_GONE_SERVER, eof, c->ch.fd, true);
+  c->sh = NULL;
   pthread_mutex_lock(&s->mu);
   srv_drop_client(s, c->id);
   for (struct client **pp = &s->clients; *pp; pp = &(*pp)->next)
@@ -1250,6 +1517,12 @@ static int serve(int lfd, const void *key, size_t keylen) {
   s.keylen = keylen;
   if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0)
     return -errno;
+  if (pipe2(s.stop, O_CLOEXEC | O_NONBLOCK) < 0) {
+    int e = -errno;
+    close(s.wake[0]);
+    close(s.wake[1]);
+    return e;
+  }
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1267,8 +1540,15 @@ static int serve(int lfd, const void *key, size_t keylen) {
       srv_accept(&s);
   }
   pthread_mutex_lock(&s.mu);
+  /* A client on a shared channel must not see its socket end before the
+   * thread has let go of the block (2b): wake those threads with the stop
+   * pipe instead, and shut down the sockets of the others. */
+  if (write(s.stop[1], "x", 1) < 0) {
+    /* a fresh non-blocking pipe takes one byte */
+  }
   for (struct client *c = s.clients; c; c = c->next)
-    shutdown(c->ch.fd, SHUT_RDWR);
+    if (!c->sh)
+      shutdown(c->ch.fd, SHUT_RDWR);
   wake_all(&s);
   while (s.live > 0)
     pthread_cond_wait(&s.cv, &s.mu);
@@ -1279,6 +1559,8 @@ static int serve(int lfd, const void *key, size_t keylen) {
   free(s.objs);
   close(s.wake[0]);
   close(s.wake[1]);
+  close(s.stop[0]);
+  close(s.stop[1]);
   pthread_mutex_destroy(&s.mu);
   pthread_cond_destroy(&s.cv);
   return 0;
@@ -1327,6 +1609,9 @@ struct mp_manager {
   bool started, connected, stopped;
   struct chan ch; /* the connection of process conn_pid */
   pid_t conn_pid;
+  struct shchan *sh; /* its shared channel (2b), or NULL */
+  uint32_t sh_seq;   /* the last request sequence published in it */
+  bool no_sh;        /* the socket path only (options.no_shared_channel) */
   pthread_mutex_t mu;
 };
 
@@ -1354,6 +1639,7 @@ MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
   } else if (!o.no_auth) {
     m->keylen = 32; /* made at start, or none for connect/serve */
   }
+  m->no_sh = o.no_shared_channel != 0;
   m->lfd = -1;
   chan_init(&m->ch, -1);
   pthread_mutex_init(&m->mu, NULL);
@@ -1420,6 +1706,8 @@ static void server_on_term(int sig) {
 }
 
 static int manager_connect(mp_manager *m);
+static bool manager_ok(const mp_manager *m);
+static int sh_offer(mp_manager *m);
 
 MP_EXPORT int mp_manager_start(mp_manager *m) {
   if (!manager_ok(m))
@@ -1437,6 +1725,10 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
     if (r < 0)
       return r;
   }
+  /* the server and this process share the heap only when it is mapped
+   * before the fork: then their clients may use shared channels (2b) */
+  if (!m->no_sh && m->addr.family == AF_UNIX)
+    mp__heap_ensure();
   pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
@@ -1520,6 +1812,11 @@ static int manager_connect(mp_manager *m) {
   }
   m->ch = ch;
   m->conn_pid = getpid();
+  m->sh = NULL;
+  /* a server forked by this family's mp_manager_start(), over its Unix
+   * socket: the same heap */
+  if (m->started && m->addr.family == AF_UNIX && !m->no_sh)
+    return sh_offer(m);
   return 0;
 }
 
@@ -1555,6 +1852,116 @@ MP_EXPORT int mp_manager_pid(mp_manager *m) {
 /* This process's pid, compared with the connection's owner on every call. */
 static pid_t self_pid(void) { return mp__pid(); }
 
+/* Let go of this process's shared channel, if any, and close its
+ * connection. peer_gone: the server's end was seen closed. */
+static void client_close(mp_manager *m, bool peer_gone) {
+  sh_release(m->sh, SH_GONE_CLIENT, peer_gone, m->ch.fd, true);
+  m->sh = NULL;
+  chan_close(&m->ch);
+}
+
+/* Offer a shared channel to the server just connected (2b). 0 when the
+ * connection is usable, with or without the channel; a negative errno when
+ * it broke (then it is closed). */
+static int sh_offer(mp_manager *m) {
+  struct shchan *b = mp_heap_alloc(SH_BLOCK);
+  if (!b)
+    return 0;
+  memset(b, 0, offsetof(struct shchan, data));
+  b->magic = SH_MAGIC;
+  mp_obj *args = NULL;
+  char *out = NULL;
+  size_t len;
+  int r = mp__random_bytes(b->nonce, SH_NONCE);
+  if (r == 0)
+    r = (args = mp_obj_listv(1, mp_obj_bytes(b->nonce, SH_NONCE))) ? 0 : -ENOMEM;
+  if (r == 0)
+    r = mp__encode_request(SH_OP_OFFER, (int64_t)(uintptr_t)b, "", args, -1.0, &out, &len);
+  mp_obj_free(args);
+  if (r < 0) {
+    mp_heap_free(b);
+    return 0;
+  }
+  mp__deadline forever = {.forever = true};
+  r = chan_send(&m->ch, out, len, &forever);
+  free(out);
+  const char *p;
+  ssize_t n = r == 0 ? chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever) : r;
+  mp_obj *rep = NULL;
+  int64_t status = -1;
+  if (n >= 0 && mp__obj_decode(p, (size_t)n, MP__MSG_DEPTH, &rep) == 0 && nargs(rep, 2) &&
+      arg_int(rep, 0, &status) == 0) {
+    mp_obj_free(rep);
+    if (status == 0)
+      m->sh = b; /* from now on the server reads the block */
+    else
+      mp_heap_free(b); /* refused: the server never looks at it */
+    m->sh_seq = 0;
+    return 0;
+  }
+  mp_obj_free(rep);
+  /* whether the server took the block is unknown: hand it over by the
+   * freeing rule and give up the connection */
+  m->sh = b;
+  client_close(m, n == -EPIPE);
+  return n < 0 ? (int)n : -EBADMSG;
+}
+
+/* One request and the wait for its reply on this process's shared channel.
+ * The reply's length, *p pointing into the block or the socket's buffer;
+ * -EPIPE when the server is gone; other negative errno as chan_recv(). */
+static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const char **p) {
+  struct shchan *b = m->sh;
+  mp__deadline forever = {.forever = true};
+  size_t n = len - MP__FRAME_HDR;
+  /* relaxed: only the server writes it, and only in answer to our requests */
+  uint32_t seen = atomic_load_explicit(&b->resp_seq, memory_order_relaxed);
+  int r;
+  if (n <= SH_CAP) {
+    memcpy(b->data, out + MP__FRAME_HDR, n);
+    b->req_len = (uint32_t)n;
+    atomic_store(&b->req_seq, ++m->sh_seq);
+    if (atomic_exchange(&b->server_asleep, 0)) {
+      static const char wake[MP__FRAME_HDR];
+      if ((r = chan_send(&m->ch, wake, sizeof wake, &forever)) < 0)
+        return r;
+    }
+  } else if ((r = chan_send(&m->ch, out, len, &forever)) < 0) {
+    return r;
+  }
+  int64_t spin_end = 0;
+  /* acquire: the reply's bytes were written before the store */
+  for (unsigned i = 1; atomic_load_explicit(&b->resp_seq, memory_order_acquire) == seen; i++) {
+    if (i % SH_YIELD_EVERY) {
+      mp__cpu_relax();
+      continue;
+    }
+    sched_yield();
+    int64_t now = mp__now_ns();
+    if (!spin_end)
+      spin_end = now + SH_SPIN_NS;
+    if (now < spin_end)
+      continue;
+    atomic_store(&b->client_asleep, 1);
+    if (atomic_load(&b->resp_seq) == seen) {
+      mp__deadline d;
+      mp__deadline_init(&d, SH_SLICE_NS / 1e9);
+      mp__futex_wait(&b->resp_seq, seen, &d);
+    }
+    atomic_store(&b->client_asleep, 0);
+    if (atomic_load(&b->resp_seq) == seen && sock_peer_gone(m->ch.fd))
+      return -EPIPE;
+  }
+  atomic_fetch_add_explicit(&sh_calls, 1, memory_order_relaxed); /* a statistic */
+  uint32_t rl = b->resp_len;
+  if (rl == SH_ON_SOCKET)
+    return chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, p, &forever);
+  if (rl > SH_CAP)
+    return -EBADMSG;
+  *p = b->data;
+  return (ssize_t)rl;
+}
+
 /* One request and its reply on this process's connection. */
 static int manager_call(mp_manager *m, int op, int64_t id, const char *name, const mp_obj *args,
                         double timeout, mp_obj **ret) {
@@ -1579,6 +1986,8 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
   }
   pthread_mutex_lock(&m->mu);
   if (m->conn_pid != me) {
+    /* the parent's shared channel is the parent's too */
+    m->sh = NULL;
     if (m->ch.fd >= 0) {
       close(m->ch.fd);
       free(m->ch.buf);
@@ -1589,11 +1998,15 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
   mp__deadline forever = {.forever = true};
   if (r == 0 && m->ch.fd < 0)
     r = -EPIPE;
-  if (r == 0)
-    r = chan_send(&m->ch, out, len, &forever);
-  free(out);
   const char *p;
-  ssize_t n = r == 0 ? chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever) : r;
+  ssize_t n;
+  if (r < 0)
+    n = r;
+  else if (m->sh)
+    n = sh_client_call(m, out, len, &p);
+  else if ((n = chan_send(&m->ch, out, len, &forever)) == 0)
+    n = chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever);
+  free(out);
   mp_obj *rep = NULL;
   if (n >= 0)
     r = mp__obj_decode(p, (size_t)n, MP__MSG_DEPTH, &rep);
@@ -1601,7 +2014,7 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
     r = (int)n;
   if (r == -EPIPE || r == -EMSGSIZE) {
     if (r == -EPIPE || n == -EMSGSIZE) { /* the stream is gone or unframeable */
-      chan_close(&m->ch);
+      client_close(m, n == -EPIPE);
       r = -EPIPE;
     }
   }
@@ -1632,7 +2045,7 @@ MP_EXPORT int mp_manager_shutdown(mp_manager *m) {
   int r = manager_call(m, MP__OP_SHUTDOWN, 0, "", NULL, MP_FOREVER, NULL);
   m->stopped = true;
   if (m->ch.fd >= 0 && m->conn_pid == getpid())
-    chan_close(&m->ch);
+    client_close(m, false);
   if (m->started) {
     /* wait up to 5 s for the server to end, then kill it */
     int st;
@@ -1656,8 +2069,12 @@ MP_EXPORT int mp_manager_free(mp_manager *m) {
     return -EINVAL;
   if (m->started && !m->stopped && m->starter == getpid())
     mp_manager_shutdown(m);
-  if (m->ch.fd >= 0)
-    chan_close(&m->ch);
+  if (m->ch.fd >= 0) {
+    if (m->conn_pid == getpid())
+      client_close(m, false);
+    else
+      chan_close(&m->ch); /* the parent's connection: its channel too */
+  }
   if (m->lfd >= 0) {
     close(m->lfd);
     remove_socket(m);

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Manager: typed values and their wire format, the server and every proxy
  * type from several processes, custom types, authentication, malformed and
- * oversized input, server death and lifetime, Listener/Client, TCP. */
+ * oversized input, server death and lifetime, Listener/Client, TCP, and the
+ * shared channel of same-family clients (white-box: it counts the calls the
+ * channel answered). */
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <mp.h>
 #include <netinet/in.h>
@@ -16,6 +19,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+
+#include "internal.h" /* mp__manager_channel_calls() */
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -977,7 +982,9 @@ static void test_manager_open_server_and_keyed_client(void **state) {
 static int raw_connect(const char *addr) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un un = {.sun_family = AF_UNIX};
-  snprintf(un.sun_path, sizeof un.sun_path, "%s", addr + 5);
+  size_t n = strlen(addr + 5);
+  assert_true(n < sizeof un.sun_path);
+  memcpy(un.sun_path, addr + 5, n + 1);
   assert_int_equal(connect(fd, (struct sockaddr *)&un, sizeof un), 0);
   return fd;
 }
@@ -1345,6 +1352,290 @@ static void test_manager_listener_accept_timeouts(void **state) {
   mp_listener_close(l);
 }
 
+/* ------------------------------------------------------- shared channel */
+
+static size_t heap_blocks(void) {
+  mp_heap_stats st;
+  assert_int_equal(mp_heap_stats_get(&st), 0);
+  return st.blocks;
+}
+
+/* Wait up to 2 s for the heap to hold `want` blocks (a server thread frees
+ * a channel's block once it sees its client's end). */
+static bool heap_blocks_become(size_t want) {
+  for (int i = 0; i < 200; i++) {
+    mp_heap_stats st;
+    if (mp_heap_stats_get(&st) == 0 && st.blocks == want)
+      return true;
+    tu_sleep(0.01);
+  }
+  return false;
+}
+
+/* n set+get pairs on d; 0 or the first error. */
+static int set_get(mp_proxy *d, int n, int64_t base) {
+  for (int i = 0; i < n; i++) {
+    mp_obj *k = mp_obj_int(i % 7), *v = mp_obj_int(base + i), *got = NULL;
+    int r = mp_dict_proxy_set(d, k, v);
+    if (r == 0)
+      r = mp_dict_proxy_get(d, k, &got);
+    int64_t x = -1;
+    if (r == 0 && (mp_obj_get_int(got, &x) != 0 || x != base + i))
+      r = -EBADMSG;
+    mp_obj_free(k);
+    mp_obj_free(v);
+    mp_obj_free(got);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
+static int channel_child(void *arg) {
+  mp_proxy *d = arg;
+  long before = mp__manager_channel_calls();
+  CHILD_CHECK(set_get(d, 20, 100) == 0);
+  /* this process's own connection, on its own channel */
+  CHILD_CHECK(mp__manager_channel_calls() - before == 40);
+  return 0;
+}
+
+static void test_manager_shared_channel_used(void **state) {
+  (void)state;
+  size_t base = heap_blocks();
+  mp_manager *m = start();
+  assert_int_equal(heap_blocks(), base + 1); /* this process's channel */
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  long before = mp__manager_channel_calls();
+  assert_int_equal(set_get(d, 50, 0), 0);
+  assert_int_equal(mp__manager_channel_calls() - before, 100);
+  pid_t pid = tu_fork(channel_child, d, 20);
+  assert_true(pid > 0);
+  assert_child_ok(pid);
+  /* the child's block was freed by the server when the child ended */
+  assert_true(heap_blocks_become(base + 1));
+  mp_proxy_free(d);
+  mp_manager_free(m);
+  assert_true(heap_blocks_become(base));
+
+  /* the option: the socket path, no block */
+  mp_manager_options o = {.no_shared_channel = 1};
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  before = mp__manager_channel_calls();
+  assert_int_equal(set_get(d, 20, 0), 0);
+  assert_int_equal(mp__manager_channel_calls(), before);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_shutdown(m), 0);
+  mp_manager_free(m);
+
+  /* TCP: the socket path */
+  mp_manager_options t = {.address = "127.0.0.1:0"};
+  assert_int_equal(mp_manager_new(&t, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  before = mp__manager_channel_calls();
+  assert_int_equal(set_get(d, 20, 0), 0);
+  assert_int_equal(mp__manager_channel_calls(), before);
+  assert_int_equal(heap_blocks(), base);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+
+  /* a client that connects by address is of no known family: socket */
+  mp_manager_options ko = {.authkey = "k3y", .authkey_len = 3};
+  assert_int_equal(mp_manager_new(&ko, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager *c;
+  ko.address = addr;
+  assert_int_equal(mp_manager_new(&ko, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  assert_int_equal(mp_manager_dict(c, NULL, &d), 0);
+  before = mp__manager_channel_calls();
+  assert_int_equal(set_get(d, 10, 0), 0);
+  assert_int_equal(mp__manager_channel_calls(), before);
+  assert_int_equal(heap_blocks(), base + 1); /* the starter's channel only */
+  mp_proxy_free(d);
+  mp_manager_free(c);
+  mp_manager_free(m);
+  assert_true(heap_blocks_become(base));
+}
+
+/* Values larger than the block, both ways, and small ones between them. */
+static void test_manager_shared_channel_large_messages(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  size_t sizes[] = {10, 32 * 1024 - 200, 32 * 1024, 100 * 1000, 3 * 1000 * 1000, 5};
+  long before = mp__manager_channel_calls();
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    unsigned char *buf = malloc(sizes[s]);
+    assert_non_null(buf);
+    for (size_t i = 0; i < sizes[s]; i++)
+      buf[i] = (unsigned char)(i * 31 + s);
+    mp_obj *k = mp_obj_int((int64_t)s), *v = mp_obj_bytes(buf, sizes[s]), *got = NULL;
+    assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+    assert_int_equal(mp_dict_proxy_get(d, k, &got), 0);
+    const void *p;
+    size_t n;
+    assert_int_equal(mp_obj_get_bytes(got, &p, &n), 0);
+    assert_int_equal(n, sizes[s]);
+    assert_memory_equal(p, buf, n);
+    mp_obj_free(k);
+    mp_obj_free(v);
+    mp_obj_free(got);
+    free(buf);
+  }
+  assert_int_equal(mp__manager_channel_calls() - before, 12);
+  /* and small calls still work after the large ones */
+  assert_int_equal(set_get(d, 10, 7), 0);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+struct kill_ctx {
+  mp_proxy *lock;
+  mp_proxy *dict;
+  int wfd;
+};
+
+/* Takes the lock, says so, then makes 50 set/get calls (killed somewhere
+ * in them, or just after). */
+static int doomed_child(void *arg) {
+  struct kill_ctx *k = arg;
+  CHILD_CHECK(mp_lock_proxy_acquire(k->lock, 5.0) == 0);
+  CHILD_CHECK(write(k->wfd, "x", 1) == 1);
+  CHILD_CHECK(set_get(k->dict, 50, 0) == 0);
+  pause();
+  return 0;
+}
+
+struct steady_ctx {
+  int rfd, wfd;
+  mp_proxy *dict;
+};
+
+static int steady_main(void *arg) {
+  struct steady_ctx *s = arg;
+  close(s->wfd); /* the parent's closing is the stop signal */
+  long rounds = 0;
+  for (;;) {
+    struct pollfd p = {.fd = s->rfd, .events = POLLIN, .revents = 0};
+    if (poll(&p, 1, 0) > 0)
+      break;
+    CHILD_CHECK(set_get(s->dict, 10, rounds * 10) == 0);
+    rounds++;
+  }
+  CHILD_CHECK(rounds > 0);
+  return 0;
+}
+
+static void test_manager_shared_channel_client_killed(void **state) {
+  (void)state;
+  size_t base = heap_blocks();
+  mp_manager *m = start();
+  struct kill_ctx k;
+  mp_proxy *d2;
+  assert_int_equal(mp_manager_lock(m, &k.lock), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &k.dict), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &d2), 0);
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  struct steady_ctx sc = {pfd[0], pfd[1], d2};
+  pid_t steady = tu_fork(steady_main, &sc, 60);
+  assert_true(steady > 0);
+  close(pfd[0]);
+  int ready[2];
+  assert_int_equal(pipe(ready), 0);
+  k.wfd = ready[1];
+  srand(12345);
+  for (int round = 0; round < 20; round++) {
+    pid_t pid = tu_fork(doomed_child, &k, 20);
+    assert_true(pid > 0);
+    char b;
+    assert_int_equal(read(ready[0], &b, 1), 1);
+    /* 50 calls take about 0.1 ms on the channel, more on a busy machine */
+    tu_sleep((double)(rand() % 300) / 1e6);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+    /* the killed client's lock is released by the server */
+    assert_int_equal(mp_lock_proxy_acquire(k.lock, 5.0), 0);
+    assert_int_equal(mp_lock_proxy_release(k.lock), 0);
+    assert_int_equal(set_get(k.dict, 5, round), 0);
+  }
+  close(ready[0]);
+  close(ready[1]);
+  close(pfd[1]); /* the steady client stops */
+  assert_child_ok(steady);
+  /* every killed client's block was freed by the server */
+  assert_true(heap_blocks_become(base + 1));
+  mp_proxy_free(d2);
+  mp_proxy_free(k.dict);
+  mp_proxy_free(k.lock);
+  mp_manager_free(m);
+  assert_true(heap_blocks_become(base));
+}
+
+struct waiter_ctx {
+  mp_proxy *lock;
+  int wfd; /* tells the parent the child is about to block */
+};
+
+static int blocked_child(void *arg) {
+  struct waiter_ctx *w = arg;
+  mp_proxy *l = w->lock;
+  CHILD_CHECK(write(w->wfd, "x", 1) == 1);
+  double t0 = tu_now();
+  int r = mp_lock_proxy_acquire(l, MP_FOREVER); /* held by the parent */
+  double el = tu_now() - t0;
+  CHILD_CHECK(r == -EPIPE);
+  CHILD_CHECK(el >= 0.3 - 0.01 && el < 2.3); /* killed 0.3 s in: within 2 s */
+  CHILD_CHECK(mp_lock_proxy_release(l) == -EPIPE);
+  return 0;
+}
+
+static void test_manager_shared_channel_server_killed(void **state) {
+  (void)state;
+  size_t base = heap_blocks();
+  mp_manager *m = start();
+  mp_proxy *l;
+  assert_int_equal(mp_manager_lock(m, &l), 0);
+  assert_int_equal(mp_lock_proxy_acquire(l, MP_FOREVER), 0);
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  struct waiter_ctx w = {l, pfd[1]};
+  pid_t pid = tu_fork(blocked_child, &w, 20);
+  assert_true(pid > 0);
+  char b;
+  assert_int_equal(read(pfd[0], &b, 1), 1);
+  tu_sleep(0.3);
+  assert_int_equal(kill(mp_manager_pid(m), SIGKILL), 0);
+  assert_child_ok(pid);
+  /* this process learns it on its next call, and frees its block */
+  assert_int_equal(mp_lock_proxy_release(l), -EPIPE);
+  assert_true(heap_blocks_become(base));
+  close(pfd[0]);
+  close(pfd[1]);
+  mp_proxy_free(l);
+  assert_int_equal(mp_manager_shutdown(m), -EPIPE);
+  mp_manager_free(m);
+  /* a new manager works, on a new channel */
+  m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  long before = mp__manager_channel_calls();
+  assert_int_equal(set_get(d, 5, 0), 0);
+  assert_int_equal(mp__manager_channel_calls() - before, 10);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+  assert_true(heap_blocks_become(base));
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
@@ -1373,6 +1664,10 @@ int main(void) {
       cmocka_unit_test(test_manager_listener_client),
       cmocka_unit_test(test_manager_listener_client_tcp),
       cmocka_unit_test(test_manager_listener_accept_timeouts),
+      cmocka_unit_test(test_manager_shared_channel_used),
+      cmocka_unit_test(test_manager_shared_channel_large_messages),
+      cmocka_unit_test(test_manager_shared_channel_client_killed),
+      cmocka_unit_test(test_manager_shared_channel_server_killed),
   };
   return TU_RUN("manager", tests);
 }

@@ -237,6 +237,14 @@ typedef struct mp_manager_options {
   /** Non-zero: no authentication even for mp_manager_start() (only for a
    *  Unix socket, whose permissions then are the only protection). */
   int no_auth;
+  /** Non-zero: always carry requests over the socket. By default a client
+   *  whose process shares the family heap with the server (the server of
+   *  mp_manager_start() and the process that started it, or any process
+   *  forked from that one afterwards) carries them through a block of the
+   *  family heap instead, which is several times faster; the socket then
+   *  only carries messages too large for the block and tells each side of
+   *  the other's end. Other clients, and TCP, always use the socket. */
+  int no_shared_channel;
 } mp_manager_options;
 
 /**
