@@ -377,6 +377,9 @@ static int chan_send_raw(struct chan *c, const void *buf, size_t len, const mp__
  *                   is done with them before it writes its reply;
  *   req_seq         the client: one store per request (seq_cst, so also a
  *                   release of the bytes above);
+ *   client_cpu      the client, beside req_len: the CPU it ran on, a hint
+ *                   the server thread uses to keep off that CPU (see
+ *                   sh_keep_off); any value is harmless;
  *   resp_len, data  the server, before publishing resp_seq; SH_ON_SOCKET in
  *                   resp_len: the reply is the next frame on the socket,
  *                   sent right after resp_seq moves (before, it could fill
@@ -456,7 +459,8 @@ struct shchan {
   _Atomic uint32_t req_seq; /* offset 64 */
   _Atomic uint32_t server_asleep;
   uint32_t req_len;
-  char pad1[52];
+  int32_t client_cpu; /* the client's CPU when it published (see sh_keep_off) */
+  char pad1[48];
   _Atomic uint32_t resp_seq; /* offset 128 */
   _Atomic uint32_t client_asleep;
   uint32_t resp_len;
@@ -687,6 +691,8 @@ struct client {
   struct shchan *sh;     /* the shared channel, once accepted (2b) */
   uint32_t req_seen;     /* the last request sequence taken from it */
   uint32_t resp_seq;     /* the last reply sequence published in it */
+  cpu_set_t cpus;        /* the CPUs this thread may use (sh_keep_off) */
+  int avoiding;          /* the CPU it keeps off, or -1 */
   struct client *next;
 };
 
@@ -1281,7 +1287,31 @@ static int sh_accept(struct client *c, int64_t addr, const mp_obj *args) {
   c->sh = b;
   c->req_seen = atomic_load(&b->req_seq);
   c->resp_seq = atomic_load(&b->resp_seq);
+  c->avoiding = -1;
+  if (sched_getaffinity(0, sizeof c->cpus, &c->cpus) < 0)
+    CPU_ZERO(&c->cpus); /* then sh_keep_off never moves the thread */
   return 0;
+}
+
+/* A server thread and its client hand each message over through memory: on
+ * two CPUs that costs a cache-line transfer, on one CPU a context switch each
+ * way. When threads outnumber CPUs the scheduler tends to wake a thread on
+ * its waker's CPU, so a server thread and its client end up sharing one while
+ * another CPU runs another pair the same way: bench/run
+ * manager-dict-2clients swung between 250k and 900k round trips/s with the
+ * placement. So a server thread keeps off its client's CPU: whenever the CPU
+ * the client reports beside a request differs from the one the thread keeps
+ * off, its affinity becomes the CPUs it may use minus that one (one system
+ * call per change, none while the client stays put; nothing when it may use
+ * a single CPU). */
+static void sh_keep_off(struct client *c, int cpu) {
+  if (cpu == c->avoiding || cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &c->cpus) ||
+      CPU_COUNT(&c->cpus) < 2)
+    return;
+  cpu_set_t set = c->cpus;
+  CPU_CLR(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) == 0)
+    c->avoiding = cpu;
 }
 
 /* The next request of a client on a shared channel: in the block (*p points
@@ -1340,6 +1370,7 @@ static ssize_t sh_server_next(struct client *c, const char **p) {
     }
     if (!sock) {
       c->req_seen = atomic_load_explicit(&b->req_seq, memory_order_acquire);
+      sh_keep_off(c, b->client_cpu);
       uint32_t len = b->req_len;
       if (len > SH_CAP)
         return -EBADMSG;
@@ -1920,6 +1951,7 @@ static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const 
   if (n <= SH_CAP) {
     memcpy(b->data, out + MP__FRAME_HDR, n);
     b->req_len = (uint32_t)n;
+    b->client_cpu = sched_getcpu();
     atomic_store(&b->req_seq, ++m->sh_seq);
     if (atomic_exchange(&b->server_asleep, 0)) {
       static const char wake[MP__FRAME_HDR];
