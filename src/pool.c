@@ -66,8 +66,12 @@
  * Wake-ups, without system calls while both sides are busy:
  *   - workers that find no task spin, then sleep on `work_seq`: they add one
  *     to `sleepers` (and mark slot.asleep), re-check, and futex-wait; the
- *     parent, after publishing, bumps `work_seq` and wakes only if `sleepers`
- *     is non-zero (both sides seq_cst: one of them sees the other). A worker
+ *     parent, after publishing, bumps `work_seq` and wakes one sleeper only
+ *     if `sleepers` is non-zero (both sides seq_cst: one of them sees the
+ *     other); a worker that claims a task with more published behind it
+ *     wakes the next sleeper. A worker killed between its wake-up and that
+ *     hand-on leaves the others asleep only until its replacement, which
+ *     starts awake, claims the next task and wakes on in turn. A worker
  *     killed while asleep has its count removed by the handler (slot.asleep);
  *     a kill inside the two-step announcement leaves `sleepers` one too high,
  *     which costs a useless wake per submission batch, never a lost task.
@@ -389,6 +393,9 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
       if (st == E_PENDING) {
         if (atomic_compare_exchange_strong(&e->state, &st, E_CLAIMED + w)) {
           *idx = (uint32_t)(h % RING_CAP); /* before the CAS below rewrites h on failure */
+          /* more work behind this task: pass the wake-up on (wake_workers) */
+          if (atomic_load(&sh->sleepers) && atomic_load(&sh->tail) > h + 1)
+            mp__futex_wake(&sh->work_seq, 1);
           atomic_compare_exchange_strong(&sh->head, &h, h + 1);
           return 0;
         }
@@ -876,16 +883,17 @@ static unsigned publish_backlog(struct mp_pool *p) {
   return n;
 }
 
-/* After publishing: wake as many sleeping workers as there are unclaimed
- * tasks, not only the newly published ones (a worker that found nothing a
- * moment ago may sleep beside tasks published before it slept). */
+/* After publishing: wake one sleeping worker; each worker that claims a task
+ * with more left behind it wakes the next (see claim). Woken together,
+ * sleepers tend to be queued on one CPU (the one each last ran on, idle at
+ * that instant) and stay there behind the first for a time slice while
+ * another CPU idles; woken one by one from a busy CPU, each lands on an idle
+ * one. */
 static void wake_workers(struct mp_pool *p) {
   struct shared *sh = p->sh;
   atomic_fetch_add(&sh->work_seq, 1);
-  if (atomic_load(&sh->sleepers)) {
-    uint64_t pending = atomic_load(&sh->tail) - atomic_load(&sh->head);
-    mp__futex_wake(&sh->work_seq, pending >= p->nslots ? INT_MAX : (int)pending + 1);
-  }
+  if (atomic_load(&sh->sleepers))
+    mp__futex_wake(&sh->work_seq, 1);
 }
 
 /* Drain every done ring and serve fd requests (mu held). Returns the number
