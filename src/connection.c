@@ -289,24 +289,6 @@ MP_EXPORT int mp_connection_writable(mp_connection *c) {
 
 /* ------------------------------------------------------ 3. socket primitives */
 
-/* Wait until fd has one of events, or the deadline. 0 or -ETIMEDOUT. */
-static int wait_fd(int fd, short events, const mp__deadline *d) {
-  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
-  for (;;) {
-    int r = poll(&p, 1, mp__deadline_poll_ms(d));
-    if (r > 0)
-      return 0;
-    if (r == 0 || errno == EINTR) {
-      /* poll rounds its timeout up, so a 0 means the deadline has passed;
-       * a signal resumes against the same deadline */
-      if (mp__deadline_passed(d))
-        return -ETIMEDOUT;
-      continue;
-    }
-    return -errno;
-  }
-}
-
 /* Send one record: header, payload, and a descriptor when fd >= 0. A
  * SOCK_SEQPACKET send is whole or nothing. */
 static int send_record(mp_connection *c, const struct rec_hdr *h, const void *payload, size_t len,
@@ -340,7 +322,7 @@ static int send_record(mp_connection *c, const struct rec_hdr *h, const void *pa
     if (e == EINTR)
       continue;
     if (e == EAGAIN) {
-      int r = wait_fd(c->fd, POLLOUT, d);
+      int r = mp__wait_fd(c->fd, POLLOUT, d);
       if (r < 0)
         return r;
       continue;
@@ -390,7 +372,7 @@ static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadli
         flags &= ~MSG_DONTWAIT;
         continue;
       }
-      int w = wait_fd(c->fd, POLLIN, d);
+      int w = mp__wait_fd(c->fd, POLLIN, d);
       if (w < 0)
         return w;
       continue;
@@ -797,7 +779,7 @@ static int stream_write(mp_connection *c, struct iovec *iov, int n, size_t *done
     if (e == EINTR)
       continue;
     if (e == EAGAIN) {
-      int r = wait_fd(c->fd, POLLOUT, d);
+      int r = mp__wait_fd(c->fd, POLLOUT, d);
       if (r < 0)
         return r;
       continue;
@@ -927,7 +909,7 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
         flags = 0;
         continue;
       }
-      int w = wait_fd(c->fd, POLLIN, d);
+      int w = mp__wait_fd(c->fd, POLLIN, d);
       if (w < 0)
         return w;
       continue;
@@ -955,7 +937,7 @@ static ssize_t rx_payload(mp_connection *c, char *dst, size_t n, const mp__deadl
         break; /* rx_fill() knows how to take these */
       if (errno != EAGAIN)
         return -errno;
-      int w = wait_fd(c->fd, POLLIN, d);
+      int w = mp__wait_fd(c->fd, POLLIN, d);
       if (w < 0)
         return w;
     }
@@ -1171,7 +1153,7 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
 static int stream_poll(mp_connection *c, const mp__deadline *d) {
   if (c->rx.len > 0)
     return 1;
-  int r = wait_fd(c->fd, POLLIN, d);
+  int r = mp__wait_fd(c->fd, POLLIN, d);
   if (r == 0)
     return 1;
   return r == -ETIMEDOUT ? 0 : r;

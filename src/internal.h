@@ -80,6 +80,11 @@ int64_t mp__now_ns(void);
 #define MP__SPIN_YIELD_EVERY 8
 bool mp__spin_readable(int fd, const mp__deadline *d);
 
+/* Wait until fd has one of `events` (poll(2) bits), or the deadline: 0 or
+ * -ETIMEDOUT (or another negative errno of poll); a signal resumes the wait
+ * against the same deadline. */
+int mp__wait_fd(int fd, short events, const mp__deadline *d);
+
 /* ------------------------------------------------------------------ futexes */
 
 /* Sleep while *word == expected, until woken or the deadline passes.

@@ -176,22 +176,6 @@ static int listen_at(struct addr *a, int type) {
   return fd;
 }
 
-/* Wait for events on fd until the deadline. 0 or -ETIMEDOUT; signals resume. */
-static int wait_fd(int fd, short events, const mp__deadline *d) {
-  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
-  for (;;) {
-    int r = poll(&p, 1, mp__deadline_poll_ms(d));
-    if (r > 0)
-      return 0;
-    if (r == 0 || errno == EINTR) {
-      if (mp__deadline_passed(d))
-        return -ETIMEDOUT;
-      continue;
-    }
-    return -errno;
-  }
-}
-
 /* Connect a stream (or seqpacket) socket to a, within the deadline. */
 static int connect_to(const struct addr *a, int type, const mp__deadline *d) {
   int fd = socket(a->family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -201,7 +185,7 @@ static int connect_to(const struct addr *a, int type, const mp__deadline *d) {
   if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
     r = -errno;
     if (r == -EINPROGRESS || r == -EAGAIN || r == -EINTR) {
-      r = wait_fd(fd, POLLOUT, d);
+      r = mp__wait_fd(fd, POLLOUT, d);
       int err = 0;
       socklen_t el = sizeof err;
       if (r == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err)
@@ -252,7 +236,7 @@ static int chan_send(struct chan *c, const void *buf, size_t len, const mp__dead
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN) {
-      int r = wait_fd(c->fd, POLLOUT, d);
+      int r = mp__wait_fd(c->fd, POLLOUT, d);
       if (r < 0)
         return r;
       continue;
@@ -307,7 +291,7 @@ static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
       block = true;
       continue;
     }
-    int r = wait_fd(c->fd, POLLIN, d);
+    int r = mp__wait_fd(c->fd, POLLIN, d);
     if (r < 0)
       return r;
   }
@@ -2540,7 +2524,7 @@ MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection *
       continue;
     if (errno != EAGAIN)
       return -errno;
-    int r = wait_fd(l->fd, POLLIN, &d);
+    int r = mp__wait_fd(l->fd, POLLIN, &d);
     if (r < 0)
       return r;
   }

@@ -110,3 +110,20 @@ bool mp__spin_readable(int fd, const mp__deadline *d) {
     }
   }
 }
+
+int mp__wait_fd(int fd, short events, const mp__deadline *d) {
+  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+  for (;;) {
+    int r = poll(&p, 1, mp__deadline_poll_ms(d));
+    if (r > 0)
+      return 0;
+    if (r == 0 || errno == EINTR) {
+      /* poll rounds its timeout up, so a 0 means the deadline has passed;
+       * a signal resumes against the same deadline */
+      if (mp__deadline_passed(d))
+        return -ETIMEDOUT;
+      continue;
+    }
+    return -errno;
+  }
+}
