@@ -619,6 +619,28 @@ static void flush_std(void) {
     fflush(stderr);
 }
 
+/* Start worker w on a CPU of its own: the w-th of the CPUs it may use (when
+ * the pool has no more workers than those), then let it go anywhere again.
+ * Forked from one thread, workers would otherwise all begin, and be woken,
+ * on the CPU they last ran on together, and two of them could share one
+ * for a time slice while another idled. A hint, not a binding. */
+static void spread(unsigned w, unsigned nworkers) {
+  cpu_set_t all, one;
+  if (sched_getaffinity(0, sizeof all, &all) < 0 || (unsigned)CPU_COUNT(&all) < nworkers ||
+      CPU_COUNT(&all) < 2)
+    return;
+  unsigned k = 0, want = w % (unsigned)CPU_COUNT(&all);
+  for (int c = 0; c < CPU_SETSIZE; c++) {
+    if (CPU_ISSET(c, &all) && k++ == want) {
+      CPU_ZERO(&one);
+      CPU_SET(c, &one);
+      if (sched_setaffinity(0, sizeof one, &one) == 0) /* moves this process there */
+        sched_setaffinity(0, sizeof all, &all);
+      return;
+    }
+  }
+}
+
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -635,6 +657,7 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);
   probe_direct(p);
+  spread(w, p->nslots);
   if (p->opts.initializer)
     p->opts.initializer(p->opts.initargs);
   unsigned long n = 0;

@@ -8,6 +8,7 @@
 #include <mp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -594,6 +595,30 @@ static void test_pool_terminate_during_map(void **state) {
   free(out);
 }
 
+/* Workers start on CPUs of their own but stay free to run on every CPU the
+ * parent may use: their affinity ends equal to the parent's. */
+static void test_pool_workers_keep_parent_affinity(void **state) {
+  (void)state;
+  cpu_set_t mine;
+  assert_int_equal(sched_getaffinity(0, sizeof mine, &mine), 0);
+  mp_pool *p = new_pool(CPU_COUNT(&mine) > 1 ? CPU_COUNT(&mine) : 2, NULL);
+  int pids[64];
+  int n = mp_pool_worker_pids(p, pids, 64);
+  assert_true(n >= 2 && n <= 64);
+  for (int i = 0; i < n; i++) {
+    cpu_set_t theirs;
+    double t0 = tu_now();
+    for (;;) {
+      assert_int_equal(sched_getaffinity(pids[i], sizeof theirs, &theirs), 0);
+      if (CPU_EQUAL(&theirs, &mine) || tu_now() - t0 > 5)
+        break;
+      tu_sleep(0.01); /* a worker moves to its CPU, then lets go */
+    }
+    assert_true(CPU_EQUAL(&theirs, &mine));
+  }
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
 static void test_pool_close_join(void **state) {
   (void)state;
   mp_pool *p = new_pool(2, NULL);
@@ -950,6 +975,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_maxtasksperchild),
       cmocka_unit_test(test_pool_terminate_with_10000_queued),
       cmocka_unit_test(test_pool_terminate_during_map),
+      cmocka_unit_test(test_pool_workers_keep_parent_affinity),
       cmocka_unit_test(test_pool_close_join),
       cmocka_unit_test(test_pool_used_from_other_process_is_echild),
       cmocka_unit_test(test_pool_initializer_runs_in_each_worker),
