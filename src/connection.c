@@ -343,8 +343,7 @@ static bool at_eof(int fd) {
  * (possibly < HDR for a foreign record), or -EPIPE at end of file,
  * -ETIMEDOUT, or another negative errno. */
 static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadline *d) {
-  /* Look without blocking, poll a while (mp__spin_readable), then sleep: in
-   * recv() for forever, in poll() for a deadline. */
+  /* Look without blocking, then poll a while, then sleep (mp__recv_wait). */
   int flags = MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT;
   bool spun = false;
   for (;;) {
@@ -363,16 +362,7 @@ static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadli
        * what was sent to us is still there, so look again. */
       continue;
     case EAGAIN: {
-      if (!spun) {
-        spun = true;
-        if (mp__spin_readable(c->fd, d))
-          continue;
-      }
-      if (d->forever) {
-        flags &= ~MSG_DONTWAIT;
-        continue;
-      }
-      int w = mp__wait_fd(c->fd, POLLIN, d);
+      int w = mp__recv_wait(c->fd, d, &flags, &spun);
       if (w < 0)
         return w;
       continue;
@@ -877,7 +867,7 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
   struct stream_rx *rx = &c->rx;
   if (!rx->buf && !(rx->buf = malloc(STREAM_BUF)))
     return -ENOMEM;
-  int flags = MSG_DONTWAIT; /* then poll a while, then sleep (see peek_record) */
+  int flags = MSG_DONTWAIT; /* then poll a while, then sleep (mp__recv_wait) */
   bool spun = false;
   int resets = 0;
   while (rx->len < want) {
@@ -900,16 +890,7 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
         return -EPIPE;
       continue;
     case EAGAIN: {
-      if (!spun) {
-        spun = true;
-        if (mp__spin_readable(c->fd, d))
-          continue;
-      }
-      if (d->forever) {
-        flags = 0;
-        continue;
-      }
-      int w = mp__wait_fd(c->fd, POLLIN, d);
+      int w = mp__recv_wait(c->fd, d, &flags, &spun);
       if (w < 0)
         return w;
       continue;

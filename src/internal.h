@@ -64,21 +64,25 @@ int mp__deadline_poll_ms(const mp__deadline *d);
 /* Nanoseconds of CLOCK_MONOTONIC. */
 int64_t mp__now_ns(void);
 
-/* A receiver on a socket polls before it sleeps: a hop whose receiver sleeps
- * costs a wake-up on another CPU (10-50 us on a VM), while a peer that
- * answers at once does so within microseconds. mp__spin_readable() looks at
- * fd with poll() (which reads the socket's state without taking its lock),
- * yielding its CPU every MP__SPIN_YIELD_EVERY looks (a peer waiting for that
- * same CPU then runs at once), for at most MP__SPIN_NS and never past d.
- * Returns true when fd became readable (or hung up); false at once for a
- * MP_NOWAIT deadline. The bound caps what an idle peer costs: one such poll
- * after each message. Manager round trips measured spins of 15 to 100 us
- * alike when the peer answers at once; a pause loop instead of yields was a
- * few percent faster on two idle CPUs and several times slower when both
- * peers shared one. */
+/* What a socket receiver does when recv(..., MSG_DONTWAIT) found nothing:
+ * first poll a while, then sleep. A hop whose receiver sleeps costs a
+ * wake-up on another CPU (10-50 us on a VM), while a peer that answers at
+ * once does so within microseconds. So the first call looks at fd with
+ * poll() (which reads the socket's state without taking its lock), yielding
+ * its CPU every MP__SPIN_YIELD_EVERY looks (a peer waiting for that same CPU
+ * then runs at once), for at most MP__SPIN_NS and never past d; *spun
+ * (false at first) records that it did. After that: for a forever deadline
+ * it clears MSG_DONTWAIT in *flags (the next recv() sleeps in the kernel);
+ * otherwise it waits in poll() until fd is readable or the deadline. Returns
+ * 0 (call recv() again with *flags) or -ETIMEDOUT (or another negative
+ * errno of poll). MP_NOWAIT does not poll. The bound caps what an idle peer
+ * costs: one such poll after each message. Manager round trips measured
+ * spins of 15 to 100 us alike when the peer answers at once; a pause loop
+ * instead of yields was a few percent faster on two idle CPUs and several
+ * times slower when both peers shared one. */
 #define MP__SPIN_NS 30000
 #define MP__SPIN_YIELD_EVERY 8
-bool mp__spin_readable(int fd, const mp__deadline *d);
+int mp__recv_wait(int fd, const mp__deadline *d, int *flags, bool *spun);
 
 /* Wait until fd has one of `events` (poll(2) bits), or the deadline: 0 or
  * -ETIMEDOUT (or another negative errno of poll); a signal resumes the wait

@@ -267,11 +267,12 @@ static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
       c->cap = nc;
     }
   }
-  /* Poll a while (mp__spin_readable), then sleep: in recv() for forever, in
-   * poll() for a deadline. MP_NOWAIT looks once. */
-  bool spun = false, block = false;
+  /* Look, then poll a while, then sleep (mp__recv_wait). MP_NOWAIT looks
+   * once. */
+  int flags = MSG_DONTWAIT;
+  bool spun = false;
   for (;;) {
-    ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, block ? 0 : MSG_DONTWAIT);
+    ssize_t n = recv(c->fd, c->buf + c->len, c->cap - c->len, flags);
     if (n > 0) {
       c->len += (size_t)n;
       return 0;
@@ -282,16 +283,7 @@ static int chan_fill(struct chan *c, size_t want, const mp__deadline *d) {
       continue;
     if (errno != EAGAIN)
       return errno == ECONNRESET || errno == ENOTCONN ? -EPIPE : -errno;
-    if (!spun) {
-      spun = true;
-      if (mp__spin_readable(c->fd, d))
-        continue;
-    }
-    if (d->forever && !block) {
-      block = true;
-      continue;
-    }
-    int r = mp__wait_fd(c->fd, POLLIN, d);
+    int r = mp__recv_wait(c->fd, d, &flags, &spun);
     if (r < 0)
       return r;
   }

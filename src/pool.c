@@ -335,6 +335,18 @@ static inline void spin_pause(unsigned i) {
     mp__cpu_relax();
 }
 
+/* Whether a spin at step i may go on: every SPIN_CHECK steps it reads the
+ * clock, and it ends SPIN_NS after the first reading (*until starts at 0;
+ * a spinner that made progress sets it back to 0 to start a new span). */
+static inline bool spin_budget(unsigned i, int64_t *until) {
+  if (i % SPIN_CHECK)
+    return true;
+  int64_t now = mp__now_ns();
+  if (!*until)
+    *until = now + SPIN_NS;
+  return now < *until;
+}
+
 /* ------------------------------------------------------------ 3. the worker */
 
 struct mp_pool_out {
@@ -989,13 +1001,8 @@ static int handler_spin(struct mp_pool *p) {
     if (atomic_load_explicit(&p->collectors, memory_order_relaxed))
       return 0; /* a caller collects: leave the CPU to it (relaxed: a hint) */
     spin_pause(i);
-    if (i % SPIN_CHECK == 0) {
-      int64_t now = mp__now_ns();
-      if (!until)
-        until = now + SPIN_NS;
-      else if (now >= until)
-        return 0;
-    }
+    if (!spin_budget(i, &until))
+      return 0;
   }
 }
 
@@ -1310,10 +1317,10 @@ static void copy_in(struct mp_pool *p, struct mp_async_result *res, const char *
   struct job *j = &res->job;
   size_t per = COPY_IN_BYTES / isize, done = 0, n = j->n, cs = j->chunksize;
   for (;;) {
-    size_t upto = done ? done + (per > cs ? per : cs) : cs; /* items */
-    upto = upto < n ? (upto + cs - 1) / cs * cs : n;        /* whole chunks */
-    if (upto > n)
-      upto = n;
+    /* whole chunks: one first, then at least COPY_IN_BYTES (done is a
+     * multiple of cs) */
+    size_t step = done && per > cs ? (per + cs - 1) / cs * cs : cs;
+    size_t upto = n - done < step ? n : done + step;
     memcpy((char *)res->in_tmp + done * isize, items + done * isize, (upto - done) * isize);
     done = upto;
     pthread_mutex_lock(&p->mu);
@@ -1572,13 +1579,8 @@ static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
       continue;
     }
     mp__cpu_relax();
-    if (i % SPIN_CHECK == 0) {
-      int64_t now = mp__now_ns();
-      if (!until)
-        until = now + SPIN_NS;
-      else if (now >= until)
-        break;
-    }
+    if (!spin_budget(i, &until))
+      break;
   }
   if (took) {
     atomic_store(&sh->parent_waiting, 1);
@@ -1788,13 +1790,8 @@ static int spin_until_done(struct mp_async_result *r) {
     if (result_is_done(r))
       return 1;
     spin_pause(i);
-    if (i % SPIN_CHECK == 0) {
-      int64_t now = mp__now_ns();
-      if (!until)
-        until = now + SPIN_NS;
-      else if (now >= until)
-        return 0;
-    }
+    if (!spin_budget(i, &until))
+      return 0;
   }
 }
 

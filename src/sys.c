@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -90,7 +91,26 @@ pid_t mp__pid(void) {
   return p;
 }
 
-bool mp__spin_readable(int fd, const mp__deadline *d) {
+int mp__wait_fd(int fd, short events, const mp__deadline *d) {
+  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+  for (;;) {
+    int r = poll(&p, 1, mp__deadline_poll_ms(d));
+    if (r > 0)
+      return 0;
+    if (r == 0 || errno == EINTR) {
+      /* poll rounds its timeout up, so a 0 means the deadline has passed;
+       * a signal resumes against the same deadline */
+      if (mp__deadline_passed(d))
+        return -ETIMEDOUT;
+      continue;
+    }
+    return -errno;
+  }
+}
+
+/* The polling of mp__recv_wait(): true when fd became readable (or hung
+ * up). */
+static bool spin_readable(int fd, const mp__deadline *d) {
   if (d->nowait)
     return false;
   int64_t end = mp__now_ns() + MP__SPIN_NS;
@@ -111,19 +131,15 @@ bool mp__spin_readable(int fd, const mp__deadline *d) {
   }
 }
 
-int mp__wait_fd(int fd, short events, const mp__deadline *d) {
-  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
-  for (;;) {
-    int r = poll(&p, 1, mp__deadline_poll_ms(d));
-    if (r > 0)
+int mp__recv_wait(int fd, const mp__deadline *d, int *flags, bool *spun) {
+  if (!*spun) {
+    *spun = true;
+    if (spin_readable(fd, d))
       return 0;
-    if (r == 0 || errno == EINTR) {
-      /* poll rounds its timeout up, so a 0 means the deadline has passed;
-       * a signal resumes against the same deadline */
-      if (mp__deadline_passed(d))
-        return -ETIMEDOUT;
-      continue;
-    }
-    return -errno;
   }
+  if (d->forever) {
+    *flags &= ~MSG_DONTWAIT;
+    return 0;
+  }
+  return mp__wait_fd(fd, POLLIN, d);
 }
