@@ -256,4 +256,13 @@ long mp__manager_channel_calls(void);
 /* Called in a child right after fork, before anything else (process.c). */
 void mp__process_after_fork_child(void);
 
+/* Tie the calling child's life to its parent *process* `parent` (the pid the
+ * parent had before fork): when that process ends, `sig` is raised in the
+ * child (SIGKILL for a daemon Process or a pool worker, SIGTERM for a Manager
+ * server whose handler cleans up). Unlike a bare PR_SET_PDEATHSIG, the end of
+ * the forking *thread* alone does not count. If the parent is already gone,
+ * `sig` is raised at once. The one idiom every area uses (process.c). Returns
+ * 0 or a negative errno. */
+int mp__tie_to_parent(pid_t parent, int sig);
+
 #endif /* MP_INTERNAL_H */

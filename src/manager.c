@@ -1756,9 +1756,7 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent)
-      server_on_term(0);
+    mp__tie_to_parent(parent, SIGTERM);
     int lfd = m->lfd;
     if (lfd > 3 && syscall(SYS_close_range, 3u, (unsigned)lfd - 1, 0u) < 0) {
       /* best effort: an old kernel keeps the inherited descriptors */

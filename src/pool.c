@@ -655,9 +655,7 @@ static void spread(unsigned w, unsigned nworkers) {
 
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != p->owner)
-    _exit(1); /* the parent died before the request took hold */
+  mp__tie_to_parent(p->owner, SIGKILL);
   pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
   /* The parent's ends of the other workers' channels are not ours. */
   for (unsigned i = 0; i < p->nslots; i++) {

@@ -344,14 +344,19 @@ MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_proce
   return 0;
 }
 
+int mp__tie_to_parent(pid_t parent, int sig) {
+  if (prctl(PR_SET_PDEATHSIG, sig) < 0)
+    return -errno;
+  if (getppid() != parent) /* the parent died before the request took hold */
+    raise(sig);
+  return 0;
+}
+
 /* The child's side of mp_process_start(); never returns. */
 static _Noreturn void child_main(struct mp_process *p, pid_t parent) {
   mp__process_after_fork_child();
-  if (p->daemon) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) /* the parent died before the request took hold */
-      raise(SIGKILL);
-  }
+  if (p->daemon)
+    mp__tie_to_parent(parent, SIGKILL);
   int r = p->target(p->arg);
   exit_children();
   mp__shm_at_exit(); /* a normal end: unlink this process's tracked blocks */
