@@ -17,7 +17,15 @@
  * word (the footer), so that freeing its right neighbour can merge with it.
  * Blocks tile [first, top); beyond `top` lies the untouched reserve. The block
  * just below `top` is always in use: a free block reaching `top` is given back
- * to it.
+ * to it. Between `struct heap` and `first` lies the live map: one bit per
+ * 16-byte granule, set exactly for the payload address of each allocated
+ * block. A header alone cannot tell a live block: a freed block merged into
+ * its left neighbour keeps its old header word, and user data inside a block
+ * can look like one. The map makes mp_heap_free() and mp_heap_realloc() refuse
+ * every pointer that is not a live block's payload (double frees in every
+ * neighbour configuration, interior pointers) at the cost of one journaled
+ * word per allocation and per free; its pages are touched only where blocks
+ * were ever carved (1/128 of the carved bytes).
  *
  * Who writes what: every allocator word (header fields, block headers, links
  * and footers) is written only by the holder of `heap->mutex`, a robust
@@ -33,6 +41,34 @@
  * (a killed process's retired stores are visible to the others), hence the
  * signal fences. A block that a dead process allocated and never freed stays
  * allocated: the heap cannot know whether someone else was handed its pointer.
+ *
+ * Nothing outside the journal may change before the journal commits: a page
+ * release (MADV_REMOVE) zeroes words the journal may have to restore (a
+ * merged neighbour's header and footer, the blocks above a lowered `top`).
+ * So a free first commits, and only then, still holding the mutex, gives
+ * pages back: they then belong to no block, and a kill in the middle of the
+ * release leaves some of them zeroed, which no one reads. The trim mark
+ * `high` is lowered after the release by one plain store; a kill before it
+ * leaves `high` above `top`, and the next trim releases the same range again
+ * (MADV_REMOVE is idempotent).
+ *
+ * What a SIGKILL at each step leaves (crash points in crashpoints.def), and
+ * who repairs it: the next locker of the mutex, told EOWNERDEAD.
+ *   heap.alloc.locked, heap.free.locked  nothing written: empty journal
+ *   heap.journal.logged    an entry logged, its word not yet written: the
+ *                          replay writes back the value it already has
+ *   heap.journal.stored    some words written: replay restores them all; the
+ *                          operation did not happen
+ *   heap.alloc.journaled, heap.free.journaled  every word written, not yet
+ *                          committed: rolled back whole (a free leaves the
+ *                          block allocated, an allocation leaves it free)
+ *   heap.alloc.committed   the block is allocated and its pointer lost with
+ *                          the process: it stays allocated (a leak, as above)
+ *   heap.free.committed    the free happened; pages not yet released stay
+ *                          committed until a later trim of the same range
+ *   heap.trim.released     pages given back, `high` not yet lowered: the
+ *                          next trim releases them again
+ *   heap.trim.marked       the trim happened whole
  */
 #include <errno.h>
 #include <pthread.h>
@@ -42,6 +78,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------ 1. layout */
@@ -81,6 +118,7 @@ struct heap {
   uintptr_t binmap[NBINS / 64];
   uintptr_t bins[NBINS]; /* first free block of each bin, 0 for none */
   uintptr_t recoveries;  /* times a dead holder's operation was undone (tests) */
+  uintptr_t *live;       /* the live map: bit (p - first - 8) / 16 for payload p */
   /* Well-known slots, NULL until an area publishes its family-wide object
    * there with compare-exchange (mp__heap_root()); never written by the
    * allocator. */
@@ -104,7 +142,9 @@ static void jset(struct heap *h, uintptr_t *addr, uintptr_t val) {
   atomic_signal_fence(memory_order_seq_cst);
   h->log_n = n + 1;
   atomic_signal_fence(memory_order_seq_cst);
+  MP__CRASH(HEAP_JOURNAL_LOGGED);
   *addr = val;
+  MP__CRASH(HEAP_JOURNAL_STORED);
 }
 
 static void journal_commit(struct heap *h) {
@@ -201,6 +241,13 @@ static uintptr_t need_of(size_t n) {
   return need < MIN_BLOCK ? MIN_BLOCK : need;
 }
 
+/* Mark block b's payload live or not in the live map, journaled. */
+static void live_set(struct heap *h, uintptr_t b, bool on) {
+  uintptr_t i = (b - h->first) >> 4, bit = (uintptr_t)1 << (i % 64);
+  uintptr_t *w = &h->live[i / 64];
+  jset(h, w, on ? (*w | bit) : (*w & ~bit));
+}
+
 /* Allocate with the mutex held. Returns the payload or NULL. */
 static void *alloc_locked(struct heap *h, uintptr_t need) {
   uintptr_t b = bin_find(h, need);
@@ -223,6 +270,7 @@ static void *alloc_locked(struct heap *h, uintptr_t need) {
     }
     jset(h, &h->used, h->used + size);
     jset(h, &h->blocks, h->blocks + 1);
+    live_set(h, b, true);
     return (void *)(b + 8);
   }
   /* Carve from the reserve. The block below top is in use, so PREV_INUSE. */
@@ -235,12 +283,18 @@ static void *alloc_locked(struct heap *h, uintptr_t need) {
     jset(h, &h->high, h->top);
   jset(h, &h->used, h->used + need);
   jset(h, &h->blocks, h->blocks + 1);
+  live_set(h, b, true);
   return (void *)(b + 8);
 }
 
-/* Whether p is a live block's payload. */
+/* Whether p is a live block's payload: its bit in the live map is set (the
+ * header checks guard against a map that disagrees, which mp__heap_check()
+ * would report). */
 static bool live_block(struct heap *h, uintptr_t p) {
   if ((p & 15) != 0 || p < h->first + 8 || p >= h->top)
+    return false;
+  uintptr_t i = (p - h->first - 8) >> 4;
+  if (!((h->live[i / 64] >> (i % 64)) & 1))
     return false;
   uintptr_t b = p - 8, w = *hdr(b), size = w & ~FLAGS;
   return (w & INUSE) && size >= MIN_BLOCK && (size & 15) == 0 && size <= h->top - b;
@@ -251,6 +305,7 @@ static bool live_block(struct heap *h, uintptr_t p) {
  * back to the reserve. */
 static uintptr_t free_locked(struct heap *h, uintptr_t b, uintptr_t *fsize) {
   uintptr_t size = bsize(b);
+  live_set(h, b, false);
   jset(h, &h->used, h->used - size);
   jset(h, &h->blocks, h->blocks - 1);
   uintptr_t nb = b + size;
@@ -300,14 +355,17 @@ static void heap_unlock(struct heap *h) {
   pthread_mutex_unlock(&h->mutex);
 }
 
-/* With the mutex held, after a free: give back the pages of the reserve that
- * the top left behind, and the interior pages of a large free block (its
- * header, links and footer stay). Nobody references those pages, and
- * MADV_REMOVE is idempotent, so a crash here leaves nothing to repair. */
+/* With the mutex held, after a free has COMMITTED (see the map at the top:
+ * a release before the commit would zero words a rollback restores): give
+ * back the pages of the reserve that the top left behind, and the interior
+ * pages of a large free block (its header, links and footer stay). */
 static void trim_locked(struct heap *h, uintptr_t freed, uintptr_t size) {
   if (h->high - h->top >= TRIM_THRESHOLD) {
     release_pages(h->top, h->high);
-    jset(h, &h->high, h->top);
+    MP__CRASH(HEAP_TRIM_RELEASED);
+    atomic_signal_fence(memory_order_seq_cst); /* the store follows the release */
+    h->high = h->top; /* one word, outside the journal: see the map */
+    MP__CRASH(HEAP_TRIM_MARKED);
   }
   if (freed && size >= TRIM_THRESHOLD)
     release_pages(freed + 32, freed + size - 8); /* keep header, links, footer */
@@ -363,8 +421,17 @@ static int map_heap(size_t size) {
     munmap(m, size);
     return r;
   }
+  /* The live map: a bit per 16 bytes of the whole region (an over-count by
+   * the map's own size, which keeps the arithmetic simple). */
+  uintptr_t map_words = (size / 16 + 63) / 64;
+  h->live = (uintptr_t *)((h->base + sizeof *h + 15) & ~(uintptr_t)15);
+  uintptr_t map_end = (uintptr_t)(h->live + map_words);
+  if (map_end + MIN_BLOCK + 16 > h->base + size) {
+    munmap(m, size);
+    return -EINVAL;
+  }
   /* Payloads are 16-aligned: blocks start 8 bytes before a 16 boundary. */
-  h->first = ((h->base + sizeof *h + 15) & ~(uintptr_t)15) + 8;
+  h->first = ((map_end + 15) & ~(uintptr_t)15) + 8;
   h->top = h->first;
   h->high = h->first;
   atomic_store_explicit(&the_heap, h, memory_order_release);
@@ -427,7 +494,11 @@ MP_EXPORT void *mp_heap_alloc(size_t size) {
   if (!h || !need)
     return NULL;
   heap_lock(h);
+  MP__CRASH(HEAP_ALLOC_LOCKED);
   void *p = alloc_locked(h, need);
+  MP__CRASH(HEAP_ALLOC_JOURNALED);
+  journal_commit(h);
+  MP__CRASH(HEAP_ALLOC_COMMITTED);
   heap_unlock(h);
   return p;
 }
@@ -449,12 +520,16 @@ MP_EXPORT int mp_heap_free(void *ptr) {
   if (!h)
     return -EINVAL;
   heap_lock(h);
+  MP__CRASH(HEAP_FREE_LOCKED);
   if (!live_block(h, (uintptr_t)ptr)) {
     heap_unlock(h);
     return -EINVAL;
   }
   uintptr_t fsize;
   uintptr_t fb = free_locked(h, (uintptr_t)ptr - 8, &fsize);
+  MP__CRASH(HEAP_FREE_JOURNALED);
+  journal_commit(h);
+  MP__CRASH(HEAP_FREE_COMMITTED);
   trim_locked(h, fb, fsize);
   heap_unlock(h);
   return 0;
@@ -527,6 +602,11 @@ int mp__heap_check(void) {
       bad = 3; /* two free neighbours were not merged */
     else if (!(w & INUSE) && *footer(b, size) != size)
       bad = 4; /* free block without a footer */
+    if (!bad) {
+      uintptr_t i = (b - h->first) >> 4;
+      if (((h->live[i / 64] >> (i % 64)) & 1) != ((w & INUSE) != 0))
+        bad = 13; /* the live map disagrees with a block */
+    }
     if (!bad) {
       prev_inuse = w & INUSE;
       if (prev_inuse) {

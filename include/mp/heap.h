@@ -83,8 +83,11 @@ MP_EXPORT void *mp_heap_realloc(void *ptr, size_t size);
 /**
  * @brief Return a block to the family heap. Any process of the family may free
  *        a block any other allocated.
- * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not a live block of
- *         this heap (a double free is detected when the block was not reused).
+ * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not the start of a
+ *         live block of this heap: a pointer into a block, a foreign pointer,
+ *         or a block already freed, also after it merged with its neighbours.
+ *         Nothing is changed then. (Only a block whose address a later
+ *         allocation handed out again is live again, and that one is freed.)
  */
 MP_EXPORT int mp_heap_free(void *ptr);
 
