@@ -17,5 +17,6 @@
 #include "mp/shared.h"
 #include "mp/shm.h"
 #include "mp/sync.h"
+#include "mp/version.h"
 
 #endif /* MP_H */

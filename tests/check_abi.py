@@ -10,7 +10,7 @@ root = pathlib.Path(sys.argv[1])
 lib = sys.argv[2]
 
 declared = set()
-for h in (root / "include").rglob("*.h"):
+for h in [*(root / "include").rglob("*.h"), *(root / "include").rglob("*.h.in")]:
     text = h.read_text()
     for m in re.finditer(r"^MP_EXPORT\b[^;(]*?\b(mp_[a-z0-9_]+)\s*\(", text, re.M):
         declared.add(m.group(1))
