@@ -909,9 +909,60 @@ static void test_value_too_large_enomem(void **state) {
   assert_int_equal(after.blocks, st.blocks);
 }
 
+/* The typed constructors: MP_VALUE_NEW/MP_ARRAY_NEW pick the typecode from the
+ * result pointer's type, and the per-type forms give the same objects. */
+#define CHECK_TYPED(T, code, suffix)                                                           \
+  do {                                                                                         \
+    T *v = NULL, *a = NULL, *rv = NULL, *ra = NULL;                                            \
+    T init = (T)3, inits[3] = {(T)1, (T)2, (T)3};                                              \
+    assert_int_equal(MP_VALUE_NEW(&init, NULL, &v), 0);                                        \
+    assert_int_equal(mp_value_typecode(v), code);                                              \
+    assert_true(*v == (T)3);                                                                   \
+    mp_lock *l = NULL;                                                                         \
+    assert_int_equal(mp_value_get_lock(v, &l), 0); /* a lock by default */                     \
+    assert_int_equal(MP_ARRAY_NEW(3, inits, NULL, &a), 0);                                     \
+    assert_int_equal(mp_value_typecode(a), code);                                              \
+    assert_int_equal(mp_array_len(a), 3);                                                      \
+    assert_true(a[2] == (T)3);                                                                 \
+    assert_int_equal(mp_raw_value_new_##suffix(NULL, &rv), 0);                                 \
+    assert_int_equal(mp_value_typecode(rv), code);                                             \
+    assert_int_equal(mp_value_get_lock(rv, &l), -ENOLCK);                                      \
+    assert_int_equal(mp_raw_array_new_##suffix(2, NULL, &ra), 0);                              \
+    assert_int_equal(mp_array_len(ra), 2);                                                     \
+    assert_int_equal(mp_value_typecode(ra), code);                                             \
+    T *pv = NULL, *pa = NULL;                                                                  \
+    assert_int_equal(mp_value_new_##suffix(NULL, NULL, &pv), 0);                               \
+    assert_int_equal(mp_array_new_##suffix(0, NULL, NULL, &pa), -EINVAL);                      \
+    assert_null(pa);                                                                           \
+    assert_int_equal(mp_value_typecode(pv), code);                                             \
+    assert_int_equal(mp_value_free(v), 0);                                                     \
+    assert_int_equal(mp_array_free(a), 0);                                                     \
+    assert_int_equal(mp_value_free(rv), 0);                                                    \
+    assert_int_equal(mp_array_free(ra), 0);                                                    \
+    assert_int_equal(mp_value_free(pv), 0);                                                    \
+  } while (0)
+
+static void test_value_typed_constructors(void **state) {
+  (void)state;
+  CHECK_TYPED(char, 'c', char);
+  CHECK_TYPED(signed char, 'b', schar);
+  CHECK_TYPED(unsigned char, 'B', uchar);
+  CHECK_TYPED(short, 'h', short);
+  CHECK_TYPED(unsigned short, 'H', ushort);
+  CHECK_TYPED(int, 'i', int);
+  CHECK_TYPED(unsigned int, 'I', uint);
+  CHECK_TYPED(long, 'l', long);
+  CHECK_TYPED(unsigned long, 'L', ulong);
+  CHECK_TYPED(long long, 'q', llong);
+  CHECK_TYPED(unsigned long long, 'Q', ullong);
+  CHECK_TYPED(float, 'f', float);
+  CHECK_TYPED(double, 'd', double);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_value_typecodes_round_trip),
+      cmocka_unit_test(test_value_typed_constructors),
       cmocka_unit_test(test_value_default_is_zero),
       cmocka_unit_test(test_value_sizes_are_c_types),
       cmocka_unit_test(test_value_unknown_typecode),

@@ -155,6 +155,84 @@ MP_EXPORT int mp_array_compare_exchange(void *array, size_t index, long long *ex
 /** @brief Free an Array; as mp_value_free(). */
 MP_EXPORT int mp_array_free(void *array);
 
+/**
+ * @name Typed constructors
+ * The constructors above take the result through `void *`, so the address of
+ * a pointer of the wrong type compiles. These forms take the element type in
+ * their name and a typed result pointer, so the compiler checks it; each is
+ * the general constructor with the matching typecode, nothing more (inline,
+ * no symbol of their own). For the C type T named by SUFFIX:
+ *
+ * - `int mp_value_new_SUFFIX(const T *init, const mp_value_options *opts, T **ret)`
+ * - `int mp_raw_value_new_SUFFIX(const T *init, T **ret)`
+ * - `int mp_array_new_SUFFIX(size_t len, const T *init, const mp_value_options *opts, T **ret)`
+ * - `int mp_raw_array_new_SUFFIX(size_t len, const T *init, T **ret)`
+ *
+ * SUFFIX and T (typecode): `char` char (`c`), `schar` signed char (`b`),
+ * `uchar` unsigned char (`B`), `short` (`h`), `ushort` unsigned short (`H`),
+ * `int` (`i`), `uint` unsigned int (`I`), `long` (`l`), `ulong` unsigned long
+ * (`L`), `llong` long long (`q`), `ullong` unsigned long long (`Q`), `float`
+ * (`f`), `double` (`d`). Returns and errors as the general constructors.
+ *
+ * In C11 and later, MP_VALUE_NEW(init, opts, ret) and
+ * MP_ARRAY_NEW(len, init, opts, ret) pick the typed form from the type of
+ * `ret` (`_Generic`); a pointer of any other type does not compile:
+ *
+ * @code
+ *   double *speed;
+ *   MP_VALUE_NEW(NULL, NULL, &speed);      // mp_value_new('d', ...)
+ *   int *squares;
+ *   MP_ARRAY_NEW(4, NULL, NULL, &squares); // mp_array_new('i', 4, ...)
+ * @endcode
+ * @{
+ */
+#define MP__TYPED_VALUE(suffix, T, code)                                                        \
+  static inline int mp_value_new_##suffix(const T *init, const mp_value_options *opts,          \
+                                          T **ret) {                                           \
+    return mp_value_new(code, init, opts, ret);                                                 \
+  }                                                                                             \
+  static inline int mp_raw_value_new_##suffix(const T *init, T **ret) {                        \
+    return mp_raw_value_new(code, init, ret);                                                   \
+  }                                                                                             \
+  static inline int mp_array_new_##suffix(size_t len, const T *init,                            \
+                                          const mp_value_options *opts, T **ret) {             \
+    return mp_array_new(code, len, init, opts, ret);                                            \
+  }                                                                                             \
+  static inline int mp_raw_array_new_##suffix(size_t len, const T *init, T **ret) {            \
+    return mp_raw_array_new(code, len, init, ret);                                              \
+  }
+MP__TYPED_VALUE(char, char, 'c')
+MP__TYPED_VALUE(schar, signed char, 'b')
+MP__TYPED_VALUE(uchar, unsigned char, 'B')
+MP__TYPED_VALUE(short, short, 'h')
+MP__TYPED_VALUE(ushort, unsigned short, 'H')
+MP__TYPED_VALUE(int, int, 'i')
+MP__TYPED_VALUE(uint, unsigned int, 'I')
+MP__TYPED_VALUE(long, long, 'l')
+MP__TYPED_VALUE(ulong, unsigned long, 'L')
+MP__TYPED_VALUE(llong, long long, 'q')
+MP__TYPED_VALUE(ullong, unsigned long long, 'Q')
+MP__TYPED_VALUE(float, float, 'f')
+MP__TYPED_VALUE(double, double, 'd')
+#undef MP__TYPED_VALUE
+
+#if !defined(__cplusplus) && defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define MP__TYPED_PICK(ret, verb)                                                               \
+  _Generic((ret),                                                                               \
+      char **: mp_##verb##_char, signed char **: mp_##verb##_schar,                             \
+      unsigned char **: mp_##verb##_uchar, short **: mp_##verb##_short,                         \
+      unsigned short **: mp_##verb##_ushort, int **: mp_##verb##_int,                           \
+      unsigned int **: mp_##verb##_uint, long **: mp_##verb##_long,                             \
+      unsigned long **: mp_##verb##_ulong, long long **: mp_##verb##_llong,                     \
+      unsigned long long **: mp_##verb##_ullong, float **: mp_##verb##_float,                   \
+      double **: mp_##verb##_double)
+/** A Value of the element type of `*ret`, checked by the compiler. */
+#define MP_VALUE_NEW(init, opts, ret) MP__TYPED_PICK(ret, value_new)(init, opts, ret)
+/** An Array of the element type of `*ret`, checked by the compiler. */
+#define MP_ARRAY_NEW(len, init, opts, ret) MP__TYPED_PICK(ret, array_new)(len, init, opts, ret)
+#endif
+/** @} */
+
 #ifdef __cplusplus
 }
 #endif
