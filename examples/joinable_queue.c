@@ -1,27 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A JoinableQueue: the producer waits until every item has been handled.
+ * A JoinableQueue: the producer waits until every item has been handled, and
+ * the daemon consumers die when the main program ends.
  *
  * With a plain Queue and an end marker (producer_consumer.c) the producer must
  * put one marker per consumer, so it must know how many there are. The Python
- * original solves this with q = JoinableQueue(): a producer process puts ten
- * buns and then calls q.join(), which waits until every item put has been
- * marked done; three consumer processes, made daemons (p1.daemon = True),
- * loop forever on q.get(), print which customer ate which bun and call
- * q.task_done(). The parent joins the producer only. When the tenth
- * task_done() comes, the producer's join returns, the producer ends, the
- * parent ends, and the daemon consumers die with it.
+ * original solves this with q = JoinableQueue(): a producer process makes ten
+ * buns, one a second, putting each into q, then calls q.join(), which waits
+ * until every item put has been marked done; three consumer processes, made
+ * daemons (p1.daemon = True), loop forever: every 1.5 s they take a bun with
+ * q.get(), print which customer ate it and call q.task_done(). The main
+ * program joins the producer only. When the tenth task_done() comes, the
+ * producer's join returns, the producer ends, the main program ends, and the
+ * daemon consumers, still looping, die with it.
  *
  * The C twin: mp_joinable_queue_new(), mp_queue_task_done() and
- * mp_queue_join(); `.daemon = 1` in the process options is p.daemon = True.
- * Once the producer has ended, the parent closes the queue with
- * mp_queue_close(): each consumer's waiting get then returns -EPIPE (end of
- * file) and the consumer returns, so the parent can join them and free the
- * queue. (Without that, libmp would end the daemons at the parent's exit, as
- * Python does; see swords.c.)
+ * mp_queue_join(); `.daemon = 1` in the process options is p1.daemon = True.
+ * When main returns, libmp terminates its daemon children, as Python does.
+ * The queue is not freed: the daemons still wait in it when main returns, and
+ * the system reclaims it with the program. The sleeps are a tenth of the
+ * original's. The parent prints each consumer's pid so that the test can
+ * check, after the program has exited, that no consumer is left.
  */
 #include <mp.h>
 #include <stdio.h>
+#include <time.h>
 
 /* Stop with a message when a libmp call fails (they return a negative errno,
  * explained by mp_strerror()). Used in the parent and in children alike: both
@@ -40,10 +43,16 @@ enum { BUNS = 10, CUSTOMERS = 3 };
 
 static mp_queue *q; /* made before the children start, so they all see it */
 
-/* Python: def producer(q) */
+static void sleep_ms(long ms) {
+  struct timespec t = {ms / 1000, ms % 1000 * 1000000};
+  nanosleep(&t, NULL);
+}
+
+/* Python: def sheng(q) -- the producer */
 static int producer(void *arg) {
   (void)arg;
   for (int i = 0; i < BUNS; i++) {
+    sleep_ms(100);                                  /* time.sleep(1) */
     TRY(mp_queue_put(q, &i, sizeof i, MP_FOREVER)); /* q.put(i) */
     printf("bun %d made\n", i);
   }
@@ -52,33 +61,16 @@ static int producer(void *arg) {
   return 0;
 }
 
-/* Python: def consumer(q, i) */
+/* Python: def xiao(q, i) -- a consumer; it never returns */
 static int consumer(void *arg) {
   int customer = (int)(long)arg; /* the number travels in the pointer argument */
   for (;;) {
+    sleep_ms(150); /* time.sleep(1.5) */
     int bun;
-    int n = (int)mp_queue_get(q, &bun, sizeof bun, MP_FOREVER); /* q.get() */
-    if (n == -EPIPE) { /* the queue is closed and empty: go home */
-      printf("customer %d goes home\n", customer);
-      return 0;
-    }
-    TRY(n);
+    TRY(mp_queue_get(q, &bun, sizeof bun, MP_FOREVER)); /* q.get() */
     printf("customer %d ate bun %d\n", customer, bun);
     TRY(mp_queue_task_done(q)); /* q.task_done() */
   }
-}
-
-/* Wait for a child, free its handle, and fail unless it exited with 0. */
-static int join_ok(mp_process *p) {
-  int code = -1;
-  TRY(mp_process_join(p, MP_FOREVER));
-  TRY(mp_process_exitcode(p, &code));
-  TRY(mp_process_free(p));
-  if (code != 0) {
-    fprintf(stderr, "a child failed with exit code %d\n", code);
-    return 1;
-  }
-  return 0;
 }
 
 int main(void) {
@@ -89,21 +81,21 @@ int main(void) {
   TRY(mp_joinable_queue_new(0, &q)); /* q = JoinableQueue() */
 
   mp_process *p;
-  TRY(mp_process_new(producer, NULL, NULL, &p)); /* Process(target=producer, args=(q,)) */
+  TRY(mp_process_new(producer, NULL, NULL, &p)); /* p = Process(target=sheng, args=(q,)) */
   TRY(mp_process_start(p));
 
-  mp_process *consumers[CUSTOMERS];
   mp_process_options daemon = {.daemon = 1}; /* p1.daemon = True */
   for (int i = 0; i < CUSTOMERS; i++) {
-    TRY(mp_process_new(consumer, (void *)(long)i, &daemon, &consumers[i]));
-    TRY(mp_process_start(consumers[i]));
+    mp_process *p1;
+    TRY(mp_process_new(consumer, (void *)(long)i, &daemon, &p1)); /* Process(target=xiao, ...) */
+    TRY(mp_process_start(p1));
+    printf("customer %d is a daemon, pid %d\n", i, mp_process_pid(p1));
   }
 
-  int failed = join_ok(p); /* p.join(): returns once every bun is eaten */
-  printf("main: the producer has ended; closing the queue\n");
-  TRY(mp_queue_close(q));
-  for (int i = 0; i < CUSTOMERS; i++)
-    failed |= join_ok(consumers[i]);
-  TRY(mp_queue_free(q));
-  return failed;
+  TRY(mp_process_join(p, MP_FOREVER)); /* p.join(): returns once every bun is eaten */
+  int code = -1;
+  TRY(mp_process_exitcode(p, &code));
+  TRY(mp_process_free(p));
+  printf("main: the producer has ended; main ends, and the daemon customers with it\n");
+  return code;
 }

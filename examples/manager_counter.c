@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A shared counter: Manager().list([100]) and a Lock; 100 processes each
- * subtract 1 under the lock, and the result is 0.
+ * A shared counter: a Manager list for the data, a plain Lock around it.
  *
- * The C twin uses the manager's own Lock (Manager().Lock()), so the whole
- * read-modify-write runs under it, as in the Python original.
+ * The Python original makes m = Manager(), l2 = m.list([100]) and
+ * lo = Lock() (multiprocessing.Lock, not a manager's lock), starts 100
+ * processes that each run `with lo: l2[0] -= 1`, joins them all and prints
+ * l2[0], which is 0. Without the lock two processes could read the same value
+ * and both write it back less one, and some subtractions would be lost.
+ *
+ * The C twin: mp_manager_list() is m.list([100]); mp_lock_new() is Lock(),
+ * made in libmp's shared heap before the children start, so every child uses
+ * the same lock; the read, the subtraction and the write all happen under it.
  */
 #include <mp.h>
 #include <stdio.h>
@@ -20,58 +26,62 @@
     }                                                                                              \
   } while (0)
 
-struct shared {
-  mp_proxy *counter, *lock;
-};
+enum { N = 100 };
 
-/* Python: with lock: counter[0] -= 1 */
-static int decrement(void *arg) {
-  struct shared *s = arg;
-  TRY(mp_lock_proxy_acquire(s->lock, MP_FOREVER));
+/* Made before the children start, so they all see them. */
+static mp_proxy *l2;
+static mp_lock *lo;
+
+/* Python: def fen(l2, lo): with lo: l2[0] -= 1 */
+static int fen(void *arg) {
+  (void)arg;
+  TRY(mp_lock_acquire(lo, MP_FOREVER)); /* with lo: */
   mp_obj *v;
-  TRY(mp_list_proxy_get(s->counter, 0, &v));
+  TRY(mp_list_proxy_get(l2, 0, &v)); /* l2[0] */
   int64_t n;
   TRY(mp_obj_get_int(v, &n));
   mp_obj_free(v);
   v = mp_obj_int(n - 1);
   TRY(v ? 0 : -ENOMEM);
-  TRY(mp_list_proxy_set(s->counter, 0, v));
+  TRY(mp_list_proxy_set(l2, 0, v)); /* l2[0] = ... - 1 */
   mp_obj_free(v);
-  TRY(mp_lock_proxy_release(s->lock));
+  TRY(mp_lock_release(lo));
   return 0;
 }
 
 int main(void) {
   mp_manager *m;
-  TRY(mp_manager_new(NULL, &m));
+  TRY(mp_manager_new(NULL, &m)); /* m = Manager() */
   TRY(mp_manager_start(m));
-  struct shared s;
-  mp_obj *init = mp_obj_listv(1, mp_obj_int(100));
+  mp_obj *init = mp_obj_listv(1, mp_obj_int(N));
   TRY(init ? 0 : -ENOMEM);
-  TRY(mp_manager_list(m, init, &s.counter));
+  TRY(mp_manager_list(m, init, &l2)); /* l2 = m.list([100]) */
   mp_obj_free(init);
-  TRY(mp_manager_lock(m, &s.lock));
-  mp_process *ps[100];
-  for (int i = 0; i < 100; i++) {
-    TRY(mp_process_new(decrement, &s, NULL, &ps[i]));
-    TRY(mp_process_start(ps[i]));
+  TRY(mp_lock_new(&lo)); /* lo = Lock() */
+
+  mp_process *l1[N];
+  for (int i = 0; i < N; i++) { /* 100 processes, all started... */
+    TRY(mp_process_new(fen, NULL, NULL, &l1[i]));
+    TRY(mp_process_start(l1[i]));
   }
   int bad = 0;
-  for (int i = 0; i < 100; i++) {
+  for (int i = 0; i < N; i++) { /* ...then all joined */
     int code = -1;
-    TRY(mp_process_join(ps[i], MP_FOREVER));
-    TRY(mp_process_exitcode(ps[i], &code));
+    TRY(mp_process_join(l1[i], MP_FOREVER));
+    TRY(mp_process_exitcode(l1[i], &code));
     bad |= code != 0;
-    mp_process_free(ps[i]);
+    TRY(mp_process_free(l1[i]));
   }
+
   mp_obj *v;
-  TRY(mp_list_proxy_get(s.counter, 0, &v));
+  TRY(mp_list_proxy_get(l2, 0, &v)); /* print(l2[0]) */
   int64_t n;
   TRY(mp_obj_get_int(v, &n));
   mp_obj_free(v);
-  printf("counter after 100 decrements: %lld\n", (long long)n);
-  mp_proxy_free(s.counter);
-  mp_proxy_free(s.lock);
+  printf("l2[0] after %d processes each subtracted 1: %lld\n", N, (long long)n);
+
+  TRY(mp_lock_free(lo));
+  TRY(mp_proxy_free(l2));
   TRY(mp_manager_free(m));
   return bad || n != 0;
 }

@@ -1,16 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A Manager dict filled by ten processes.
+ * A Manager dict filled by ten processes, each printing it as it grows.
  *
- * The Python original: d = Manager().dict(); ten processes each set
- * d[i] = i * i; the parent joins them and prints d.
+ * The Python original: d = Manager().dict(); ten processes f(d, i) each sleep
+ * 1 s, set d[i] = i * i and print d; the parent joins them all and prints d.
+ * Every child sees the entries the others have set so far, so the printed
+ * dicts grow, one entry at a time, up to all ten; the parent's print shows
+ * them all.
  *
  * The C twin: the dict lives in the manager's server; each child sets its
- * entry through the proxy. The order of the entries is the order the children
- * ran in, as in Python, so the parent also prints them by key.
+ * entry through the proxy, then takes a copy (mp_dict_proxy_copy()) and
+ * prints it as Python would (mp_obj_repr()). The entries come in the order
+ * the children set them, as in Python, and since the children run at the
+ * same time, the printed dicts grow in roughly, not exactly, that order.
  */
 #include <mp.h>
 #include <stdio.h>
+#include <unistd.h>
 
 /* Stop with a message when a libmp call fails (they return a negative errno,
  * explained by mp_strerror()). Used in the parent and in the children alike. */
@@ -23,61 +29,57 @@
     }                                                                                              \
   } while (0)
 
-struct job {
-  mp_proxy *d;
-  int i;
-};
+static mp_proxy *d; /* made before the children start, so they all see it */
 
-/* Python: def f(d, i): d[i] = i * i */
-static int f(void *arg) {
-  struct job *j = arg;
-  mp_obj *k = mp_obj_int(j->i), *v = mp_obj_int((int64_t)j->i * j->i);
-  TRY(k && v ? 0 : -ENOMEM);
-  TRY(mp_dict_proxy_set(j->d, k, v));
-  mp_obj_free(k);
-  mp_obj_free(v);
-  return 0;
-}
-
-int main(void) {
-  mp_manager *m;
-  TRY(mp_manager_new(NULL, &m));
-  TRY(mp_manager_start(m));
-  mp_proxy *d;
-  TRY(mp_manager_dict(m, NULL, &d)); /* d = manager.dict() */
-  struct job jobs[10];
-  mp_process *ps[10];
-  for (int i = 0; i < 10; i++) {
-    jobs[i] = (struct job){d, i};
-    TRY(mp_process_new(f, &jobs[i], NULL, &ps[i]));
-    TRY(mp_process_start(ps[i]));
-  }
-  int bad = 0;
-  for (int i = 0; i < 10; i++) {
-    int code = -1;
-    TRY(mp_process_join(ps[i], MP_FOREVER));
-    TRY(mp_process_exitcode(ps[i], &code));
-    bad |= code != 0;
-    mp_process_free(ps[i]);
-  }
+/* print(d): copy the dict out of the server and print its repr. */
+static int print_dict(void) {
   mp_obj *copy;
-  TRY(mp_dict_proxy_copy(d, &copy)); /* print(d) */
-  char buf[512];
+  TRY(mp_dict_proxy_copy(d, &copy));
+  char buf[256];
   TRY(mp_obj_repr(copy, buf, sizeof buf));
   printf("%s\n", buf);
   mp_obj_free(copy);
-  printf("by key:");
+  return 0;
+}
+
+/* Python: def f(d, name): time.sleep(1); d[name] = name * name; print(d) */
+static int f(void *arg) {
+  int name = (int)(long)arg; /* the number travels in the pointer argument */
+  sleep(1);
+  mp_obj *k = mp_obj_int(name), *v = mp_obj_int((int64_t)name * name);
+  TRY(k && v ? 0 : -ENOMEM);
+  TRY(mp_dict_proxy_set(d, k, v));
+  mp_obj_free(k);
+  mp_obj_free(v);
+  return print_dict();
+}
+
+int main(void) {
+  /* Each line goes out as soon as it is printed. Children inherit this. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
+
+  mp_manager *manager;
+  TRY(mp_manager_new(NULL, &manager)); /* manager = Manager() */
+  TRY(mp_manager_start(manager));
+  TRY(mp_manager_dict(manager, NULL, &d)); /* d = manager.dict() */
+
+  mp_process *process_list[10];
   for (int i = 0; i < 10; i++) {
-    mp_obj *k = mp_obj_int(i), *v;
-    TRY(mp_dict_proxy_get(d, k, &v));
-    int64_t n;
-    TRY(mp_obj_get_int(v, &n));
-    printf(" %d: %lld", i, (long long)n);
-    mp_obj_free(k);
-    mp_obj_free(v);
+    /* p = Process(target=f, args=(d, i)); p.start() */
+    TRY(mp_process_new(f, (void *)(long)i, NULL, &process_list[i]));
+    TRY(mp_process_start(process_list[i]));
   }
-  printf("\n");
-  mp_proxy_free(d);
-  TRY(mp_manager_free(m));
+  int bad = 0;
+  for (int i = 0; i < 10; i++) { /* for j in process_list: j.join() */
+    int code = -1;
+    TRY(mp_process_join(process_list[i], MP_FOREVER));
+    TRY(mp_process_exitcode(process_list[i], &code));
+    bad |= code != 0;
+    TRY(mp_process_free(process_list[i]));
+  }
+  TRY(print_dict()); /* print(d) */
+
+  TRY(mp_proxy_free(d));
+  TRY(mp_manager_free(manager));
   return bad;
 }
