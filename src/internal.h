@@ -233,6 +233,8 @@ bool mp__lock_is_mine(mp_lock *lock);
 int mp__lock_release_all(mp_lock *lock);
 /* Re-acquire after mp__lock_release_all(), restoring the count. */
 int mp__lock_restore(mp_lock *lock, int count, const mp__deadline *d);
+/* A Condition's `waiters` and `tokens` counters (sync.c). For tests. */
+int mp__condition_counts(mp_condition *cond, int *waiters, int *tokens);
 
 /* ---------------------------------------------------------------- queues */
 
