@@ -25,14 +25,14 @@ int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, const mp__deadline
                    FUTEX_BITSET_MATCH_ANY);
   if (r == 0)
     return 0;
-  switch (errno) {
-  case ETIMEDOUT:
-    return -ETIMEDOUT;
-  case EAGAIN: /* the word already differed */
-  case EINTR:  /* a signal: the caller re-checks and waits again */
-  default:
+  /* EAGAIN: the word already differed; EINTR: a signal. The caller re-checks
+   * and waits again. */
+  if (errno == EAGAIN || errno == EINTR)
     return 0;
-  }
+  /* ETIMEDOUT, or EFAULT (word not mapped) and EINVAL (misaligned word, bad
+   * deadline), which are persistent: reported as a wake-up, they made the
+   * caller's loop spin instead of fail. */
+  return -errno;
 }
 
 int mp__futex_wake(_Atomic uint32_t *word, int n) {

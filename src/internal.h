@@ -92,9 +92,12 @@ int mp__wait_fd(int fd, short events, const mp__deadline *d);
 /* ------------------------------------------------------------------ futexes */
 
 /* Sleep while *word == expected, until woken or the deadline passes.
- * Returns 0 when woken, when *word differed, or on a signal (the caller
- * re-checks its condition and calls again with the same deadline);
- * -ETIMEDOUT when the deadline passed. Never returns -EINTR. */
+ * Returns 0 when woken, when *word differed (EAGAIN), or on a signal (the
+ * caller re-checks its condition and calls again with the same deadline);
+ * -ETIMEDOUT when the deadline passed; -EFAULT when word is not mapped and
+ * -EINVAL when it is misaligned or the deadline is malformed: those two are
+ * persistent, so a caller must return them, never loop on them. Never
+ * returns -EINTR. */
 int mp__futex_wait(_Atomic uint32_t *word, uint32_t expected, const mp__deadline *d);
 
 /* Sleep until any *words[i] != expected[i], a wake on any of them, or the
@@ -230,6 +233,8 @@ bool mp__lock_is_mine(mp_lock *lock);
 int mp__lock_release_all(mp_lock *lock);
 /* Re-acquire after mp__lock_release_all(), restoring the count. */
 int mp__lock_restore(mp_lock *lock, int count, const mp__deadline *d);
+/* A Condition's `waiters` and `tokens` counters (sync.c). For tests. */
+int mp__condition_counts(mp_condition *cond, int *waiters, int *tokens);
 
 /* ---------------------------------------------------------------- queues */
 

@@ -21,9 +21,28 @@
  *              layout, which its ABI freezes.
  * Keeping no state of its own beside the mutex makes a Lock cost one tag check
  * over glibc's robust mutex.
- * Crash: a holder killed at any step leaves the mutex OWNER_DIED (kernel); the
- * next acquirer gets EOWNERDEAD, and glibc resets __owner and __count for it.
- * A thread killed while waiting leaves nothing behind.
+ *
+ * What a SIGKILL at each step leaves. A holder killed at any step leaves the
+ * mutex OWNER_DIED (the kernel, walking the dead thread's robust list, also
+ * wakes one sleeper); the next acquirer gets EOWNERDEAD, and glibc resets
+ * __owner and __count for it. A sleeper sleeps at most ROBUST_SLICE_NS at a
+ * time, so a wake-up lost inside glibc (see there) costs at most one slice.
+ * A thread killed while it sleeps in the mutex leaves at most a
+ * FUTEX_WAITERS bit behind: one unneeded wake call at the next unlock.
+ *   lock.robust.taken        a sleeper in mp__robust_mutex_lock took the
+ *                            mutex, its caller does not know yet: as a
+ *                            holder killed.
+ *   lock.acquire.ownerdead   the new holder got EOWNERDEAD and has not yet
+ *                            marked the mutex consistent: glibc cleared the
+ *                            OWNER_DIED bit when it handed it over, the
+ *                            kernel sets it again at this death, so the next
+ *                            acquirer gets EOWNERDEAD in turn.
+ *   lock.acquire.owned       a holder (of a Lock or an RLock, acquired at once
+ *                            or after sleeping): as a holder killed.
+ *   lock.release_all.counted a Condition waiter set an RLock's depth to 1 to
+ *                            release it: as a holder killed.
+ *   lock.restore.locked      a Condition waiter re-took the lock and has not
+ *                            restored its depth: as a holder killed.
  */
 #include <errno.h>
 #include <limits.h>
@@ -33,6 +52,7 @@
 #endif
 #include <pthread.h>
 
+#include "crash.h"
 #include "internal.h"
 
 struct mp_lock {
@@ -110,6 +130,8 @@ int mp__robust_mutex_lock(void *mutex, const mp__deadline *d) {
     }
     struct timespec ts = {.tv_sec = (time_t)(at / 1000000000), .tv_nsec = (long)(at % 1000000000)};
     r = clocklock(m, &ts);
+    if (r == 0 || r == EOWNERDEAD)
+      MP__CRASH(LOCK_ROBUST_TAKEN);
     if (r == ETIMEDOUT && last)
       return -ETIMEDOUT;
   }
@@ -154,7 +176,10 @@ static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
   case EBUSY:
   case ETIMEDOUT: return -ETIMEDOUT;
   case EAGAIN: return -EOVERFLOW; /* recursion count exhausted */
-  case EOWNERDEAD: pthread_mutex_consistent(m); return -EOWNERDEAD;
+  case EOWNERDEAD:
+    MP__CRASH(LOCK_ACQUIRE_OWNERDEAD);
+    pthread_mutex_consistent(m);
+    return -EOWNERDEAD;
   default: return -r;
   }
 }
@@ -179,6 +204,7 @@ int mp__lock_release_all(mp_lock *l) {
     return -EPERM;
   int count = l->recursive ? (int)l->mutex.__data.__count : 1;
   l->mutex.__data.__count = l->recursive ? 1 : l->mutex.__data.__count;
+  MP__CRASH(LOCK_RELEASE_ALL_COUNTED);
   int r = pthread_mutex_unlock(&l->mutex);
   return r ? -r : count;
 }
@@ -187,6 +213,7 @@ int mp__lock_restore(mp_lock *l, int count, const mp__deadline *d) {
   int r = mutex_lock(l, d);
   if (r < 0 && r != -EOWNERDEAD)
     return r;
+  MP__CRASH(LOCK_RESTORE_LOCKED);
   if (l->recursive)
     l->mutex.__data.__count = (unsigned)count;
   return r;
@@ -200,7 +227,12 @@ MP_EXPORT int mp_lock_acquire(mp_lock *lock, double timeout) {
     return -EINVAL;
   mp__deadline d;
   int r = mp__deadline_init(&d, timeout);
-  return r < 0 ? r : mutex_lock(lock, &d);
+  if (r < 0)
+    return r;
+  r = mutex_lock(lock, &d);
+  if (r == 0 || r == -EOWNERDEAD)
+    MP__CRASH(LOCK_ACQUIRE_OWNED);
+  return r;
 }
 
 MP_EXPORT int mp_rlock_acquire(mp_rlock *lock, double timeout) {

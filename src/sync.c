@@ -6,7 +6,9 @@
  *   1. Semaphore        a value word and a waiter count, both atomics.
  *   2. Event            a flag plus a set-generation in one futex word.
  *   3. Condition        tickets and tokens over an mp_lock (lock.c).
- *   4. Barrier          a robust mutex, a cycle counter and a futex word.
+ *   4. Barrier          a robust mutex, a cycle counter and a futex word, and
+ *                       a second robust mutex that shows whether the party
+ *                       running the action is alive.
  *
  * Every object lives in the family heap and starts with its tag, checked at
  * every public entry. Every public call makes one deadline and passes it to
@@ -14,13 +16,49 @@
  * condition: a wake-up proves nothing and is always re-checked, and signals
  * only make the loop go round once more against the same deadline. Wakers
  * enter the kernel only when a waiter count says someone may be asleep.
+ *
+ * Lost wake-ups, and the one bound on them. Every object here changes its
+ * state first and wakes its sleepers second, and every sleeper is woken
+ * first and acts second. A process killed between the two halves loses the
+ * wake-up: a releaser, setter or notifier killed after its state change and
+ * before its wake call leaves the sleepers asleep with their condition true,
+ * and a waiter that received the only wake-up (a Semaphore's release wakes
+ * one, a Condition's notify(k) wakes k) and is killed before acting on it
+ * takes it to the grave. Sleepers here therefore never sleep longer than
+ * SLICE_NS (sleep_slice()): each wakes at least that often, re-checks its
+ * condition and sleeps again, so such a loss costs the survivors at most one
+ * slice, with MP_FOREVER too. It is the same bound lock.c puts on the wake-up
+ * a robust mutex can lose, so every wait of Lock, RLock, Semaphore, Event,
+ * Condition and Barrier proceeds within 0.1 s of any such kill. An idle
+ * sleeper costs ten short wake-ups a second; the fast paths (one atomic, no
+ * system call while nobody sleeps) are unchanged.
  */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 
+#include "crash.h"
 #include "internal.h"
+
+/* The longest one futex sleep of this file lasts (see the map above). */
+#define SLICE_NS ((int64_t)100 * 1000 * 1000)
+
+/* Sleep while *word == expected, for at most one slice and never past d.
+ * Returns 0 (woken, a slice ended, a signal: the caller re-checks), -ETIMEDOUT
+ * once d has passed, or -EFAULT/-EINVAL from the futex layer, which the
+ * caller returns. */
+static int sleep_slice(_Atomic uint32_t *word, uint32_t expected, const mp__deadline *d) {
+  int64_t at = mp__now_ns() + SLICE_NS;
+  if (!d->forever && (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec <= at)
+    return mp__futex_wait(word, expected, d);
+  mp__deadline slice = {
+      .at = {.tv_sec = (time_t)(at / 1000000000), .tv_nsec = (long)(at % 1000000000)},
+      .forever = false,
+      .nowait = false};
+  int r = mp__futex_wait(word, expected, &slice);
+  return r == -ETIMEDOUT ? 0 : r;
+}
 
 /* ================================================================ Semaphore */
 
@@ -37,10 +75,20 @@
  * The value/waiters pair is a Dekker pair: a waiter stores `waiters` then loads
  * `value`; a releaser stores `value` then loads `waiters`, all seq_cst, so at
  * least one of them sees the other and no sleeper misses a unit.
- * Crash: units taken by a process that dies are not given back (as in Python).
- * A waiter killed while registered leaves `waiters` one too high forever: a
- * release then makes a futex wake call that finds nobody, which costs a system
- * call but never changes a result.
+ *
+ * What a SIGKILL at each step leaves (units taken by a process that dies are
+ * not given back, as in Python; `value` is changed only by single
+ * compare-and-swaps, so it never tears, goes negative or counts twice):
+ *   sem.acquire.registered  `waiters` one too high forever: every release
+ *                           then makes a wake call that may find nobody; a
+ *                           system call, never a different result.
+ *   sem.acquire.woken       a waiter woke to a unit it has not taken: if a
+ *                           release's wake-up (it wakes one) was that one, the
+ *                           other sleepers sleep on with value > 0 until their
+ *                           slice ends (sleep_slice): within 0.1 s one takes
+ *                           it. `waiters` stays one too high, as above.
+ *   sem.release.counted     the unit is in `value`, the wake never made: as
+ *                           above, a sleeper takes it within one slice.
  */
 struct mp_semaphore {
   mp__tag tag;
@@ -100,15 +148,21 @@ MP_EXPORT int mp_semaphore_acquire(mp_semaphore *sem, double timeout) {
       return 0;
   }
   atomic_fetch_add(&sem->waiters, 1);
+  MP__CRASH(SEM_ACQUIRE_REGISTERED);
   for (;;) {
     if (semaphore_try(sem)) {
       r = 0;
       break;
     }
-    if (mp__futex_wait(&sem->value, 0, &d) == -ETIMEDOUT) {
-      r = semaphore_try(sem) ? 0 : -ETIMEDOUT;
+    r = sleep_slice(&sem->value, 0, &d);
+    if (r < 0) {
+      if (r == -ETIMEDOUT && semaphore_try(sem))
+        r = 0;
       break;
     }
+    /* relaxed: only says whether there is a unit this waiter woke to */
+    if (atomic_load_explicit(&sem->value, memory_order_relaxed) > 0)
+      MP__CRASH(SEM_ACQUIRE_WOKEN);
   }
   /* relaxed: leaving only makes a later release's wake unnecessary */
   atomic_fetch_sub_explicit(&sem->waiters, 1, memory_order_relaxed);
@@ -125,6 +179,7 @@ MP_EXPORT int mp_semaphore_release(mp_semaphore *sem) {
     if (v >= limit)
       return -EOVERFLOW;
   } while (!atomic_compare_exchange_weak(&sem->value, &v, v + 1));
+  MP__CRASH(SEM_RELEASE_COUNTED);
   if (atomic_load(&sem->waiters) > 0)
     mp__futex_wake(&sem->value, 1);
   return 0;
@@ -163,8 +218,17 @@ MP_EXPORT int mp_semaphore_free(mp_semaphore *sem) {
  *            then loads `waiters`; a setter that sees 0 makes no system call.
  * A waiter that misses exactly 2^31 sets between two of its looks would see
  * the same word again; nothing else can fool it.
- * Crash: a waiter killed while registered leaves `waiters` one too high: later
- * sets make a wake call that finds nobody; results never change.
+ *
+ * What a SIGKILL at each step leaves (`word` changes only by single atomic
+ * instructions, so it never tears):
+ *   event.wait.woken   a waiter woke to a changed word and has not returned:
+ *                      `waiters` one too high forever (as for a waiter killed
+ *                      asleep), so later sets make a wake call that may find
+ *                      nobody; a set wakes every sleeper, so no other waiter
+ *                      depended on this one.
+ *   event.set.flagged  the flag is set and the generation bumped, the wake
+ *                      never made: the sleepers see the changed word when
+ *                      their slice ends (sleep_slice), within 0.1 s.
  */
 struct mp_event {
   mp__tag tag;
@@ -191,6 +255,7 @@ MP_EXPORT int mp_event_set(mp_event *ev) {
     if (w & 1)
       return 0; /* already set: whoever set it woke the sleepers */
   } while (!atomic_compare_exchange_weak(&ev->word, &w, (w + 2) | 1));
+  MP__CRASH(EVENT_SET_FLAGGED);
   if (atomic_load(&ev->waiters) > 0)
     mp__futex_wake(&ev->word, INT_MAX);
   return 0;
@@ -230,10 +295,15 @@ MP_EXPORT int mp_event_wait(mp_event *ev, double timeout) {
       r = 0;
       break;
     }
-    if (mp__futex_wait(&ev->word, seen, &d) == -ETIMEDOUT) {
-      r = atomic_load(&ev->word) != seen ? 0 : -ETIMEDOUT;
+    r = sleep_slice(&ev->word, seen, &d);
+    if (r < 0) {
+      if (r == -ETIMEDOUT && atomic_load(&ev->word) != seen)
+        r = 0;
       break;
     }
+    /* relaxed: only says whether this waiter woke to a set */
+    if (atomic_load_explicit(&ev->word, memory_order_relaxed) != seen)
+      MP__CRASH(EVENT_WAIT_WOKEN);
   }
   /* relaxed: leaving only makes a later set's wake unnecessary */
   atomic_fetch_sub_explicit(&ev->waiters, 1, memory_order_relaxed);
@@ -276,24 +346,45 @@ MP_EXPORT int mp_event_free(mp_event *ev) {
  *   tokens       incremented by notify under the lock; decremented by a
  *                waiter's compare-and-swap, with or without the lock.
  *   seq          the futex word: bumped by each notify that made tokens.
- * Invariants (under the lock): the number of threads inside a wait is
- * waiters + tokens, and tokens never exceed the eligible threads inside a wait
- * (a notify makes every waiting thread eligible, newcomers are not), so a
+ * Invariants (under the lock): the number of live threads inside a wait is
+ * at most waiters + tokens (equal until a process dies inside a wait or a
+ * notify), and tokens never exceed the eligible threads inside a wait (a
+ * notify makes every waiting thread eligible, newcomers are not), so a
  * token always has a thread that may take it. notify wakes while it holds the
  * lock, when every thread asleep on `seq` is eligible: each of the k wake-ups
  * reaches a thread that may take a token. A woken thread that finds the tokens
  * already taken by a thread that had not yet slept waits again; the count of
  * notified threads is k either way.
  *
- * Crash: a waiter killed while waiting (the lock released) leaves `waiters`
- * one too high. A later notify may then count it and make a token no live
- * thread is owed; that token is taken by the next eligible waiter, which then
- * returns as notified without a notify of its own: one spurious wake-up, as
- * condition variables allow (wait in a loop, or use wait_for). While the count
- * stays too high, mp_condition_free() reports -EBUSY. A waiter killed holding
- * the lock (after its wait) leaves the lock to the robust-mutex recovery of
- * lock.c; the counters are each changed by single atomic instructions and stay
- * consistent.
+ * notify adds the tokens before it takes the waiters out of `waiters`, so at
+ * every instant between its steps waiters + tokens counts each waiting thread
+ * at least once: a kill can leave a thread counted twice (a token no live
+ * thread is owed: a later eligible waiter takes it and returns without a
+ * notify of its own, one spurious wake-up, as condition variables allow —
+ * wait in a loop, or use wait_for), never zero times (a lost wake-up) and
+ * never below zero. While the counts stay too high, mp_condition_free()
+ * reports -EBUSY.
+ *
+ * What a SIGKILL at each step leaves (each counter changes by single atomic
+ * instructions; a process killed holding the lock leaves it to lock.c's
+ * robust-mutex recovery, and the next holder gets -EOWNERDEAD):
+ *   cond.wait.released   a waiter counted in `waiters`, the lock released,
+ *                        not asleep yet (as one killed asleep): `waiters` one
+ *                        too high, a spurious wake-up later.
+ *   cond.wait.woken      a woken waiter, a token there it has not taken: if
+ *                        the wake-up was meant for another thread, that
+ *                        thread sleeps on until its slice ends (sleep_slice)
+ *                        and takes the token within 0.1 s.
+ *   cond.wait.taken      the dead waiter took its token: it was notified;
+ *                        nobody else is owed anything.
+ *   cond.wait.relocked   a timed-out waiter holds the lock again, still in
+ *                        `waiters`: the lock is recovered, `waiters` one too
+ *                        high (a spurious wake-up later).
+ *   cond.notify.tokened  k tokens made, `waiters` not yet lowered: k threads
+ *                        counted twice (spurious wake-ups later); the k
+ *                        sleepers owed a token take one within a slice.
+ *   cond.notify.counted  the counters done, `seq` and the wake-up not: the
+ *                        sleepers take their tokens within a slice.
  */
 struct mp_condition {
   mp__tag tag;
@@ -375,12 +466,15 @@ static int condition_wait(mp_condition *c, const mp__deadline *d) {
     atomic_fetch_sub_explicit(&c->waiters, 1, memory_order_relaxed);
     return count;
   }
+  MP__CRASH(COND_WAIT_RELEASED);
   bool notified = false;
+  int err = 0;
   int spins = d->nowait ? MP__SPIN_LIMIT : 0;
   for (;;) {
     uint32_t s = atomic_load(&c->seq);
     if (condition_take(c, ticket)) {
       notified = true;
+      MP__CRASH(COND_WAIT_TAKEN);
       break;
     }
     if (spins < MP__SPIN_LIMIT) {
@@ -388,8 +482,13 @@ static int condition_wait(mp_condition *c, const mp__deadline *d) {
       mp__cpu_relax();
       continue;
     }
-    if (mp__futex_wait(&c->seq, s, d) == -ETIMEDOUT)
+    err = sleep_slice(&c->seq, s, d);
+    if (err < 0)
       break;
+    /* relaxed: only say whether there is a token this waiter woke to */
+    if (ticket < atomic_load_explicit(&c->limit, memory_order_relaxed) &&
+        atomic_load_explicit(&c->tokens, memory_order_relaxed) > 0)
+      MP__CRASH(COND_WAIT_WOKEN);
   }
   /* Re-acquire without a deadline, as Python does: the caller expects to hold
    * the lock on return, whatever the outcome. */
@@ -398,6 +497,7 @@ static int condition_wait(mp_condition *c, const mp__deadline *d) {
   if (r < 0 && r != -EOWNERDEAD)
     return r;
   if (!notified) {
+    MP__CRASH(COND_WAIT_RELOCKED);
     if (condition_take(c, ticket))
       notified = true;
     else
@@ -405,6 +505,8 @@ static int condition_wait(mp_condition *c, const mp__deadline *d) {
   }
   if (r == -EOWNERDEAD)
     return r;
+  if (!notified && err != -ETIMEDOUT)
+    return err; /* -EFAULT or -EINVAL from the futex: the lock is held again */
   return notified ? 0 : -ETIMEDOUT;
 }
 
@@ -447,9 +549,14 @@ MP_EXPORT int mp_condition_notify(mp_condition *cond, int n) {
   int32_t k = n < w ? n : w;
   if (k == 0)
     return 0;
-  atomic_store_explicit(&cond->waiters, w - k, memory_order_relaxed);
+  /* Tokens first, `waiters` second: a kill between them counts k threads
+   * twice (spurious wake-ups), never zero times (see the table above). */
   atomic_store(&cond->limit, cond->next_ticket);
   atomic_fetch_add(&cond->tokens, k);
+  MP__CRASH(COND_NOTIFY_TOKENED);
+  /* relaxed: written only under the lock, which we hold */
+  atomic_fetch_sub_explicit(&cond->waiters, k, memory_order_relaxed);
+  MP__CRASH(COND_NOTIFY_COUNTED);
   atomic_fetch_add(&cond->seq, 1);
   /* Under the lock: no thread can start waiting before the wake, so every
    * sleeper it may reach is eligible for the new tokens. */
@@ -459,6 +566,14 @@ MP_EXPORT int mp_condition_notify(mp_condition *cond, int n) {
 
 MP_EXPORT int mp_condition_notify_all(mp_condition *cond) {
   return mp_condition_notify(cond, INT_MAX);
+}
+
+int mp__condition_counts(mp_condition *cond, int *waiters, int *tokens) {
+  if (!mp__tag_ok(cond, MP__TAG_CONDITION))
+    return -EINVAL;
+  *waiters = atomic_load(&cond->waiters);
+  *tokens = atomic_load(&cond->tokens);
+  return 0;
 }
 
 MP_EXPORT int mp_condition_free(mp_condition *cond) {
@@ -491,7 +606,7 @@ MP_EXPORT int mp_condition_free(mp_condition *cond) {
  * the last 64 cycles. So released parties need not report back before the
  * next cycle starts, and a party that dies does not hold up later cycles.
  *
- * Fields (all but the constants and `word` under `mutex`):
+ * Fields (all but the constants, `word` and `runner` under `mutex`):
  *   tag                  written at creation and at free.
  *   parties, timeout,
  *   action, arg          constant.
@@ -507,21 +622,48 @@ MP_EXPORT int mp_condition_free(mp_condition *cond) {
  *   closing              the current cycle is full and its last party runs
  *                        the action outside the mutex; arrivals wait.
  *   in_action            parties running the action now (free is then busy).
+ *   runner               robust, process-shared; held by the last party from
+ *                        before it sets `closing` until it has the mutex back
+ *                        and has left `in_action` after the action, so that
+ *                        a sleeper can tell whether
+ *                        it died: trylock gives EOWNERDEAD then. Only ever
+ *                        try-locked, with or without `mutex`, so it adds no
+ *                        lock order.
+ *   guarded              the current `closing` runner holds `runner` (0 when
+ *                        a runner of a cycle that reset cancelled still held
+ *                        it: that rare runner's death goes unnoticed).
  *   sleepers             parties that released the mutex to sleep on `word`;
  *                        a waker makes a wake call only when it is > 0.
  *   broken               every wait fails at once until reset.
  * A party that wakes more than 64 cycles after its own cycle ended cannot
  * know the outcome and reports -ECANCELED, the safe answer.
  *
- * Crash: a process killed while holding the mutex leaves its stores half
- * done; the next locker gets EOWNERDEAD, makes the mutex consistent and breaks
- * the barrier, since its state cannot be trusted: waiters get -ECANCELED and
- * mp_barrier_reset() repairs it. A party killed while asleep stays counted in
- * its cycle (so the cycle is released one arrival early) or, if the cycle
- * never fills, is undetected and the others wait until a timeout breaks the
- * barrier. A last party killed inside the action leaves `closing` set and
- * `in_action` one too high: arrivals wait until a timeout breaks the barrier,
- * reset clears `closing`, and free reports -EBUSY from then on.
+ * What a SIGKILL at each step leaves. A process killed while holding the
+ * mutex leaves its stores half done; the next locker gets EOWNERDEAD, makes
+ * the mutex consistent and breaks the barrier, since its state cannot be
+ * trusted: waiters get -ECANCELED and mp_barrier_reset() repairs it. Sleepers
+ * sleep at most one slice at a time (sleep_slice) and then take the mutex, so
+ * they are the next lockers within 0.1 s even when nobody else comes.
+ *   barrier.wait.arrived   a party counted in `count`, the mutex held: the
+ *                          barrier breaks as above, the sleepers return
+ *                          -ECANCELED within a slice.
+ *   barrier.wake.unlocked  a cycle ended (or the barrier broke, or was reset)
+ *                          and the mutex released, the wake never made: the
+ *                          sleepers see the new `word` within a slice and
+ *                          return their cycle's outcome.
+ *   barrier.sleep.woken    a party woke and has not re-taken the mutex: its
+ *                          cycle goes on without it (a wake-up reaches every
+ *                          sleeper), `sleepers` stays one too high and free
+ *                          reports -EBUSY from then on.
+ *   barrier.action.running a last party killed inside the action, `closing`
+ *                          set, `runner` held: the first sleeper whose slice
+ *                          ends finds `runner` owner-dead (barrier_sleep),
+ *                          takes the dead runner out of `in_action` and
+ *                          breaks the barrier: everyone gets -ECANCELED
+ *                          within a slice, and reset repairs it.
+ * A party killed while asleep stays counted in its cycle (so the cycle is
+ * released one arrival early) or, if the cycle never fills, the others wait
+ * for their timeout, as they would for a party that never arrives.
  */
 struct mp_barrier {
   mp__tag tag;
@@ -533,11 +675,13 @@ struct mp_barrier {
   uint32_t count;
   uint32_t closing;
   uint32_t in_action;
+  uint32_t guarded;
   uint32_t sleepers;
   uint32_t broken;
   uint64_t cycle;
   uint64_t cancelled;
   pthread_mutex_t mutex;
+  pthread_mutex_t runner;
 };
 
 /* End the current cycle, released or cancelled. Under the mutex. */
@@ -572,12 +716,14 @@ static void barrier_lock(mp_barrier *b) {
 static void barrier_unlock_wake(mp_barrier *b) {
   bool wake = b->sleepers > 0;
   pthread_mutex_unlock(&b->mutex);
+  MP__CRASH(BARRIER_WAKE_UNLOCKED);
   if (wake)
     mp__futex_wake(&b->word, INT_MAX);
 }
 
-/* Release the mutex, sleep until `word` changes or the deadline passes,
- * re-lock. Returns 0 or -ETIMEDOUT; the caller re-checks the state. */
+/* Release the mutex, sleep until `word` changes, one slice ends or the
+ * deadline passes, re-lock. Returns 0, -ETIMEDOUT, or -EFAULT/-EINVAL from
+ * the futex; the caller re-checks the state. */
 static int barrier_sleep(mp_barrier *b, const mp__deadline *d) {
   /* relaxed: `word` changes only under the mutex, which we hold */
   uint32_t w = atomic_load_explicit(&b->word, memory_order_relaxed);
@@ -592,9 +738,24 @@ static int barrier_sleep(mp_barrier *b, const mp__deadline *d) {
       changed = atomic_load_explicit(&b->word, memory_order_relaxed) != w;
     }
   if (!changed)
-    r = mp__futex_wait(&b->word, w, d);
+    r = sleep_slice(&b->word, w, d);
+  /* relaxed: only says whether this party woke to a change */
+  if (atomic_load_explicit(&b->word, memory_order_relaxed) != w)
+    MP__CRASH(BARRIER_SLEEP_WOKEN);
   barrier_lock(b);
   b->sleepers--;
+  if (b->closing && b->guarded) {
+    int t = pthread_mutex_trylock(&b->runner);
+    if (t == EOWNERDEAD) { /* the last party died in the action */
+      pthread_mutex_consistent(&b->runner);
+      pthread_mutex_unlock(&b->runner);
+      b->in_action--;
+      b->guarded = 0;
+      barrier_break(b);
+    } else if (t == 0) { /* cannot happen while `guarded`; leave it free */
+      pthread_mutex_unlock(&b->runner);
+    }
+  }
   return r;
 }
 
@@ -610,6 +771,11 @@ MP_EXPORT int mp_barrier_new(unsigned parties, mp_barrier_action action, void *a
   b->arg = arg;
   b->timeout = timeout;
   int r = mp__robust_mutex_init(&b->mutex, false);
+  if (r == 0) {
+    r = mp__robust_mutex_init(&b->runner, false);
+    if (r < 0)
+      pthread_mutex_destroy(&b->mutex);
+  }
   if (r < 0) {
     mp__object_free(b);
     return r;
@@ -625,12 +791,24 @@ static int barrier_finish(mp_barrier *b, uint64_t c, int index) {
     barrier_end_cycle(b, false);
     return index;
   }
+  /* EOWNERDEAD: a runner died after it got the mutex back; ours now. EBUSY:
+   * the runner of a cycle that a reset cancelled is still in the action. */
+  int t = pthread_mutex_trylock(&b->runner);
+  if (t == EOWNERDEAD)
+    pthread_mutex_consistent(&b->runner);
+  bool guarded = t == 0 || t == EOWNERDEAD;
+  b->guarded = guarded;
   b->closing = 1;
   b->in_action++;
   pthread_mutex_unlock(&b->mutex);
+  MP__CRASH(BARRIER_ACTION_RUNNING);
   int ar = b->action(b->arg);
   barrier_lock(b);
   b->in_action--;
+  if (guarded)
+    pthread_mutex_unlock(&b->runner);
+  if (b->cycle == c)
+    b->guarded = 0;
   if (b->cycle != c) /* reset or aborted meanwhile: already cancelled */
     return ar < 0 ? ar : -ECANCELED;
   if (ar < 0) {
@@ -652,10 +830,11 @@ MP_EXPORT int mp_barrier_wait(mp_barrier *barrier, double timeout) {
   barrier_lock(b);
   /* The previous cycle is running its action: wait for it to end. */
   while (b->closing && !b->broken) {
-    if (barrier_sleep(b, &d) == -ETIMEDOUT && b->closing && !b->broken) {
+    r = barrier_sleep(b, &d);
+    if (r < 0 && b->closing && !b->broken) {
       barrier_break(b);
       barrier_unlock_wake(b);
-      return -ECANCELED;
+      return r == -ETIMEDOUT ? -ECANCELED : r;
     }
   }
   if (b->broken) {
@@ -664,6 +843,7 @@ MP_EXPORT int mp_barrier_wait(mp_barrier *barrier, double timeout) {
   }
   uint64_t c = b->cycle;
   int index = (int)b->count++;
+  MP__CRASH(BARRIER_WAIT_ARRIVED);
   if (b->count == b->parties) {
     r = barrier_finish(b, c, index);
     barrier_unlock_wake(b);
@@ -676,10 +856,10 @@ MP_EXPORT int mp_barrier_wait(mp_barrier *barrier, double timeout) {
       pthread_mutex_unlock(&b->mutex);
       return cancelled ? -ECANCELED : index;
     }
-    if (r == -ETIMEDOUT) {
+    if (r < 0) { /* timed out, or the futex failed: the cycle cannot fill */
       barrier_break(b);
       barrier_unlock_wake(b);
-      return -ECANCELED;
+      return r == -ETIMEDOUT ? -ECANCELED : r;
     }
   }
 }
@@ -746,6 +926,7 @@ MP_EXPORT int mp_barrier_free(mp_barrier *barrier) {
   if (busy)
     return -EBUSY;
   pthread_mutex_destroy(&b->mutex);
+  pthread_mutex_destroy(&b->runner);
   mp__object_free(b);
   return 0;
 }
