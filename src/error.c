@@ -45,6 +45,56 @@ MP_EXPORT const char *mp_strerror(int code) {
     return "busy: still held, waited on or running";
   case ENOMEM:
     return "out of memory: the family heap (or the system) is exhausted";
+  case EAGAIN:
+    return "not now: the kernel refused a process or thread for now, or a shared memory block is "
+           "still being made";
+  case EMFILE:
+    return "this process has no file descriptor left";
+  case ENFILE:
+    return "the system has no file descriptor left";
+  case EBADF:
+    return "wrong direction or bad descriptor: a one-way pipe end used the way it cannot go, or a "
+           "descriptor that is not open";
+  case EBADMSG:
+    return "the next item is of the other kind (a descriptor where a message is expected, or the "
+           "reverse), or a malformed message";
+  case ENOTSOCK:
+    return "the descriptor is not a socket";
+  case EPROTOTYPE:
+    return "the socket cannot be a libmp connection (neither SOCK_SEQPACKET nor a stream)";
+  case ENOTCONN:
+    return "not connected: a stream socket not connected, or a handle not started or connected";
+  case EOPNOTSUPP:
+    return "not supported: descriptors cannot travel over a stream connection, or the object has "
+           "no such method";
+  case EPROTO:
+    return "the stream does not carry libmp's framing: the connection is unusable";
+  case ENOBUFS:
+    return "the kernel has no memory for the socket's buffers right now";
+  case ENOSYS:
+    return "the kernel lacks a system call this needs (futex_waitv: Linux 5.16)";
+  case EEXIST:
+    return "the name is taken: a shared memory block or a registered type of that name exists";
+  case ENOENT:
+    return "not found: no such shared memory name, dict key, attribute, item or type";
+  case EACCES:
+    return "access refused: a wrong or missing authentication key, or a block of another user";
+  case ESRCH:
+    return "the object no longer exists in the manager's server";
+  case EDOM:
+    return "wrong value type (for example reading an int from a string)";
+  case EFAULT:
+    return "a map's items are unreadable or its results unwritable in the caller's memory";
+  case EIO:
+    return "a queue's shared memory was found overwritten; nothing was delivered";
+  case EADDRINUSE:
+    return "the address is in use by another listener";
+  case EADDRNOTAVAIL:
+    return "the address is not one of this machine's";
+  case ECONNREFUSED:
+    return "nobody listens at that address";
+  case ENOSPC:
+    return "no room: the manager's registered types are full, or /dev/shm is";
   default:
     {
       const char *d = strerrordesc_np(e); /* thread-safe, unlike strerror */
