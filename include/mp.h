@@ -10,6 +10,7 @@
 #include "mp/common.h"
 #include "mp/connection.h"
 #include "mp/heap.h"
+#include "mp/log.h"
 #include "mp/manager.h"
 #include "mp/pool.h"
 #include "mp/process.h"

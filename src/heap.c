@@ -337,6 +337,10 @@ static uintptr_t free_locked(struct heap *h, uintptr_t b, uintptr_t *fsize) {
 
 /* ------------------------------------------------------------ 4. locking */
 
+/* Words a recovery by this thread undid, to log once the mutex is released
+ * (a log handler must not run under the family's heap lock); -1: none. */
+static __thread long recovered_words = -1;
+
 static void heap_lock(struct heap *h) {
   /* Not pthread_mutex_lock(): a process killed inside the mutex may leave its
    * sleepers unwoken; this one sleeps in slices (lock.c). */
@@ -344,6 +348,7 @@ static void heap_lock(struct heap *h) {
   int r = mp__robust_mutex_lock(&h->mutex, &forever);
   if (MP__UNLIKELY(r == -EOWNERDEAD)) {
     /* The previous holder died inside an operation: undo what it began. */
+    recovered_words = (long)h->log_n;
     journal_rollback(h);
     h->recoveries++;
     pthread_mutex_consistent(&h->mutex);
@@ -353,6 +358,13 @@ static void heap_lock(struct heap *h) {
 static void heap_unlock(struct heap *h) {
   journal_commit(h);
   pthread_mutex_unlock(&h->mutex);
+  if (MP__UNLIKELY(recovered_words >= 0)) {
+    MP__LOG(MP_LOG_INFO,
+            "heap: a process died inside the family heap's allocator; %ld words of its "
+            "operation were undone",
+            recovered_words);
+    recovered_words = -1;
+  }
 }
 
 /* With the mutex held, after a free has COMMITTED (see the map at the top:

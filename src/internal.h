@@ -89,6 +89,28 @@ int mp__recv_wait(int fd, const mp__deadline *d, int *flags, bool *spun);
  * against the same deadline. */
 int mp__wait_fd(int fd, short events, const mp__deadline *d);
 
+/* ---------------------------------------------------------------- logging */
+
+/* The logger's level (mp/log.h), -1 until MP_LOG is read. */
+extern _Atomic int mp__log_level;
+int mp__log_init(void);
+/* Whether a message at `level` would be emitted: one relaxed load when on
+ * or off (relaxed: a stale level only logs or skips one message). */
+static inline bool mp__log_enabled(int level) {
+  int l = atomic_load_explicit(&mp__log_level, memory_order_relaxed);
+  if (MP__UNLIKELY(l < 0))
+    l = mp__log_init();
+  return level >= l;
+}
+/* Emit one message (printf format) at `level`, prefixed with the level and
+ * the process's name; errno is kept. Safe after fork and from any thread. */
+void mp__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define MP__LOG(level, ...)                                                                   \
+  do {                                                                                        \
+    if (MP__UNLIKELY(mp__log_enabled(level)))                                                 \
+      mp__log(level, __VA_ARGS__);                                                            \
+  } while (0)
+
 /* ------------------------------------------------------------------ futexes */
 
 /* Sleep while *word == expected, until woken or the deadline passes.
