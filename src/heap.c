@@ -73,6 +73,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -126,6 +127,10 @@ struct heap {
 };
 
 _Static_assert(sizeof(uintptr_t) == 8, "libmp's heap assumes 64-bit words");
+
+/* The process that mapped the heap, and its exit report (section 6). */
+static pid_t mapper;
+static void exit_report(void);
 
 /* The mapped heap, or NULL. Set once per family (inherited across fork). */
 static _Atomic(struct heap *) the_heap;
@@ -447,6 +452,8 @@ static int map_heap(size_t size) {
   h->top = h->first;
   h->high = h->first;
   atomic_store_explicit(&the_heap, h, memory_order_release);
+  mapper = getpid();
+  atexit(exit_report);
   return 0;
 }
 
@@ -657,6 +664,104 @@ int mp__heap_check(void) {
     bad = 12;
   heap_unlock(h);
   return -bad;
+}
+
+/* Live libmp objects by kind, from the tag each one starts with. */
+static const struct {
+  uint32_t tag;
+  const char *name;
+} kinds[] = {
+    {MP__TAG_LOCK, "Lock/RLock"},  {MP__TAG_SEMAPHORE, "Semaphore"}, {MP__TAG_EVENT, "Event"},
+    {MP__TAG_CONDITION, "Condition"}, {MP__TAG_BARRIER, "Barrier"}, {MP__TAG_PROCESS, "Process"},
+    {MP__TAG_VALUE, "Value/Array"}, {MP__TAG_QUEUE, "Queue"},
+};
+#define NKINDS (sizeof kinds / sizeof kinds[0])
+
+struct census {
+  mp_heap_stats st;
+  uintptr_t count[NKINDS], other, other_bytes;
+};
+
+static void take_census(struct heap *h, struct census *c) {
+  memset(c, 0, sizeof *c);
+  heap_lock(h);
+  c->st = (mp_heap_stats){.size = h->end - h->base, .used = h->used,
+                          .committed = h->high - h->base, .blocks = h->blocks};
+  for (uintptr_t b = h->first; b < h->top; b += bsize(b)) {
+    if (!(*hdr(b) & INUSE))
+      continue;
+    uint32_t tag = *(const uint32_t *)(b + 8);
+    size_t k = 0;
+    while (k < NKINDS && kinds[k].tag != tag)
+      k++;
+    if (k < NKINDS) {
+      c->count[k]++;
+    } else {
+      c->other++;
+      c->other_bytes += bsize(b);
+    }
+  }
+  heap_unlock(h);
+}
+
+/* The census as text: one line of figures, one of objects. */
+static int census_text(const struct census *c, char *buf, size_t cap) {
+  int n = snprintf(buf, cap,
+                   "heap: %zu bytes reserved, %zu committed, %zu bytes in %zu blocks\n"
+                   "live objects:",
+                   c->st.size, c->st.committed, c->st.used, c->st.blocks);
+  for (size_t k = 0; k < NKINDS && n >= 0 && (size_t)n < cap; k++)
+    if (c->count[k])
+      n += snprintf(buf + n, cap - (size_t)n, " %lu %s,", (unsigned long)c->count[k],
+                    kinds[k].name);
+  if (n >= 0 && (size_t)n < cap)
+    n += snprintf(buf + n, cap - (size_t)n,
+                  " %lu other blocks of %lu bytes (data, messages, pool and manager state)\n",
+                  (unsigned long)c->other, (unsigned long)c->other_bytes);
+  return n < 0 ? -EINVAL : ((size_t)n >= cap ? (int)cap - 1 : n);
+}
+
+MP_EXPORT int mp_heap_report(int fd) {
+  struct heap *h = heap_get();
+  if (!h)
+    return -ENOMEM;
+  if (fd < 0)
+    return -EBADF;
+  struct census c;
+  take_census(h, &c);
+  char buf[1024];
+  int n = census_text(&c, buf, sizeof buf);
+  for (int off = 0; off < n;) {
+    ssize_t w = write(fd, buf + off, (size_t)(n - off));
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -errno;
+    off += (int)w;
+  }
+  return 0;
+}
+
+/* At the normal exit of the process that mapped the heap, under MP_LOG=info:
+ * what is still allocated (objects not freed, messages not taken). */
+static void exit_report(void) {
+  struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
+  if (!h || getpid() != mapper || !mp__log_enabled(MP_LOG_INFO))
+    return;
+  struct census c;
+  take_census(h, &c);
+  char buf[1024];
+  if (census_text(&c, buf, sizeof buf) < 0)
+    return;
+  char *second = strchr(buf, '\n');
+  if (second)
+    *second++ = '\0';
+  char *end = second ? strchr(second, '\n') : NULL;
+  if (end)
+    *end = '\0';
+  MP__LOG(MP_LOG_INFO, "at exit: %s", buf);
+  if (second)
+    MP__LOG(MP_LOG_INFO, "at exit: %s", second);
 }
 
 long mp__heap_recoveries(void) {

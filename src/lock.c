@@ -51,6 +51,7 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 #include <pthread.h>
+#include <stdio.h>
 
 #include "crash.h"
 #include "internal.h"
@@ -250,9 +251,40 @@ MP_EXPORT int mp_rlock_release(mp_rlock *lock) { return mp_lock_release(lock); }
 MP_EXPORT int mp_lock_locked(mp_lock *lock) {
   if (!mp__tag_ok(lock, MP__TAG_LOCK))
     return -EINVAL;
-  /* A holder's tid in the futex word: held (a dead holder's was cleared by the
-   * kernel, and the next acquirer will recover the lock). */
-  return (__atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK) != 0;
+  /* A holder's tid in the futex word: held. A holder that died leaves the
+   * word OWNER_DIED (the kernel clears its tid): still held, as Python says,
+   * until the next acquirer takes it over with -EOWNERDEAD. */
+  unsigned w = __atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED);
+  return (w & (FUTEX_TID_MASK | FUTEX_OWNER_DIED)) != 0;
+}
+
+/* The process (thread group) of thread `tid`, from /proc; 0 when it is gone. */
+static pid_t tgid_of(pid_t tid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  pid_t tgid = 0;
+  while (fgets(buf, sizeof buf, f))
+    if (sscanf(buf, "Tgid: %d", &tgid) == 1)
+      break;
+  fclose(f);
+  return tgid;
+}
+
+MP_EXPORT int mp_lock_holder(mp_lock *lock, pid_t *ret) {
+  if (!mp__tag_ok(lock, MP__TAG_LOCK) || !ret)
+    return -EINVAL;
+  unsigned w = __atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED);
+  pid_t tid = (pid_t)(w & FUTEX_TID_MASK);
+  if (!tid)
+    return (w & FUTEX_OWNER_DIED) ? -EOWNERDEAD : 0;
+  pid_t pid = tid == mp__tid() ? mp__pid() : tgid_of(tid);
+  if (!pid) /* the holder ended since the word was read: the kernel marks it */
+    return -EOWNERDEAD;
+  *ret = pid;
+  return 1;
 }
 
 MP_EXPORT int mp_lock_free(mp_lock *lock) {

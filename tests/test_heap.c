@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -343,6 +344,62 @@ static void test_heap_nothing_left_in_dev_shm(void **state) {
   assert_int_equal(tu_shm_count(), before);
 }
 
+/* The report: figures and live objects by kind. */
+static void report_text(char *buf, size_t cap) {
+  char path[] = "/tmp/mp-report-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  unlink(path);
+  assert_int_equal(mp_heap_report(fd), 0);
+  ssize_t n = pread(fd, buf, cap - 1, 0);
+  close(fd);
+  assert_true(n > 0);
+  buf[n] = '\0';
+}
+
+/* How many objects of `kind` the report lists (0 when it names none). */
+static long report_count(const char *text, const char *kind) {
+  char pat[64];
+  snprintf(pat, sizeof pat, " %s,", kind);
+  const char *k = strstr(text, pat);
+  if (!k)
+    return 0;
+  const char *d = k;
+  while (d > text && d[-1] >= '0' && d[-1] <= '9')
+    d--;
+  return strtol(d, NULL, 10);
+}
+
+static void test_heap_report_counts_live_objects(void **state) {
+  (void)state;
+  char before[1024], after[1024];
+  report_text(before, sizeof before);
+  assert_non_null(strstr(before, "bytes reserved"));
+  mp_lock *l1, *l2;
+  mp_queue *q;
+  mp_event *e;
+  int *v;
+  assert_int_equal(mp_lock_new(&l1), 0);
+  assert_int_equal(mp_rlock_new(&l2), 0);
+  assert_int_equal(mp_queue_new(0, NULL, &q), 0);
+  assert_int_equal(mp_event_new(&e), 0);
+  assert_int_equal(mp_raw_value_new('i', NULL, &v), 0);
+  report_text(after, sizeof after);
+  assert_int_equal(report_count(after, "Lock/RLock"), report_count(before, "Lock/RLock") + 2);
+  assert_int_equal(report_count(after, "Queue"), report_count(before, "Queue") + 1);
+  assert_int_equal(report_count(after, "Event"), report_count(before, "Event") + 1);
+  assert_int_equal(report_count(after, "Value/Array"), report_count(before, "Value/Array") + 1);
+  assert_int_equal(mp_lock_free(l1), 0);
+  assert_int_equal(mp_rlock_free(l2), 0);
+  assert_int_equal(mp_queue_free(q), 0);
+  assert_int_equal(mp_event_free(e), 0);
+  assert_int_equal(mp_value_free(v), 0);
+  report_text(after, sizeof after);
+  assert_int_equal(report_count(after, "Lock/RLock"), report_count(before, "Lock/RLock"));
+  assert_int_equal(report_count(after, "Queue"), report_count(before, "Queue"));
+  assert_int_equal(mp_heap_report(-1), -EBADF);
+}
+
 int main(int argc, char **argv) {
   self_exe = argv[0];
   if (argc > 1) {
@@ -361,6 +418,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_heap_alloc_free_basics),
       cmocka_unit_test(test_heap_bad_pointers),
+      cmocka_unit_test(test_heap_report_counts_live_objects),
       cmocka_unit_test(test_heap_calloc_realloc),
       cmocka_unit_test(test_heap_huge_request_fails_cleanly),
       cmocka_unit_test(test_heap_random_churn_keeps_contents),

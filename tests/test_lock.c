@@ -268,6 +268,40 @@ static void test_lock_not_held_by_child_after_fork(void **state) {
   assert_int_equal(mp_lock_free(l), 0);
 }
 
+/* The holder's pid, also when another thread of the process holds it. */
+struct thread_holder {
+  mp_lock *lock;
+  _Atomic int state; /* 1: holding; 2: may release */
+};
+
+static void *hold_in_thread(void *p) {
+  struct thread_holder *t = p;
+  if (mp_lock_acquire(t->lock, MP_FOREVER) != 0)
+    return NULL;
+  atomic_store(&t->state, 1);
+  while (atomic_load(&t->state) != 2)
+    tu_sleep(0.001);
+  mp_lock_release(t->lock);
+  return NULL;
+}
+
+static void test_lock_holder_is_the_process_of_the_holding_thread(void **state) {
+  (void)state;
+  struct thread_holder t = {0};
+  assert_int_equal(mp_lock_new(&t.lock), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, hold_in_thread, &t), 0);
+  while (atomic_load(&t.state) != 1)
+    tu_sleep(0.001);
+  pid_t holder = 0;
+  assert_int_equal(mp_lock_holder(t.lock, &holder), 1);
+  assert_int_equal(holder, getpid()); /* the process, not the thread's id */
+  atomic_store(&t.state, 2);
+  pthread_join(th, NULL);
+  assert_int_equal(mp_lock_holder(t.lock, &holder), 0);
+  assert_int_equal(mp_lock_free(t.lock), 0);
+}
+
 /* A holder that dies: the next acquirer is told and holds a usable lock. */
 static int die_holding(void *p) {
   struct held *h = p;
@@ -286,12 +320,25 @@ static void test_lock_owner_death_reported_and_recovered(void **state) {
   while (atomic_load(&h->state) != 1)
     tu_sleep(0.001);
   assert_int_equal(mp_rlock_acquire(h->lock, 0), -ETIMEDOUT);
+  pid_t holder = 0;
+  assert_int_equal(mp_lock_holder(h->lock, &holder), 1);
+  assert_int_equal(holder, pid);
   kill(pid, SIGKILL);
   assert_int_equal(tu_wait(pid), 1000 + SIGKILL);
+  /* Held by the dead until taken over, as Python's locked() says. */
+  assert_int_equal(mp_lock_locked(h->lock), 1);
+  holder = 0;
+  assert_int_equal(mp_lock_holder(h->lock, &holder), -EOWNERDEAD);
+  assert_int_equal(holder, 0);
   assert_int_equal(mp_rlock_acquire(h->lock, 5), -EOWNERDEAD);
   assert_int_equal(mp_lock_locked(h->lock), 1);
+  assert_int_equal(mp_lock_holder(h->lock, &holder), 1);
+  assert_int_equal(holder, getpid());
   assert_int_equal(mp_rlock_release(h->lock), 0); /* one level: the dead one's are gone */
   assert_int_equal(mp_lock_locked(h->lock), 0);
+  assert_int_equal(mp_lock_holder(h->lock, &holder), 0);
+  assert_int_equal(mp_lock_holder(NULL, &holder), -EINVAL);
+  assert_int_equal(mp_lock_holder(h->lock, NULL), -EINVAL);
   assert_int_equal(mp_rlock_acquire(h->lock, 0), 0); /* told only once */
   assert_int_equal(mp_rlock_release(h->lock), 0);
   assert_int_equal(mp_rlock_free(h->lock), 0);
@@ -336,6 +383,7 @@ int main(void) {
       cmocka_unit_test(test_lock_signals_neither_end_nor_stretch_wait),
       cmocka_unit_test(test_lock_mutual_exclusion_processes_and_threads),
       cmocka_unit_test(test_lock_not_held_by_child_after_fork),
+      cmocka_unit_test(test_lock_holder_is_the_process_of_the_holding_thread),
       cmocka_unit_test(test_lock_owner_death_reported_and_recovered),
       cmocka_unit_test(test_lock_free_after_holder_died),
       cmocka_unit_test(test_lock_strerror_owner_dead),

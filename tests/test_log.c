@@ -131,17 +131,49 @@ static void test_log_to_stderr_line_format(void **state) {
   assert_ptr_equal(strchr(buf, '\n'), buf + n - 1); /* exactly one line */
 }
 
+/* Under MP_LOG=info, the process that mapped the heap reports at its normal
+ * exit what is still allocated. */
+static void test_log_exit_report_lists_leaks(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t c = fork();
+  assert_true(c >= 0);
+  if (c == 0) {
+    dup2(fds[1], 2);
+    setenv("MP_LOG", "info", 1);
+    execl("/proc/self/exe", self_argv[0], "--leak", (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  char buf[2048] = {0};
+  size_t got = 0;
+  ssize_t n;
+  while ((n = read(fds[0], buf + got, sizeof buf - 1 - got)) > 0)
+    got += (size_t)n;
+  close(fds[0]);
+  assert_int_equal(tu_wait(c), 0);
+  assert_non_null(strstr(buf, "[INFO/MainProcess] at exit: heap: "));
+  assert_non_null(strstr(buf, "[INFO/MainProcess] at exit: live objects: 1 Lock/RLock, 1 Queue,"));
+}
+
 int main(int argc, char **argv) {
   self_argv = argv;
   if (argc > 1 && strcmp(argv[1], "--print-level") == 0) {
     printf("%d\n", mp_log_get_level());
     return 0;
   }
+  if (argc > 1 && strcmp(argv[1], "--leak") == 0) { /* left allocated on purpose */
+    mp_lock *l;
+    mp_queue *q;
+    return mp_lock_new(&l) || mp_queue_new(0, NULL, &q);
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_log_off_by_default_and_from_env),
       cmocka_unit_test(test_log_levels_checked),
       cmocka_unit_test(test_log_handler_gets_heap_recovery),
       cmocka_unit_test(test_log_to_stderr_line_format),
+      cmocka_unit_test(test_log_exit_report_lists_leaks),
   };
   return TU_RUN("log", tests);
 }

@@ -111,6 +111,21 @@ typedef struct mp_heap_stats {
  */
 MP_EXPORT int mp_heap_stats_get(mp_heap_stats *out);
 
+/**
+ * @brief Write a report of the family heap to descriptor @p fd: its figures
+ *        (as mp_heap_stats_get()) and the live libmp objects by kind (Lock,
+ *        Semaphore, Event, Condition, Barrier, Process, Value/Array, Queue)
+ *        with the count and bytes of the other blocks (user data, messages,
+ *        pool and manager state). For finding what a family leaks; under
+ *        `MP_LOG=info` the process that mapped the heap logs the same report
+ *        at its normal exit.
+ * @return 0; `-EBADF` for a negative @p fd; `-ENOMEM` when the heap cannot
+ *         be mapped; a negative errno of write(2).
+ * Thread and process safety: safe; takes the heap's lock while it counts
+ * (the time of one walk over every block).
+ */
+MP_EXPORT int mp_heap_report(int fd);
+
 #ifdef __cplusplus
 }
 #endif

@@ -74,10 +74,24 @@ MP_EXPORT int mp_lock_acquire(mp_lock *lock, double timeout);
 MP_EXPORT int mp_lock_release(mp_lock *lock);
 
 /**
- * @brief Whether the lock is held by anyone right now (a snapshot).
- * @return 1 when held, 0 when free, `-EINVAL` for NULL.
+ * @brief Whether the lock is held by anyone right now (a snapshot), for a
+ *        Lock or an RLock.
+ * @return 1 when held, also by a holder that died (as Python, until another
+ *         process takes it over and is told `-EOWNERDEAD`); 0 when free;
+ *         `-EINVAL` for NULL.
  */
 MP_EXPORT int mp_lock_locked(mp_lock *lock);
+
+/**
+ * @brief Which process holds the lock right now (a snapshot), for a Lock or
+ *        an RLock: for debugging a family that seems stuck.
+ * @param[out] ret the holder's pid, written only when 1 is returned.
+ * @return 1 and the pid when held by a live process; 0 when free;
+ *         `-EOWNERDEAD` when its holder died holding it (the next acquirer
+ *         takes it over); `-EINVAL` for NULL.
+ * Thread and process safety: safe; reads /proc when another process holds it.
+ */
+MP_EXPORT int mp_lock_holder(mp_lock *lock, pid_t *ret);
 
 /**
  * @brief Free a Lock or RLock.
