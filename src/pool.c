@@ -119,6 +119,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/syscall.h>
@@ -653,17 +654,44 @@ static void spread(unsigned w, unsigned nworkers) {
   }
 }
 
+/* Close [lo, hi] (hi may be UINT_MAX), ignoring what is not open. */
+static void close_span(unsigned lo, unsigned hi) {
+  if (lo > hi)
+    return;
+  if (syscall(SYS_close_range, lo, hi, 0) == 0)
+    return;
+  /* Linux before 5.9: one close per possible descriptor */
+  struct rlimit rl;
+  unsigned top =
+      getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < UINT_MAX ? (unsigned)rl.rlim_cur : 65536u;
+  for (unsigned fd = lo; fd <= hi && fd < top; fd++)
+    close((int)fd);
+}
+
+/* A worker keeps only the descriptors it needs: stdin, stdout and stderr,
+ * its socket to the handler and the handler's eventfd. Everything else the
+ * parent had when it forked (a Pipe's write end, a Manager's socket, the
+ * other workers' channels, the user's files) would otherwise stay open as
+ * long as the worker lives: a reader would never see end of file, and a
+ * Manager would not see its dead client's connection close. */
+static void close_inherited(int a, int b) {
+  unsigned keep[2] = {(unsigned)(a < b ? a : b), (unsigned)(a < b ? b : a)};
+  unsigned from = 3;
+  for (int i = 0; i < 2; i++) {
+    if (keep[i] < from)
+      continue; /* one of 0-2 (a parent that had closed stdin, say) */
+    if (keep[i] > from)
+      close_span(from, keep[i] - 1);
+    from = keep[i] + 1;
+  }
+  close_span(from, UINT_MAX);
+}
+
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
   mp__tie_to_parent(p->owner, SIGKILL);
   pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
-  /* The parent's ends of the other workers' channels are not ours. */
-  for (unsigned i = 0; i < p->nslots; i++) {
-    if (p->workers[i].alive && i != w) {
-      close(p->workers[i].pidfd);
-      close(p->workers[i].sock);
-    }
-  }
+  close_inherited(sock, p->efd);
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);
   probe_direct(p);

@@ -35,6 +35,13 @@
  * Process rules: a pool may be used only by the process that created it; any
  * call from a worker or another process returns `-ECHILD`. Every call is
  * thread safe within that process.
+ *
+ * Descriptors: a worker keeps only stdin, stdout, stderr and its own channel
+ * to the pool; every other descriptor the creator had when the worker was
+ * forked is closed in the worker. So a Pipe end or a socket closed by the
+ * creator is closed for good (its peer sees end of file) while the pool
+ * lives, and a task gets a descriptor only through mp_pool_apply_async_fd()
+ * (or opens its own, e.g. in the initializer).
  */
 #ifndef MP_POOL_H
 #define MP_POOL_H
