@@ -153,7 +153,7 @@ struct task_desc {
   uint32_t flags;
   anyfn fn;
   void *ctx;
-  const void *in; /* chunk items, or an apply argument in the heap; NULL: arg_buf */
+  const void *in; /* chunk items, or an apply argument's heap copy; NULL: arg_buf */
   void *out;      /* chunk results (heap) */
   uint64_t count; /* chunk: items; apply: argument length */
   unsigned char arg_buf[INLINE_MAX];
@@ -1281,11 +1281,11 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
   j->d.fn = fn;
   j->d.ctx = ctx;
   j->d.count = len;
+  /* Always a copy, also of an argument in the heap: the caller may reuse
+   * its buffer as soon as this returns (as documented). */
   if (len <= INLINE_MAX) {
     if (len)
       memcpy(j->d.arg_buf, arg, len);
-  } else if (mp_heap_contains(arg) && mp_heap_contains((const char *)arg + len - 1)) {
-    j->d.in = arg;
   } else {
     j->in_tmp = mp_heap_alloc(len);
     if (!j->in_tmp) {

@@ -729,6 +729,44 @@ static void test_pool_task_carries_fd(void **state) {
 
 /* ------------------------------------------------------------ copies, descriptors */
 
+/* Apply: waits (up to 10 s) until the heap flag ctx is set, then counts the
+ * argument's bytes that are 'a'. */
+static int count_a_after_go(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)out;
+  double until = tu_now() + 10;
+  while (!atomic_load((atomic_int *)ctx) && tu_now() < until)
+    tu_sleep(0.001);
+  int n = 0;
+  for (size_t i = 0; i < len; i++)
+    n += ((const char *)arg)[i] == 'a';
+  return n;
+}
+
+/* The header promises a copy of the argument: a buffer in the family heap,
+ * overwritten right after submitting, must not change what the task reads. */
+static void test_pool_apply_async_copies_heap_argument(void **state) {
+  (void)state;
+  enum { LEN = 4096 };
+  atomic_int *go = mp_heap_calloc(1, sizeof *go);
+  char *buf = mp_heap_alloc(LEN);
+  assert_non_null(go);
+  assert_non_null(buf);
+  mp_pool *p = new_pool(2, NULL);
+  memset(buf, 'a', LEN);
+  mp_async_result *r;
+  assert_int_equal(mp_pool_apply_async(p, count_a_after_go, buf, LEN, go, NULL, &r), 0);
+  memset(buf, 'b', LEN); /* the caller reuses its buffer at once */
+  atomic_store(go, 1);
+  assert_int_equal(mp_async_result_get(r, 20), LEN);
+  mp_async_result_free(r);
+  /* the same through mp_pool_apply() (the task never waits here) */
+  memset(buf, 'a', LEN);
+  assert_int_equal(mp_pool_apply(p, count_a_after_go, buf, LEN, go, NULL, NULL), LEN);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp_heap_free(buf);
+  mp_heap_free(go);
+}
+
 /* A Pipe created before the pool: once the parent closes its write end, the
  * reader sees end of file although the workers were forked while it was
  * open. */
@@ -1060,6 +1098,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_used_from_other_process_is_echild),
       cmocka_unit_test(test_pool_initializer_runs_in_each_worker),
       cmocka_unit_test(test_pool_task_carries_fd),
+      cmocka_unit_test(test_pool_apply_async_copies_heap_argument),
       cmocka_unit_test(test_pool_pipe_eof_while_pool_lives),
       cmocka_unit_test(test_pool_workers_close_inherited_fds),
       cmocka_unit_test(test_pool_imap_ordered_and_unordered),

@@ -136,7 +136,8 @@ MP_EXPORT int mp_pool_new(int processes, const mp_pool_options *opts, mp_pool **
 
 /**
  * @brief Run one task and wait for it (Python's `apply`).
- * @param arg @p len bytes copied to the worker (NULL when @p len is 0).
+ * @param arg @p len bytes copied to the worker (NULL when @p len is 0), as in
+ *            mp_pool_apply_async().
  * @param[out] result NULL to drop the result; else a malloc()ed copy of the
  *             task's result (free() it; NULL for an empty result), written
  *             when the call returns a status.
@@ -151,6 +152,11 @@ MP_EXPORT int mp_pool_apply(mp_pool *pool, mp_pool_apply_fn fn, const void *arg,
 
 /**
  * @brief Submit one task (Python's `apply_async`); never blocks.
+ * @param arg @p len bytes, copied before the call returns (also when they lie
+ *            in the family heap): the caller may reuse or free its buffer at
+ *            once. To hand a large heap block to a task without a copy, pass
+ *            its address as the argument (`&ptr`, `sizeof ptr`) and keep the
+ *            block unchanged until the result is ready.
  * @param cb NULL for no callbacks.
  * @param[out] ret the result; free it with mp_async_result_free().
  * @return 0; `-EPIPE` when the pool is closed or terminated; `-ECHILD`;
