@@ -809,6 +809,20 @@ static int fd_is_open(const void *arg, size_t len, mp_pool_out *out, void *ctx) 
   return fcntl(*(const int *)arg, F_GETFD) >= 0 ? 1 : 0;
 }
 
+/* Apply: counts itself in at the heap counter ctx, waits (up to 10 s) for
+ * a second task to do the same, then reports as fd_is_open() (2: no partner
+ * came). */
+static int meet_then_check(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  atomic_fetch_add((atomic_int *)ctx, 1);
+  double until = tu_now() + 10;
+  while (atomic_load((atomic_int *)ctx) < 2) {
+    if (tu_now() > until)
+      return 2;
+    tu_sleep(0.0005);
+  }
+  return fd_is_open(arg, len, out, ctx);
+}
+
 /* An unrelated descriptor opened before mp_pool_new() is not open in the
  * workers, neither in /proc/<worker>/fd nor to a task. */
 static void test_pool_workers_close_inherited_fds(void **state) {
@@ -829,6 +843,18 @@ static void test_pool_workers_close_inherited_fds(void **state) {
     assert_true(*(int *)res <= 5);
     free(res);
   }
+  /* Both workers inside a task at once (so both are past their start-up,
+   * which a worker that ran no task yet may not be): neither has fd. */
+  atomic_int *met = mp_heap_calloc(1, sizeof *met);
+  assert_non_null(met);
+  mp_async_result *r[2];
+  for (int w = 0; w < 2; w++)
+    assert_int_equal(mp_pool_apply_async(p, meet_then_check, &fd, sizeof fd, met, NULL, &r[w]), 0);
+  for (int w = 0; w < 2; w++) {
+    assert_int_equal(mp_async_result_get(r[w], 20), 0);
+    mp_async_result_free(r[w]);
+  }
+  mp_heap_free(met);
   int pids[2];
   assert_int_equal(mp_pool_worker_pids(p, pids, 2), 2);
   for (int w = 0; w < 2; w++) {
