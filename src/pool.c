@@ -86,12 +86,15 @@
  *     completions itself (under the pool mutex, as the handler does) for a
  *     bounded spin. Meanwhile it takes over the handler's wake-up: it exchanges
  *     `parent_waiting` 1 -> 0 (so workers do not write the eventfd), and on
- *     leaving stores 1 again and re-checks the done rings, writing the eventfd
- *     itself when something arrived (the same two seq_cst steps as the
- *     handler's). It writes the eventfd when what it collected needs the
- *     handler: callbacks to run, or a pool no longer running. Results without
- *     callbacks are final as soon as any thread collects them; callbacks still
- *     run only on the handler thread, in collection order.
+ *     leaving stores 1 again and re-checks the done rings with seq_cst loads,
+ *     writing the eventfd itself when something arrived (the same two seq_cst
+ *     steps as the handler's; relaxed loads there could be performed before
+ *     the store on a weakly ordered CPU such as ARM, the worker could still
+ *     read 0, and the completion would go unannounced). It writes the
+ *     eventfd when what it collected needs the handler: callbacks to run, or
+ *     a pool no longer running. Results without callbacks are final as soon
+ *     as any thread collects them; callbacks still run only on the handler
+ *     thread, in collection order.
  *   - a result's `done` word: RES_PENDING -> RES_DONE, or RES_PENDING ->
  *     RES_SLEEPER (a waiter, after a bounded spin, announces it will sleep)
  *     -> RES_DONE; the finisher exchanges RES_DONE in and calls futex wake only
@@ -388,6 +391,11 @@ MP_EXPORT int mp_pool_out_set(mp_pool_out *out, const void *data, size_t len) {
   return r;
 }
 
+/* After the seq_cst store of done_tail: the seq_cst load of parent_waiting
+ * pairs with the waiter's seq_cst store of 1 followed by its seq_cst loads of
+ * done_tail (handler_main's anything_to_collect(), pool_wait_own()'s
+ * completions_announced()): either this load sees 1, or the waiter sees our
+ * done_tail. */
 static void notify_parent(struct shared *sh, int efd) {
   if (atomic_load(&sh->parent_waiting) && atomic_exchange(&sh->parent_waiting, 0))
     efd_signal(efd);
@@ -399,11 +407,18 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
   struct slot *s = slot_at(sh, w);
   unsigned spins = 0;
   for (;;) {
+    /* seq_cst: `tail` pairs with the parent's seq_cst store in
+     * publish_backlog() and, with `sleepers` below, forms the Dekker pair
+     * against wake_workers() (see the wake-up protocol). */
     uint64_t h = atomic_load(&sh->head);
     if (h < atomic_load(&sh->tail)) {
       struct entry *e = &sh->ring[h % RING_CAP];
+      /* acquire: pairs with the release store of E_PENDING in
+       * publish_backlog(), after which the entry's fields are the task's */
       uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
       if (st == E_PENDING) {
+        /* seq_cst (acquire included): the claim reads the PENDING written
+         * by that same release store, so the task's fields are visible */
         if (atomic_compare_exchange_strong(&e->state, &st, E_CLAIMED + w)) {
           *idx = (uint32_t)(h % RING_CAP); /* before the CAS below rewrites h on failure */
           /* more work behind this task: pass the wake-up on (wake_workers) */
@@ -417,12 +432,17 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
       }
       continue;
     }
+    /* seq_cst: pairs with the handler's store of `stopping`, made once
+     * nothing is outstanding; the work_seq bump after it ends a sleep */
     if (atomic_load(&sh->stopping))
       return -1;
     if (spins++ < WORKER_SPIN) {
       spin_pause(spins);
       continue;
     }
+    /* All seq_cst: the increment of `sleepers` and the re-check of
+     * head/tail pair with wake_workers()'s store of `tail` and load of
+     * `sleepers`; one of the two sides sees the other. */
     uint32_t seq = atomic_load(&sh->work_seq);
     atomic_fetch_add(&sh->sleepers, 1);
     atomic_store(&s->asleep, 1);
@@ -509,6 +529,8 @@ static int cross_copy(pid_t pid, void *local, uintptr_t remote, size_t len, int 
 /* Whether this worker may read its owner's memory: one small read of the
  * owner's pool record, which must show the pool's magic. */
 static void probe_direct(struct mp_pool *p) {
+  /* seq_cst: one CAS decides, read by map_submit(); the value is all it
+   * carries (no other data is published with it) */
   if (atomic_load(&p->sh->direct) != DIRECT_UNKNOWN)
     return;
   uint32_t v = 0, expect = DIRECT_UNKNOWN;
@@ -612,6 +634,8 @@ static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t i
     return;
   }
   struct slot *s = slot_at(p->sh, w);
+  /* seq_cst: read by collect() (the handler, or a collecting caller) after
+   * the eventfd write below or, if we die first, after our pidfd fires */
   atomic_store(&s->fd_want, idx + 1);
   atomic_store(&p->sh->parent_waiting, 0);
   efd_signal(p->efd);
@@ -706,6 +730,9 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
     flush_std(); /* what a task printed appears when it ends */
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_relaxed); /* ours only */
     s->ring[t % RING_CAP] = idx;
+    /* seq_cst (release included): pairs with collect()'s acquire load, which
+     * then reads the ring slot and the entry's result fields written above;
+     * seq_cst also for the Dekker pair of notify_parent() */
     atomic_store(&s->done_tail, t + 1);
     notify_parent(sh, p->efd);
     if (p->opts.maxtasksperchild && ++n >= p->opts.maxtasksperchild)
@@ -756,6 +783,10 @@ static void result_unref(struct mp_async_result *r);
 
 /* Publish a result as final and drop the pool's reference to it. */
 static void result_mark_done(struct mp_async_result *r) {
+  /* seq_cst (release included): pairs with result_is_done()'s acquire load
+   * and result_wait()'s loads, which then read status and data written
+   * before; and with result_wait()'s CAS to RES_SLEEPER: one of the two
+   * sees the other, so a sleeper is always woken */
   if (atomic_exchange(&r->done, RES_DONE) == RES_SLEEPER)
     mp__futex_wake(&r->done, INT_MAX);
   result_unref(r);
@@ -880,7 +911,7 @@ static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool
     mp_heap_free(failed && !e->res_inline ? e->res_ptr : NULL);
     e->res_ptr = NULL;
     e->res_inline = 1;
-    atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+    atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* see below */
     map_chunk_done(p, j->res, start, done, st, at);
     return;
   }
@@ -905,7 +936,9 @@ static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool
   }
   e->res_ptr = NULL;
   e->res_inline = 1;
-  atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+  /* relaxed: FREE is acted on only by publish_backlog() under mu, which
+   * orders it after this store; workers only tell PENDING from the rest */
+  atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed);
   job_complete(p, j, pool_gone);
 }
 
@@ -914,8 +947,11 @@ static unsigned publish_backlog(struct mp_pool *p) {
   struct shared *sh = p->sh;
   unsigned n = 0;
   while (p->backlog_head) {
-    uint64_t t = atomic_load_explicit(&sh->tail, memory_order_relaxed); /* we are the writer */
+    uint64_t t = atomic_load_explicit(&sh->tail, memory_order_relaxed); /* written under mu only */
     struct entry *e = &sh->ring[t % RING_CAP];
+    /* relaxed: FREE is stored under mu (collect_entry), which orders it
+     * before this load; the worker's results in the entry were read before
+     * that store, after the acquire of its done_tail */
     if (atomic_load_explicit(&e->state, memory_order_relaxed) != E_FREE)
       break;
     struct job *j = p->backlog_head;
@@ -937,7 +973,10 @@ static unsigned publish_backlog(struct mp_pool *p) {
         p->backlog_tail = NULL;
       j->next = NULL;
     }
+    /* release: pairs with the claim's acquire load and CAS in claim(),
+     * which then read the fields written above */
     atomic_store_explicit(&e->state, E_PENDING, memory_order_release);
+    /* seq_cst: the Dekker pair with claim()'s sleepers/tail (wake_workers) */
     atomic_store(&sh->tail, t + 1);
     n++;
   }
@@ -952,6 +991,9 @@ static unsigned publish_backlog(struct mp_pool *p) {
  * one. */
 static void wake_workers(struct mp_pool *p) {
   struct shared *sh = p->sh;
+  /* seq_cst: after the seq_cst store of `tail`, this load of `sleepers`
+   * pairs with claim()'s increment of `sleepers` and its re-check of `tail`;
+   * the bump of work_seq makes a futex wait that read the old value return */
   atomic_fetch_add(&sh->work_seq, 1);
   if (atomic_load(&sh->sleepers))
     mp__futex_wake(&sh->work_seq, 1);
@@ -965,12 +1007,18 @@ static unsigned collect(struct mp_pool *p, int *pool_gone) {
     if (!p->workers[w].alive)
       continue;
     struct slot *s = slot_at(p->sh, w);
-    uint32_t h = atomic_load_explicit(&s->done_head, memory_order_relaxed); /* ours */
+    /* relaxed: done_head is written only under mu, which orders its writers */
+    uint32_t h = atomic_load_explicit(&s->done_head, memory_order_relaxed);
+    /* acquire: pairs with the worker's seq_cst store of done_tail in
+     * worker_main(), made after the ring slot and the entry's results */
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_acquire);
     for (; h != t; h++, n++) {
       collect_entry(p, s->ring[h % RING_CAP], 0, pool_gone);
     }
+    /* relaxed: read by writers under mu, and without it only as a hint */
     atomic_store_explicit(&s->done_head, h, memory_order_relaxed);
+    /* seq_cst: pairs with the worker's store in run_entry(), which precedes
+     * its eventfd write (or its death, seen through the pidfd) */
     uint32_t want = atomic_load(&s->fd_want);
     if (want) {
       struct entry *e = &p->sh->ring[want - 1];
@@ -992,6 +1040,12 @@ static unsigned collect(struct mp_pool *p, int *pool_gone) {
   return n;
 }
 
+/* seq_cst loads, made after a seq_cst store of parent_waiting = 1: they pair
+ * with the worker's seq_cst store of done_tail (or fd_want) followed by its
+ * seq_cst load of parent_waiting in notify_parent(). Under C11 only seq_cst on
+ * both sides rules out that both read the old value (a relaxed or acquire load
+ * here may be ordered before the store, as it is on ARM), which would leave a
+ * completion unannounced and its waiter asleep. */
 static int anything_to_collect(struct mp_pool *p) {
   for (unsigned w = 0; w < p->nslots; w++) {
     if (!p->workers[w].alive)
@@ -1012,6 +1066,18 @@ static int completions_pending(struct mp_pool *p) {
     if (atomic_load_explicit(&s->done_head, memory_order_relaxed) !=
             atomic_load_explicit(&s->done_tail, memory_order_relaxed) ||
         atomic_load_explicit(&s->fd_want, memory_order_relaxed))
+      return 1;
+  }
+  return 0;
+}
+
+/* completions_pending() with seq_cst loads, for a thread that has just
+ * stored parent_waiting = 1 without mu (pool_wait_own): the same pairing as
+ * anything_to_collect(). */
+static int completions_announced(struct mp_pool *p) {
+  for (unsigned w = 0; w < p->nslots; w++) {
+    struct slot *s = slot_at(p->sh, w);
+    if (atomic_load(&s->done_head) != atomic_load(&s->done_tail) || atomic_load(&s->fd_want))
       return 1;
   }
   return 0;
@@ -1045,6 +1111,8 @@ static void reap(struct worker *wk) {
 /* Fail every entry worker w still holds (mu held, after its done ring was
  * drained). */
 static void fail_claims(struct mp_pool *p, unsigned w, int code, int *pool_gone) {
+  /* The worker is dead (its pidfd fired, or it was killed and reaped): the
+   * kernel orders all it wrote, the claim CAS included, before these loads. */
   for (uint32_t i = 0; i < RING_CAP; i++)
     if (atomic_load(&p->sh->ring[i].state) == E_CLAIMED + w)
       collect_entry(p, i, code, pool_gone);
@@ -1060,6 +1128,8 @@ static void worker_ended(struct mp_pool *p, unsigned w, int *pool_gone) {
   struct slot *s = slot_at(p->sh, w);
   collect(p, pool_gone);
   fail_claims(p, w, -ECONNABORTED, pool_gone);
+  /* after the worker's death (see fail_claims): its own count, if it was
+   * asleep or about to be */
   if (atomic_exchange(&s->asleep, 0))
     atomic_fetch_sub(&p->sh->sleepers, 1);
   reap(&p->workers[w]);
@@ -1155,6 +1225,7 @@ static void *handler_main(void *arg) {
     return NULL;
   }
   pthread_mutex_unlock(&p->mu);
+  /* seq_cst: pairs with mp_pool_new()'s loads of `started` */
   atomic_store(&p->started, 1);
   mp__futex_wake(&p->started, INT_MAX);
 
@@ -1203,6 +1274,8 @@ static void *handler_main(void *arg) {
         continue;
     }
     if (!got) {
+      /* seq_cst store, then anything_to_collect()'s seq_cst loads: the
+       * Dekker pair with a worker's done_tail store and notify_parent() */
       atomic_store(&sh->parent_waiting, 1);
       if (anything_to_collect(p) || p->state == P_TERMINATING)
         atomic_store(&sh->parent_waiting, 0);
@@ -1228,6 +1301,8 @@ static void *handler_main(void *arg) {
   pthread_mutex_unlock(&p->mu);
   free(pfd);
   free(pw);
+  /* seq_cst: pairs with wait_finished()'s loads (after it, the pool's state
+   * is final and only mu's last holders touched it) */
   atomic_store(&p->finished, 1);
   mp__futex_wake(&p->finished, INT_MAX);
   (void)pool_gone; /* the user's reference keeps the pool until mp_pool_free */
@@ -1588,11 +1663,15 @@ static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
   int64_t until = 0;
   if (pthread_equal(pthread_self(), p->thread))
     return mp_async_result_get(r, MP_FOREVER); /* from a callback: -EDEADLK as before */
+  /* seq_cst: pairs with mp_pool_free()'s loads, which wait for this thread
+   * to leave the pool's structures (the fetch_sub below) */
   atomic_fetch_add(&p->collectors, 1);
   for (unsigned i = 1; !result_is_done(r); i++) {
+    /* relaxed load: only a filter for the seq_cst exchange, which is what
+     * pairs with the workers' exchange in notify_parent() */
     if (atomic_load_explicit(&sh->parent_waiting, memory_order_relaxed) &&
         atomic_exchange(&sh->parent_waiting, 0))
-      took = 1; /* relaxed load: only a filter for the exchange */
+      took = 1;
     if (completions_pending(p)) {
       int gone = 0;
       pthread_mutex_lock(&p->mu);
@@ -1609,8 +1688,15 @@ static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
       break;
   }
   if (took) {
+    /* Hand the wake-up back: a seq_cst store, then seq_cst loads of the done
+     * rings (the workers' side is notify_parent(): seq_cst store of
+     * done_tail, then seq_cst load of parent_waiting). A completion either is
+     * seen here or finds parent_waiting 1 and writes the eventfd itself. The
+     * relaxed loads of completions_pending() would not do: they may be
+     * performed before the store (ARM), the worker may still read 0, and the
+     * handler would sleep on with a completion unannounced. */
     atomic_store(&sh->parent_waiting, 1);
-    if (completions_pending(p) && atomic_exchange(&sh->parent_waiting, 0))
+    if (completions_announced(p) && atomic_exchange(&sh->parent_waiting, 0))
       efd_signal(p->efd);
   }
   atomic_fetch_sub(&p->collectors, 1);
@@ -1806,6 +1892,7 @@ static int check_result(struct mp_async_result *r) {
 }
 
 static int result_is_done(struct mp_async_result *r) {
+  /* acquire: pairs with result_mark_done()'s exchange */
   return atomic_load_explicit(&r->done, memory_order_acquire) == RES_DONE;
 }
 
