@@ -63,6 +63,31 @@
  * covered: before the claim CAS the task is PENDING; after it, CLAIMED+w;
  * after the done-ring append, completed.
  *
+ * What a SIGKILL of worker w at each step of one task leaves (crash points in
+ * protocol order), all repaired by the handler in worker_ended():
+ *   pool.claim.taken     entry CLAIMED+w; `head` not advanced; the wake-up not
+ *                        passed on. The task fails (-ECONNABORTED), its entry
+ *                        is FREE; any worker moves `head` past a non-PENDING
+ *                        entry; the replacement starts awake and passes the
+ *                        wake-up on.
+ *   pool.claim.advanced  the same, with `head` advanced.
+ *   pool.fd.wanted       (fd tasks) fd_want set, the handler not signalled:
+ *                        the pidfd wakes it; its send to the dead socket fails,
+ *                        the task fails and its copy of the fd is closed.
+ *   pool.result.stored   a heap result block recorded in res_ptr: the task
+ *                        fails and the block is freed.
+ *   pool.task.ran        the result fields written, not appended: the task
+ *                        fails, a heap result block is freed.
+ *   pool.done.appended   the completion appended, the handler not notified:
+ *                        the pidfd wakes it, it drains the done ring first, so
+ *                        the task completes with its own status and result.
+ *   pool.sleep.counted   `sleepers` one too high, slot.asleep not set: a
+ *                        useless futex wake per submission batch, never a lost
+ *                        task (see wake-ups).
+ * One window has no repair yet: a kill between mp_heap_alloc() and the store
+ * of res_ptr in mp_pool_out_alloc() leaks that block (the heap would have to
+ * record the block's address in res_ptr inside its own journaled allocation).
+ *
  * Wake-ups, without system calls while both sides are busy:
  *   - workers that find no task spin, then sleep on `work_seq`: they add one
  *     to `sleepers` (and mark slot.asleep), re-check, and futex-wait; the
@@ -129,6 +154,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 #define RING_CAP 2048u
@@ -376,6 +402,7 @@ MP_EXPORT int mp_pool_out_alloc(mp_pool_out *out, size_t size, void **buf) {
   e->res_ptr = p; /* stored at once: a death from here on lets the parent free it */
   e->res_inline = 0;
   e->res_len = size;
+  MP__CRASH(POOL_RESULT_STORED);
   mp_heap_free(old);
   *buf = p;
   return 0;
@@ -421,10 +448,12 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
          * by that same release store, so the task's fields are visible */
         if (atomic_compare_exchange_strong(&e->state, &st, E_CLAIMED + w)) {
           *idx = (uint32_t)(h % RING_CAP); /* before the CAS below rewrites h on failure */
+          MP__CRASH(POOL_CLAIM_TAKEN);
           /* more work behind this task: pass the wake-up on (wake_workers) */
           if (atomic_load(&sh->sleepers) && atomic_load(&sh->tail) > h + 1)
             mp__futex_wake(&sh->work_seq, 1);
           atomic_compare_exchange_strong(&sh->head, &h, h + 1);
+          MP__CRASH(POOL_CLAIM_ADVANCED);
           return 0;
         }
       } else {
@@ -445,6 +474,7 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
      * `sleepers`; one of the two sides sees the other. */
     uint32_t seq = atomic_load(&sh->work_seq);
     atomic_fetch_add(&sh->sleepers, 1);
+    MP__CRASH(POOL_SLEEP_COUNTED);
     atomic_store(&s->asleep, 1);
     if (atomic_load(&sh->head) >= atomic_load(&sh->tail) && !atomic_load(&sh->stopping))
       mp__futex_wait(&sh->work_seq, seq, NULL);
@@ -637,6 +667,7 @@ static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t i
   /* seq_cst: read by collect() (the handler, or a collecting caller) after
    * the eventfd write below or, if we die first, after our pidfd fires */
   atomic_store(&s->fd_want, idx + 1);
+  MP__CRASH(POOL_FD_WANTED);
   atomic_store(&p->sh->parent_waiting, 0);
   efd_signal(p->efd);
   int fd = recv_fd(sock);
@@ -728,12 +759,14 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
     struct entry *e = &sh->ring[idx];
     run_entry(p, e, w, idx, sock);
     flush_std(); /* what a task printed appears when it ends */
+    MP__CRASH(POOL_TASK_RAN);
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_relaxed); /* ours only */
     s->ring[t % RING_CAP] = idx;
     /* seq_cst (release included): pairs with collect()'s acquire load, which
      * then reads the ring slot and the entry's result fields written above;
      * seq_cst also for the Dekker pair of notify_parent() */
     atomic_store(&s->done_tail, t + 1);
+    MP__CRASH(POOL_DONE_APPENDED);
     notify_parent(sh, p->efd);
     if (p->opts.maxtasksperchild && ++n >= p->opts.maxtasksperchild)
       break;
