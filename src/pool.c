@@ -58,18 +58,20 @@
  * through the worker's pidfd: the handler first drains the dead worker's done
  * ring (those tasks completed), then every entry still CLAIMED+w is the task
  * it held: it fails with -ECONNABORTED (a heap result block the worker had
- * stored in res_ptr is freed), its entry becomes FREE, the slot's ring is
- * reset, and a new worker is forked into the slot. A death at any instant is
- * covered: before the claim CAS the task is PENDING; after it, CLAIMED+w;
- * after the done-ring append, completed.
+ * stored in res_ptr is freed), its entry becomes FREE, the backlog is
+ * published into the freed entries (when the ring was full, publishing had
+ * stopped at one of them, and no completion may come to restart it), the
+ * slot's ring is reset, and a new worker is forked into the slot. A death at
+ * any instant is covered: before the claim CAS the task is PENDING; after it,
+ * CLAIMED+w; after the done-ring append, completed.
  *
  * What a SIGKILL of worker w at each step of one task leaves (crash points in
  * protocol order), all repaired by the handler in worker_ended():
  *   pool.claim.taken     entry CLAIMED+w; `head` not advanced; the wake-up not
  *                        passed on. The task fails (-ECONNABORTED), its entry
- *                        is FREE; any worker moves `head` past a non-PENDING
- *                        entry; the replacement starts awake and passes the
- *                        wake-up on.
+ *                        is FREE and refilled from the backlog; any worker
+ *                        moves `head` past a non-PENDING entry; the
+ *                        replacement starts awake and passes the wake-up on.
  *   pool.claim.advanced  the same, with `head` advanced.
  *   pool.fd.wanted       (fd tasks) fd_want set, the handler not signalled:
  *                        the pidfd wakes it; its send to the dead socket fails,
@@ -1161,6 +1163,11 @@ static void worker_ended(struct mp_pool *p, unsigned w, int *pool_gone) {
   struct slot *s = slot_at(p->sh, w);
   collect(p, pool_gone);
   fail_claims(p, w, -ECONNABORTED, pool_gone);
+  /* The entries it held are FREE now, and one of them may be the entry at
+   * which publishing stopped (the ring was full): publish the backlog into
+   * them, or no completion may ever come to do it and a map waits forever. */
+  if (p->backlog_head && publish_backlog(p))
+    wake_workers(p);
   /* after the worker's death (see fail_claims): its own count, if it was
    * asleep or about to be */
   if (atomic_exchange(&s->asleep, 0))

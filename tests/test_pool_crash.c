@@ -9,18 +9,22 @@
  * Then a worker killed at each step of the task-entry kill table in
  * src/pool.c (crash points "pool.*"): only the victim's task fails, the other
  * results are exact, no heap block is left behind, the pool stays usable and
- * nothing waits longer than a bounded time. */
+ * nothing waits longer than a bounded time. And the full ring whose
+ * publishing stopped at the entry of a worker that then died. */
 #include "crashutil.h"
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <mp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { ROUNDS = 100, TASKS = 12, WORKERS = 3 };
@@ -400,6 +404,105 @@ static void test_pool_crash_kill_while_falling_asleep(void **state) {
   mp__crash_disarm();
 }
 
+/* ------------------------------------------------------------ the full ring */
+
+/* The pool's task ring (RING_CAP in src/pool.c). */
+enum { RING = 2048, HANG_N = 3000 };
+
+static atomic_int *chunks_run; /* in the heap: seen by every worker */
+
+static int count_chunk(const void *item, void *result, void *ctx) {
+  (void)item;
+  (void)ctx;
+  atomic_fetch_add(chunks_run, 1);
+  *(int *)result = 1;
+  return 0;
+}
+
+static int seven(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)arg;
+  (void)len;
+  (void)out;
+  (void)ctx;
+  return 7;
+}
+
+struct map_call {
+  mp_pool *p;
+  int *out;
+  int status;
+};
+
+static void *run_map(void *arg) {
+  struct map_call *c = arg;
+  c->status = mp_pool_map(c->p, count_chunk, NULL, NULL, HANG_N, 0, c->out, sizeof(int), 1);
+  return NULL;
+}
+
+static int stopped(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  size_t k = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[k] = 0;
+  const char *close_paren = strrchr(buf, ')');
+  return close_paren && close_paren[1] == ' ' && close_paren[2] == 'T';
+}
+
+/* The ring is full and publishing stopped at the entry a worker holds; the
+ * worker dies there. Its task fails and the worker is replaced; the backlog
+ * must be published into the freed entry, or a blocking mp_pool_map() of the
+ * rest never returns. The victim stops at "pool.claim.taken" on its first
+ * claim (the only task then), the map fills the rest of the ring and its
+ * backlog waits behind the victim's entry; when everything else has run, the
+ * victim is killed. */
+static void test_pool_crash_full_ring_backlog_after_kill(void **state) {
+  (void)state;
+  chunks_run = mp_heap_calloc(1, sizeof *chunks_run);
+  assert_non_null(chunks_run);
+  mp_pool *p = armed_pool("pool.claim.taken", 1, MP__CRASH_STOP);
+  mp_async_result *first;
+  assert_int_equal(mp_pool_apply_async(p, seven, NULL, 0, NULL, NULL, &first), 0);
+  double until = tu_now() + 10;
+  while (!(mp__crash_fired() && stopped(mp__crash_fired())) && tu_now() < until)
+    tu_sleep(0.002);
+  pid_t victim = mp__crash_fired();
+  assert_true(victim > 0 && victim != getpid());
+  assert_true(stopped(victim));
+
+  struct map_call c = {p, calloc(HANG_N, sizeof(int)), 1};
+  assert_non_null(c.out);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, run_map, &c), 0);
+  /* the other worker runs the RING - 1 chunks the ring had room for */
+  until = tu_now() + 30;
+  while (atomic_load(chunks_run) < RING - 1 && tu_now() < until)
+    tu_sleep(0.005);
+  tu_sleep(0.2);
+  assert_int_equal(atomic_load(chunks_run), RING - 1); /* publishing stopped at the victim */
+
+  assert_int_equal(kill(victim, SIGKILL), 0);
+  assert_int_equal(mp_async_result_get(first, 10), -ECONNABORTED);
+  struct timespec by;
+  clock_gettime(CLOCK_REALTIME, &by);
+  by.tv_sec += 15;
+  assert_int_equal(pthread_timedjoin_np(t, NULL, &by), 0); /* the map returned */
+  assert_int_equal(c.status, 0);
+  assert_int_equal(atomic_load(chunks_run), HANG_N);
+  for (int i = 0; i < HANG_N; i++)
+    assert_int_equal(c.out[i], 1);
+  assert_replaced(p, victim);
+  assert_int_equal(mp_pool_apply(p, seven, NULL, 0, NULL, NULL, NULL), 7);
+  assert_int_equal(mp_async_result_free(first), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp__crash_disarm();
+  free(c.out);
+  mp_heap_free(chunks_run);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_crash_random_worker_kills),
@@ -411,6 +514,7 @@ int main(void) {
       cmocka_unit_test(test_pool_crash_kill_after_task_ran),
       cmocka_unit_test(test_pool_crash_kill_after_done_appended),
       cmocka_unit_test(test_pool_crash_kill_while_falling_asleep),
+      cmocka_unit_test(test_pool_crash_full_ring_backlog_after_kill),
   };
   return TU_RUN("pool_crash", tests);
 }
