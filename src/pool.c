@@ -135,6 +135,9 @@
  * fd_want, sends its copy of the descriptor over the
  * worker's own socketpair (SCM_RIGHTS) and closes its copy. A worker that dies
  * before receiving it fails the task; the handler closes its copy.
+ * Apart from that descriptor, a worker holds only 0-2, its socket and the
+ * eventfd: it closes everything else it inherited at start (close_inherited),
+ * so no Pipe end or Manager socket of the creator stays open in the pool.
  */
 #include <errno.h>
 #include <fcntl.h>
