@@ -58,10 +58,37 @@
  * through the worker's pidfd: the handler first drains the dead worker's done
  * ring (those tasks completed), then every entry still CLAIMED+w is the task
  * it held: it fails with -ECONNABORTED (a heap result block the worker had
- * stored in res_ptr is freed), its entry becomes FREE, the slot's ring is
- * reset, and a new worker is forked into the slot. A death at any instant is
- * covered: before the claim CAS the task is PENDING; after it, CLAIMED+w;
- * after the done-ring append, completed.
+ * stored in res_ptr is freed), its entry becomes FREE, the backlog is
+ * published into the freed entries (when the ring was full, publishing had
+ * stopped at one of them, and no completion may come to restart it), the
+ * slot's ring is reset, and a new worker is forked into the slot. A death at
+ * any instant is covered: before the claim CAS the task is PENDING; after it,
+ * CLAIMED+w; after the done-ring append, completed.
+ *
+ * What a SIGKILL of worker w at each step of one task leaves (crash points in
+ * protocol order), all repaired by the handler in worker_ended():
+ *   pool.claim.taken     entry CLAIMED+w; `head` not advanced; the wake-up not
+ *                        passed on. The task fails (-ECONNABORTED), its entry
+ *                        is FREE and refilled from the backlog; any worker
+ *                        moves `head` past a non-PENDING entry; the
+ *                        replacement starts awake and passes the wake-up on.
+ *   pool.claim.advanced  the same, with `head` advanced.
+ *   pool.fd.wanted       (fd tasks) fd_want set, the handler not signalled:
+ *                        the pidfd wakes it; its send to the dead socket fails,
+ *                        the task fails and its copy of the fd is closed.
+ *   pool.result.stored   a heap result block recorded in res_ptr: the task
+ *                        fails and the block is freed.
+ *   pool.task.ran        the result fields written, not appended: the task
+ *                        fails, a heap result block is freed.
+ *   pool.done.appended   the completion appended, the handler not notified:
+ *                        the pidfd wakes it, it drains the done ring first, so
+ *                        the task completes with its own status and result.
+ *   pool.sleep.counted   `sleepers` one too high, slot.asleep not set: a
+ *                        useless futex wake per submission batch, never a lost
+ *                        task (see wake-ups).
+ * One window has no repair yet: a kill between mp_heap_alloc() and the store
+ * of res_ptr in mp_pool_out_alloc() leaks that block (the heap would have to
+ * record the block's address in res_ptr inside its own journaled allocation).
  *
  * Wake-ups, without system calls while both sides are busy:
  *   - workers that find no task spin, then sleep on `work_seq`: they add one
@@ -86,12 +113,15 @@
  *     completions itself (under the pool mutex, as the handler does) for a
  *     bounded spin. Meanwhile it takes over the handler's wake-up: it exchanges
  *     `parent_waiting` 1 -> 0 (so workers do not write the eventfd), and on
- *     leaving stores 1 again and re-checks the done rings, writing the eventfd
- *     itself when something arrived (the same two seq_cst steps as the
- *     handler's). It writes the eventfd when what it collected needs the
- *     handler: callbacks to run, or a pool no longer running. Results without
- *     callbacks are final as soon as any thread collects them; callbacks still
- *     run only on the handler thread, in collection order.
+ *     leaving stores 1 again and re-checks the done rings with seq_cst loads,
+ *     writing the eventfd itself when something arrived (the same two seq_cst
+ *     steps as the handler's; relaxed loads there could be performed before
+ *     the store on a weakly ordered CPU such as ARM, the worker could still
+ *     read 0, and the completion would go unannounced). It writes the
+ *     eventfd when what it collected needs the handler: callbacks to run, or
+ *     a pool no longer running. Results without callbacks are final as soon
+ *     as any thread collects them; callbacks still run only on the handler
+ *     thread, in collection order.
  *   - a result's `done` word: RES_PENDING -> RES_DONE, or RES_PENDING ->
  *     RES_SLEEPER (a waiter, after a bounded spin, announces it will sleep)
  *     -> RES_DONE; the finisher exchanges RES_DONE in and calls futex wake only
@@ -105,6 +135,9 @@
  * fd_want, sends its copy of the descriptor over the
  * worker's own socketpair (SCM_RIGHTS) and closes its copy. A worker that dies
  * before receiving it fails the task; the handler closes its copy.
+ * Apart from that descriptor, a worker holds only 0-2, its socket and the
+ * eventfd: it closes everything else it inherited at start (close_inherited),
+ * so no Pipe end or Manager socket of the creator stays open in the pool.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -119,12 +152,14 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 #define RING_CAP 2048u
@@ -152,7 +187,7 @@ struct task_desc {
   uint32_t flags;
   anyfn fn;
   void *ctx;
-  const void *in; /* chunk items, or an apply argument in the heap; NULL: arg_buf */
+  const void *in; /* chunk items, or an apply argument's heap copy; NULL: arg_buf */
   void *out;      /* chunk results (heap) */
   uint64_t count; /* chunk: items; apply: argument length */
   unsigned char arg_buf[INLINE_MAX];
@@ -372,6 +407,7 @@ MP_EXPORT int mp_pool_out_alloc(mp_pool_out *out, size_t size, void **buf) {
   e->res_ptr = p; /* stored at once: a death from here on lets the parent free it */
   e->res_inline = 0;
   e->res_len = size;
+  MP__CRASH(POOL_RESULT_STORED);
   mp_heap_free(old);
   *buf = p;
   return 0;
@@ -387,6 +423,11 @@ MP_EXPORT int mp_pool_out_set(mp_pool_out *out, const void *data, size_t len) {
   return r;
 }
 
+/* After the seq_cst store of done_tail: the seq_cst load of parent_waiting
+ * pairs with the waiter's seq_cst store of 1 followed by its seq_cst loads of
+ * done_tail (handler_main's anything_to_collect(), pool_wait_own()'s
+ * completions_announced()): either this load sees 1, or the waiter sees our
+ * done_tail. */
 static void notify_parent(struct shared *sh, int efd) {
   if (atomic_load(&sh->parent_waiting) && atomic_exchange(&sh->parent_waiting, 0))
     efd_signal(efd);
@@ -398,17 +439,26 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
   struct slot *s = slot_at(sh, w);
   unsigned spins = 0;
   for (;;) {
+    /* seq_cst: `tail` pairs with the parent's seq_cst store in
+     * publish_backlog() and, with `sleepers` below, forms the Dekker pair
+     * against wake_workers() (see the wake-up protocol). */
     uint64_t h = atomic_load(&sh->head);
     if (h < atomic_load(&sh->tail)) {
       struct entry *e = &sh->ring[h % RING_CAP];
+      /* acquire: pairs with the release store of E_PENDING in
+       * publish_backlog(), after which the entry's fields are the task's */
       uint32_t st = atomic_load_explicit(&e->state, memory_order_acquire);
       if (st == E_PENDING) {
+        /* seq_cst (acquire included): the claim reads the PENDING written
+         * by that same release store, so the task's fields are visible */
         if (atomic_compare_exchange_strong(&e->state, &st, E_CLAIMED + w)) {
           *idx = (uint32_t)(h % RING_CAP); /* before the CAS below rewrites h on failure */
+          MP__CRASH(POOL_CLAIM_TAKEN);
           /* more work behind this task: pass the wake-up on (wake_workers) */
           if (atomic_load(&sh->sleepers) && atomic_load(&sh->tail) > h + 1)
             mp__futex_wake(&sh->work_seq, 1);
           atomic_compare_exchange_strong(&sh->head, &h, h + 1);
+          MP__CRASH(POOL_CLAIM_ADVANCED);
           return 0;
         }
       } else {
@@ -416,14 +466,20 @@ static int claim(struct shared *sh, unsigned w, uint32_t *idx) {
       }
       continue;
     }
+    /* seq_cst: pairs with the handler's store of `stopping`, made once
+     * nothing is outstanding; the work_seq bump after it ends a sleep */
     if (atomic_load(&sh->stopping))
       return -1;
     if (spins++ < WORKER_SPIN) {
       spin_pause(spins);
       continue;
     }
+    /* All seq_cst: the increment of `sleepers` and the re-check of
+     * head/tail pair with wake_workers()'s store of `tail` and load of
+     * `sleepers`; one of the two sides sees the other. */
     uint32_t seq = atomic_load(&sh->work_seq);
     atomic_fetch_add(&sh->sleepers, 1);
+    MP__CRASH(POOL_SLEEP_COUNTED);
     atomic_store(&s->asleep, 1);
     if (atomic_load(&sh->head) >= atomic_load(&sh->tail) && !atomic_load(&sh->stopping))
       mp__futex_wait(&sh->work_seq, seq, NULL);
@@ -508,6 +564,8 @@ static int cross_copy(pid_t pid, void *local, uintptr_t remote, size_t len, int 
 /* Whether this worker may read its owner's memory: one small read of the
  * owner's pool record, which must show the pool's magic. */
 static void probe_direct(struct mp_pool *p) {
+  /* seq_cst: one CAS decides, read by map_submit(); the value is all it
+   * carries (no other data is published with it) */
   if (atomic_load(&p->sh->direct) != DIRECT_UNKNOWN)
     return;
   uint32_t v = 0, expect = DIRECT_UNKNOWN;
@@ -611,7 +669,10 @@ static void run_entry(struct mp_pool *p, struct entry *e, unsigned w, uint32_t i
     return;
   }
   struct slot *s = slot_at(p->sh, w);
+  /* seq_cst: read by collect() (the handler, or a collecting caller) after
+   * the eventfd write below or, if we die first, after our pidfd fires */
   atomic_store(&s->fd_want, idx + 1);
+  MP__CRASH(POOL_FD_WANTED);
   atomic_store(&p->sh->parent_waiting, 0);
   efd_signal(p->efd);
   int fd = recv_fd(sock);
@@ -653,17 +714,44 @@ static void spread(unsigned w, unsigned nworkers) {
   }
 }
 
+/* Close [lo, hi] (hi may be UINT_MAX), ignoring what is not open. */
+static void close_span(unsigned lo, unsigned hi) {
+  if (lo > hi)
+    return;
+  if (syscall(SYS_close_range, lo, hi, 0) == 0)
+    return;
+  /* Linux before 5.9: one close per possible descriptor */
+  struct rlimit rl;
+  unsigned top =
+      getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < UINT_MAX ? (unsigned)rl.rlim_cur : 65536u;
+  for (unsigned fd = lo; fd <= hi && fd < top; fd++)
+    close((int)fd);
+}
+
+/* A worker keeps only the descriptors it needs: stdin, stdout and stderr,
+ * its socket to the handler and the handler's eventfd. Everything else the
+ * parent had when it forked (a Pipe's write end, a Manager's socket, the
+ * other workers' channels, the user's files) would otherwise stay open as
+ * long as the worker lives: a reader would never see end of file, and a
+ * Manager would not see its dead client's connection close. */
+static void close_inherited(int a, int b) {
+  unsigned keep[2] = {(unsigned)(a < b ? a : b), (unsigned)(a < b ? b : a)};
+  unsigned from = 3;
+  for (int i = 0; i < 2; i++) {
+    if (keep[i] < from)
+      continue; /* one of 0-2 (a parent that had closed stdin, say) */
+    if (keep[i] > from)
+      close_span(from, keep[i] - 1);
+    from = keep[i] + 1;
+  }
+  close_span(from, UINT_MAX);
+}
+
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
   mp__tie_to_parent(p->owner, SIGKILL);
   pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
-  /* The parent's ends of the other workers' channels are not ours. */
-  for (unsigned i = 0; i < p->nslots; i++) {
-    if (p->workers[i].alive && i != w) {
-      close(p->workers[i].pidfd);
-      close(p->workers[i].sock);
-    }
-  }
+  close_inherited(sock, p->efd);
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);
   probe_direct(p);
@@ -676,9 +764,14 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
     struct entry *e = &sh->ring[idx];
     run_entry(p, e, w, idx, sock);
     flush_std(); /* what a task printed appears when it ends */
+    MP__CRASH(POOL_TASK_RAN);
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_relaxed); /* ours only */
     s->ring[t % RING_CAP] = idx;
+    /* seq_cst (release included): pairs with collect()'s acquire load, which
+     * then reads the ring slot and the entry's result fields written above;
+     * seq_cst also for the Dekker pair of notify_parent() */
     atomic_store(&s->done_tail, t + 1);
+    MP__CRASH(POOL_DONE_APPENDED);
     notify_parent(sh, p->efd);
     if (p->opts.maxtasksperchild && ++n >= p->opts.maxtasksperchild)
       break;
@@ -728,6 +821,10 @@ static void result_unref(struct mp_async_result *r);
 
 /* Publish a result as final and drop the pool's reference to it. */
 static void result_mark_done(struct mp_async_result *r) {
+  /* seq_cst (release included): pairs with result_is_done()'s acquire load
+   * and result_wait()'s loads, which then read status and data written
+   * before; and with result_wait()'s CAS to RES_SLEEPER: one of the two
+   * sees the other, so a sleeper is always woken */
   if (atomic_exchange(&r->done, RES_DONE) == RES_SLEEPER)
     mp__futex_wake(&r->done, INT_MAX);
   result_unref(r);
@@ -852,7 +949,7 @@ static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool
     mp_heap_free(failed && !e->res_inline ? e->res_ptr : NULL);
     e->res_ptr = NULL;
     e->res_inline = 1;
-    atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+    atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* see below */
     map_chunk_done(p, j->res, start, done, st, at);
     return;
   }
@@ -877,7 +974,9 @@ static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool
   }
   e->res_ptr = NULL;
   e->res_inline = 1;
-  atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed); /* read by this thread only */
+  /* relaxed: FREE is acted on only by publish_backlog() under mu, which
+   * orders it after this store; workers only tell PENDING from the rest */
+  atomic_store_explicit(&e->state, E_FREE, memory_order_relaxed);
   job_complete(p, j, pool_gone);
 }
 
@@ -886,8 +985,11 @@ static unsigned publish_backlog(struct mp_pool *p) {
   struct shared *sh = p->sh;
   unsigned n = 0;
   while (p->backlog_head) {
-    uint64_t t = atomic_load_explicit(&sh->tail, memory_order_relaxed); /* we are the writer */
+    uint64_t t = atomic_load_explicit(&sh->tail, memory_order_relaxed); /* written under mu only */
     struct entry *e = &sh->ring[t % RING_CAP];
+    /* relaxed: FREE is stored under mu (collect_entry), which orders it
+     * before this load; the worker's results in the entry were read before
+     * that store, after the acquire of its done_tail */
     if (atomic_load_explicit(&e->state, memory_order_relaxed) != E_FREE)
       break;
     struct job *j = p->backlog_head;
@@ -909,7 +1011,10 @@ static unsigned publish_backlog(struct mp_pool *p) {
         p->backlog_tail = NULL;
       j->next = NULL;
     }
+    /* release: pairs with the claim's acquire load and CAS in claim(),
+     * which then read the fields written above */
     atomic_store_explicit(&e->state, E_PENDING, memory_order_release);
+    /* seq_cst: the Dekker pair with claim()'s sleepers/tail (wake_workers) */
     atomic_store(&sh->tail, t + 1);
     n++;
   }
@@ -924,6 +1029,9 @@ static unsigned publish_backlog(struct mp_pool *p) {
  * one. */
 static void wake_workers(struct mp_pool *p) {
   struct shared *sh = p->sh;
+  /* seq_cst: after the seq_cst store of `tail`, this load of `sleepers`
+   * pairs with claim()'s increment of `sleepers` and its re-check of `tail`;
+   * the bump of work_seq makes a futex wait that read the old value return */
   atomic_fetch_add(&sh->work_seq, 1);
   if (atomic_load(&sh->sleepers))
     mp__futex_wake(&sh->work_seq, 1);
@@ -937,12 +1045,18 @@ static unsigned collect(struct mp_pool *p, int *pool_gone) {
     if (!p->workers[w].alive)
       continue;
     struct slot *s = slot_at(p->sh, w);
-    uint32_t h = atomic_load_explicit(&s->done_head, memory_order_relaxed); /* ours */
+    /* relaxed: done_head is written only under mu, which orders its writers */
+    uint32_t h = atomic_load_explicit(&s->done_head, memory_order_relaxed);
+    /* acquire: pairs with the worker's seq_cst store of done_tail in
+     * worker_main(), made after the ring slot and the entry's results */
     uint32_t t = atomic_load_explicit(&s->done_tail, memory_order_acquire);
     for (; h != t; h++, n++) {
       collect_entry(p, s->ring[h % RING_CAP], 0, pool_gone);
     }
+    /* relaxed: read by writers under mu, and without it only as a hint */
     atomic_store_explicit(&s->done_head, h, memory_order_relaxed);
+    /* seq_cst: pairs with the worker's store in run_entry(), which precedes
+     * its eventfd write (or its death, seen through the pidfd) */
     uint32_t want = atomic_load(&s->fd_want);
     if (want) {
       struct entry *e = &p->sh->ring[want - 1];
@@ -964,6 +1078,12 @@ static unsigned collect(struct mp_pool *p, int *pool_gone) {
   return n;
 }
 
+/* seq_cst loads, made after a seq_cst store of parent_waiting = 1: they pair
+ * with the worker's seq_cst store of done_tail (or fd_want) followed by its
+ * seq_cst load of parent_waiting in notify_parent(). Under C11 only seq_cst on
+ * both sides rules out that both read the old value (a relaxed or acquire load
+ * here may be ordered before the store, as it is on ARM), which would leave a
+ * completion unannounced and its waiter asleep. */
 static int anything_to_collect(struct mp_pool *p) {
   for (unsigned w = 0; w < p->nslots; w++) {
     if (!p->workers[w].alive)
@@ -984,6 +1104,18 @@ static int completions_pending(struct mp_pool *p) {
     if (atomic_load_explicit(&s->done_head, memory_order_relaxed) !=
             atomic_load_explicit(&s->done_tail, memory_order_relaxed) ||
         atomic_load_explicit(&s->fd_want, memory_order_relaxed))
+      return 1;
+  }
+  return 0;
+}
+
+/* completions_pending() with seq_cst loads, for a thread that has just
+ * stored parent_waiting = 1 without mu (pool_wait_own): the same pairing as
+ * anything_to_collect(). */
+static int completions_announced(struct mp_pool *p) {
+  for (unsigned w = 0; w < p->nslots; w++) {
+    struct slot *s = slot_at(p->sh, w);
+    if (atomic_load(&s->done_head) != atomic_load(&s->done_tail) || atomic_load(&s->fd_want))
       return 1;
   }
   return 0;
@@ -1017,6 +1149,8 @@ static void reap(struct worker *wk) {
 /* Fail every entry worker w still holds (mu held, after its done ring was
  * drained). */
 static void fail_claims(struct mp_pool *p, unsigned w, int code, int *pool_gone) {
+  /* The worker is dead (its pidfd fired, or it was killed and reaped): the
+   * kernel orders all it wrote, the claim CAS included, before these loads. */
   for (uint32_t i = 0; i < RING_CAP; i++)
     if (atomic_load(&p->sh->ring[i].state) == E_CLAIMED + w)
       collect_entry(p, i, code, pool_gone);
@@ -1032,6 +1166,13 @@ static void worker_ended(struct mp_pool *p, unsigned w, int *pool_gone) {
   struct slot *s = slot_at(p->sh, w);
   collect(p, pool_gone);
   fail_claims(p, w, -ECONNABORTED, pool_gone);
+  /* The entries it held are FREE now, and one of them may be the entry at
+   * which publishing stopped (the ring was full): publish the backlog into
+   * them, or no completion may ever come to do it and a map waits forever. */
+  if (p->backlog_head && publish_backlog(p))
+    wake_workers(p);
+  /* after the worker's death (see fail_claims): its own count, if it was
+   * asleep or about to be */
   if (atomic_exchange(&s->asleep, 0))
     atomic_fetch_sub(&p->sh->sleepers, 1);
   reap(&p->workers[w]);
@@ -1127,6 +1268,7 @@ static void *handler_main(void *arg) {
     return NULL;
   }
   pthread_mutex_unlock(&p->mu);
+  /* seq_cst: pairs with mp_pool_new()'s loads of `started` */
   atomic_store(&p->started, 1);
   mp__futex_wake(&p->started, INT_MAX);
 
@@ -1175,6 +1317,8 @@ static void *handler_main(void *arg) {
         continue;
     }
     if (!got) {
+      /* seq_cst store, then anything_to_collect()'s seq_cst loads: the
+       * Dekker pair with a worker's done_tail store and notify_parent() */
       atomic_store(&sh->parent_waiting, 1);
       if (anything_to_collect(p) || p->state == P_TERMINATING)
         atomic_store(&sh->parent_waiting, 0);
@@ -1200,6 +1344,8 @@ static void *handler_main(void *arg) {
   pthread_mutex_unlock(&p->mu);
   free(pfd);
   free(pw);
+  /* seq_cst: pairs with wait_finished()'s loads (after it, the pool's state
+   * is final and only mu's last holders touched it) */
   atomic_store(&p->finished, 1);
   mp__futex_wake(&p->finished, INT_MAX);
   (void)pool_gone; /* the user's reference keeps the pool until mp_pool_free */
@@ -1253,11 +1399,11 @@ static int apply_submit(struct mp_pool *p, int kind, anyfn fn, int fd, const voi
   j->d.fn = fn;
   j->d.ctx = ctx;
   j->d.count = len;
+  /* Always a copy, also of an argument in the heap: the caller may reuse
+   * its buffer as soon as this returns (as documented). */
   if (len <= INLINE_MAX) {
     if (len)
       memcpy(j->d.arg_buf, arg, len);
-  } else if (mp_heap_contains(arg) && mp_heap_contains((const char *)arg + len - 1)) {
-    j->d.in = arg;
   } else {
     j->in_tmp = mp_heap_alloc(len);
     if (!j->in_tmp) {
@@ -1560,11 +1706,15 @@ static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
   int64_t until = 0;
   if (pthread_equal(pthread_self(), p->thread))
     return mp_async_result_get(r, MP_FOREVER); /* from a callback: -EDEADLK as before */
+  /* seq_cst: pairs with mp_pool_free()'s loads, which wait for this thread
+   * to leave the pool's structures (the fetch_sub below) */
   atomic_fetch_add(&p->collectors, 1);
   for (unsigned i = 1; !result_is_done(r); i++) {
+    /* relaxed load: only a filter for the seq_cst exchange, which is what
+     * pairs with the workers' exchange in notify_parent() */
     if (atomic_load_explicit(&sh->parent_waiting, memory_order_relaxed) &&
         atomic_exchange(&sh->parent_waiting, 0))
-      took = 1; /* relaxed load: only a filter for the exchange */
+      took = 1;
     if (completions_pending(p)) {
       int gone = 0;
       pthread_mutex_lock(&p->mu);
@@ -1581,8 +1731,15 @@ static int pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
       break;
   }
   if (took) {
+    /* Hand the wake-up back: a seq_cst store, then seq_cst loads of the done
+     * rings (the workers' side is notify_parent(): seq_cst store of
+     * done_tail, then seq_cst load of parent_waiting). A completion either is
+     * seen here or finds parent_waiting 1 and writes the eventfd itself. The
+     * relaxed loads of completions_pending() would not do: they may be
+     * performed before the store (ARM), the worker may still read 0, and the
+     * handler would sleep on with a completion unannounced. */
     atomic_store(&sh->parent_waiting, 1);
-    if (completions_pending(p) && atomic_exchange(&sh->parent_waiting, 0))
+    if (completions_announced(p) && atomic_exchange(&sh->parent_waiting, 0))
       efd_signal(p->efd);
   }
   atomic_fetch_sub(&p->collectors, 1);
@@ -1778,6 +1935,7 @@ static int check_result(struct mp_async_result *r) {
 }
 
 static int result_is_done(struct mp_async_result *r) {
+  /* acquire: pairs with result_mark_done()'s exchange */
   return atomic_load_explicit(&r->done, memory_order_acquire) == RES_DONE;
 }
 

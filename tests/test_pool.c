@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -726,6 +727,149 @@ static void test_pool_task_carries_fd(void **state) {
   assert_int_equal(mp_pool_free(p), 0);
 }
 
+/* ------------------------------------------------------------ copies, descriptors */
+
+/* Apply: waits (up to 10 s) until the heap flag ctx is set, then counts the
+ * argument's bytes that are 'a'. */
+static int count_a_after_go(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)out;
+  double until = tu_now() + 10;
+  while (!atomic_load((atomic_int *)ctx) && tu_now() < until)
+    tu_sleep(0.001);
+  int n = 0;
+  for (size_t i = 0; i < len; i++)
+    n += ((const char *)arg)[i] == 'a';
+  return n;
+}
+
+/* The header promises a copy of the argument: a buffer in the family heap,
+ * overwritten right after submitting, must not change what the task reads. */
+static void test_pool_apply_async_copies_heap_argument(void **state) {
+  (void)state;
+  enum { LEN = 4096 };
+  atomic_int *go = mp_heap_calloc(1, sizeof *go);
+  char *buf = mp_heap_alloc(LEN);
+  assert_non_null(go);
+  assert_non_null(buf);
+  mp_pool *p = new_pool(2, NULL);
+  memset(buf, 'a', LEN);
+  mp_async_result *r;
+  assert_int_equal(mp_pool_apply_async(p, count_a_after_go, buf, LEN, go, NULL, &r), 0);
+  memset(buf, 'b', LEN); /* the caller reuses its buffer at once */
+  atomic_store(go, 1);
+  assert_int_equal(mp_async_result_get(r, 20), LEN);
+  mp_async_result_free(r);
+  /* the same through mp_pool_apply() (the task never waits here) */
+  memset(buf, 'a', LEN);
+  assert_int_equal(mp_pool_apply(p, count_a_after_go, buf, LEN, go, NULL, NULL), LEN);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp_heap_free(buf);
+  mp_heap_free(go);
+}
+
+/* A Pipe created before the pool: once the parent closes its write end, the
+ * reader sees end of file although the workers were forked while it was
+ * open. */
+static void test_pool_pipe_eof_while_pool_lives(void **state) {
+  (void)state;
+  mp_connection *rd, *wr;
+  assert_int_equal(mp_pipe_new(0, &rd, &wr), 0);
+  mp_pool *p = new_pool(2, NULL);
+  assert_int_equal(mp_pool_apply(p, status_of, (int[]){0}, sizeof(int), NULL, NULL, NULL), 0);
+  assert_int_equal(mp_connection_close(wr), 0);
+  char buf[8];
+  double t0 = tu_now();
+  assert_int_equal(mp_connection_recv(rd, buf, sizeof buf, 5), -EPIPE);
+  assert_true(tu_now() - t0 < 2.5);
+  /* replacement workers too: kill one, then another pipe */
+  int pids[2];
+  assert_int_equal(mp_pool_worker_pids(p, pids, 2), 2);
+  assert_int_equal(mp_connection_close(rd), 0);
+  assert_int_equal(mp_pipe_new(0, &rd, &wr), 0);
+  assert_int_equal(kill(pids[0], SIGKILL), 0);
+  double until = tu_now() + 10;
+  int now[2] = {0, 0};
+  while (tu_now() < until &&
+         (mp_pool_worker_pids(p, now, 2) != 2 || now[0] == pids[0] || now[1] == pids[0]))
+    tu_sleep(0.01);
+  assert_true(now[0] != pids[0] && now[1] != pids[0]);
+  assert_int_equal(mp_connection_close(wr), 0);
+  assert_int_equal(mp_connection_recv(rd, buf, sizeof buf, 5), -EPIPE);
+  assert_int_equal(mp_connection_close(rd), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
+/* Apply: reports whether descriptor *arg is open in the worker, and the
+ * worker's count of open descriptors as the result. */
+static int fd_is_open(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)ctx;
+  int n = tu_fd_count();
+  mp_pool_out_set(out, &n, sizeof n);
+  return fcntl(*(const int *)arg, F_GETFD) >= 0 ? 1 : 0;
+}
+
+/* Apply: counts itself in at the heap counter ctx, waits (up to 10 s) for
+ * a second task to do the same, then reports as fd_is_open() (2: no partner
+ * came). */
+static int meet_then_check(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  atomic_fetch_add((atomic_int *)ctx, 1);
+  double until = tu_now() + 10;
+  while (atomic_load((atomic_int *)ctx) < 2) {
+    if (tu_now() > until)
+      return 2;
+    tu_sleep(0.0005);
+  }
+  return fd_is_open(arg, len, out, ctx);
+}
+
+/* An unrelated descriptor opened before mp_pool_new() is not open in the
+ * workers, neither in /proc/<worker>/fd nor to a task. */
+static void test_pool_workers_close_inherited_fds(void **state) {
+  (void)state;
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  assert_true(fd >= 0);
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  mp_pool *p = new_pool(2, NULL);
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(mp_pool_apply(p, fd_is_open, &fd, sizeof fd, NULL, NULL, NULL), 0);
+    assert_int_equal(mp_pool_apply(p, fd_is_open, &sv[0], sizeof(int), NULL, NULL, NULL), 0);
+    void *res = NULL;
+    size_t rlen = 0;
+    assert_int_equal(mp_pool_apply(p, fd_is_open, &sv[1], sizeof(int), NULL, &res, &rlen), 0);
+    assert_int_equal(rlen, sizeof(int));
+    /* 0-2, its channel to the pool and the eventfd */
+    assert_true(*(int *)res <= 5);
+    free(res);
+  }
+  /* Both workers inside a task at once (so both are past their start-up,
+   * which a worker that ran no task yet may not be): neither has fd. */
+  atomic_int *met = mp_heap_calloc(1, sizeof *met);
+  assert_non_null(met);
+  mp_async_result *r[2];
+  for (int w = 0; w < 2; w++)
+    assert_int_equal(mp_pool_apply_async(p, meet_then_check, &fd, sizeof fd, met, NULL, &r[w]), 0);
+  for (int w = 0; w < 2; w++) {
+    assert_int_equal(mp_async_result_get(r[w], 20), 0);
+    mp_async_result_free(r[w]);
+  }
+  mp_heap_free(met);
+  int pids[2];
+  assert_int_equal(mp_pool_worker_pids(p, pids, 2), 2);
+  for (int w = 0; w < 2; w++) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pids[w], fd);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pids[w], sv[1]);
+    assert_int_equal(access(path, F_OK), -1);
+  }
+  assert_int_equal(mp_pool_free(p), 0);
+  close(fd);
+  close(sv[0]);
+  close(sv[1]);
+}
+
 /* ------------------------------------------------------------ imap */
 
 static atomic_int *started_count;
@@ -980,6 +1124,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_used_from_other_process_is_echild),
       cmocka_unit_test(test_pool_initializer_runs_in_each_worker),
       cmocka_unit_test(test_pool_task_carries_fd),
+      cmocka_unit_test(test_pool_apply_async_copies_heap_argument),
+      cmocka_unit_test(test_pool_pipe_eof_while_pool_lives),
+      cmocka_unit_test(test_pool_workers_close_inherited_fds),
       cmocka_unit_test(test_pool_imap_ordered_and_unordered),
       cmocka_unit_test(test_pool_imap_bounded_and_timeouts),
       cmocka_unit_test(test_pool_threads_submit_together),

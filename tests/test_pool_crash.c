@@ -4,16 +4,27 @@
  * within a second and its error callback runs; every other task completes
  * with the right result; the pool stays usable. Then the same for maps whose
  * workers write straight into the caller's memory: a kill leaves at most the
- * victim's chunk unwritten and never a byte outside the results. */
-#include "testutil.h"
+ * victim's chunk unwritten and never a byte outside the results.
+ *
+ * Then a worker killed at each step of the task-entry kill table in
+ * src/pool.c (crash points "pool.*"): only the victim's task fails, the other
+ * results are exact, no heap block is left behind, the pool stays usable and
+ * nothing waits longer than a bounded time. And the full ring whose
+ * publishing stopped at the entry of a worker that then died. */
+#include "crashutil.h"
+#include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <mp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { ROUNDS = 100, TASKS = 12, WORKERS = 3 };
@@ -182,10 +193,328 @@ static void test_pool_crash_kills_during_direct_maps(void **state) {
   assert_int_equal(mp_pool_free(p), 0);
 }
 
+/* ------------------------------------------------------------ the kill table */
+
+enum { ROW_TASKS = 8, ROW_WORKERS = 2, BIG = 256 /* > the inline result size */ };
+
+static size_t heap_used(void) {
+  mp_heap_stats st;
+  assert_int_equal(mp_heap_stats_get(&st), 0);
+  return st.used;
+}
+
+/* Arm `point` for the family's nth pass, start a pool whose workers inherit
+ * the arming, and mute this process: only a worker can fire. */
+static mp_pool *armed_pool(const char *point, unsigned nth, enum mp__crash_action action) {
+  assert_int_equal(mp__crash_arm(point, nth, action), 0);
+  mp_pool *p = NULL;
+  assert_int_equal(mp_pool_new(ROW_WORKERS, NULL, &p), 0);
+  mp__crash_mute();
+  return p;
+}
+
+/* Wait (bounded) until the pool has all its workers again and `victim` is
+ * not one of them. */
+static void assert_replaced(mp_pool *p, pid_t victim) {
+  int pids[ROW_WORKERS] = {0};
+  double until = tu_now() + 10;
+  int n;
+  for (;;) {
+    n = mp_pool_worker_pids(p, pids, ROW_WORKERS);
+    if ((n == ROW_WORKERS && pids[0] != victim && pids[1] != victim) || tu_now() > until)
+      break;
+    tu_sleep(0.005);
+  }
+  assert_int_equal(n, ROW_WORKERS);
+  assert_true(pids[0] != victim && pids[1] != victim);
+}
+
+/* Apply: a BIG-byte result (a heap block) whose bytes are arg + k. */
+static int big_result(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)ctx;
+  int id = *(const int *)arg;
+  unsigned char *buf;
+  if (mp_pool_out_alloc(out, BIG, (void **)&buf) < 0)
+    return -ENOMEM;
+  for (int k = 0; k < BIG; k++)
+    buf[k] = (unsigned char)(id + k);
+  return id;
+}
+
+static void assert_big_result(mp_async_result *r, int id) {
+  const void *d;
+  size_t len;
+  assert_int_equal(mp_async_result_data(r, &d, &len), 0);
+  assert_int_equal(len, BIG);
+  for (int k = 0; k < BIG; k++)
+    assert_int_equal(((const unsigned char *)d)[k], (unsigned char)(id + k));
+}
+
+/* A worker dies at `point` on the family's first pass there, during
+ * ROW_TASKS applies: the victim's task fails with -ECONNABORTED unless the
+ * point lies after its completion, every other one is exact, no heap block
+ * leaks (a heap result the victim had recorded is freed), the pool goes on. */
+static void kill_during_applies(const char *point, int victim_completes) {
+  size_t used0 = heap_used();
+  mp_pool *p = armed_pool(point, 1, MP__CRASH_KILL);
+  mp_async_result *r[ROW_TASKS];
+  for (int i = 0; i < ROW_TASKS; i++)
+    assert_int_equal(mp_pool_apply_async(p, big_result, &i, sizeof i, NULL, NULL, &r[i]), 0);
+  int failed = 0;
+  double t0 = tu_now();
+  for (int i = 0; i < ROW_TASKS; i++) {
+    int st = mp_async_result_get(r[i], 10);
+    if (st == -ECONNABORTED) {
+      failed++;
+    } else {
+      assert_int_equal(st, i);
+      assert_big_result(r[i], i);
+    }
+    assert_int_equal(mp_async_result_free(r[i]), 0);
+  }
+  assert_true(tu_now() - t0 < 5); /* bounded: no one waited for a lost wake-up */
+  assert_int_equal(failed, victim_completes ? 0 : 1);
+  pid_t victim = mp__crash_fired();
+  assert_true(victim > 0 && victim != getpid());
+  assert_replaced(p, victim);
+  int k = 42;
+  mp_async_result *again;
+  assert_int_equal(mp_pool_apply_async(p, big_result, &k, sizeof k, NULL, NULL, &again), 0);
+  assert_int_equal(mp_async_result_get(again, 10), k);
+  assert_big_result(again, k);
+  assert_int_equal(mp_async_result_free(again), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp__crash_disarm();
+  assert_int_equal(mp__heap_check(), 0);
+  assert_int_equal(heap_used(), used0);
+}
+
+static void test_pool_crash_kill_after_claim(void **state) {
+  (void)state;
+  kill_during_applies("pool.claim.taken", 0);
+}
+
+static void test_pool_crash_kill_after_head_advanced(void **state) {
+  (void)state;
+  kill_during_applies("pool.claim.advanced", 0);
+}
+
+static void test_pool_crash_kill_after_result_stored(void **state) {
+  (void)state;
+  kill_during_applies("pool.result.stored", 0);
+}
+
+static void test_pool_crash_kill_after_task_ran(void **state) {
+  (void)state;
+  kill_during_applies("pool.task.ran", 0);
+}
+
+static void test_pool_crash_kill_after_done_appended(void **state) {
+  (void)state;
+  kill_during_applies("pool.done.appended", 1);
+}
+
+static int write_hello(int fd, const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)arg;
+  (void)len;
+  (void)out;
+  (void)ctx;
+  return write(fd, "hello", 5) == 5 ? 0 : -errno;
+}
+
+/* A worker dies having asked for its task's descriptor: that task fails, the
+ * pool's copy of the descriptor is closed (the pipe's reader sees end of
+ * file), the other fd tasks write through theirs. */
+static void test_pool_crash_kill_after_fd_wanted(void **state) {
+  (void)state;
+  enum { FD_TASKS = 4 };
+  mp_pool *p = armed_pool("pool.fd.wanted", 1, MP__CRASH_KILL);
+  int rd[FD_TASKS];
+  mp_async_result *r[FD_TASKS];
+  for (int i = 0; i < FD_TASKS; i++) {
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+    rd[i] = fds[0];
+    assert_int_equal(mp_pool_apply_async_fd(p, write_hello, fds[1], NULL, 0, NULL, NULL, &r[i]), 0);
+    close(fds[1]);
+  }
+  int failed = 0;
+  for (int i = 0; i < FD_TASKS; i++) {
+    int st = mp_async_result_get(r[i], 10);
+    char buf[8] = {0};
+    if (st == -ECONNABORTED) {
+      failed++;
+      assert_int_equal(read(rd[i], buf, sizeof buf), 0); /* every copy closed */
+    } else {
+      assert_int_equal(st, 0);
+      assert_int_equal(read(rd[i], buf, sizeof buf), 5);
+      assert_memory_equal(buf, "hello", 5);
+      assert_int_equal(read(rd[i], buf, sizeof buf), 0);
+    }
+    close(rd[i]);
+    assert_int_equal(mp_async_result_free(r[i]), 0);
+  }
+  assert_int_equal(failed, 1);
+  pid_t victim = mp__crash_fired();
+  assert_true(victim > 0 && victim != getpid());
+  assert_replaced(p, victim);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp__crash_disarm();
+}
+
+static int plus_one(const void *item, void *result, void *ctx) {
+  (void)ctx;
+  *(int *)result = *(const int *)item + 1;
+  return 0;
+}
+
+/* A worker dies while announcing that it goes to sleep, leaving `sleepers`
+ * one too high: no task is lost, none waits, later idle periods cost
+ * nothing worse. */
+static void test_pool_crash_kill_while_falling_asleep(void **state) {
+  (void)state;
+  mp_pool *p = armed_pool("pool.sleep.counted", 1, MP__CRASH_KILL);
+  double until = tu_now() + 10;
+  while (!mp__crash_fired() && tu_now() < until)
+    tu_sleep(0.005); /* idle workers spin, then sleep */
+  pid_t victim = mp__crash_fired();
+  assert_true(victim > 0 && victim != getpid());
+  assert_replaced(p, victim);
+  enum { N = 1000 };
+  int in[N], out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  for (int round = 0; round < 3; round++) {
+    tu_sleep(0.05); /* every worker asleep again */
+    memset(out, 0, sizeof out);
+    double t0 = tu_now();
+    assert_int_equal(mp_pool_map(p, plus_one, NULL, in, N, sizeof *in, out, sizeof *out, 10), 0);
+    for (int i = 0; i < N; i++)
+      assert_int_equal(out[i], i + 1);
+    int k = round;
+    mp_async_result *r;
+    assert_int_equal(mp_pool_apply_async(p, big_result, &k, sizeof k, NULL, NULL, &r), 0);
+    assert_int_equal(mp_async_result_get(r, 10), k);
+    assert_big_result(r, k);
+    assert_int_equal(mp_async_result_free(r), 0);
+    assert_true(tu_now() - t0 < 5);
+  }
+  assert_int_equal(mp_pool_free(p), 0);
+  mp__crash_disarm();
+}
+
+/* ------------------------------------------------------------ the full ring */
+
+/* The pool's task ring (RING_CAP in src/pool.c). */
+enum { RING = 2048, HANG_N = 3000 };
+
+static atomic_int *chunks_run; /* in the heap: seen by every worker */
+
+static int count_chunk(const void *item, void *result, void *ctx) {
+  (void)item;
+  (void)ctx;
+  atomic_fetch_add(chunks_run, 1);
+  *(int *)result = 1;
+  return 0;
+}
+
+static int seven(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)arg;
+  (void)len;
+  (void)out;
+  (void)ctx;
+  return 7;
+}
+
+struct map_call {
+  mp_pool *p;
+  int *out;
+  int status;
+};
+
+static void *run_map(void *arg) {
+  struct map_call *c = arg;
+  c->status = mp_pool_map(c->p, count_chunk, NULL, NULL, HANG_N, 0, c->out, sizeof(int), 1);
+  return NULL;
+}
+
+static int stopped(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  size_t k = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[k] = 0;
+  const char *close_paren = strrchr(buf, ')');
+  return close_paren && close_paren[1] == ' ' && close_paren[2] == 'T';
+}
+
+/* The ring is full and publishing stopped at the entry a worker holds; the
+ * worker dies there. Its task fails and the worker is replaced; the backlog
+ * must be published into the freed entry, or a blocking mp_pool_map() of the
+ * rest never returns. The victim stops at "pool.claim.taken" on its first
+ * claim (the only task then), the map fills the rest of the ring and its
+ * backlog waits behind the victim's entry; when everything else has run, the
+ * victim is killed. */
+static void test_pool_crash_full_ring_backlog_after_kill(void **state) {
+  (void)state;
+  chunks_run = mp_heap_calloc(1, sizeof *chunks_run);
+  assert_non_null(chunks_run);
+  mp_pool *p = armed_pool("pool.claim.taken", 1, MP__CRASH_STOP);
+  mp_async_result *first;
+  assert_int_equal(mp_pool_apply_async(p, seven, NULL, 0, NULL, NULL, &first), 0);
+  double until = tu_now() + 10;
+  while (!(mp__crash_fired() && stopped(mp__crash_fired())) && tu_now() < until)
+    tu_sleep(0.002);
+  pid_t victim = mp__crash_fired();
+  assert_true(victim > 0 && victim != getpid());
+  assert_true(stopped(victim));
+
+  struct map_call c = {p, calloc(HANG_N, sizeof(int)), 1};
+  assert_non_null(c.out);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, run_map, &c), 0);
+  /* the other worker runs the RING - 1 chunks the ring had room for */
+  until = tu_now() + 30;
+  while (atomic_load(chunks_run) < RING - 1 && tu_now() < until)
+    tu_sleep(0.005);
+  tu_sleep(0.2);
+  assert_int_equal(atomic_load(chunks_run), RING - 1); /* publishing stopped at the victim */
+
+  assert_int_equal(kill(victim, SIGKILL), 0);
+  assert_int_equal(mp_async_result_get(first, 10), -ECONNABORTED);
+  struct timespec by;
+  clock_gettime(CLOCK_REALTIME, &by);
+  by.tv_sec += 15;
+  assert_int_equal(pthread_timedjoin_np(t, NULL, &by), 0); /* the map returned */
+  assert_int_equal(c.status, 0);
+  assert_int_equal(atomic_load(chunks_run), HANG_N);
+  for (int i = 0; i < HANG_N; i++)
+    assert_int_equal(c.out[i], 1);
+  assert_replaced(p, victim);
+  assert_int_equal(mp_pool_apply(p, seven, NULL, 0, NULL, NULL, NULL), 7);
+  assert_int_equal(mp_async_result_free(first), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+  mp__crash_disarm();
+  free(c.out);
+  mp_heap_free(chunks_run);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_crash_random_worker_kills),
       cmocka_unit_test(test_pool_crash_kills_during_direct_maps),
+      cmocka_unit_test(test_pool_crash_kill_after_claim),
+      cmocka_unit_test(test_pool_crash_kill_after_head_advanced),
+      cmocka_unit_test(test_pool_crash_kill_after_fd_wanted),
+      cmocka_unit_test(test_pool_crash_kill_after_result_stored),
+      cmocka_unit_test(test_pool_crash_kill_after_task_ran),
+      cmocka_unit_test(test_pool_crash_kill_after_done_appended),
+      cmocka_unit_test(test_pool_crash_kill_while_falling_asleep),
+      cmocka_unit_test(test_pool_crash_full_ring_backlog_after_kill),
   };
   return TU_RUN("pool_crash", tests);
 }

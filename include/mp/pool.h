@@ -35,6 +35,13 @@
  * Process rules: a pool may be used only by the process that created it; any
  * call from a worker or another process returns `-ECHILD`. Every call is
  * thread safe within that process.
+ *
+ * Descriptors: a worker keeps only stdin, stdout, stderr and its own channel
+ * to the pool; every other descriptor the creator had when the worker was
+ * forked is closed in the worker. So a Pipe end or a socket closed by the
+ * creator is closed for good (its peer sees end of file) while the pool
+ * lives, and a task gets a descriptor only through mp_pool_apply_async_fd()
+ * (or opens its own, e.g. in the initializer).
  */
 #ifndef MP_POOL_H
 #define MP_POOL_H
@@ -129,7 +136,8 @@ MP_EXPORT int mp_pool_new(int processes, const mp_pool_options *opts, mp_pool **
 
 /**
  * @brief Run one task and wait for it (Python's `apply`).
- * @param arg @p len bytes copied to the worker (NULL when @p len is 0).
+ * @param arg @p len bytes copied to the worker (NULL when @p len is 0), as in
+ *            mp_pool_apply_async().
  * @param[out] result NULL to drop the result; else a malloc()ed copy of the
  *             task's result (free() it; NULL for an empty result), written
  *             when the call returns a status.
@@ -144,6 +152,11 @@ MP_EXPORT int mp_pool_apply(mp_pool *pool, mp_pool_apply_fn fn, const void *arg,
 
 /**
  * @brief Submit one task (Python's `apply_async`); never blocks.
+ * @param arg @p len bytes, copied before the call returns (also when they lie
+ *            in the family heap): the caller may reuse or free its buffer at
+ *            once. To hand a large heap block to a task without a copy, pass
+ *            its address as the argument (`&ptr`, `sizeof ptr`) and keep the
+ *            block unchanged until the result is ready.
  * @param cb NULL for no callbacks.
  * @param[out] ret the result; free it with mp_async_result_free().
  * @return 0; `-EPIPE` when the pool is closed or terminated; `-ECHILD`;
