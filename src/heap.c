@@ -507,7 +507,10 @@ MP_EXPORT int mp_heap_init(const mp_heap_options *opts) {
   return r;
 }
 
-MP_EXPORT void *mp_heap_alloc(size_t size) {
+/* Allocate, and when `where` is given store the block's address there in
+ * the same journaled operation: a kill leaves either no block and *where
+ * unchanged, or the block recorded in *where. */
+static void *heap_alloc(size_t size, void **where) {
   struct heap *h = heap_get();
   uintptr_t need = need_of(size);
   if (!h || !need)
@@ -515,12 +518,18 @@ MP_EXPORT void *mp_heap_alloc(size_t size) {
   heap_lock(h);
   MP__CRASH(HEAP_ALLOC_LOCKED);
   void *p = alloc_locked(h, need);
+  if (p && where)
+    jset(h, (uintptr_t *)where, (uintptr_t)p);
   MP__CRASH(HEAP_ALLOC_JOURNALED);
   journal_commit(h);
   MP__CRASH(HEAP_ALLOC_COMMITTED);
   heap_unlock(h);
   return p;
 }
+
+MP_EXPORT void *mp_heap_alloc(size_t size) { return heap_alloc(size, NULL); }
+
+void *mp__heap_alloc_into(size_t size, void **where) { return heap_alloc(size, where); }
 
 MP_EXPORT void *mp_heap_calloc(size_t n, size_t size) {
   size_t total;
@@ -532,18 +541,26 @@ MP_EXPORT void *mp_heap_calloc(size_t n, size_t size) {
   return p;
 }
 
-MP_EXPORT int mp_heap_free(void *ptr) {
-  if (!ptr)
-    return 0;
+/* Free ptr, or (ptr NULL, `where` given) the block whose address *where
+ * holds, clearing *where in the same journaled operation. */
+static int heap_free(void *ptr, void **where) {
   struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
   if (!h)
     return -EINVAL;
   heap_lock(h);
   MP__CRASH(HEAP_FREE_LOCKED);
+  if (where)
+    ptr = *where;
+  if (!ptr) {
+    heap_unlock(h);
+    return 0;
+  }
   if (!live_block(h, (uintptr_t)ptr)) {
     heap_unlock(h);
     return -EINVAL;
   }
+  if (where)
+    jset(h, (uintptr_t *)where, 0);
   uintptr_t fsize;
   uintptr_t fb = free_locked(h, (uintptr_t)ptr - 8, &fsize);
   MP__CRASH(HEAP_FREE_JOURNALED);
@@ -553,6 +570,10 @@ MP_EXPORT int mp_heap_free(void *ptr) {
   heap_unlock(h);
   return 0;
 }
+
+MP_EXPORT int mp_heap_free(void *ptr) { return ptr ? heap_free(ptr, NULL) : 0; }
+
+int mp__heap_free_from(void **where) { return heap_free(NULL, where); }
 
 MP_EXPORT void *mp_heap_realloc(void *ptr, size_t size) {
   if (!ptr)

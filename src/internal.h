@@ -225,6 +225,16 @@ _Atomic(void *) *mp__heap_root(unsigned slot, bool map);
  * dead creators (shm.c). */
 void mp__shm_at_exit(void);
 
+/* mp_heap_alloc() that also stores the block's address in the shared word
+ * *where within the same journaled operation, and mp_heap_free() of the block
+ * *where holds that also clears it: a process killed at any step leaves
+ * either no block and *where unchanged, or the block recorded in *where, so
+ * whoever repairs after a death can free what *where names and nothing leaks
+ * (pool.c's results). mp__heap_free_from() returns 0 (also when *where is
+ * NULL) or -EINVAL when *where is not a live block. */
+void *mp__heap_alloc_into(size_t size, void **where);
+int mp__heap_free_from(void **where);
+
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
 void *mp__object_new(size_t size, uint32_t tag);
 

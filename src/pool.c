@@ -86,9 +86,11 @@
  *   pool.sleep.counted   `sleepers` one too high, slot.asleep not set: a
  *                        useless futex wake per submission batch, never a lost
  *                        task (see wake-ups).
- * One window has no repair yet: a kill between mp_heap_alloc() and the store
- * of res_ptr in mp_pool_out_alloc() leaks that block (the heap would have to
- * record the block's address in res_ptr inside its own journaled allocation).
+ * A worker killed inside mp_pool_out_alloc() leaks nothing: the heap frees an
+ * earlier result block and clears res_ptr in one journaled step, and allocates
+ * the new one and records it in res_ptr in another (mp__heap_alloc_into), so
+ * res_ptr always names what the parent must free (tested at the heap's own
+ * points, heap.alloc.journaled and heap.alloc.committed, inside a task).
  *
  * Wake-ups, without system calls while both sides are busy:
  *   - workers that find no task spin, then sleep on `work_seq`: they add one
@@ -392,23 +394,24 @@ MP_EXPORT int mp_pool_out_alloc(mp_pool_out *out, size_t size, void **buf) {
   if (!out || !out->e || !buf)
     return -EINVAL;
   struct entry *e = out->e;
-  void *old = e->res_inline ? NULL : e->res_ptr;
+  /* An earlier result block is freed and forgotten in one journaled step, and
+   * a new one allocated and recorded in another (heap.c): a death at any
+   * instruction leaves res_ptr naming exactly the block the parent must free,
+   * or NULL. res_inline is cleared first, so the parent looks at res_ptr. */
+  if (!e->res_inline && e->res_ptr)
+    mp__heap_free_from(&e->res_ptr);
   if (size <= INLINE_MAX) {
-    e->res_ptr = NULL;
     e->res_inline = 1;
     e->res_len = size;
-    mp_heap_free(old);
     *buf = e->res_buf;
     return 0;
   }
-  void *p = mp_heap_alloc(size);
+  e->res_inline = 0;
+  void *p = mp__heap_alloc_into(size, &e->res_ptr);
   if (!p)
     return -ENOMEM;
-  e->res_ptr = p; /* stored at once: a death from here on lets the parent free it */
-  e->res_inline = 0;
   e->res_len = size;
   MP__CRASH(POOL_RESULT_STORED);
-  mp_heap_free(old);
   *buf = p;
   return 0;
 }

@@ -290,6 +290,46 @@ static void kill_during_applies(const char *point, int victim_completes) {
   assert_int_equal(heap_used(), used0);
 }
 
+/* A task that arms a heap crash point in its own worker, then asks for a
+ * large result block: the worker dies inside the allocation (before or after
+ * its commit). */
+static int result_alloc_killed(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)ctx;
+  if (mp__crash_arm((const char *)arg, 1, MP__CRASH_KILL) < 0)
+    return -1;
+  void *buf;
+  return mp_pool_out_alloc(out, BIG, &buf) < 0 ? -2 : 0;
+}
+
+/* Killed while its result block is allocated: the task fails, and the block
+ * (taken or not) is not leaked: res_ptr is written in the same journaled step
+ * as the allocation, so the parent frees exactly what was taken. */
+static void test_pool_crash_kill_inside_result_alloc(void **state) {
+  (void)state;
+  static const char *const points[] = {"heap.alloc.journaled", "heap.alloc.committed"};
+  for (size_t k = 0; k < 2; k++) {
+    size_t used0 = heap_used();
+    mp_pool *p = NULL;
+    assert_int_equal(mp_pool_new(ROW_WORKERS, NULL, &p), 0);
+    mp_async_result *r;
+    const char *pt = points[k];
+    assert_int_equal(mp_pool_apply_async(p, result_alloc_killed, pt, strlen(pt) + 1, NULL, NULL, &r), 0);
+    assert_int_equal(mp_async_result_get(r, 10), -ECONNABORTED);
+    assert_int_equal(mp_async_result_free(r), 0);
+    int i = 7;
+    mp_async_result *again;
+    assert_int_equal(mp_pool_apply_async(p, big_result, &i, sizeof i, NULL, NULL, &again), 0);
+    assert_int_equal(mp_async_result_get(again, 10), i);
+    assert_big_result(again, i);
+    assert_int_equal(mp_async_result_free(again), 0);
+    assert_int_equal(mp_pool_free(p), 0);
+    assert_int_equal(mp__heap_check(), 0);
+    if (heap_used() != used0)
+      fail_msg("%s: %zu bytes leaked", pt, heap_used() - used0);
+  }
+}
+
 static void test_pool_crash_kill_after_claim(void **state) {
   (void)state;
   kill_during_applies("pool.claim.taken", 0);
@@ -508,6 +548,7 @@ int main(void) {
       cmocka_unit_test(test_pool_crash_random_worker_kills),
       cmocka_unit_test(test_pool_crash_kills_during_direct_maps),
       cmocka_unit_test(test_pool_crash_kill_after_claim),
+      cmocka_unit_test(test_pool_crash_kill_inside_result_alloc),
       cmocka_unit_test(test_pool_crash_kill_after_head_advanced),
       cmocka_unit_test(test_pool_crash_kill_after_fd_wanted),
       cmocka_unit_test(test_pool_crash_kill_after_result_stored),
