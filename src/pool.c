@@ -1826,8 +1826,8 @@ MP_EXPORT int mp_pool_close(mp_pool *pool) {
 static int wait_finished(struct mp_pool *p, const mp__deadline *d) {
   while (!atomic_load(&p->finished)) {
     int r = mp__futex_wait(&p->finished, 0, d);
-    if (r == -ETIMEDOUT && !atomic_load(&p->finished))
-      return -ETIMEDOUT;
+    if (r < 0 && !atomic_load(&p->finished))
+      return r; /* -ETIMEDOUT, or -EFAULT/-EINVAL for a corrupt word */
   }
   return 0;
 }
@@ -1974,8 +1974,9 @@ static int result_wait(struct mp_async_result *r, double timeout) {
       return 0;
     if (v == RES_PENDING && !atomic_compare_exchange_strong(&r->done, &v, RES_SLEEPER))
       continue; /* finished meanwhile (or another waiter announced itself) */
-    if (mp__futex_wait(&r->done, RES_SLEEPER, &d) == -ETIMEDOUT && !result_is_done(r))
-      return -ETIMEDOUT;
+    int w = mp__futex_wait(&r->done, RES_SLEEPER, &d);
+    if (w < 0 && !result_is_done(r))
+      return w; /* -ETIMEDOUT, or -EFAULT/-EINVAL for a corrupt word */
   }
 }
 
@@ -2237,12 +2238,13 @@ MP_EXPORT int mp_pool_iter_next(mp_pool_iter *it, void *result, size_t *index, d
     pthread_mutex_unlock(&p->mu);
     if (d.nowait)
       return -ETIMEDOUT;
-    if (mp__futex_wait(&it->seq, seq, &d) == -ETIMEDOUT) {
+    int w = mp__futex_wait(&it->seq, seq, &d);
+    if (w < 0) { /* -ETIMEDOUT, or -EFAULT/-EINVAL for a corrupt word */
       pthread_mutex_lock(&p->mu);
       struct job *h = it->ordered ? it->sub_head : it->done_head;
       if (!(h && h->done)) {
         pthread_mutex_unlock(&p->mu);
-        return -ETIMEDOUT;
+        return w;
       }
       continue;
     }
