@@ -279,6 +279,7 @@ struct mp_async_result {
   pthread_t handler;
   int kind;
   int status;
+  int death; /* how the worker that failed it died (exit code; 0: none did) */
   /* map, under the pool mutex */
   size_t remaining, fail_index;
   int fail_status;
@@ -322,6 +323,7 @@ struct mp_pool {
   pid_t owner;
   pthread_mutex_t mu;
   int state;                 /* P_*, under mu */
+  int last_death;            /* the worker now ending: exit code, under mu */
   _Atomic uint32_t finished; /* futex word: the handler has ended */
   _Atomic uint32_t started;  /* futex word: 1 ok, 2 failed */
   int start_err;
@@ -944,6 +946,8 @@ static void map_chunk_done(struct mp_pool *p, struct mp_async_result *r, size_t 
 static void collect_entry(struct mp_pool *p, uint32_t idx, int failed, int *pool_gone) {
   struct entry *e = &p->sh->ring[idx];
   struct job *j = e->cookie;
+  if (failed == -ECONNABORTED && j->res)
+    j->res->death = p->last_death;
   if (j->map) {
     size_t start = e->chunk * j->chunksize;
     int st = failed ? failed : e->status;
@@ -1165,8 +1169,38 @@ static int keep_workers(struct mp_pool *p) {
 
 /* Worker w has ended (mu held): collect what it finished, fail what it held,
  * reap it and start its successor if work remains. */
+/* How worker wk ended, in Process's convention (the exit code, or minus the
+ * signal), without reaping it; INT_MIN when the kernel cannot tell. */
+static int death_of(struct worker *wk) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  while (waitid(P_PIDFD, (id_t)wk->pidfd, &si, WEXITED | WNOWAIT) < 0)
+    if (errno != EINTR)
+      return INT_MIN;
+  return si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
+}
+
+static void log_death(struct mp_pool *p, unsigned w, int death) {
+  if (death == -SIGSEGV || death == -SIGBUS)
+    MP__LOG(MP_LOG_WARNING,
+            "pool: worker %u (pid %d) was killed by %s and is replaced; its task fails with "
+            "-ECONNABORTED. A worker sees only the memory that existed when it was forked: "
+            "data made after mp_pool_new() must be passed as arguments or live in the family "
+            "heap",
+            w, (int)p->workers[w].pid, strsignal(-death));
+  else if (death < 0 && death != INT_MIN)
+    MP__LOG(MP_LOG_INFO, "pool: worker %u (pid %d) was killed by %s and is replaced", w,
+            (int)p->workers[w].pid, strsignal(-death));
+  else
+    MP__LOG(MP_LOG_INFO, "pool: worker %u (pid %d) exited with code %d and is replaced", w,
+            (int)p->workers[w].pid, death);
+}
+
 static void worker_ended(struct mp_pool *p, unsigned w, int *pool_gone) {
   struct slot *s = slot_at(p->sh, w);
+  p->last_death = death_of(&p->workers[w]);
+  if (keep_workers(p))
+    log_death(p, w, p->last_death);
   collect(p, pool_gone);
   fail_claims(p, w, -ECONNABORTED, pool_gone);
   /* The entries it held are FREE now, and one of them may be the entry at
@@ -2005,6 +2039,20 @@ MP_EXPORT int mp_async_result_successful(mp_async_result *res) {
   if (!result_is_done(res))
     return -EAGAIN;
   return res->status >= 0;
+}
+
+MP_EXPORT int mp_async_result_death(mp_async_result *res, int *exitcode) {
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  if (!exitcode)
+    return -EINVAL;
+  if (!result_is_done(res))
+    return -EAGAIN;
+  if (!res->death)
+    return 0;
+  *exitcode = res->death;
+  return 1;
 }
 
 MP_EXPORT int mp_async_result_data(mp_async_result *res, const void **data, size_t *len) {

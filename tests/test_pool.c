@@ -1101,12 +1101,76 @@ static void test_pool_sigkill_of_parent_leaves_no_worker(void **state) {
   parent_dies_leaves_no_worker(SIGKILL);
 }
 
+/* A failed task says how its worker died, and the logger names the cause. */
+static int die_how(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)out;
+  (void)ctx;
+  int how = *(const int *)arg;
+  if (how > 0)
+    exit(how); /* a task calling exit() ends its worker */
+  if (how < 0) {
+    signal(-how, SIG_DFL); /* the test runner's crash handler is inherited */
+    raise(-how);
+  }
+  return 0;
+}
+
+struct log_seen {
+  int warnings, infos;
+  char last[600];
+};
+
+static void log_catch(int level, const char *message, void *arg) {
+  struct log_seen *s = arg;
+  if (level == MP_LOG_WARNING)
+    s->warnings++;
+  if (level == MP_LOG_INFO)
+    s->infos++;
+  snprintf(s->last, sizeof s->last, "%s", message);
+}
+
+static void test_pool_failed_task_reports_worker_death(void **state) {
+  (void)state;
+  struct log_seen seen = {0};
+  assert_int_equal(mp_log_set_handler(MP_LOG_INFO, log_catch, &seen), 0);
+  mp_pool *p;
+  assert_int_equal(mp_pool_new(2, NULL, &p), 0);
+  static const int hows[] = {-SIGSEGV, 3, -SIGKILL, 0};
+  for (size_t k = 0; k < 4; k++) {
+    mp_async_result *r;
+    assert_int_equal(mp_pool_apply_async(p, die_how, &hows[k], sizeof hows[k], NULL, NULL, &r), 0);
+    int st = mp_async_result_get(r, 20);
+    int code = 12345;
+    if (hows[k] == 0) {
+      assert_int_equal(st, 0);
+      assert_int_equal(mp_async_result_death(r, &code), 0);
+      assert_int_equal(code, 12345); /* not written */
+    } else {
+      assert_int_equal(st, -ECONNABORTED);
+      assert_int_equal(mp_async_result_death(r, &code), 1);
+      assert_int_equal(code, hows[k]);
+    }
+    assert_int_equal(mp_async_result_death(r, NULL), -EINVAL);
+    assert_int_equal(mp_async_result_free(r), 0);
+    if (hows[k] == -SIGSEGV) { /* the newcomer's mistake, named */
+      assert_int_equal(seen.warnings, 1);
+      assert_non_null(strstr(seen.last, "only the memory that existed when it was forked"));
+    }
+  }
+  assert_int_equal(seen.warnings, 1);
+  assert_int_equal(seen.infos, 2); /* exit(3) and SIGKILL: replaced, said at info */
+  assert_int_equal(mp_pool_free(p), 0);
+  assert_int_equal(mp_log_to_stderr(MP_LOG_OFF), 0);
+}
+
 int main(int argc, char **argv) {
   self_exe = argv[0];
   if (argc > 1 && !strcmp(argv[1], "--busy-pool"))
     return mode_busy_pool();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_new_and_bad_arguments),
+      cmocka_unit_test(test_pool_failed_task_reports_worker_death),
       cmocka_unit_test(test_pool_map_results_in_order),
       cmocka_unit_test(test_pool_starmap_and_starmap_async),
       cmocka_unit_test(test_pool_map_in_heap_is_zero_copy),

@@ -351,6 +351,20 @@ MP_EXPORT int mp_async_result_ready(mp_async_result *res);
 MP_EXPORT int mp_async_result_successful(mp_async_result *res);
 
 /**
+ * @brief How the worker died when the task (or a chunk of the map) failed
+ *        with `-ECONNABORTED`, for telling a crash from a kill.
+ * @param[out] exitcode written only when 1 is returned, in Process's
+ *        convention: minus the signal that killed the worker (`-SIGSEGV`:
+ *        often memory that did not exist when the workers were forked, such
+ *        as data malloc'ed after mp_pool_new()), or the code a task's
+ *        `exit()` gave.
+ * @return 1 when a worker's death failed the task; 0 when none did; `-EAGAIN`
+ *         when not ready yet; `-ECHILD`; `-EINVAL` (also for NULL
+ *         @p exitcode).
+ */
+MP_EXPORT int mp_async_result_death(mp_async_result *res, int *exitcode);
+
+/**
  * @brief The bytes an apply task produced (empty for a map).
  * @param[out] data valid until mp_async_result_free(); NULL when empty.
  * @param[out] len may be NULL.
