@@ -132,7 +132,8 @@ extern __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
 pid_t mp__tid_slow(void);
 
 /* The calling process's pid, cached (glibc's getpid() is a system call) and
- * cleared in every child by the same fork handler as the tid. */
+ * cleared in every child by the same fork handler as the tid: libmp's one pid
+ * cache (sys.c), used by every area. */
 pid_t mp__pid(void);
 static inline pid_t mp__tid(void) {
   pid_t t = mp__cached_tid;
@@ -255,6 +256,10 @@ long mp__manager_channel_calls(void);
 
 /* Called in a child right after fork, before anything else (process.c). */
 void mp__process_after_fork_child(void);
+
+/* Called by sys.c's fork handler in the child of every fork, libmp's or the
+ * program's own: forgets the parent's children (process.c). */
+void mp__process_atfork_child(void);
 
 /* Tie the calling child's life to its parent *process* `parent` (the pid the
  * parent had before fork): when that process ends, `sig` is raised in the
