@@ -201,6 +201,15 @@ _Atomic(void *) *mp__heap_root(unsigned slot, bool map);
  * dead creators (shm.c). */
 void mp__shm_at_exit(void);
 
+/* The number of entries in the family's SharedMemory registry (of owner pid,
+ * or all for 0), walking the list under its mutex; -ELOOP when the list does
+ * not end. For tests (shm.c). */
+long mp__shm_registry_entries(pid_t pid);
+
+/* How long a ShareableList reader or writer waits for another writer of the
+ * slot before -ETIMEDOUT (10 s; shm.c). Tests shorten it. */
+extern double mp__shm_list_wait_s;
+
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
 void *mp__object_new(size_t size, uint32_t tag);
 
