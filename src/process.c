@@ -379,24 +379,26 @@ MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_proce
  * still names the parent, so nothing is raised. */
 #define MP__PDEATH_SIG SIGRTMAX
 
-/* Written once by the child before its handler is installed; read only by
- * the handler (sigaction orders them: it is installed afterwards). */
-static pid_t tie_parent;
-static int tie_sig;
+/* Written by the child before its handler is installed, read by the handler
+ * (lock-free atomics, as a handler may read). relaxed: the same thread
+ * writes them before sigaction() installs the handler that reads them. */
+static _Atomic pid_t tie_parent;
+static _Atomic int tie_sig;
 
 static void on_parent_death(int signo) {
   (void)signo;
   int saved = errno;
-  if (getppid() != tie_parent) /* async-signal-safe, like kill() and getpid() */
-    kill(getpid(), tie_sig);
+  /* getppid(), kill() and getpid() are async-signal-safe */
+  if (getppid() != atomic_load_explicit(&tie_parent, memory_order_relaxed))
+    kill(getpid(), atomic_load_explicit(&tie_sig, memory_order_relaxed));
   errno = saved;
 }
 
 int mp__tie_to_parent(pid_t parent, int sig) {
   if (parent <= 0 || sig <= 0 || sig == MP__PDEATH_SIG)
     return -EINVAL;
-  tie_parent = parent;
-  tie_sig = sig;
+  atomic_store_explicit(&tie_parent, parent, memory_order_relaxed);
+  atomic_store_explicit(&tie_sig, sig, memory_order_relaxed);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_parent_death;
