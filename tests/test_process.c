@@ -755,6 +755,42 @@ static void test_process_pool_outlives_its_starting_thread(void **state) {
   assert_int_equal(mp_pool_free(p), 0);
 }
 
+/* The intermediate parent: a pool from a thread that ends; report the
+ * workers' pids and wait to be killed. */
+static int pool_from_thread_then_wait(void *arg) {
+  struct pipes *pp = arg;
+  pthread_t th;
+  CHILD_CHECK(pthread_create(&th, NULL, pool_in_thread, NULL) == 0);
+  void *p = NULL;
+  CHILD_CHECK(pthread_join(th, &p) == 0);
+  CHILD_CHECK(p != NULL);
+  int pids[2] = {0, 0};
+  CHILD_CHECK(mp_pool_worker_pids(p, pids, 2) == 2);
+  write_all(pp->pid_w, pids, sizeof pids);
+  for (;;)
+    pause();
+}
+
+/* ... and its workers still end when the pool's process is killed. */
+static void test_process_pool_from_ended_thread_dies_with_parent(void **state) {
+  (void)state;
+  int pidp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1]};
+  pid_t mid = tu_fork(pool_from_thread_then_wait, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  int pids[2] = {0, 0};
+  assert_int_equal(read_all(pidp[0], (char *)pids, sizeof pids, 20), (int)sizeof pids);
+  tu_sleep(0.3);
+  assert_true(running(pids[0]) && running(pids[1]));
+  assert_int_equal(kill(mid, SIGKILL), 0);
+  assert_int_equal(tu_wait(mid), 1000 + SIGKILL);
+  assert_true(ends_within(pids[0], 10));
+  assert_true(ends_within(pids[1], 10));
+  close(pidp[0]);
+}
+
 static void *manager_in_thread(void *arg) {
   (void)arg;
   mp_manager *m = NULL;
@@ -1329,6 +1365,7 @@ int main(void) {
       cmocka_unit_test(test_process_daemon_outlives_its_starting_thread),
       cmocka_unit_test(test_process_daemon_from_ended_thread_ends_at_parent_exit),
       cmocka_unit_test(test_process_pool_outlives_its_starting_thread),
+      cmocka_unit_test(test_process_pool_from_ended_thread_dies_with_parent),
       cmocka_unit_test(test_process_manager_outlives_its_starting_thread),
       cmocka_unit_test(test_process_manager_from_ended_thread_dies_with_parent),
       cmocka_unit_test(test_process_children_handled_at_normal_exit),
