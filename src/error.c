@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* mp_strerror: libmp's meaning of each code; docs/errors.md is the same table. */
+#include <limits.h>
 #include <string.h>
 
 #include "internal.h"
@@ -7,6 +8,9 @@
 MP_EXPORT const char *mp_strerror(int code) {
   if (code >= 0)
     return "success";
+  /* -INT_MIN does not fit in an int: no errno is that large anyway. */
+  if (code < -INT_MAX)
+    return "unknown error";
   int e = -code;
   switch (e) {
   case ETIMEDOUT:

@@ -157,7 +157,8 @@ extern __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
 pid_t mp__tid_slow(void);
 
 /* The calling process's pid, cached (glibc's getpid() is a system call) and
- * cleared in every child by the same fork handler as the tid. */
+ * cleared in every child by the same fork handler as the tid: libmp's one pid
+ * cache (sys.c), used by every area. */
 pid_t mp__pid(void);
 static inline pid_t mp__tid(void) {
   pid_t t = mp__cached_tid;
@@ -235,6 +236,15 @@ void mp__shm_at_exit(void);
 void *mp__heap_alloc_into(size_t size, void **where);
 int mp__heap_free_from(void **where);
 
+/* The number of entries in the family's SharedMemory registry (of owner pid,
+ * or all for 0), walking the list under its mutex; -ELOOP when the list does
+ * not end. For tests (shm.c). */
+long mp__shm_registry_entries(pid_t pid);
+
+/* How long a ShareableList reader or writer waits for another writer of the
+ * slot before -ETIMEDOUT (10 s; shm.c). Tests shorten it. */
+extern double mp__shm_list_wait_s;
+
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
 void *mp__object_new(size_t size, uint32_t tag);
 
@@ -292,6 +302,10 @@ long mp__manager_channel_calls(void);
 
 /* Called in a child right after fork, before anything else (process.c). */
 void mp__process_after_fork_child(void);
+
+/* Called by sys.c's fork handler in the child of every fork, libmp's or the
+ * program's own: forgets the parent's children (process.c). */
+void mp__process_atfork_child(void);
 
 /* Tie the calling child's life to its parent *process* `parent` (the pid the
  * parent had before fork): when that process ends, `sig` is raised in the

@@ -27,10 +27,32 @@
  *   daemon, target, arg, name, ident: constant after mp_process_new().
  *   next, prev, picked: the creator's registry of children (section 2); only
  *              the creator touches them, under its registry mutex.
- * Crash: a creator that dies leaves its handles allocated in the heap (their
- * pid and name stay readable; their exit code never becomes known) and its
- * children are reparented by the kernel (daemons among them are killed by
- * PR_SET_PDEATHSIG). A child that dies is reaped like any ended child.
+ * Starting, step by step, and what a SIGKILL at each step leaves:
+ *   creator, after NEW -> STARTING (process.start.claimed): the handle stays
+ *     STARTING in the heap (pid 0, exit code never known); nothing else.
+ *   creator, after fork (process.start.forked): the child runs on, reparented
+ *     to a reaper. A daemon child is tied to the creator's pid (next rows), so
+ *     it dies; a non-daemon child finishes its target as an orphan, as in
+ *     Python. The handle stays STARTING.
+ *   child, before the tie (process.child.entered): killed, it is an ended
+ *     child for its creator (exit code -SIGKILL). If the *creator* dies while
+ *     the child is here, the tie finds getppid() changed and kills the child.
+ *   child, after the parent-death request (process.tie.requested): the
+ *     request is in place; the creator's death now reaches the child.
+ *   creator, after pidfd_open (process.start.pidfd) or after linking the
+ *     handle as STARTED (process.start.registered): as after fork; the pid is
+ *     readable by the family.
+ *   creator's exit handler, after SIGTERM to its daemons
+ *   (process.exit.signalled): the daemons end by SIGTERM or, if they ignore
+ *     it, by the parent-death tie; the non-daemon children run on as orphans.
+ *   creator's free, after unlinking the handle from the registry
+ *   (process.free.unlinked): the handle stays allocated in the heap (the
+ *     heap itself stays consistent: mp__object_free was not entered).
+ * A creator that dies leaves its handles allocated in the heap (their pid and
+ * name stay readable; their exit code never becomes known) and its children
+ * are reparented by the kernel; the daemons among them are killed by the
+ * parent-death tie (mp__tie_to_parent below), which outlives the thread that
+ * forked them. A child that dies is reaped like any ended child.
  */
 #include <errno.h>
 #include <poll.h>
@@ -45,6 +67,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------ 1. the handle */
@@ -92,9 +115,6 @@ static struct {
   pid_t exit_done;  /* the process whose exit_children() has run */
 } reg = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
 
-/* This process's pid, cached (glibc does not cache getpid) and cleared in
- * every child by the fork hooks below. */
-static _Atomic pid_t self_pid_cache;
 /* The handle of this process when libmp started it, else NULL (MainProcess). */
 static struct mp_process *_Atomic current_proc;
 static pid_t parent_pid_value;
@@ -108,27 +128,18 @@ static void registry_reset(void) {
   reg.head = NULL;
 }
 
-/* After any fork (libmp's or the program's own): the children of the parent
- * are not this process's children, and its pid changed. */
-static void atfork_child(void) {
-  atomic_store(&self_pid_cache, 0);
-  registry_reset();
-}
+/* After any fork (libmp's or the program's own), from the one fork handler of
+ * sys.c: the children of the parent are not this process's children. */
+void mp__process_atfork_child(void) { registry_reset(); }
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void atfork_register(void) { pthread_atfork(NULL, NULL, atfork_child); }
-
+/* This process's pid (sys.c's cache, the only one in libmp). MainProcess
+ * learns it lazily, also in a plain fork's child. */
 static pid_t self_pid(void) {
-  /* relaxed: the value is the process's own constant; a stale 0 only sends
-   * the caller down the slow path */
-  pid_t p = atomic_load_explicit(&self_pid_cache, memory_order_relaxed);
-  if (MP__LIKELY(p))
-    return p;
-  pthread_once(&atfork_once, atfork_register);
-  p = getpid();
-  if (!atomic_load(&current_proc))
+  pid_t p = mp__pid();
+  /* relaxed: MainProcess's pid is this process's own constant */
+  if (MP__UNLIKELY(atomic_load_explicit(&main_proc.pid, memory_order_relaxed) != p) &&
+      !atomic_load(&current_proc))
     atomic_store(&main_proc.pid, p);
-  atomic_store(&self_pid_cache, p);
   return p;
 }
 
@@ -140,9 +151,7 @@ static struct mp_process *current(void) {
 void mp__process_after_fork_child(void) {
   struct mp_process *p = starting;
   starting = NULL;
-  pid_t me = getpid();
-  pthread_once(&atfork_once, atfork_register);
-  atomic_store(&self_pid_cache, me);
+  pid_t me = mp__pid(); /* sys.c's fork handler cleared the parent's */
   registry_reset();
   atomic_store(&name_counter, 0);
   if (p) {
@@ -278,6 +287,7 @@ static void exit_children(void) {
         reap_locked(p) == 0)
       send_signal(p, SIGTERM);
   pthread_mutex_unlock(&reg.mutex);
+  MP__CRASH(PROCESS_EXIT_SIGNALLED);
 
   mp__deadline grace, forever;
   mp__deadline_init(&grace, EXIT_GRACE_S);
@@ -344,17 +354,76 @@ MP_EXPORT int mp_process_new(mp_process_target target, void *arg, const mp_proce
   return 0;
 }
 
+/* The parent-death idiom (internal.h: mp__tie_to_parent).
+ *
+ * PR_SET_PDEATHSIG is per *thread*: the kernel sends the signal when the
+ * thread that forked the child exits, also while the rest of its process
+ * lives on. It then reparents the child to another thread of the same process
+ * (getppid() still gives the same pid) and keeps the request, so the signal
+ * comes again when that thread exits, and once more when the last one does,
+ * at which point the child is reparented to a reaper (init or a subreaper)
+ * and getppid() changes. So the child asks for a catchable signal,
+ * MP__PDEATH_SIG, whose handler looks at getppid() and raises the real
+ * `sig` only when the parent *process* is gone.
+ *
+ * The highest real-time signal: glibc keeps the lowest ones for itself, real
+ * time signals are queued (none is lost when two threads end in a row) and
+ * their default action ends the process, so a child that exec()s (keeping the
+ * request but not the handler) still dies with its parent. include/mp/process.h
+ * tells users not to take it over in such children.
+ *
+ * Races: the parent process may die before the request is made (then nobody
+ * will ever send it): checked with getppid() right after prctl(). The
+ * forking thread may exit before the request is made: the child is then
+ * already the child of another thread, which the request follows; getppid()
+ * still names the parent, so nothing is raised. */
+#define MP__PDEATH_SIG SIGRTMAX
+
+/* Written by the child before its handler is installed, read by the handler
+ * (lock-free atomics, as a handler may read). relaxed: the same thread
+ * writes them before sigaction() installs the handler that reads them. */
+static _Atomic pid_t tie_parent;
+static _Atomic int tie_sig;
+
+static void on_parent_death(int signo) {
+  (void)signo;
+  int saved = errno;
+  /* getppid(), kill() and getpid() are async-signal-safe */
+  if (getppid() != atomic_load_explicit(&tie_parent, memory_order_relaxed))
+    kill(getpid(), atomic_load_explicit(&tie_sig, memory_order_relaxed));
+  errno = saved;
+}
+
 int mp__tie_to_parent(pid_t parent, int sig) {
-  if (prctl(PR_SET_PDEATHSIG, sig) < 0)
+  if (parent <= 0 || sig <= 0 || sig == MP__PDEATH_SIG)
+    return -EINVAL;
+  atomic_store_explicit(&tie_parent, parent, memory_order_relaxed);
+  atomic_store_explicit(&tie_sig, sig, memory_order_relaxed);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_parent_death;
+  sa.sa_flags = SA_RESTART; /* the program's own calls need not see EINTR */
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(MP__PDEATH_SIG, &sa, NULL) < 0)
     return -errno;
+  /* The child inherited the forking thread's mask; a blocked signal would
+   * wait until unblocked. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, MP__PDEATH_SIG);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  if (prctl(PR_SET_PDEATHSIG, MP__PDEATH_SIG) < 0)
+    return -errno;
+  MP__CRASH(PROCESS_TIE_REQUESTED);
   if (getppid() != parent) /* the parent died before the request took hold */
-    raise(sig);
+    kill(getpid(), sig);
   return 0;
 }
 
 /* The child's side of mp_process_start(); never returns. */
 static _Noreturn void child_main(struct mp_process *p, pid_t parent) {
   mp__process_after_fork_child();
+  MP__CRASH(PROCESS_CHILD_ENTERED);
   if (p->daemon)
     mp__tie_to_parent(parent, SIGKILL);
   int r = p->target(p->arg);
@@ -375,6 +444,7 @@ MP_EXPORT int mp_process_start(mp_process *p) {
   uint32_t expected = ST_NEW;
   if (!atomic_compare_exchange_strong(&p->state, &expected, ST_STARTING))
     return -EALREADY;
+  MP__CRASH(PROCESS_START_CLAIMED);
   int r = mp__heap_ensure();
   if (r == 0)
     r = exit_register(me);
@@ -391,6 +461,7 @@ MP_EXPORT int mp_process_start(mp_process *p) {
     r = -errno;
     goto undo;
   }
+  MP__CRASH(PROCESS_START_FORKED);
   int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by default */
   if (fd < 0) {
     r = -errno;
@@ -401,10 +472,12 @@ MP_EXPORT int mp_process_start(mp_process *p) {
   }
   p->pidfd = fd;
   atomic_store(&p->pid, pid);
+  MP__CRASH(PROCESS_START_PIDFD);
   pthread_mutex_lock(&reg.mutex);
   registry_link(p);
   atomic_store(&p->state, ST_STARTED);
   pthread_mutex_unlock(&reg.mutex);
+  MP__CRASH(PROCESS_START_REGISTERED);
   return 0;
 
 undo:
@@ -519,6 +592,7 @@ MP_EXPORT int mp_process_free(mp_process *p) {
     registry_unlink(p);
   }
   pthread_mutex_unlock(&reg.mutex);
+  MP__CRASH(PROCESS_FREE_UNLINKED);
   if (p->pidfd >= 0)
     close(p->pidfd);
   mp__object_free(p);

@@ -19,23 +19,36 @@
  * the owner), and the block's device and inode numbers (so that a block
  * unlinked behind libmp's back and created again under the same name is never
  * removed by mistake).
- *   Entry states: PENDING (recorded, name not created yet, or creation under
- *   way) -> CREATED (the name exists and dev/ino are known). A PENDING entry
- *   whose owner is dead is dropped without unlinking anything: its name may
- *   belong to someone else (the EEXIST case).
+ *   An entry always knows its block's inode: a block is created without a
+ *   name (O_TMPFILE), recorded, and only then named (linkat). An entry whose
+ *   name was never linked, or is now another inode, is dropped without
+ *   unlinking anything (the EEXIST case: the name is someone else's).
  *   Who writes: every field of the registry and its entries is written under
  *   `mutex` (robust, process-shared). An entry is filled before it is linked;
- *   linking and unlinking are one pointer store each, so a holder killed at
- *   any step leaves a well-formed list (at worst an unlinked entry that was
- *   not yet freed, leaked in the heap). EOWNERDEAD therefore needs no repair.
+ *   linking and unlinking are one release store each (link_store, paired
+ *   with link_load's acquire in every traversal), so a holder killed at any
+ *   step leaves a well-formed list. EOWNERDEAD therefore needs no repair.
  *   A sweep (under the mutex) drops the entries of dead owners, and at a
  *   process's normal end also its own, unlinking the name when the block
- *   under it is still the recorded one.
- * Crash: a creator killed between shm_open and the CREATED mark leaves a
- *   PENDING entry, dropped by the next sweep, and its name behind (a window of
- *   two system calls, documented in mp/shm.h). A sweeper killed between
- *   unlinking a name and dropping its entry leaves the entry; the next sweep
- *   finds the name gone (or another inode) and only drops it.
+ *   under it is still the recorded one. Sweeps run at every creation, attach
+ *   and unlink_name, and at the normal end of every process that tracks a
+ *   block or started libmp children.
+ * What a SIGKILL at each step leaves, and who repairs it:
+ *   creator, entry linked, block not named (shm.create.recorded): an entry
+ *     of a dead owner whose name does not exist; the next sweep drops it.
+ *   creator, block named (shm.create.named): an entry of a dead owner naming
+ *     its block; the next sweep unlinks the name and drops the entry.
+ *   adopter, its entry linked before the old owner's are dropped
+ *     (shm.adopt.linked): two entries; the adopter's, dead, makes the next
+ *     sweep unlink the block, as its adoption asked.
+ *   unlinker, name removed, entry kept (shm.unlink.unlinked): the next sweep
+ *     finds the name gone and drops the entry.
+ *   sweeper, dead owner's name removed, entry kept (shm.sweep.unlinked): the
+ *     same.
+ *   anyone, entry unlinked from the list, not yet freed (shm.reg.unlinked):
+ *     the entry's memory is leaked in the heap; the list is well-formed.
+ * So the only names a kill can leave in /dev/shm are those of a family that
+ * is killed whole (no process is left to sweep; see mp/shm.h).
  * Lock order: registry mutex, then the heap's (mp_heap_free inside).
  *
  * 5. A ShareableList block: header, slot descriptors, data (see below). Each
@@ -56,6 +69,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------ 1. names */
@@ -83,6 +97,27 @@ static void make_generated_path(char path[PATH_CAP]) {
   if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
     v = (uint32_t)mp__now_ns() ^ ((uint32_t)getpid() << 16);
   snprintf(path, PATH_CAP, "/psm_%08x", (unsigned)v);
+}
+
+/* The directory glibc's shm_open() uses for "/name". */
+#define SHM_DIR "/dev/shm"
+
+/* Give the unnamed block open as fd the name `path` ("/name"): 0, -EEXIST
+ * when the name is taken, or another negative errno. */
+static int link_name(int fd, const char *path) {
+  char dst[sizeof SHM_DIR + PATH_CAP];
+  snprintf(dst, sizeof dst, "%s%s", SHM_DIR, path);
+  if (linkat(fd, "", AT_FDCWD, dst, AT_EMPTY_PATH) == 0)
+    return 0;
+  if (errno != ENOENT && errno != EPERM)
+    return -errno;
+  /* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH on older kernels; the fd's
+   * /proc link does the same for anyone. */
+  char src[48];
+  snprintf(src, sizeof src, "/proc/self/fd/%d", fd);
+  if (linkat(AT_FDCWD, src, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) == 0)
+    return 0;
+  return -errno;
 }
 
 /* ------------------------------------------------------------ 2. identity */
@@ -121,29 +156,29 @@ static int read_stat(pid_t pid, char *state, uint64_t *start) {
   return 0;
 }
 
-/* This process's pid and start time, cached; the fork hook clears the cache
- * in every child (its pid differs). Start time 0 when /proc cannot tell. */
-static _Atomic pid_t ident_pid;
+/* This process's start time, for the pid libmp's one pid cache gives
+ * (mp__pid(), sys.c): recomputed when that pid changes, so no fork handler is
+ * needed here. Start time 0 when /proc cannot tell. */
 static _Atomic uint64_t ident_start;
-
-static void ident_after_fork(void) { atomic_store(&ident_pid, 0); }
-static pthread_once_t ident_once = PTHREAD_ONCE_INIT;
-static void ident_register(void) { pthread_atfork(NULL, NULL, ident_after_fork); }
+static _Atomic pid_t ident_start_pid; /* the pid ident_start belongs to */
 
 static pid_t self_ident(uint64_t *start) {
-  pid_t me = atomic_load(&ident_pid);
-  if (MP__UNLIKELY(me == 0)) {
-    pthread_once(&ident_once, ident_register);
-    me = getpid();
-    char st;
-    uint64_t t = 0;
-    if (read_stat(me, &st, &t) < 0)
-      t = 0;
-    atomic_store(&ident_start, t);
-    atomic_store(&ident_pid, me);
+  pid_t me = mp__pid();
+  if (start) {
+    /* acquire: pairs with the release store below, so the start time read
+     * belongs to this pid */
+    if (MP__UNLIKELY(atomic_load_explicit(&ident_start_pid, memory_order_acquire) != me)) {
+      char st;
+      uint64_t t = 0;
+      if (read_stat(me, &st, &t) < 0)
+        t = 0;
+      atomic_store_explicit(&ident_start, t, memory_order_relaxed); /* published below */
+      atomic_store_explicit(&ident_start_pid, me, memory_order_release);
+      *start = t;
+      return me;
+    }
+    *start = atomic_load_explicit(&ident_start, memory_order_relaxed); /* ordered by the pid */
   }
-  if (start)
-    *start = atomic_load(&ident_start);
   return me;
 }
 
@@ -171,12 +206,15 @@ static bool owner_alive(pid_t pid, uint64_t start) {
 
 #define REGISTRY_MAGIC 0x6d7073686d726567ULL /* "mpshmreg" */
 
-enum { ENTRY_PENDING = 1, ENTRY_CREATED = 2 };
-
+/* The list's links and each entry's fields. Every change is made under
+ * `mutex`; the atomics are there for a holder killed in the middle of one:
+ * the next holder (EOWNERDEAD) then reads what the dead one stored, in the
+ * order it stored it, so each link is stored with release after everything
+ * it publishes, and every traversal loads links with acquire (pairing with
+ * those release stores, in whichever process made them). */
 struct reg_entry {
-  struct reg_entry *next;
+  _Atomic(struct reg_entry *) next;
   int32_t pid;
-  uint32_t state;
   uint64_t start;
   uint64_t dev, ino;
   char path[]; /* "/name" */
@@ -185,7 +223,7 @@ struct reg_entry {
 struct registry {
   uint64_t magic;
   pthread_mutex_t mutex;
-  struct reg_entry *head;
+  _Atomic(struct reg_entry *) head;
 };
 
 /* The family's registry; NULL when it does not exist and `create` is false,
@@ -216,7 +254,8 @@ static struct registry *registry_get(bool create) {
 }
 
 static void reg_lock(struct registry *r) {
-  /* A dead holder left the list well-formed (one store per change). */
+  /* A dead holder left the list well-formed (one release store per change,
+   * see struct reg_entry): nothing to repair. */
   mp__deadline forever = {.forever = true, .nowait = false};
   if (mp__robust_mutex_lock(&r->mutex, &forever) == -EOWNERDEAD)
     pthread_mutex_consistent(&r->mutex);
@@ -224,15 +263,14 @@ static void reg_lock(struct registry *r) {
 
 static void reg_unlock(struct registry *r) { pthread_mutex_unlock(&r->mutex); }
 
-static struct reg_entry *entry_new(const char *path, uint32_t state, pid_t pid, uint64_t start,
-                                   uint64_t dev, uint64_t ino) {
+static struct reg_entry *entry_new(const char *path, pid_t pid, uint64_t start, uint64_t dev,
+                                   uint64_t ino) {
   size_t len = strlen(path);
   struct reg_entry *e = mp_heap_alloc(sizeof *e + len + 1);
   if (!e)
     return NULL;
-  e->next = NULL;
+  atomic_init(&e->next, NULL);
   e->pid = pid;
-  e->state = state;
   e->start = start;
   e->dev = dev;
   e->ino = ino;
@@ -240,27 +278,46 @@ static struct reg_entry *entry_new(const char *path, uint32_t state, pid_t pid, 
   return e;
 }
 
-static void reg_link(struct registry *r, struct reg_entry *e) {
-  reg_lock(r);
-  e->next = r->head;
-  r->head = e;
-  reg_unlock(r);
+static struct reg_entry *link_load(_Atomic(struct reg_entry *) *link) {
+  /* acquire: pairs with the release store that set this link (link_store),
+   * so the entry it names is seen whole, also after its writer died */
+  return atomic_load_explicit(link, memory_order_acquire);
 }
 
-static void reg_mark_created(struct registry *r, struct reg_entry *e, uint64_t dev, uint64_t ino) {
+static void link_store(_Atomic(struct reg_entry *) *link, struct reg_entry *e) {
+  /* release: the entry's fields (when linking) or the unlink (before the
+   * entry's memory goes back to the heap) come first, also for a reader
+   * that takes over after this process is killed right after this store */
+  atomic_store_explicit(link, e, memory_order_release);
+}
+
+/* Link e at the head, with the mutex held. */
+static void reg_push_locked(struct registry *r, struct reg_entry *e) {
+  /* relaxed: e is not reachable yet; the release store of the head below
+   * publishes this link with it */
+  atomic_store_explicit(&e->next, link_load(&r->head), memory_order_relaxed);
+  link_store(&r->head, e);
+}
+
+/* Unlink the entry *link names and free it, with the mutex held. */
+static void reg_remove_at_locked(_Atomic(struct reg_entry *) *link, struct reg_entry *e) {
+  link_store(link, link_load(&e->next));
+  MP__CRASH(SHM_REG_UNLINKED);
+  mp_heap_free(e);
+}
+
+static void reg_link(struct registry *r, struct reg_entry *e) {
   reg_lock(r);
-  e->dev = dev;
-  e->ino = ino;
-  e->state = ENTRY_CREATED; /* last: a crash before it leaves PENDING */
+  reg_push_locked(r, e);
   reg_unlock(r);
 }
 
 /* Remove entry e (and free it) with the mutex held. */
 static void reg_remove_locked(struct registry *r, struct reg_entry *e) {
-  for (struct reg_entry **pp = &r->head; *pp; pp = &(*pp)->next) {
-    if (*pp == e) {
-      *pp = e->next;
-      mp_heap_free(e);
+  struct reg_entry *x;
+  for (_Atomic(struct reg_entry *) *pp = &r->head; (x = link_load(pp)); pp = &x->next) {
+    if (x == e) {
+      reg_remove_at_locked(pp, e);
       return;
     }
   }
@@ -272,17 +329,17 @@ static void reg_drop(struct registry *r, struct reg_entry *e) {
   reg_unlock(r);
 }
 
-/* Forget every CREATED entry for this block (it was unlinked), with the mutex
- * held. */
-static void reg_forget_locked(struct registry *r, const char *path, uint64_t dev, uint64_t ino) {
-  struct reg_entry **pp = &r->head, *e;
-  while ((e = *pp)) {
-    if (e->state == ENTRY_CREATED && e->dev == dev && e->ino == ino && !strcmp(e->path, path)) {
-      *pp = e->next;
-      mp_heap_free(e);
-    } else {
+/* Forget every entry for this block (it was unlinked) but `keep`, with the
+ * mutex held. */
+static void reg_forget_locked(struct registry *r, const char *path, uint64_t dev, uint64_t ino,
+                              const struct reg_entry *keep) {
+  _Atomic(struct reg_entry *) *pp = &r->head;
+  struct reg_entry *e;
+  while ((e = link_load(pp))) {
+    if (e != keep && e->dev == dev && e->ino == ino && !strcmp(e->path, path))
+      reg_remove_at_locked(pp, e);
+    else
       pp = &e->next;
-    }
   }
 }
 
@@ -291,7 +348,7 @@ static void reg_forget(const char *path, uint64_t dev, uint64_t ino) {
   if (!r)
     return;
   reg_lock(r);
-  reg_forget_locked(r, path, dev, ino);
+  reg_forget_locked(r, path, dev, ino, NULL);
   reg_unlock(r);
 }
 
@@ -317,8 +374,9 @@ static void sweep(struct registry *r, bool exiting) {
   } seen[16];
   unsigned nseen = 0;
   reg_lock(r);
-  struct reg_entry **pp = &r->head, *e;
-  while ((e = *pp)) {
+  _Atomic(struct reg_entry *) *pp = &r->head;
+  struct reg_entry *e;
+  while ((e = link_load(pp))) {
     bool drop;
     if (e->pid == me) {
       drop = exiting;
@@ -339,10 +397,9 @@ static void sweep(struct registry *r, bool exiting) {
       pp = &e->next;
       continue;
     }
-    if (e->state == ENTRY_CREATED)
-      unlink_if_same(e->path, e->dev, e->ino);
-    *pp = e->next;
-    mp_heap_free(e);
+    unlink_if_same(e->path, e->dev, e->ino);
+    MP__CRASH(SHM_SWEEP_UNLINKED);
+    reg_remove_at_locked(pp, e);
   }
   reg_unlock(r);
 }
@@ -358,6 +415,24 @@ void mp__shm_at_exit(void) {
   struct registry *r = registry_get(false);
   if (r)
     sweep(r, true);
+}
+
+long mp__shm_registry_entries(pid_t pid) {
+  struct registry *r = registry_get(false);
+  if (!r)
+    return 0;
+  long n = 0;
+  reg_lock(r);
+  for (struct reg_entry *e = link_load(&r->head); e; e = link_load(&e->next)) {
+    if (!pid || e->pid == pid)
+      n++;
+    if (n > 1000000) {
+      n = -ELOOP;
+      break;
+    }
+  }
+  reg_unlock(r);
+  return n;
 }
 
 static void at_exit_handler(void) { mp__shm_at_exit(); }
@@ -380,7 +455,9 @@ static int ensure_atexit(pid_t me) {
 }
 
 /* Make the calling process the owner of a block (adopt), replacing any
- * other owner's entry. */
+ * other owner's entry. The new entry is linked before the others are
+ * dropped, so that a kill in between (shm.adopt.linked) leaves the block
+ * owned: by the adopter, whose death unlinks it, as adopting asked. */
 static int reg_adopt(const char *path, uint64_t dev, uint64_t ino) {
   struct registry *r = registry_get(true);
   if (!r)
@@ -390,13 +467,13 @@ static int reg_adopt(const char *path, uint64_t dev, uint64_t ino) {
   int err = ensure_atexit(me);
   if (err < 0)
     return err;
-  struct reg_entry *e = entry_new(path, ENTRY_CREATED, me, start, dev, ino);
+  struct reg_entry *e = entry_new(path, me, start, dev, ino);
   if (!e)
     return -ENOMEM;
   reg_lock(r);
-  reg_forget_locked(r, path, dev, ino);
-  e->next = r->head;
-  r->head = e;
+  reg_push_locked(r, e);
+  MP__CRASH(SHM_ADOPT_LINKED);
+  reg_forget_locked(r, path, dev, ino, e);
   reg_unlock(r);
   return 0;
 }
@@ -441,29 +518,16 @@ static int shm_create(const char *name, size_t size, const mp_shared_memory_opti
   if (!h)
     return -ENOMEM;
 
-  int fd, err = 0;
-  struct reg_entry *e = NULL;
-  for (int tries = 0;; tries++) {
-    if (generated)
-      make_generated_path(path);
-    if (tracked) {
-      /* Recorded before the name exists, so a crash leaves at most a PENDING
-       * entry; made CREATED as soon as the inode is known. */
-      e = entry_new(path, ENTRY_PENDING, me, start, 0, 0);
-      if (!e) {
-        free(h);
-        return -ENOMEM;
-      }
-      reg_link(reg, e);
-    }
-    fd = shm_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-      break;
+  /* The block is made without a name (O_TMPFILE in the directory shm_open
+   * uses), sized, recorded in the registry with its inode, and only then
+   * given its name (linkat fails with EEXIST as O_EXCL would). So no name
+   * ever exists that the registry cannot clean up after a kill (see the
+   * table at the top). */
+  int err = 0;
+  void *m = MAP_FAILED;
+  int fd = open(SHM_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
     err = -errno;
-    if (e)
-      reg_drop(reg, e);
-    if (err == -EEXIST && generated && tries < 100)
-      continue;
     free(h);
     return err;
   }
@@ -472,8 +536,6 @@ static int shm_create(const char *name, size_t size, const mp_shared_memory_opti
     err = -errno;
     goto fail;
   }
-  if (e)
-    reg_mark_created(reg, e, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
   /* The umask may have taken bits off 0600. */
   if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0) {
     err = -errno;
@@ -483,11 +545,34 @@ static int shm_create(const char *name, size_t size, const mp_shared_memory_opti
     err = errno == EFBIG ? -EINVAL : -errno;
     goto fail;
   }
-  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) {
     err = -errno;
     goto fail;
   }
+  for (int tries = 0;; tries++) {
+    if (generated)
+      make_generated_path(path);
+    struct reg_entry *e = NULL;
+    if (tracked) {
+      e = entry_new(path, me, start, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+      if (!e) {
+        err = -ENOMEM;
+        goto fail;
+      }
+      reg_link(reg, e);
+      MP__CRASH(SHM_CREATE_RECORDED);
+    }
+    err = link_name(fd, path);
+    if (err == 0)
+      break;
+    if (e)
+      reg_drop(reg, e);
+    if (err == -EEXIST && generated && tries < 100)
+      continue;
+    goto fail;
+  }
+  MP__CRASH(SHM_CREATE_NAMED);
   close(fd);
   h->buf = m;
   h->size = size;
@@ -499,9 +584,8 @@ static int shm_create(const char *name, size_t size, const mp_shared_memory_opti
   return 0;
 
 fail:
-  shm_unlink(path);
-  if (e)
-    reg_drop(reg, e);
+  if (m != MAP_FAILED)
+    munmap(m, size);
   close(fd);
   free(h);
   return err;
@@ -609,6 +693,7 @@ MP_EXPORT int mp_shared_memory_unlink(mp_shared_memory *shm) {
     return -EINVAL;
   if (shm_unlink(shm->path) < 0)
     return -errno;
+  MP__CRASH(SHM_UNLINK_UNLINKED);
   reg_forget(shm->path, shm->dev, shm->ino);
   if (shm->mgr)
     shm->mgr->unlinked = 1;
@@ -640,7 +725,7 @@ MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
 /*
  * Block layout (all fields in the machine's byte order):
  *   struct sl_header                     32 bytes
- *   struct sl_slot [count]               32 bytes each
+ *   struct sl_slot [count]               40 bytes each
  *   data                                 each slot's `cap` bytes at `offset`
  *
  * struct sl_header: written once by the creator; `magic` last (release), so
@@ -650,9 +735,12 @@ MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
  * struct sl_slot, one per item:
  *   offset, cap  constant after creation. Attachers check them against the
  *                block once and keep private copies, never re-reading them.
- *   writer       pid of the process writing the slot, 0 when none. A writer
- *                takes the slot by compare-exchange 0 -> its pid and gives it
- *                back by storing 0 (release).
+ *   writer       the identity of the process writing the slot, 0 when
+ *                none: its pid in the low 32 bits and the low 32 bits of its
+ *                start time (clock ticks since boot, /proc) in the high
+ *                ones, so that a process that got a dead writer's pid is not
+ *                taken for it. A writer takes the slot by compare-exchange
+ *                0 -> its identity and gives it back by storing 0 (release).
  *   seq          a seqlock: even while the slot is stable, odd while its
  *                writer changes `type`, `len` and the data. Readers read
  *                those between two loads of `seq` and retry unless both
@@ -660,18 +748,30 @@ MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
  *                with memcpy while a writer may be storing them; the second
  *                load of `seq` discards any such copy.)
  *   type, len    the current value's type and length in bytes (len <= cap).
- * Crash: a writer killed in the middle of a write leaves `writer` naming a
- * dead pid and `seq` odd. The next writer that finds it dead takes the slot
- * over (its own write replaces type, length and data whole). The next reader
- * that finds it dead takes it over to make it stable as it is (type and len
- * made valid, the bytes as left) and reports -EOWNERDEAD once.
+ * Waits: readers wait while `seq` is odd, writers while `writer` is taken;
+ * both spin, then yield, checking the holder's liveness every SL_CHECK_EVERY
+ * yields, and give up with -ETIMEDOUT after mp__shm_list_wait_s seconds
+ * (the public calls take no timeout; a live writer holds a slot only for
+ * one copy, so this only ends waits on a stopped or starved writer).
+ * What a SIGKILL of a writer leaves, and who repairs it:
+ *   slot taken, seq still even (shm.list.set.locked): readers read the old
+ *     value undisturbed; the next writer that finds the holder dead takes
+ *     the slot over.
+ *   seq odd, nothing written (shm.list.set.seq), or value written, seq still
+ *     odd (shm.list.set.written): the next writer that finds the holder dead
+ *     takes the slot over (its own write replaces type, length and data
+ *     whole); the next reader that does makes it stable as it is (type and
+ *     len made valid, the bytes as left) and reports -EOWNERDEAD once.
  */
 #define SL_MAGIC 0x315453494c53706dULL /* "mpSLIST1" in memory on little-endian */
-#define SL_VERSION 1
+#define SL_VERSION 2 /* 2: 64-bit writer identities */
 #define SL_MAX_CAP ((uint64_t)UINT32_MAX - 7)
 /* Busy-wait rounds before yielding, and yields between liveness checks. */
 #define SL_SPIN 100
 #define SL_CHECK_EVERY 64
+
+/* How long a reader or writer waits for a slot's writer (internal.h). */
+double mp__shm_list_wait_s = 10.0;
 
 struct sl_header {
   _Atomic uint64_t magic;
@@ -683,15 +783,16 @@ struct sl_header {
 
 struct sl_slot {
   _Atomic uint32_t seq;
-  _Atomic int32_t writer;
   _Atomic uint32_t type;
+  _Atomic uint64_t writer;
   _Atomic uint32_t len;
+  uint32_t reserved;
   uint64_t offset;
   uint64_t cap;
 };
 
 _Static_assert(sizeof(struct sl_header) == 32, "ShareableList header layout");
-_Static_assert(sizeof(struct sl_slot) == 32, "ShareableList slot layout");
+_Static_assert(sizeof(struct sl_slot) == 40, "ShareableList slot layout");
 
 struct sl_geom {
   uint64_t offset, cap;
@@ -747,26 +848,62 @@ static bool check_due(unsigned spins) {
   return spins >= SL_SPIN && (spins - SL_SPIN) % SL_CHECK_EVERY == SL_CHECK_EVERY - 1;
 }
 
-/* Take the slot for writing. Returns the odd seq value to publish with. */
-static uint32_t slot_lock(struct sl_slot *s, pid_t me) {
+/* This process's writer identity (see struct sl_slot). */
+static uint64_t writer_self(void) {
+  uint64_t start;
+  pid_t me = self_ident(&start);
+  return (uint64_t)(uint32_t)me | (uint64_t)(uint32_t)start << 32;
+}
+
+/* Whether the writer w is still running: its pid is alive and, when its
+ * start time is known on both sides, started when w says. */
+static bool writer_alive(uint64_t w) {
+  pid_t pid = (pid_t)(uint32_t)w;
+  uint32_t start = (uint32_t)(w >> 32);
+  if (pid <= 0)
+    return false;
+  if (kill(pid, 0) < 0 && errno == ESRCH)
+    return false;
+  char st;
+  uint64_t t;
+  int r = read_stat(pid, &st, &t);
+  if (r == -ENOENT || r == -ESRCH)
+    return false;
+  if (r < 0)
+    return true;
+  if (st == 'Z' || st == 'X' || st == 'x')
+    return false;
+  return !(start && (uint32_t)t != start);
+}
+
+/* Take the slot for writing by deadline d: 0 and the odd seq value to
+ * publish with in *seq_out, or -ETIMEDOUT. */
+static int slot_lock(struct sl_slot *s, uint64_t me, const mp__deadline *d, uint32_t *seq_out) {
   for (unsigned spins = 0;; spins++) {
-    int32_t w = 0;
+    uint64_t w = 0;
     if (atomic_compare_exchange_strong(&s->writer, &w, me))
       break;
-    if (check_due(spins) && w != me && !owner_alive(w, 0) &&
-        atomic_compare_exchange_strong(&s->writer, &w, me))
-      break; /* its writer died: ours replaces whatever it left */
+    if (check_due(spins)) {
+      if (w != me && !writer_alive(w) && atomic_compare_exchange_strong(&s->writer, &w, me))
+        break; /* its writer died: ours replaces whatever it left */
+      if (mp__deadline_passed(d))
+        return -ETIMEDOUT;
+    }
     pause_round(spins);
   }
+  MP__CRASH(SHM_LIST_SET_LOCKED);
   uint32_t seq = atomic_load(&s->seq);
   if (!(seq & 1)) {
     seq++;
     /* relaxed + release fence: the odd value is visible before any data
-     * store below (the seqlock writer's side) */
+     * store below (the seqlock writer's side; pairs with the reader's
+     * acquire fence before its second load of seq) */
     atomic_store_explicit(&s->seq, seq, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
   }
-  return seq;
+  MP__CRASH(SHM_LIST_SET_SEQ);
+  *seq_out = seq;
+  return 0;
 }
 
 static void slot_unlock(struct sl_slot *s, uint32_t seq) {
@@ -806,16 +943,22 @@ MP_EXPORT int mp_shareable_list_set(mp_shareable_list *l, size_t index, const mp
   if (item_size(item) > l->geom[index].cap)
     return -EMSGSIZE;
   struct sl_slot *s = slot_at(l, index);
-  uint32_t seq = slot_lock(s, self_ident(NULL));
+  mp__deadline d;
+  mp__deadline_init(&d, mp__shm_list_wait_s);
+  uint32_t seq;
+  err = slot_lock(s, writer_self(), &d, &seq);
+  if (err < 0)
+    return err;
   slot_write(l, index, item);
+  MP__CRASH(SHM_LIST_SET_WRITTEN);
   slot_unlock(s, seq);
   return 0;
 }
 
 /* A reader found slot i odd with a dead writer: make it stable as it is. */
-static int slot_repair(mp_shareable_list *l, size_t i, int32_t dead) {
+static int slot_repair(mp_shareable_list *l, size_t i, uint64_t dead) {
   struct sl_slot *s = slot_at(l, i);
-  if (!atomic_compare_exchange_strong(&s->writer, &dead, self_ident(NULL)))
+  if (!atomic_compare_exchange_strong(&s->writer, &dead, writer_self()))
     return 0; /* someone else got there first */
   uint32_t seq = atomic_load(&s->seq);
   if (!(seq & 1)) {
@@ -845,14 +988,24 @@ MP_EXPORT int mp_shareable_list_get(mp_shareable_list *l, size_t index, mp_item 
   struct sl_slot *s = slot_at(l, index);
   const char *d = data_at(l, index);
   uint64_t cap = l->geom[index].cap;
+  mp__deadline dl;
+  bool timed = false; /* the deadline is made at the first wait only */
   for (unsigned spins = 0;; spins++) {
     uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
     if (s1 & 1) {
-      int32_t w = atomic_load(&s->writer);
-      if (check_due(spins) && w && w != self_ident(NULL) && !owner_alive(w, 0)) {
-        int r = slot_repair(l, index, w);
-        if (r < 0)
-          return r;
+      if (!timed) {
+        mp__deadline_init(&dl, mp__shm_list_wait_s);
+        timed = true;
+      }
+      if (check_due(spins)) {
+        uint64_t w = atomic_load(&s->writer);
+        if (w && w != writer_self() && !writer_alive(w)) {
+          int r = slot_repair(l, index, w);
+          if (r < 0)
+            return r;
+        }
+        if (mp__deadline_passed(&dl))
+          return -ETIMEDOUT;
       }
       pause_round(spins);
       continue;
@@ -933,6 +1086,10 @@ static ssize_t find(mp_shareable_list *l, const mp_item *v, bool first_only) {
     int r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
     if (r == -EOWNERDEAD)
       r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
+    if (r == -ETIMEDOUT) {
+      free(buf);
+      return r;
+    }
     if (r < 0)
       continue; /* a slot holding garbage equals nothing */
     if (item_equal(&it, v)) {

@@ -61,14 +61,19 @@ int mp__deadline_poll_ms(const mp__deadline *d) {
 }
 
 /* The tid is cached per thread and the pid per process; the fork handler
- * clears both in the child, whose pid and only thread's tid are new. One
- * handler for every area, so a child touches one page for them. */
+ * clears both in the child, whose pid and only thread's tid are new. These
+ * are libmp's only pid cache and only fork handler: other areas call mp__pid()
+ * and hook into ids_after_fork(), so a child touches one page for them and no
+ * area can see a stale pid of its own. The handler is registered by the first
+ * mp__pid() or mp__tid() of a process, which every area's first use of
+ * per-process state goes through. */
 __thread pid_t mp__cached_tid __attribute__((tls_model("initial-exec")));
 static _Atomic pid_t cached_pid;
 
 static void ids_after_fork(void) {
   mp__cached_tid = 0;
   atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
+  mp__process_atfork_child();
 }
 
 static pthread_once_t ids_once = PTHREAD_ONCE_INIT;

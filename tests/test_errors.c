@@ -2,6 +2,7 @@
 /* mp_strerror: every code libmp gives a meaning has its own explanation. */
 #include "testutil.h"
 
+#include <limits.h>
 #include <mp.h>
 #include <string.h>
 
@@ -40,11 +41,21 @@ static void test_errors_other_codes_fall_back(void **state) {
   assert_string_equal(mp_strerror(-100000), "unknown error");
 }
 
+/* The most negative int has no positive twin: negating it would be undefined
+ * behaviour (the UBSan build halts on it). */
+static void test_errors_int_min_is_unknown(void **state) {
+  (void)state;
+  assert_string_equal(mp_strerror(INT_MIN), "unknown error");
+  assert_string_equal(mp_strerror(INT_MIN + 1), "unknown error");
+  assert_string_equal(mp_strerror(-INT_MAX), "unknown error");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_errors_success_codes),
       cmocka_unit_test(test_errors_libmp_codes_are_explained),
       cmocka_unit_test(test_errors_other_codes_fall_back),
+      cmocka_unit_test(test_errors_int_min_is_unknown),
   };
   return TU_RUN("errors", tests);
 }

@@ -581,6 +581,292 @@ static void test_process_daemon_killed_with_parent(void **state) {
   close(eofp[0]);
 }
 
+/* ------------------------------------------------------------ parent death from threads */
+
+/* Whether process pid is running (not gone, not a zombie). */
+static bool running(int pid) {
+  char path[64], st[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return false;
+  size_t n = fread(st, 1, sizeof st - 1, f);
+  fclose(f);
+  st[n] = 0;
+  char *rp = strrchr(st, ')');
+  return rp && rp[1] && rp[2] != 'Z' && rp[2] != 'X';
+}
+
+/* Wait up to `timeout` seconds for pid to stop running. */
+static bool ends_within(int pid, double timeout) {
+  double end = tu_now() + timeout;
+  while (running(pid)) {
+    if (tu_now() > end)
+      return false;
+    tu_sleep(0.01);
+  }
+  return true;
+}
+
+static void *start_daemon_in_thread(void *arg) {
+  mp_process_options o = {.daemon = 1};
+  mp_process *d = NULL;
+  if (mp_process_new(report_pid_then_sleep, arg, &o, &d) != 0 || mp_process_start(d) != 0)
+    return NULL;
+  /* Let the daemon tie itself to this thread before it ends (else it would
+   * be tied to the thread that reaps it, which lives on). */
+  tu_sleep(0.3);
+  return d;
+}
+
+/* The intermediate parent: start a daemon from a thread that then ends, tell
+ * the test, and live on until killed. */
+static int daemon_from_thread_then_wait(void *arg) {
+  struct pipes *pp = arg;
+  pthread_t th;
+  CHILD_CHECK(pthread_create(&th, NULL, start_daemon_in_thread, pp) == 0);
+  void *d = NULL;
+  CHILD_CHECK(pthread_join(th, &d) == 0);
+  CHILD_CHECK(d != NULL);
+  close(pp->eof_w); /* the daemon's copy is now the only one */
+  write_all(pp->out_w, "j", 1);
+  for (;;)
+    pause();
+}
+
+/* PR_SET_PDEATHSIG alone fires when the forking *thread* ends: the daemon
+ * must outlive that thread, and still die with its parent process. */
+static void test_process_daemon_outlives_its_starting_thread(void **state) {
+  (void)state;
+  int pidp[2], eofp[2], outp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  assert_int_equal(pipe2(eofp, O_CLOEXEC), 0);
+  assert_int_equal(pipe2(outp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1], .eof_w = eofp[1], .out_w = outp[1]};
+  pid_t mid = tu_fork(daemon_from_thread_then_wait, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  close(eofp[1]);
+  close(outp[1]);
+  int dpid = 0;
+  assert_int_equal(read_all(pidp[0], (char *)&dpid, sizeof dpid, 10), (int)sizeof dpid);
+  assert_true(dpid > 0);
+  char c;
+  assert_int_equal(read_all(outp[0], &c, 1, 10), 1); /* the thread has ended */
+  /* The daemon must not end now: no EOF within a second. */
+  struct pollfd pfd = {.fd = eofp[0], .events = POLLIN};
+  int r;
+  do
+    r = poll(&pfd, 1, 1000);
+  while (r < 0 && errno == EINTR);
+  assert_int_equal(r, 0);
+  assert_true(running(dpid));
+  /* The parent process dies: the daemon follows. */
+  assert_int_equal(kill(mid, SIGKILL), 0);
+  assert_int_equal(tu_wait(mid), 1000 + SIGKILL);
+  assert_int_equal(read_all(eofp[0], &c, 1, 10), 0);
+  assert_true(ends_within(dpid, 10));
+  close(pidp[0]);
+  close(eofp[0]);
+  close(outp[0]);
+}
+
+/* A daemon started from a thread that ended, in a parent that exits normally:
+ * terminated at the exit like any daemon (SIGTERM). */
+static int daemon_from_thread_then_exit(void *arg) {
+  struct pipes *pp = arg;
+  pthread_t th;
+  CHILD_CHECK(pthread_create(&th, NULL, start_daemon_in_thread, pp) == 0);
+  void *d = NULL;
+  CHILD_CHECK(pthread_join(th, &d) == 0);
+  CHILD_CHECK(d != NULL);
+  close(pp->eof_w);
+  tu_sleep(0.3);
+  CHILD_CHECK(mp_process_is_alive(d) == 1);
+  exit(7);
+}
+
+static void test_process_daemon_from_ended_thread_ends_at_parent_exit(void **state) {
+  (void)state;
+  int pidp[2], eofp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  assert_int_equal(pipe2(eofp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1], .eof_w = eofp[1]};
+  pid_t mid = tu_fork(daemon_from_thread_then_exit, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  close(eofp[1]);
+  int dpid = 0;
+  assert_int_equal(read_all(pidp[0], (char *)&dpid, sizeof dpid, 10), (int)sizeof dpid);
+  assert_int_equal(tu_wait(mid), 7);
+  char c;
+  assert_int_equal(read_all(eofp[0], &c, 1, 10), 0);
+  assert_true(ends_within(dpid, 10));
+  close(pidp[0]);
+  close(eofp[0]);
+}
+
+static int task_pid(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)arg;
+  (void)len;
+  (void)ctx;
+  int me = (int)getpid();
+  return mp_pool_out_set(out, &me, sizeof me) < 0 ? -1 : 0;
+}
+
+static void *pool_in_thread(void *arg) {
+  (void)arg;
+  mp_pool *p = NULL;
+  if (mp_pool_new(2, NULL, &p) != 0)
+    return NULL;
+  return p;
+}
+
+/* Pool workers are tied to the pool's owner process: a pool made by a thread
+ * that ends keeps its workers, which keep serving. */
+static void test_process_pool_outlives_its_starting_thread(void **state) {
+  (void)state;
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, pool_in_thread, NULL), 0);
+  void *v = NULL;
+  assert_int_equal(pthread_join(th, &v), 0);
+  mp_pool *p = v;
+  assert_non_null(p);
+  int before[2] = {0, 0}, after[2] = {0, 0};
+  assert_int_equal(mp_pool_worker_pids(p, before, 2), 2);
+  tu_sleep(0.5);
+  assert_int_equal(mp_pool_worker_pids(p, after, 2), 2);
+  for (int i = 0; i < 2; i++) {
+    assert_true(running(before[i]));
+    assert_true(before[i] == after[0] || before[i] == after[1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    void *res = NULL;
+    size_t len = 0;
+    assert_int_equal(mp_pool_apply(p, task_pid, NULL, 0, NULL, &res, &len), 0);
+    assert_int_equal(len, sizeof(int));
+    int w;
+    memcpy(&w, res, sizeof w);
+    free(res);
+    assert_true(w == before[0] || w == before[1]);
+  }
+  assert_int_equal(mp_pool_close(p), 0);
+  assert_int_equal(mp_pool_join(p, 30), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
+/* The intermediate parent: a pool from a thread that ends; report the
+ * workers' pids and wait to be killed. */
+static int pool_from_thread_then_wait(void *arg) {
+  struct pipes *pp = arg;
+  pthread_t th;
+  CHILD_CHECK(pthread_create(&th, NULL, pool_in_thread, NULL) == 0);
+  void *p = NULL;
+  CHILD_CHECK(pthread_join(th, &p) == 0);
+  CHILD_CHECK(p != NULL);
+  int pids[2] = {0, 0};
+  CHILD_CHECK(mp_pool_worker_pids(p, pids, 2) == 2);
+  write_all(pp->pid_w, pids, sizeof pids);
+  for (;;)
+    pause();
+}
+
+/* ... and its workers still end when the pool's process is killed. */
+static void test_process_pool_from_ended_thread_dies_with_parent(void **state) {
+  (void)state;
+  int pidp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1]};
+  pid_t mid = tu_fork(pool_from_thread_then_wait, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  int pids[2] = {0, 0};
+  assert_int_equal(read_all(pidp[0], (char *)pids, sizeof pids, 20), (int)sizeof pids);
+  tu_sleep(0.3);
+  assert_true(running(pids[0]) && running(pids[1]));
+  assert_int_equal(kill(mid, SIGKILL), 0);
+  assert_int_equal(tu_wait(mid), 1000 + SIGKILL);
+  assert_true(ends_within(pids[0], 10));
+  assert_true(ends_within(pids[1], 10));
+  close(pidp[0]);
+}
+
+static void *manager_in_thread(void *arg) {
+  (void)arg;
+  mp_manager *m = NULL;
+  if (mp_manager_new(NULL, &m) != 0)
+    return NULL;
+  if (mp_manager_start(m) != 0) {
+    mp_manager_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* A manager server started from a thread that ends keeps answering. */
+static void test_process_manager_outlives_its_starting_thread(void **state) {
+  (void)state;
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, manager_in_thread, NULL), 0);
+  void *v = NULL;
+  assert_int_equal(pthread_join(th, &v), 0);
+  mp_manager *m = v;
+  assert_non_null(m);
+  int spid = mp_manager_pid(m);
+  assert_true(spid > 0);
+  tu_sleep(0.5);
+  assert_true(running(spid));
+  mp_proxy *d = NULL;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  mp_obj *k = mp_obj_str("k"), *val = mp_obj_int(42), *got = NULL;
+  assert_int_equal(mp_dict_proxy_set(d, k, val), 0);
+  assert_int_equal(mp_dict_proxy_get(d, k, &got), 0);
+  int64_t x = 0;
+  assert_int_equal(mp_obj_get_int(got, &x), 0);
+  assert_int_equal(x, 42);
+  mp_obj_free(k);
+  mp_obj_free(val);
+  mp_obj_free(got);
+  assert_int_equal(mp_proxy_free(d), 0);
+  assert_int_equal(mp_manager_shutdown(m), 0);
+  assert_int_equal(mp_manager_free(m), 0);
+}
+
+/* The intermediate parent: a manager from a thread that ends; report the
+ * server's pid and wait to be killed. */
+static int manager_from_thread_then_wait(void *arg) {
+  struct pipes *pp = arg;
+  pthread_t th;
+  CHILD_CHECK(pthread_create(&th, NULL, manager_in_thread, NULL) == 0);
+  void *m = NULL;
+  CHILD_CHECK(pthread_join(th, &m) == 0);
+  CHILD_CHECK(m != NULL);
+  int spid = mp_manager_pid(m);
+  write_all(pp->pid_w, &spid, sizeof spid);
+  for (;;)
+    pause();
+}
+
+/* ... and still ends when its parent process is killed. */
+static void test_process_manager_from_ended_thread_dies_with_parent(void **state) {
+  (void)state;
+  int pidp[2];
+  assert_int_equal(pipe2(pidp, O_CLOEXEC), 0);
+  struct pipes pp = {.pid_w = pidp[1]};
+  pid_t mid = tu_fork(manager_from_thread_then_wait, &pp, 30);
+  assert_true(mid > 0);
+  close(pidp[1]);
+  int spid = 0;
+  assert_int_equal(read_all(pidp[0], (char *)&spid, sizeof spid, 20), (int)sizeof spid);
+  assert_true(spid > 0);
+  tu_sleep(0.5);
+  assert_true(running(spid));
+  assert_int_equal(kill(mid, SIGKILL), 0);
+  assert_int_equal(tu_wait(mid), 1000 + SIGKILL);
+  assert_true(ends_within(spid, 10));
+  close(pidp[0]);
+}
+
 static int log_fd = -1;
 static void log_at_exit(void) { write_all(log_fd, "X", 1); }
 
@@ -1076,6 +1362,12 @@ int main(void) {
       cmocka_unit_test(test_process_echild_from_other_processes),
       cmocka_unit_test(test_process_daemon_cannot_start_children),
       cmocka_unit_test(test_process_daemon_killed_with_parent),
+      cmocka_unit_test(test_process_daemon_outlives_its_starting_thread),
+      cmocka_unit_test(test_process_daemon_from_ended_thread_ends_at_parent_exit),
+      cmocka_unit_test(test_process_pool_outlives_its_starting_thread),
+      cmocka_unit_test(test_process_pool_from_ended_thread_dies_with_parent),
+      cmocka_unit_test(test_process_manager_outlives_its_starting_thread),
+      cmocka_unit_test(test_process_manager_from_ended_thread_dies_with_parent),
       cmocka_unit_test(test_process_children_handled_at_normal_exit),
       cmocka_unit_test(test_process_child_handles_its_children_at_return),
       cmocka_unit_test(test_process_stubborn_daemon_killed_at_exit),

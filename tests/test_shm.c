@@ -814,7 +814,7 @@ static void test_shareable_list_errors(void **state) {
   assert_memory_equal(buf, "xy", 2);
   assert_int_equal(mp_shareable_list_close(copy), 0);
   uint64_t far = 1 << 20;
-  memcpy((char *)mp_shared_memory_buf(raw) + 32 + 32 * 2 + 16, &far, 8); /* slot 2 offset */
+  memcpy((char *)mp_shared_memory_buf(raw) + 32 + 40 * 2 + 24, &far, 8); /* slot 2 offset */
   assert_int_equal(mp_shareable_list_attach(rawname, NULL, &out), -EINVAL);
   uint32_t many = 1000;
   memcpy((char *)mp_shared_memory_buf(raw) + 12, &many, 4); /* count beyond the block */
@@ -1003,12 +1003,12 @@ static void test_shareable_list_dead_writer_recovered(void **state) {
    * a half-written value (layout documented in mp/shm.h and src/shm.c). */
   char *base = mp_shared_memory_buf(mp_shareable_list_shm(l));
   for (int slot = 0; slot < 2; slot++) {
-    _Atomic uint32_t *seq = (_Atomic uint32_t *)(base + 32 + 32 * slot);
-    _Atomic int32_t *writer = (_Atomic int32_t *)(base + 32 + 32 * slot + 4);
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)(base + 32 + 40 * slot);
+    _Atomic uint64_t *writer = (_Atomic uint64_t *)(base + 32 + 40 * slot + 8);
     atomic_store(seq, atomic_load(seq) + 1);
-    atomic_store(writer, (int32_t)dead);
+    atomic_store(writer, (uint64_t)(uint32_t)dead);
   }
-  memcpy(base + 32 + 64, "XYZ", 3); /* slot 0's data starts after the descriptors */
+  memcpy(base + 32 + 80, "XYZ", 3); /* slot 0's data starts after the descriptors */
   mp_item it;
   char buf[16];
   double t0 = tu_now();

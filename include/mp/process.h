@@ -13,9 +13,19 @@
  * and joins its daemon children (SIGTERM, then SIGKILL for a daemon still
  * running 2 s later), then joins its non-daemon children, as Python does. A
  * libmp child does the same for its own children when its target returns.
- * Daemon children also die when the parent dies any other way, SIGKILL
- * included (`PR_SET_PDEATHSIG`, tied to the thread that started them: start
- * daemons from a thread that lives as long as they should).
+ * Daemon children also die when the parent process dies any other way,
+ * SIGKILL included, and not before: the thread that started them may end
+ * while its process goes on. The same holds for pool workers and for the
+ * server of mp_manager_start().
+ *
+ * To learn of the parent's death, such a child (a daemon Process, a pool
+ * worker, a Manager server) asks the kernel for the highest real-time signal,
+ * `SIGRTMAX`, whenever a thread of its parent that it was tied to ends
+ * (`PR_SET_PDEATHSIG`), and libmp handles that signal in the child. The code
+ * running in such a child must not install its own handler for `SIGRTMAX`,
+ * block it, or use it for anything else (sigwait, signalfd); after an exec()
+ * its default action ends the program, when any thread of the old parent
+ * ends. A slow call interrupted by it is restarted (`SA_RESTART`).
  *
  * A process handle lives in the family heap, so any process of the family may
  * read its pid, name and exit code; only the process that started it may join,

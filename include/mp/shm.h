@@ -55,9 +55,13 @@
  *    to run any code, so their names remain in /dev/shm until removed by
  *    hand or reboot. Generated names start with `psm_` (as Python's do, so
  *    check with `ls -l /dev/shm/psm_*` and `fuser` whose they are), and
- *    mp_shared_memory_unlink_name() removes one by name;
- *  - a block whose creator was killed within the few microseconds between
- *    creating the name and recording it in the registry (two system calls).
+ *    mp_shared_memory_unlink_name() removes one by name.
+ * A creator killed at any instant of mp_shared_memory_new() leaves no name
+ * that the family cannot clean up: the block is created without a name
+ * (`O_TMPFILE` in /dev/shm), sized, recorded with its inode, and only then
+ * named (`linkat`), so the next sweep of a survivor (any creation, attach
+ * or unlink_name, or a normal end) removes it. An attacher never sees a
+ * libmp block before its size is set.
  *
  * @par Fork
  * Handles are private to a process (ordinary `malloc` memory). A child
@@ -139,7 +143,9 @@ MP_EXPORT int mp_shared_memory_new(const char *name, size_t size,
  * @param[out] ret the handle, written only on success.
  * @return 0; `-ENOENT` when no block has that name; `-EINVAL` for a bad name
  *         or NULL @p ret; `-EACCES` for another user's block; `-EAGAIN` when
- *         the block has size 0 (its creator has not sized it yet: try again);
+ *         the block has size 0 (made by a program other than libmp, which
+ *         has not sized it yet: try again; libmp sizes its blocks before
+ *         naming them);
  *         `-ENOMEM`, `-EMFILE`.
  * Also unlinks the blocks of dead owners in the family (see Lifetime), which
  * may be the one asked for (then `-ENOENT`).
@@ -264,9 +270,11 @@ static inline mp_item mp_item_bytes(const void *p, size_t len) {
  *        (Python's `ShareableList(sequence, name=name)`).
  *
  * Layout of the block (so that programs not using libmp can read it): a
- * header (magic "mpSLIST1", version, count), then one 32-byte descriptor per
- * slot (type, capacity, current length, offset of its data), then the slots'
- * data, each 8-byte aligned. See src/shm.c for the exact fields.
+ * header (magic "mpSLIST1", version 2, count), then one 40-byte descriptor
+ * per slot (type, capacity, current length, offset of its data, and the
+ * seqlock and writer words), then the slots' data, each 8-byte aligned. See
+ * src/shm.c for the exact fields. (Version 1, with 32-byte descriptors and
+ * writers known by pid alone, is refused with `-EINVAL`.)
  * @param name NULL for a generated name.
  * @param items @p n items (NULL when @p n is 0); their mp_item::cap sets
  *        each slot's capacity.
@@ -321,9 +329,13 @@ MP_EXPORT ssize_t mp_shareable_list_capacity(const mp_shareable_list *list, size
  *         it left (a valid type and length, the bytes possibly mixed) and is
  *         usable again, @p out is not written; `-EINVAL` for NULL @p list or
  *         @p out, or a slot holding an impossible type or length (the block
- *         was written by something other than libmp).
+ *         was written by something other than libmp); `-ETIMEDOUT` when a
+ *         live writer has kept the slot for 10 s (it is stopped or starved:
+ *         a write holds the slot for one copy only); @p out is not written.
  * Does not block except while another thread or process is writing the
- * slot (a short busy wait, then yielding the CPU).
+ * slot (a short busy wait, then yielding the CPU, for at most 10 s). A
+ * writer that died is recognised by its pid and start time, so a new
+ * process that got its pid is not waited for.
  */
 MP_EXPORT int mp_shareable_list_get(mp_shareable_list *list, size_t index, mp_item *out, void *buf,
                                     size_t bufsize);
@@ -338,7 +350,8 @@ MP_EXPORT int mp_shareable_list_get(mp_shareable_list *list, size_t index, mp_it
  * @return 0; `-EMSGSIZE` when a string or bytes is longer than the slot's
  *         capacity (the slot keeps its value); `-ERANGE` past the end;
  *         `-EINVAL` for an unknown type, NULL data with a non-zero length,
- *         NULL @p list or @p item.
+ *         NULL @p list or @p item; `-ETIMEDOUT` when another live writer
+ *         has kept the slot for 10 s (the slot keeps its value).
  */
 MP_EXPORT int mp_shareable_list_set(mp_shareable_list *list, size_t index, const mp_item *item);
 
@@ -349,7 +362,8 @@ MP_EXPORT int mp_shareable_list_set(mp_shareable_list *list, size_t index, const
  * Equal means the same type and the same value (`==` for numbers, so NaN
  * equals nothing; the same bytes for strings and bytes); stricter than
  * Python, where `1 == 1.0 == True`.
- * @return the count; `-EINVAL` for NULL or an unknown type.
+ * @return the count; `-EINVAL` for NULL or an unknown type; `-ETIMEDOUT`
+ *         as mp_shareable_list_get().
  */
 MP_EXPORT ssize_t mp_shareable_list_count(mp_shareable_list *list, const mp_item *value);
 
@@ -357,7 +371,8 @@ MP_EXPORT ssize_t mp_shareable_list_count(mp_shareable_list *list, const mp_item
  * @brief The first slot holding a value equal to @p value (Python's
  *        `index()`), equality as in mp_shareable_list_count().
  * @return the index; `-ENOENT` when none does (Python's ValueError);
- *         `-EINVAL` for NULL or an unknown type.
+ *         `-EINVAL` for NULL or an unknown type; `-ETIMEDOUT` as
+ *         mp_shareable_list_get().
  */
 MP_EXPORT ssize_t mp_shareable_list_index(mp_shareable_list *list, const mp_item *value);
 
