@@ -754,8 +754,10 @@ static void close_inherited(int a, int b) {
 
 static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   mp__process_after_fork_child();
-  mp__tie_to_parent(p->owner, SIGKILL);
+  /* The mask first: the tie unblocks its own signal, which a mask taken from
+   * the pool's creator (who may block it) must not block again. */
   pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
+  mp__tie_to_parent(p->owner, SIGKILL);
   close_inherited(sock, p->efd);
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);

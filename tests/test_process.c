@@ -714,8 +714,14 @@ static int task_pid(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
   return mp_pool_out_set(out, &me, sizeof me) < 0 ? -1 : 0;
 }
 
+/* arg non-NULL: the thread blocks every signal it can first, libmp's
+ * parent-death signal included, and its workers must still be tied. */
 static void *pool_in_thread(void *arg) {
-  (void)arg;
+  if (arg) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+  }
   mp_pool *p = NULL;
   if (mp_pool_new(2, NULL, &p) != 0)
     return NULL;
@@ -760,7 +766,7 @@ static void test_process_pool_outlives_its_starting_thread(void **state) {
 static int pool_from_thread_then_wait(void *arg) {
   struct pipes *pp = arg;
   pthread_t th;
-  CHILD_CHECK(pthread_create(&th, NULL, pool_in_thread, NULL) == 0);
+  CHILD_CHECK(pthread_create(&th, NULL, pool_in_thread, pp) == 0);
   void *p = NULL;
   CHILD_CHECK(pthread_join(th, &p) == 0);
   CHILD_CHECK(p != NULL);
@@ -771,7 +777,8 @@ static int pool_from_thread_then_wait(void *arg) {
     pause();
 }
 
-/* ... and its workers still end when the pool's process is killed. */
+/* ... and its workers still end when the pool's process is killed, also when
+ * the thread that made the pool blocked every signal. */
 static void test_process_pool_from_ended_thread_dies_with_parent(void **state) {
   (void)state;
   int pidp[2];
