@@ -983,7 +983,9 @@ static void rx_eof(mp_connection *c) {
  * has ended and waits for a buffer large enough). Reads, without waiting, what
  * has arrived of it into its own buffer: its current record may be one its
  * sender abandoned (TRL_DROP), and a header that is not its MORE, or end of
- * file, shows it will never end; then it is dropped. */
+ * file, shows it will never end; then it is dropped. A message whose last
+ * trailer was TRL_OK is whole: what follows it is the next message, never a
+ * sign that this one was given up. */
 static bool stream_part_alive(mp_connection *c) {
   struct stream_rx *rx = &c->rx;
   struct partial *pt = &c->part;
@@ -991,6 +993,8 @@ static bool stream_part_alive(mp_connection *c) {
   mp__deadline_init(&now, MP_NOWAIT);
   while (pt->buf) {
     int r;
+    if (pt->got == pt->total && !rx->in_rec)
+      break; /* whole, waiting for room (-EMSGSIZE) */
     if (rx->rec_left > 0) {
       ssize_t n = rx_payload(c, pt->buf + pt->got, rx->rec_left, &now);
       if (n > 0) {
@@ -1002,8 +1006,6 @@ static bool stream_part_alive(mp_connection *c) {
       r = rx_trailer(c, &now);
       if (r == 0)
         part_drop(c); /* its sender gave it up */
-      if (r == 1 && pt->got == pt->total)
-        break; /* whole */
     } else {
       struct shdr h;
       r = rx_fill(c, SHDR, &now);
