@@ -597,6 +597,9 @@ static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc,
       }
       char *dst = alloc ? malloc(total ? total : 1) : buf;
       if (alloc && !dst) {
+        /* Skip it: kept, it would fail every later receive the same way
+         * (a peer may declare any length). Its MOREs are then strays. */
+        discard_record(c);
         ret = -ENOMEM;
         break;
       }
@@ -1107,6 +1110,7 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
       }
       char *dst = alloc ? malloc(total ? total : 1) : buf;
       if (!dst) {
+        rx_consume(rx, SHDR + total + STRL); /* skipped, as below */
         ret = -ENOMEM;
         break;
       }
@@ -1117,14 +1121,17 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
       return (ssize_t)total;
     }
     char *dst = alloc ? malloc(total) : buf;
+    rx_consume(rx, SHDR);
+    rx->rec_left = h.pay;
+    rx->in_rec = true;
     if (!dst) {
+      /* Skip it: kept, it would fail every later receive the same way (a
+       * peer may declare any length). Its payload and MOREs continue no
+       * message and are dropped as they come. */
       ret = -ENOMEM;
       break;
     }
-    rx_consume(rx, SHDR);
     *pt = (struct partial){dst, total, 0, 0, alloc};
-    rx->rec_left = h.pay;
-    rx->in_rec = true;
   }
   if (ret == -EPIPE)
     rx_eof(c);

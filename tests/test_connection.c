@@ -21,6 +21,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Under AddressSanitizer, let an impossible malloc() return NULL as libc's
+ * does (test_connection_absurd_length_is_skipped) rather than abort. */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
+
 /* ------------------------------------------------------------ helpers */
 
 static void new_pipe(int duplex, mp_connection **a, mp_connection **b) {
@@ -1615,6 +1620,59 @@ static void test_connection_stream_whole_message_waits_for_room(void **state) {
   mp_connection_close(b);
 }
 
+/* A record as the SOCK_SEQPACKET framing has it (connection.c). */
+static void raw_packet(int fd, int kind, const void *pay, size_t n, uint64_t value) {
+  struct {
+    uint32_t word, sender;
+    uint64_t value;
+  } h = {(0x6d7063u << 8) | (uint32_t)kind, (uint32_t)getpid(), value};
+  char rec[256];
+  assert_true(n <= sizeof rec - sizeof h);
+  memcpy(rec, &h, sizeof h);
+  memcpy(rec + sizeof h, pay, n);
+  assert_int_equal(send(fd, rec, sizeof h + n, 0), (ssize_t)(sizeof h + n));
+}
+
+/* A message that declares a length no buffer can hold: mp_connection_recv()
+ * keeps it (-EMSGSIZE, as documented), mp_connection_recv_alloc() skips it
+ * with -ENOMEM, and the next message comes through. (Before, every later
+ * receive failed with -ENOMEM, with no way past it.) */
+static void test_connection_absurd_length_is_skipped(void **state) {
+  (void)state;
+  const uint64_t huge = (uint64_t)1 << 62;
+  char buf[64];
+  void *m = NULL;
+  for (int stream = 0; stream < 2; stream++) {
+    int sv[2];
+    assert_int_equal(
+        socketpair(AF_UNIX, (stream ? SOCK_STREAM : SOCK_SEQPACKET) | SOCK_CLOEXEC, 0, sv), 0);
+    mp_connection *b;
+    assert_int_equal(mp_connection_from_fd(sv[1], 0, &b), 0);
+    if (stream) {
+      raw_record(sv[0], 1, "abc", 3, huge, true, true);
+      raw_record(sv[0], 2, "def", 3, 0, true, true); /* a MORE of it */
+      raw_record(sv[0], 1, "end", 3, 3, true, true);
+    } else {
+      raw_packet(sv[0], 1, "abc", 3, huge);
+      raw_packet(sv[0], 2, "def", 3, 3); /* a MORE of it */
+      raw_packet(sv[0], 1, "end", 3, 3);
+    }
+    assert_int_equal(mp_connection_peek_size(b, 5), (ssize_t)huge);
+    assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 5), -EMSGSIZE);
+    assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 5), -EMSGSIZE);
+    assert_int_equal(mp_connection_recv_alloc(b, &m, 5), -ENOMEM);
+    assert_null(m);
+    assert_int_equal(mp_connection_peek_size(b, 5), 3);
+    assert_int_equal(mp_connection_recv_alloc(b, &m, 5), 3);
+    assert_memory_equal(m, "end", 3);
+    free(m);
+    m = NULL;
+    close(sv[0]);
+    assert_int_equal(mp_connection_recv(b, buf, sizeof buf, 5), -EPIPE);
+    mp_connection_close(b);
+  }
+}
+
 static void test_connection_stream_16mib_round_trip(void **state) {
   (void)state;
   FOR_EACH_STREAM(mk) {
@@ -2024,6 +2082,7 @@ int main(void) {
       cmocka_unit_test(test_connection_stream_boundaries),
       cmocka_unit_test(test_connection_stream_emsgsize_and_partial),
       cmocka_unit_test(test_connection_stream_whole_message_waits_for_room),
+      cmocka_unit_test(test_connection_absurd_length_is_skipped),
       cmocka_unit_test(test_connection_stream_16mib_round_trip),
       cmocka_unit_test(test_connection_stream_eof),
       cmocka_unit_test(test_connection_stream_receive_timeouts),

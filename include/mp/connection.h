@@ -204,8 +204,13 @@ MP_EXPORT ssize_t mp_connection_recv(mp_connection *conn, void *buf, size_t cap,
  * @param[out] ret a `malloc`ed buffer holding the message (never NULL, also
  *             for an empty message), to be released with `free()`; written
  *             only on success.
- * @return the message's length; `-ENOMEM` when it cannot be allocated (the
- *         message stays); otherwise as mp_connection_recv().
+ * @return the message's length; `-ENOMEM` when a buffer of the length the
+ *         message declares cannot be allocated: the message is skipped
+ *         (consumed and dropped, with whatever of it arrives later), so that
+ *         a message of absurd length cannot block the connection and the next
+ *         receive gets the next message; otherwise as mp_connection_recv().
+ *         (mp_connection_recv() never skips: its `-EMSGSIZE` keeps the
+ *         message, and this call is the way past one that is too large.)
  */
 MP_EXPORT ssize_t mp_connection_recv_alloc(mp_connection *conn, void **ret, double timeout);
 
