@@ -34,10 +34,15 @@
  * meets a dropped message's first part waits for the next message.
  *
  * Receivers. One thread or process at a time should receive from an end (as
- * in Python); one thread may send while another receives. A large message
- * begun by a receive that timed out is kept in that handle: do not fork or
- * send the connection in the middle of one. Records on the socket that libmp
- * did not make are discarded.
+ * in Python); one thread may send while another receives. If several do
+ * receive at once, each message of at most #MP_CONNECTION_ATOMIC_MAX bytes
+ * still reaches exactly one of them (a receiver that lost a race for one
+ * message keeps the next one it read in its handle and returns it next); a
+ * larger message may be dropped, never torn. A large message begun by a
+ * receive that timed out, or a message kept that way, is held in that
+ * handle: do not fork or send the connection while one is held. Records on
+ * the socket that libmp did not make are discarded. A process killed while
+ * receiving takes with it only what it had already read.
  *
  * Stream connections. mp_connection_from_fd() also adopts a connected
  * stream socket (TCP, or a Unix `SOCK_STREAM` socket), and Listener/Client
@@ -237,9 +242,9 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *conn, double timeout);
  *        poll/epoll: readable when mp_connection_poll() would return 1.
  *
  * The connection owns it: do not close it, and do not read or write it
- * directly. A stream connection may hold bytes already read in its handle,
- * which the descriptor does not show: ask mp_connection_poll() (with
- * timeout 0) before sleeping on it.
+ * directly. A stream connection, or one that several receivers share, may
+ * hold bytes already read in its handle, which the descriptor does not show:
+ * ask mp_connection_poll() (with timeout 0) before sleeping on it.
  * @return the descriptor; `-EINVAL` for NULL.
  */
 MP_EXPORT int mp_connection_fileno(mp_connection *conn);
