@@ -103,6 +103,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -216,8 +217,72 @@ static size_t chunk_for(int fd) {
   return chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
 }
 
+/* Private handles (internal.h): a header before each, and one FIFO of dead
+ * ones, so that the handle a stale pointer names stays dead as long as
+ * possible. A pthread mutex, released in the child of a fork (the forking
+ * thread holds it across fork, so no other thread can). */
+union handle_hdr {
+  struct {
+    union handle_hdr *next;
+    size_t size;
+  } h;
+  max_align_t align;
+};
+#define HANDLES_KEEP 64 /* dead handles kept before any is reused */
+static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static union handle_hdr *dead_head, *dead_tail;
+static size_t n_dead;
+static pthread_once_t handles_once = PTHREAD_ONCE_INIT;
+
+static void handles_lock(void) { pthread_mutex_lock(&handles_mu); }
+static void handles_unlock(void) { pthread_mutex_unlock(&handles_mu); }
+static void handles_init(void) { pthread_atfork(handles_lock, handles_unlock, handles_unlock); }
+
+void *mp__handle_new(size_t size) {
+  pthread_once(&handles_once, handles_init);
+  union handle_hdr *n = NULL;
+  handles_lock();
+  if (n_dead > HANDLES_KEEP) {
+    for (union handle_hdr *x = dead_head, *prev = NULL; x; prev = x, x = x->h.next) {
+      if (x->h.size != size)
+        continue;
+      if (prev)
+        prev->h.next = x->h.next;
+      else
+        dead_head = x->h.next;
+      if (dead_tail == x)
+        dead_tail = prev;
+      n_dead--;
+      n = x;
+      break;
+    }
+  }
+  handles_unlock();
+  if (!n && !(n = malloc(sizeof *n + size)))
+    return NULL;
+  n->h.size = size;
+  n->h.next = NULL;
+  memset(n + 1, 0, size);
+  return n + 1;
+}
+
+void mp__handle_free(void *handle) {
+  if (!handle)
+    return;
+  union handle_hdr *n = (union handle_hdr *)handle - 1;
+  n->h.next = NULL;
+  handles_lock();
+  if (dead_tail)
+    dead_tail->h.next = n;
+  else
+    dead_head = n;
+  dead_tail = n;
+  n_dead++;
+  handles_unlock();
+}
+
 static int conn_make(int fd, bool readable, bool writable, bool stream, mp_connection **ret) {
-  mp_connection *c = calloc(1, sizeof *c);
+  mp_connection *c = mp__handle_new(sizeof *c);
   if (!c)
     return -ENOMEM;
   c->magic = CONN_MAGIC;
@@ -260,7 +325,8 @@ MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **con
     goto fail;
   r = conn_make(sv[1], duplex, true, false, &b);
   if (r < 0) {
-    free(a);
+    a->magic = CONN_CLOSED;
+    mp__handle_free(a);
     goto fail;
   }
   *conn1 = a;
@@ -320,7 +386,7 @@ MP_EXPORT int mp_connection_close(mp_connection *c) {
   free(c->taken.buf);
   close(c->fd);
   c->magic = CONN_CLOSED;
-  free(c);
+  mp__handle_free(c); /* never free()d: a second close sees CONN_CLOSED */
   return 0;
 }
 

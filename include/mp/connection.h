@@ -142,7 +142,10 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret);
  * used after this call in this process.
  *
  * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not a live
- *         connection handle.
+ *         connection handle, such as one already closed: a closed handle's
+ *         memory is never given back to malloc but kept dead (and reused for
+ *         a new handle only after dozens of later closes), so a second close
+ *         is detected without reading freed memory.
  * Thread safety: no other thread may be using the handle.
  */
 MP_EXPORT int mp_connection_close(mp_connection *conn);
