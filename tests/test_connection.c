@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* Under AddressSanitizer, let an impossible malloc() return NULL as libc's
@@ -2071,6 +2072,175 @@ static void test_connection_stream_wait(void **state) {
   }
 }
 
+/* ------------------------------------------------- Listener and Client */
+
+struct client_arg {
+  char addr[300];
+  const char *key;
+  double delay; /* seconds to wait before connecting */
+};
+
+static int good_client(void *arg) {
+  struct client_arg *x = arg;
+  tu_sleep(x->delay);
+  mp_connection *c;
+  CHILD_CHECK(mp_client_connect(x->addr, x->key, x->key ? strlen(x->key) : 0, 10, &c) == 0);
+  CHILD_CHECK(mp_connection_send(c, "hi", 2, 10) == 0);
+  char buf[8];
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 10) == -EPIPE); /* waits for close */
+  mp_connection_close(c);
+  return 0;
+}
+
+/* A connected socket that never says a word. */
+static int silent_connect(const char *addr) {
+  int fd;
+  if (!strncmp(addr, "unix:", 5)) {
+    struct sockaddr_un un;
+    memset(&un, 0, sizeof un);
+    un.sun_family = AF_UNIX;
+    strcpy(un.sun_path, addr + 5);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&un, sizeof un), 0);
+  } else {
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)atoi(strrchr(addr, ':') + 1));
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  }
+  return fd;
+}
+
+static void expect_hi(mp_connection *c) {
+  char buf[8];
+  assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 10), 2);
+  assert_memory_equal(buf, "hi", 2);
+}
+
+/* A client that connects and stays silent neither delays a good client that
+ * connects after it nor holds accept(): handshakes run side by side. The
+ * silent one is refused after its own handshake deadline (5 s). (Before,
+ * accept waited on the silent client and the good one timed out.) */
+static void test_connection_listener_silent_client_does_not_block(void **state) {
+  (void)state;
+  for (int tcp = 0; tcp < 2; tcp++) {
+    /* (a key: without one, the handshake asks nothing of the client, and a
+     * silent client is accepted as soon as it connects) */
+    struct client_arg x = {.key = tcp ? "k2" : "secret", .delay = 0};
+    char path[128];
+    snprintf(path, sizeof path, "unix:/tmp/mp-test-lsilent-%d", (int)getpid());
+    mp_listener *l;
+    assert_int_equal(mp_listener_new(tcp ? "127.0.0.1:0" : path, x.key,
+                                     x.key ? strlen(x.key) : 0, &l),
+                     0);
+    assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
+    int silent = silent_connect(x.addr);
+    double t0 = tu_now();
+    pid_t pid = tu_fork(good_client, &x, 30);
+    assert_true(pid > 0);
+    mp_connection *c;
+    assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+    assert_true(tu_now() - t0 < 3.0);
+    expect_hi(c);
+    mp_connection_close(c);
+    assert_child_ok(pid);
+    /* the silent one: refused once its handshake deadline passed */
+    assert_int_equal(mp_listener_accept(l, 20, &c), -EACCES);
+    double e = tu_now() - t0;
+    assert_true(e > 4.0 && e < 10.0);
+    char b;
+    assert_int_equal(read(silent, &b, 1) >= 0, 1); /* closed (or a challenge) */
+    close(silent);
+    assert_int_equal(mp_listener_close(l), 0);
+  }
+}
+
+/* accept(MP_NOWAIT) never waits: not with nobody there, not with a silent
+ * client pending, and a good client's handshake goes on across such calls
+ * until one returns it. (Before, it gave a silent client 30 s.) */
+static void test_connection_listener_accept_nowait(void **state) {
+  (void)state;
+  struct client_arg x = {.key = "k", .delay = 0.2};
+  char path[128];
+  snprintf(path, sizeof path, "unix:/tmp/mp-test-lnowait-%d", (int)getpid());
+  mp_listener *l;
+  assert_int_equal(mp_listener_new(path, "k", 1, &l), 0);
+  assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
+  mp_connection *c = NULL;
+  double t0 = tu_now();
+  assert_int_equal(mp_listener_accept(l, MP_NOWAIT, &c), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 1.0);
+  int silent = silent_connect(x.addr);
+  t0 = tu_now();
+  assert_int_equal(mp_listener_accept(l, MP_NOWAIT, &c), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 1.0);
+  t0 = tu_now();
+  assert_int_equal(mp_listener_accept(l, 0.3, &c), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 1.5);
+  pid_t pid = tu_fork(good_client, &x, 30);
+  assert_true(pid > 0);
+  int r;
+  t0 = tu_now();
+  do {
+    double t1 = tu_now();
+    r = mp_listener_accept(l, MP_NOWAIT, &c);
+    assert_true(tu_now() - t1 < 1.0);
+    if (r == -ETIMEDOUT)
+      tu_sleep(0.01);
+  } while (r == -ETIMEDOUT && tu_now() - t0 < 10);
+  assert_int_equal(r, 0);
+  expect_hi(c);
+  mp_connection_close(c);
+  assert_child_ok(pid);
+  close(silent);
+  assert_int_equal(mp_listener_close(l), 0);
+}
+
+/* A second close gives -EINVAL (before: a double free, and abort). */
+static void test_connection_listener_double_close(void **state) {
+  (void)state;
+  char path[128];
+  snprintf(path, sizeof path, "unix:/tmp/mp-test-lclose-%d", (int)getpid());
+  mp_listener *l;
+  assert_int_equal(mp_listener_new(path, NULL, 0, &l), 0);
+  assert_int_equal(mp_listener_close(l), 0);
+  assert_int_equal(mp_listener_close(l), -EINVAL);
+  mp_connection *c;
+  assert_int_equal(mp_listener_accept(l, 0, &c), -EINVAL);
+  char buf[64];
+  assert_int_equal(mp_listener_address(l, buf, sizeof buf), -EINVAL);
+  assert_int_equal(mp_listener_close(l), -EINVAL);
+}
+
+/* "*:0" listens on every address, IPv4 and IPv6 alike (before: [::1] only,
+ * as getaddrinfo resolves "*"). */
+static void test_connection_listener_every_address(void **state) {
+  (void)state;
+  mp_listener *l;
+  assert_int_equal(mp_listener_new("*:0", NULL, 0, &l), 0);
+  char addr[128];
+  assert_true(mp_listener_address(l, addr, sizeof addr) > 0);
+  const char *port = strrchr(addr, ':') + 1;
+  assert_true(atoi(port) > 0);
+  const char *hosts[] = {"127.0.0.1", "[::1]"};
+  for (int i = 0; i < 2; i++) {
+    struct client_arg x = {.key = NULL, .delay = 0};
+    snprintf(x.addr, sizeof x.addr, "%s:%s", hosts[i], port);
+    pid_t pid = tu_fork(good_client, &x, 30);
+    assert_true(pid > 0);
+    mp_connection *c;
+    assert_int_equal(mp_listener_accept(l, 10, &c), 0);
+    expect_hi(c);
+    mp_connection_close(c);
+    assert_child_ok(pid);
+  }
+  assert_int_equal(mp_listener_close(l), 0);
+  assert_int_equal(mp_listener_new("*:x", NULL, 0, &l), -EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_connection_pipe_new_and_accessors),
@@ -2120,6 +2290,10 @@ int main(void) {
       cmocka_unit_test(test_connection_stream_fd_passing),
       cmocka_unit_test(test_connection_stream_from_fd),
       cmocka_unit_test(test_connection_stream_wait),
+      cmocka_unit_test(test_connection_listener_silent_client_does_not_block),
+      cmocka_unit_test(test_connection_listener_accept_nowait),
+      cmocka_unit_test(test_connection_listener_double_close),
+      cmocka_unit_test(test_connection_listener_every_address),
   };
   /* MP_TEST_FILTER=pattern runs only the matching tests (to repeat one) */
   if (getenv("MP_TEST_FILTER"))

@@ -314,6 +314,36 @@ static void test_connection_crash_stream_receiver_read_ahead(void **state) {
   mp_connection_close(p.a);
 }
 
+/* ------------------------------------------------------------- Listener */
+
+static int accept_one(void *arg) {
+  mp_listener *l = arg;
+  mp_connection *c;
+  return mp_listener_accept(l, 20, &c) == 0 ? 0 : 1;
+}
+
+/* The listening process killed right after it accepted a client, and after
+ * it sent its challenge: the client is refused (-EACCES) at once, rather
+ * than waiting out its timeout. */
+static void test_connection_crash_listener_mid_handshake(void **state) {
+  (void)state;
+  const char *points[] = {"connection.listener.accepted", "connection.listener.challenged"};
+  for (int i = 0; i < 2; i++) {
+    mp_listener *l;
+    assert_int_equal(mp_listener_new("127.0.0.1:0", "key", 3, &l), 0);
+    char addr[128];
+    assert_true(mp_listener_address(l, addr, sizeof addr) > 0);
+    pid_t c = cu_fork_armed(points[i], 1, accept_one, l, 30);
+    assert_int_equal(mp_listener_close(l), 0); /* this process's copy */
+    mp_connection *conn = NULL;
+    double t0 = tu_now();
+    assert_int_equal(mp_client_connect(addr, "key", 3, 20, &conn), -EACCES);
+    assert_true(tu_now() - t0 < 5.0);
+    assert_null(conn);
+    cu_assert_killed_at(c);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_connection_crash_sender_between_records),
@@ -323,6 +353,7 @@ int main(void) {
       cmocka_unit_test(test_connection_crash_stream_sender_mid_record),
       cmocka_unit_test(test_connection_crash_stream_sender_paying_debt),
       cmocka_unit_test(test_connection_crash_stream_receiver_read_ahead),
+      cmocka_unit_test(test_connection_crash_listener_mid_handshake),
   };
   if (!mp__crash_enabled())
     return 77; /* built without crash points: meson counts it as skipped */
