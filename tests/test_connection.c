@@ -2133,9 +2133,8 @@ static void test_connection_listener_silent_client_does_not_block(void **state) 
     char path[128];
     snprintf(path, sizeof path, "unix:/tmp/mp-test-lsilent-%d", (int)getpid());
     mp_listener *l;
-    assert_int_equal(mp_listener_new(tcp ? "127.0.0.1:0" : path, x.key,
-                                     x.key ? strlen(x.key) : 0, &l),
-                     0);
+    assert_int_equal(
+        mp_listener_new(tcp ? "127.0.0.1:0" : path, x.key, x.key ? strlen(x.key) : 0, &l), 0);
     assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
     int silent = silent_connect(x.addr);
     double t0 = tu_now();
