@@ -37,8 +37,12 @@
  *    read that runs past a message boundary;
  *  - a peek at the next 16 bytes always sees a whole header.
  * A receive is a MSG_PEEK of the header (to check the caller's room and the
- * kind before anything is consumed) and one recvmsg of exactly that record;
- * measured here this ping-pongs as fast as a bare stream socketpair.
+ * kind before anything is consumed) and one recvmsg of that record;
+ * measured here this ping-pongs as fast as a bare stream socketpair. The
+ * recvmsg always has room for a whole record of ours and its descriptor: when
+ * another receiver took the peeked record in between, the one read instead is
+ * kept in the handle (`struct taken`) and is this receiver's next record, so
+ * a message of one record reaches exactly one receiver, never none.
  *
  * The receiving side's state: a large message that has begun (its FIRST read)
  * but not ended lives in `struct partial` of the handle, in the receiving
@@ -70,6 +74,28 @@
  * message. Bytes that are not this framing (a bad word or length) leave the
  * connection unusable: -EPROTO, since a stream cannot find the next message.
  * Descriptors do not cross a stream: fd passing is -EOPNOTSUPP there.
+ *
+ * What a SIGKILL leaves (crash points in brackets). Nothing shared is in
+ * memory: the kernel keeps the socket, and a process's handle dies with it.
+ *   sender, between records of a message [connection.send.record_sent]:
+ *     the records sent are in the socket; a receiver drops them when the
+ *     next FIRST (another sender's) or end of file shows the message will
+ *     not end. The messages before it are whole; none after it is lost.
+ *   receiver, after the peek [connection.recv.peeked]: nothing consumed;
+ *     another receiver of the end gets every message.
+ *   receiver, after a record was read [connection.recv.record_read]: that
+ *     record (a whole message, or a part of one held in the dead handle)
+ *     died with the process it was delivered to; another receiver of the
+ *     end discards the rest as MOREs that continue nothing, and gets the
+ *     next message whole.
+ *   stream sender, in the middle of a record [connection.stream.send.wrote]
+ *     or of the filler that pays an abandoned one
+ *     [connection.stream.send.debt_paid_part]: the receiver reads end of
+ *     file before that record's trailer, drops the begun message, gets
+ *     -EPIPE; the messages before it are whole.
+ *   stream receiver, after reading ahead [connection.stream.recv.read_ahead]:
+ *     the bytes read ahead died with it (one process receives on a stream);
+ *     the sender gets -EPIPE, never SIGPIPE or a hang.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,6 +103,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -84,6 +111,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------ 1. the wire format */
@@ -135,10 +163,21 @@ struct stream_tx {
   size_t trl_left;       /* then the last trl_left bytes of TRL_DROP */
 };
 
+/* SOCK_SEQPACKET, the receiving side: a record this handle took from the
+ * socket although it had peeked at another one (another receiver took that
+ * one in between). It is the next record for this handle, served before the
+ * socket's, so that no message is lost to the race (section 5). */
+struct taken {
+  char *buf;   /* HDR + MP_CONNECTION_ATOMIC_MAX bytes, allocated by the first
+                  receive: every read's spare room, then the record kept */
+  ssize_t len; /* the record's length (header included); 0: none kept */
+  int fd;      /* the descriptor it carried, or -1 */
+};
+
 /* Private to one process (copied, with the descriptor, by fork). Fields are
  * constant after creation but `chunk` (shrunk on EMSGSIZE, relaxed: any value
- * is valid), `part` and `rx` (used by the one receiving thread) and `tx` (by
- * the one sending thread). */
+ * is valid), `part`, `taken` and `rx` (used by the one receiving thread) and
+ * `tx` (by the one sending thread). */
 struct mp_connection {
   uint32_t magic;
   int fd;
@@ -146,11 +185,16 @@ struct mp_connection {
   bool stream; /* a byte stream: section 6 */
   _Atomic size_t chunk;
   struct partial part;
+  struct taken taken;
   struct stream_rx rx;
   struct stream_tx tx;
 };
 
 static bool conn_ok(const mp_connection *c) { return c && c->magic == CONN_MAGIC; }
+
+/* Whether the handle holds received bytes that its descriptor does not show:
+ * a stream's read-ahead, or a record taken in a race (struct taken). */
+static bool conn_buffered(const mp_connection *c) { return c->rx.len > 0 || c->taken.len > 0; }
 
 /* Stream mode (section 6). */
 static int stream_send(mp_connection *c, const char *p, size_t len, const mp__deadline *d);
@@ -173,8 +217,72 @@ static size_t chunk_for(int fd) {
   return chunk < MIN_CHUNK ? MIN_CHUNK : chunk;
 }
 
+/* Private handles (internal.h): a header before each, and one FIFO of dead
+ * ones, so that the handle a stale pointer names stays dead as long as
+ * possible. A pthread mutex, released in the child of a fork (the forking
+ * thread holds it across fork, so no other thread can). */
+union handle_hdr {
+  struct {
+    union handle_hdr *next;
+    size_t size;
+  } h;
+  max_align_t align;
+};
+#define HANDLES_KEEP 64 /* dead handles kept before any is reused */
+static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static union handle_hdr *dead_head, *dead_tail;
+static size_t n_dead;
+static pthread_once_t handles_once = PTHREAD_ONCE_INIT;
+
+static void handles_lock(void) { pthread_mutex_lock(&handles_mu); }
+static void handles_unlock(void) { pthread_mutex_unlock(&handles_mu); }
+static void handles_init(void) { pthread_atfork(handles_lock, handles_unlock, handles_unlock); }
+
+void *mp__handle_new(size_t size) {
+  pthread_once(&handles_once, handles_init);
+  union handle_hdr *n = NULL;
+  handles_lock();
+  if (n_dead > HANDLES_KEEP) {
+    for (union handle_hdr *x = dead_head, *prev = NULL; x; prev = x, x = x->h.next) {
+      if (x->h.size != size)
+        continue;
+      if (prev)
+        prev->h.next = x->h.next;
+      else
+        dead_head = x->h.next;
+      if (dead_tail == x)
+        dead_tail = prev;
+      n_dead--;
+      n = x;
+      break;
+    }
+  }
+  handles_unlock();
+  if (!n && !(n = malloc(sizeof *n + size)))
+    return NULL;
+  n->h.size = size;
+  n->h.next = NULL;
+  memset(n + 1, 0, size);
+  return n + 1;
+}
+
+void mp__handle_free(void *handle) {
+  if (!handle)
+    return;
+  union handle_hdr *n = (union handle_hdr *)handle - 1;
+  n->h.next = NULL;
+  handles_lock();
+  if (dead_tail)
+    dead_tail->h.next = n;
+  else
+    dead_head = n;
+  dead_tail = n;
+  n_dead++;
+  handles_unlock();
+}
+
 static int conn_make(int fd, bool readable, bool writable, bool stream, mp_connection **ret) {
-  mp_connection *c = calloc(1, sizeof *c);
+  mp_connection *c = mp__handle_new(sizeof *c);
   if (!c)
     return -ENOMEM;
   c->magic = CONN_MAGIC;
@@ -182,6 +290,7 @@ static int conn_make(int fd, bool readable, bool writable, bool stream, mp_conne
   c->readable = readable;
   c->writable = writable;
   c->stream = stream;
+  c->taken.fd = -1;
   atomic_init(&c->chunk, stream ? 0 : chunk_for(fd));
   *ret = c;
   return 0;
@@ -216,7 +325,8 @@ MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **con
     goto fail;
   r = conn_make(sv[1], duplex, true, false, &b);
   if (r < 0) {
-    free(a);
+    a->magic = CONN_CLOSED;
+    mp__handle_free(a);
     goto fail;
   }
   *conn1 = a;
@@ -271,9 +381,12 @@ MP_EXPORT int mp_connection_close(mp_connection *c) {
     return -EINVAL;
   part_drop(c);
   free(c->rx.buf);
+  if (c->taken.fd >= 0)
+    close(c->taken.fd);
+  free(c->taken.buf);
   close(c->fd);
   c->magic = CONN_CLOSED;
-  free(c);
+  mp__handle_free(c); /* never free()d: a second close sees CONN_CLOSED */
   return 0;
 }
 
@@ -316,8 +429,10 @@ static int send_record(mp_connection *c, const struct rec_hdr *h, const void *pa
    * the kernel, so that poll() carries the deadline. */
   int flags = MSG_NOSIGNAL | (d->forever ? 0 : MSG_DONTWAIT);
   for (;;) {
-    if (sendmsg(c->fd, &m, flags) >= 0)
+    if (sendmsg(c->fd, &m, flags) >= 0) {
+      MP__CRASH(CONN_SEND_RECORD_SENT);
       return 0;
+    }
     int e = errno;
     if (e == EINTR)
       continue;
@@ -343,13 +458,19 @@ static bool at_eof(int fd) {
  * (possibly < HDR for a foreign record), or -EPIPE at end of file,
  * -ETIMEDOUT, or another negative errno. */
 static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadline *d) {
+  if (c->taken.len > 0) {
+    memcpy(h, c->taken.buf, sizeof *h);
+    return c->taken.len;
+  }
   /* Look without blocking, then poll a while, then sleep (mp__recv_wait). */
   int flags = MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT;
   bool spun = false;
   for (;;) {
     ssize_t r = recv(c->fd, h, sizeof *h, flags);
-    if (r > 0)
+    if (r > 0) {
+      MP__CRASH(CONN_RECV_PEEKED);
       return r;
+    }
     if (r == 0) {
       if (at_eof(c->fd))
         return -EPIPE;
@@ -374,6 +495,13 @@ static ssize_t peek_record(mp_connection *c, struct rec_hdr *h, const mp__deadli
 
 /* Consume the next record, whatever it is (its descriptors are closed). */
 static void discard_record(mp_connection *c) {
+  if (c->taken.len > 0) {
+    if (c->taken.fd >= 0)
+      close(c->taken.fd);
+    c->taken.fd = -1;
+    c->taken.len = 0;
+    return;
+  }
   ssize_t r;
   do
     r = recv(c->fd, NULL, 0, MSG_DONTWAIT | MSG_TRUNC);
@@ -381,14 +509,49 @@ static void discard_record(mp_connection *c) {
 }
 
 /* Read the record just peeked as *h, with `len` bytes of payload, into dst.
- * With fds != NULL, also receive its descriptors (up to nfds; the rest are
+ * With fds != NULL, also receive its descriptor (up to *nfds; any other is
  * closed) and store their count in *nfds. Returns 0; -EAGAIN when the record
- * is not the one peeked (another reader took it: look again); another
- * negative errno when the socket fails. */
+ * read is not the one peeked; -ENOMEM; another negative errno when the socket
+ * fails.
+ *
+ * The record read differs from the one peeked only when another receiver
+ * (another thread, or a process holding a copy of this end) took the peeked
+ * one in between; that is misuse for a message of several records (the file
+ * comment of mp/connection.h: one receiver at a time), but each message of
+ * one record must still reach exactly one receiver. So the read always has
+ * room for a whole record of ours (the spare buffer after dst) and a
+ * descriptor, and a record that is not the peeked one is kept in
+ * `c->taken`, whole, as this handle's next record: -EAGAIN then means "look
+ * again", and the next look finds it there. Only a record that cannot be
+ * libmp's (too long, or shorter than a header) is dropped, as any foreign
+ * record is. */
 static int read_record(mp_connection *c, const struct rec_hdr *h, void *dst, size_t len, int *fds,
                        int *nfds) {
+  struct taken *tk = &c->taken;
+  int n = 0;
+  if (tk->len > 0) {
+    /* peek_record() showed this one: serve it */
+    if (tk->len != HDR + (ssize_t)len || memcmp(tk->buf, h, sizeof *h))
+      return -EAGAIN; /* (not reached: the header came from here) */
+    if (len)
+      memcpy(dst, tk->buf + HDR, len);
+    if (tk->fd >= 0) {
+      if (fds && *nfds > 0)
+        fds[n++] = tk->fd;
+      else
+        close(tk->fd);
+    }
+    tk->fd = -1;
+    tk->len = 0;
+    if (fds)
+      *nfds = n;
+    return 0;
+  }
+  if (!tk->buf && !(tk->buf = malloc((size_t)HDR + MP_CONNECTION_ATOMIC_MAX)))
+    return -ENOMEM;
   struct rec_hdr got;
-  struct iovec iov[2] = {{&got, sizeof got}, {dst, len}};
+  char *spare = tk->buf + HDR;
+  struct iovec iov[3] = {{&got, sizeof got}, {dst, len}, {spare, MP_CONNECTION_ATOMIC_MAX}};
   union {
     char buf[CMSG_SPACE(sizeof(int) * 8)];
     struct cmsghdr align;
@@ -396,40 +559,56 @@ static int read_record(mp_connection *c, const struct rec_hdr *h, void *dst, siz
   struct msghdr m;
   memset(&m, 0, sizeof m);
   m.msg_iov = iov;
-  m.msg_iovlen = len ? 2 : 1;
-  if (fds) {
-    m.msg_control = u.buf;
-    m.msg_controllen = sizeof u.buf;
-  }
+  m.msg_iovlen = 3;
+  /* always room for descriptors: a record taken by mistake keeps its own */
+  m.msg_control = u.buf;
+  m.msg_controllen = sizeof u.buf;
   ssize_t r;
   do
     r = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   while (r < 0 && errno == EINTR);
   if (r < 0)
     return errno == EAGAIN || errno == ECONNRESET ? -EAGAIN : -errno;
-  int n = 0;
-  if (fds) {
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-        continue;
-      size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < k; i++) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-        if (n < *nfds)
-          fds[n++] = fd;
-        else
-          close(fd);
-      }
+  int got_fds[8];
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+      continue;
+    size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      if (n < 8)
+        got_fds[n++] = fd;
+      else
+        close(fd);
     }
   }
-  if (r != HDR + (ssize_t)len || (m.msg_flags & MSG_TRUNC) || memcmp(&got, h, sizeof got)) {
-    for (int i = 0; i < n; i++)
-      close(fds[i]);
+  MP__CRASH(CONN_RECV_RECORD_READ);
+  bool same = r == HDR + (ssize_t)len && !(m.msg_flags & MSG_TRUNC) && !memcmp(&got, h, sizeof got);
+  int keep = same && fds ? (n < *nfds ? n : *nfds) : 0;
+  if (!same && r >= HDR && r - HDR <= MP_CONNECTION_ATOMIC_MAX && !(m.msg_flags & MSG_TRUNC)) {
+    /* Another receiver took the peeked record: keep this one, whole. Its
+     * payload is dst[0..k) then spare[0..pay-k): make it one piece. */
+    size_t pay = (size_t)(r - HDR), k = pay < len ? pay : len;
+    memmove(spare + k, spare, pay - k);
+    if (k)
+      memcpy(spare, dst, k);
+    memcpy(tk->buf, &got, sizeof got);
+    tk->len = r;
+    tk->fd = n > 0 ? got_fds[0] : -1;
+    keep = n > 0 ? 1 : 0; /* got_fds[0] is kept, the rest closed */
+    for (int i = keep; i < n; i++)
+      close(got_fds[i]);
     return -EAGAIN;
   }
+  for (int i = 0; i < keep; i++)
+    fds[i] = got_fds[i];
+  for (int i = keep; i < n; i++)
+    close(got_fds[i]);
+  if (!same)
+    return -EAGAIN; /* a foreign record: dropped, as next_record() would */
   if (fds)
-    *nfds = n;
+    *nfds = keep;
   return 0;
 }
 
@@ -597,6 +776,9 @@ static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc,
       }
       char *dst = alloc ? malloc(total ? total : 1) : buf;
       if (alloc && !dst) {
+        /* Skip it: kept, it would fail every later receive the same way
+         * (a peer may declare any length). Its MOREs are then strays. */
+        discard_record(c);
         ret = -ENOMEM;
         break;
       }
@@ -751,6 +933,7 @@ static int stream_write(mp_connection *c, struct iovec *iov, int n, size_t *done
       return 0;
     ssize_t w = sendmsg(c->fd, &m, flags);
     if (w >= 0) {
+      MP__CRASH(CONN_STREAM_SEND_WROTE);
       size_t k = (size_t)w;
       *done += k;
       while (k > 0) {
@@ -812,6 +995,8 @@ static int stream_pay_debt(mp_connection *c, const mp__deadline *d) {
     } else {
       return 0;
     }
+    if (done > 0)
+      MP__CRASH(CONN_STREAM_DEBT_PAID_PART);
     if (r < 0)
       return r;
   }
@@ -877,6 +1062,7 @@ static int rx_fill(mp_connection *c, size_t want, const mp__deadline *d) {
     }
     ssize_t r = recv(c->fd, rx->buf + rx->off + rx->len, STREAM_BUF - rx->off - rx->len, flags);
     if (r > 0) {
+      MP__CRASH(CONN_STREAM_RECV_READ_AHEAD);
       rx->len += (size_t)r;
       continue;
     }
@@ -983,7 +1169,9 @@ static void rx_eof(mp_connection *c) {
  * has ended and waits for a buffer large enough). Reads, without waiting, what
  * has arrived of it into its own buffer: its current record may be one its
  * sender abandoned (TRL_DROP), and a header that is not its MORE, or end of
- * file, shows it will never end; then it is dropped. */
+ * file, shows it will never end; then it is dropped. A message whose last
+ * trailer was TRL_OK is whole: what follows it is the next message, never a
+ * sign that this one was given up. */
 static bool stream_part_alive(mp_connection *c) {
   struct stream_rx *rx = &c->rx;
   struct partial *pt = &c->part;
@@ -991,6 +1179,8 @@ static bool stream_part_alive(mp_connection *c) {
   mp__deadline_init(&now, MP_NOWAIT);
   while (pt->buf) {
     int r;
+    if (pt->got == pt->total && !rx->in_rec)
+      break; /* whole, waiting for room (-EMSGSIZE) */
     if (rx->rec_left > 0) {
       ssize_t n = rx_payload(c, pt->buf + pt->got, rx->rec_left, &now);
       if (n > 0) {
@@ -1002,8 +1192,6 @@ static bool stream_part_alive(mp_connection *c) {
       r = rx_trailer(c, &now);
       if (r == 0)
         part_drop(c); /* its sender gave it up */
-      if (r == 1 && pt->got == pt->total)
-        break; /* whole */
     } else {
       struct shdr h;
       r = rx_fill(c, SHDR, &now);
@@ -1105,6 +1293,7 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
       }
       char *dst = alloc ? malloc(total ? total : 1) : buf;
       if (!dst) {
+        rx_consume(rx, SHDR + total + STRL); /* skipped, as below */
         ret = -ENOMEM;
         break;
       }
@@ -1115,14 +1304,17 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
       return (ssize_t)total;
     }
     char *dst = alloc ? malloc(total) : buf;
+    rx_consume(rx, SHDR);
+    rx->rec_left = h.pay;
+    rx->in_rec = true;
     if (!dst) {
+      /* Skip it: kept, it would fail every later receive the same way (a
+       * peer may declare any length). Its payload and MOREs continue no
+       * message and are dropped as they come. */
       ret = -ENOMEM;
       break;
     }
-    rx_consume(rx, SHDR);
     *pt = (struct partial){dst, total, 0, 0, alloc};
-    rx->rec_left = h.pay;
-    rx->in_rec = true;
   }
   if (ret == -EPIPE)
     rx_eof(c);
@@ -1458,12 +1650,12 @@ MP_EXPORT int mp_connection_wait(mp_wait_item *items, size_t n, double timeout) 
     default: return -EINVAL;
     }
   }
-  /* A stream connection may hold received bytes in its handle, where poll()
-   * cannot see them: such a connection is ready now, so only look at the
-   * rest without waiting. */
+  /* A connection may hold received bytes in its handle (conn_buffered()),
+   * where poll() cannot see them: such a connection is ready now, so only
+   * look at the rest without waiting. */
   size_t nbuf = 0;
   for (size_t i = 0; i < n; i++)
-    if (items[i].kind == MP_WAIT_CONNECTION && ((mp_connection *)items[i].obj)->rx.len > 0)
+    if (items[i].kind == MP_WAIT_CONNECTION && conn_buffered(items[i].obj))
       nbuf++;
   if (nbuf > 0)
     mp__deadline_init(&d, MP_NOWAIT);
@@ -1586,7 +1778,7 @@ out:
     if (nbuf > 0) {
       ret = 0;
       for (size_t i = 0; i < n; i++) {
-        if (items[i].kind == MP_WAIT_CONNECTION && ((mp_connection *)items[i].obj)->rx.len > 0)
+        if (items[i].kind == MP_WAIT_CONNECTION && conn_buffered(items[i].obj))
           items[i].ready = 1;
         ret += items[i].ready;
       }

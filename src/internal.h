@@ -251,6 +251,15 @@ void *mp__object_new(size_t size, uint32_t tag);
 /* Mark an object freed and return it to the heap. */
 void mp__object_free(void *obj);
 
+/* Handles that live in one process's private memory (a connection, a
+ * listener): zeroed memory of `size` bytes, or NULL. mp__handle_free() takes
+ * it back after the caller wrote its dead magic, and never gives it to
+ * malloc's free(): a second close reads a dead handle, not freed memory, and
+ * gets -EINVAL. Dead handles are reused oldest first, only once more than a
+ * few dozen are dead (connection.c). */
+void *mp__handle_new(size_t size);
+void mp__handle_free(void *handle);
+
 /* ---------------------------------------------------------------- locks */
 
 /* Initialise a process-shared robust mutex in place (lock.c). Returns 0 or a

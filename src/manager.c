@@ -2457,6 +2457,45 @@ MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a) {
 
 /* ------------------------------------------------ 8. Listener and Client */
 
+/*
+ * Accepting. Handshakes must not wait on each other: a client that connects
+ * and stays silent would otherwise hold every client behind it. So the
+ * listener accepts every connection that is waiting and keeps it `pending`
+ * while its handshake runs, step by step, whenever its socket is readable:
+ * the server's sends are a few dozen bytes on a fresh socket and never
+ * block, and each receive is tried without waiting. One poll() covers the
+ * listening socket and every pending connection. A pending connection has
+ * LISTENER_HS_TIMEOUT seconds from its accept to finish, whatever the
+ * callers' timeouts; a failed or late one is closed, and the accept call
+ * during which that happened reports it (-EACCES, or -EPIPE for a client
+ * that left), so that a wrong key is seen as in Python.
+ *
+ * The steps (the same messages as hs_server(), which the Manager's server
+ * uses as one blocking call):
+ *   HS_OPEN  no key: MP__HS_OPEN was sent; done.
+ *   HS_ANSWER     MP__HS_AUTH + nonce sent; wait for the client's MAC
+ *   HS_CHALLENGE  WELCOME sent; wait for the client's challenge
+ *   HS_VERDICT    our MAC sent; wait for the client's verdict
+ *   HS_DONE       authenticated: the next accept returns it
+ * All of it is this process's private memory: a kill leaves the sockets to
+ * the kernel, and the clients see end of file (mp_client_connect() gives
+ * -EACCES) [connection.listener.accepted, connection.listener.challenged].
+ */
+
+#include "crash.h" /* here, beside its only users in this file */
+
+#define LISTENER_HS_TIMEOUT 5.0 /* seconds for a client to finish its handshake */
+#define LISTENER_PENDING_MAX 128
+
+enum { HS_ANSWER = 1, HS_CHALLENGE, HS_VERDICT, HS_DONE };
+
+struct pending {
+  mp_connection *c;
+  int step;
+  uint8_t nonce[MP__NONCE_LEN];
+  mp__deadline until;
+};
+
 struct mp_listener {
   uint32_t magic;
   int fd;
@@ -2464,28 +2503,81 @@ struct mp_listener {
   uint8_t key[KEY_MAX];
   size_t keylen;
   bool auth;
+  struct pending *pend; /* the handshakes under way, and those done */
+  size_t npend;
 };
 
 #define LISTENER_MAGIC 0x6d704c53u /* "mpLS" */
+#define LISTENER_DEAD 0x6d70dead
 
 static int listener_type(const struct addr *a) {
   return a->family == AF_UNIX ? SOCK_SEQPACKET : SOCK_STREAM;
+}
+
+/* "*:port": every address, IPv6 and IPv4 on one socket ([::] without
+ * IPV6_V6ONLY), or IPv4's 0.0.0.0 where the kernel has no IPv6. The bound
+ * address is written back to *a. Returns the listening socket or -errno. */
+static int listen_any(const char *port, struct addr *a) {
+  char *end;
+  long p = strtol(port, &end, 10);
+  if (!*port || *end || p < 0 || p > 65535)
+    return -EINVAL;
+  memset(a, 0, sizeof *a);
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd >= 0) {
+    int zero = 0;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a->ss;
+    s6->sin6_family = AF_INET6;
+    s6->sin6_addr = in6addr_any;
+    s6->sin6_port = htons((uint16_t)p);
+    a->family = AF_INET6;
+    a->len = sizeof *s6;
+  } else if (errno == EAFNOSUPPORT) {
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&a->ss;
+    s4->sin_family = AF_INET;
+    s4->sin_addr.s_addr = htonl(INADDR_ANY);
+    s4->sin_port = htons((uint16_t)p);
+    a->family = AF_INET;
+    a->len = sizeof *s4;
+  }
+  if (fd < 0)
+    return -errno;
+  int one = 1, r = 0;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t l = sizeof a->ss;
+  if (bind(fd, (struct sockaddr *)&a->ss, a->len) < 0 ||
+      getsockname(fd, (struct sockaddr *)&a->ss, &l) < 0 || listen(fd, 128) < 0)
+    r = -errno;
+  a->len = l;
+  if (r < 0) {
+    close(fd);
+    return r;
+  }
+  return fd;
 }
 
 MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
                               mp_listener **ret) {
   if (!address || !ret || (authkey && (keylen == 0 || keylen > KEY_MAX)))
     return -EINVAL;
-  mp_listener *l = calloc(1, sizeof *l);
+  mp_listener *l = mp__handle_new(sizeof *l);
   if (!l)
     return -ENOMEM;
   /* Unix: SOCK_SEQPACKET, the connections' own records; TCP: a stream, and
    * the connections frame messages in it (connection.c, stream mode) */
-  int r = addr_parse(address, &l->addr);
-  if (r == 0)
-    r = listen_at(&l->addr, listener_type(&l->addr) | SOCK_NONBLOCK);
+  int r;
+  if (!strncmp(address, "*:", 2)) {
+    r = listen_any(address + 2, &l->addr);
+  } else {
+    r = addr_parse(address, &l->addr);
+    if (r == 0)
+      r = listen_at(&l->addr, listener_type(&l->addr) | SOCK_NONBLOCK);
+  }
   if (r < 0) {
-    free(l);
+    l->magic = LISTENER_DEAD;
+    mp__handle_free(l);
     return r;
   }
   l->fd = r;
@@ -2499,25 +2591,17 @@ MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t k
   return 0;
 }
 
-MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret) {
-  if (!l || l->magic != LISTENER_MAGIC || !ret)
-    return -EINVAL;
-  mp__deadline d;
-  if (mp__deadline_init(&d, timeout) < 0)
-    return -EINVAL;
-  int fd;
-  for (;;) {
-    fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd >= 0)
-      break;
+/* Take the next connection waiting on the listening socket and start its
+ * handshake. 1 when one was taken (whether its start worked or not: *err
+ * then says why it ended), 0 when none waits, or a negative errno. */
+static int pending_add(mp_listener *l, int *err) {
+  int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (fd < 0) {
     if (errno == EINTR || errno == ECONNABORTED)
-      continue;
-    if (errno != EAGAIN)
-      return -errno;
-    int r = mp__wait_fd(l->fd, POLLIN, &d);
-    if (r < 0)
-      return r;
+      return 1;
+    return errno == EAGAIN ? 0 : -errno;
   }
+  MP__CRASH(CONN_LISTENER_ACCEPTED);
   int fl = fcntl(fd, F_GETFL);
   fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
   if (l->addr.family != AF_UNIX) {
@@ -2525,26 +2609,139 @@ MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection *
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  mp_connection *c;
-  int r = mp_connection_from_fd(fd, 0, &c);
+  struct pending *p = &l->pend[l->npend];
+  *p = (struct pending){.step = HS_DONE};
+  int r = mp_connection_from_fd(fd, 0, &p->c);
   if (r < 0) {
     close(fd);
-    return r;
+    *err = r;
+    return 1;
   }
-  /* the handshake has its own bound, so a silent client cannot hold the
-   * listener forever, but no more than the caller's deadline */
-  mp__deadline hd;
-  mp__deadline_init(&hd, 30.0);
-  if (!d.forever && !d.nowait && deadline_left(&d) < 30.0)
-    hd = d;
-  struct hs_io io = {conn_io_send, conn_io_recv, c};
-  r = hs_server(&io, l->auth ? l->key : NULL, l->keylen, &hd);
+  mp__deadline_init(&p->until, LISTENER_HS_TIMEOUT);
+  uint8_t msg[MP__HS_MAGIC_LEN + MP__NONCE_LEN];
+  if (!l->auth) {
+    r = mp_connection_send(p->c, MP__HS_OPEN, MP__HS_MAGIC_LEN, MP_NOWAIT);
+  } else if ((r = mp__random_bytes(p->nonce, sizeof p->nonce)) == 0) {
+    memcpy(msg, MP__HS_AUTH, MP__HS_MAGIC_LEN);
+    memcpy(msg + MP__HS_MAGIC_LEN, p->nonce, MP__NONCE_LEN);
+    r = mp_connection_send(p->c, msg, sizeof msg, MP_NOWAIT);
+    p->step = HS_ANSWER;
+    MP__CRASH(CONN_LISTENER_CHALLENGED);
+  }
   if (r < 0) {
-    mp_connection_close(c);
-    return r == -ETIMEDOUT ? -EACCES : r;
+    mp_connection_close(p->c);
+    *err = r == -ETIMEDOUT ? -EACCES : r;
+    return 1;
   }
-  *ret = c;
+  l->npend++;
+  return 1;
+}
+
+/* Take the handshake of p as far as the messages that have arrived allow,
+ * without waiting. 0 when it waits for more or is done (HS_DONE), or the
+ * error that ends it. */
+static int pending_step(mp_listener *l, struct pending *p) {
+  uint8_t msg[MP__HS_MAX];
+  while (p->step != HS_DONE) {
+    ssize_t n = mp_connection_recv(p->c, msg, sizeof msg, MP_NOWAIT);
+    if (n == -ETIMEDOUT)
+      return 0;
+    if (n == -EMSGSIZE || n == -EPROTO || n == -EBADMSG)
+      return -EACCES; /* not a libmp peer */
+    if (n < 0)
+      return (int)n;
+    int r = 0;
+    switch (p->step) {
+    case HS_ANSWER:
+      if (mp__hs_check(l->key, l->keylen, 'C', p->nonce, msg, (size_t)n) < 0) {
+        mp_connection_send(p->c, MP__HS_FAILURE, MP__HS_MAGIC_LEN, MP_NOWAIT);
+        return -EACCES;
+      }
+      r = mp_connection_send(p->c, MP__HS_WELCOME, MP__HS_MAGIC_LEN, MP_NOWAIT);
+      p->step = HS_CHALLENGE;
+      break;
+    case HS_CHALLENGE: {
+      uint8_t mac[MP__MAC_LEN];
+      if (mp__hs_parse_challenge(msg, (size_t)n, p->nonce) != 1)
+        return -EACCES;
+      r = mp__hs_answer(l->key, l->keylen, 'S', p->nonce, mac);
+      if (r == 0)
+        r = mp_connection_send(p->c, mac, sizeof mac, MP_NOWAIT);
+      p->step = HS_VERDICT;
+      break;
+    }
+    default: /* HS_VERDICT */
+      r = mp__hs_parse_verdict(msg, (size_t)n);
+      p->step = HS_DONE;
+      break;
+    }
+    if (r < 0)
+      return r == -ETIMEDOUT ? -EACCES : r;
+  }
   return 0;
+}
+
+static void pending_remove(mp_listener *l, size_t i) {
+  l->pend[i] = l->pend[--l->npend]; /* order does not matter */
+}
+
+MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret) {
+  if (!l || l->magic != LISTENER_MAGIC || !ret)
+    return -EINVAL;
+  mp__deadline d;
+  if (mp__deadline_init(&d, timeout) < 0)
+    return -EINVAL;
+  if (!l->pend && !(l->pend = malloc(LISTENER_PENDING_MAX * sizeof *l->pend)))
+    return -ENOMEM;
+  struct pollfd pfds[LISTENER_PENDING_MAX + 1];
+  for (;;) {
+    /* take every connection waiting, starting its handshake */
+    int err = 0;
+    while (l->npend < LISTENER_PENDING_MAX && err == 0) {
+      int r = pending_add(l, &err);
+      if (r < 0)
+        return r;
+      if (r == 0)
+        break;
+    }
+    /* step every handshake; hand out the first one done */
+    for (size_t i = 0; i < l->npend && err == 0; i++) {
+      struct pending *p = &l->pend[i];
+      int r = pending_step(l, p);
+      if (r == 0 && p->step == HS_DONE) {
+        *ret = p->c;
+        pending_remove(l, i);
+        return 0;
+      }
+      if (r == 0 && mp__deadline_passed(&p->until))
+        r = -EACCES; /* too slow: refused as the old bound did */
+      if (r < 0) {
+        mp_connection_close(p->c);
+        pending_remove(l, i);
+        err = r;
+      }
+    }
+    if (err < 0)
+      return err;
+    if (d.nowait || mp__deadline_passed(&d))
+      return -ETIMEDOUT;
+    /* sleep until a client comes, a handshake can go on, or a deadline */
+    mp__deadline nap = d;
+    nfds_t n = 0;
+    if (l->npend < LISTENER_PENDING_MAX)
+      pfds[n++] = (struct pollfd){.fd = l->fd, .events = POLLIN, .revents = 0};
+    for (size_t i = 0; i < l->npend; i++) {
+      struct pending *p = &l->pend[i];
+      pfds[n++] = (struct pollfd){.fd = mp_connection_fileno(p->c), .events = POLLIN, .revents = 0};
+      if (nap.forever || p->until.at.tv_sec < nap.at.tv_sec ||
+          (p->until.at.tv_sec == nap.at.tv_sec && p->until.at.tv_nsec < nap.at.tv_nsec))
+        nap = p->until;
+    }
+    /* (each step above read all that had arrived, so the descriptors tell
+     * what is new: no bytes wait unseen in a handle) */
+    if (poll(pfds, n, mp__deadline_poll_ms(&nap)) < 0 && errno != EINTR)
+      return -errno;
+  }
 }
 
 MP_EXPORT ssize_t mp_listener_address(mp_listener *l, char *buf, size_t cap) {
@@ -2558,11 +2755,14 @@ MP_EXPORT int mp_listener_close(mp_listener *l) {
     return 0;
   if (l->magic != LISTENER_MAGIC)
     return -EINVAL;
+  for (size_t i = 0; i < l->npend; i++)
+    mp_connection_close(l->pend[i].c);
+  free(l->pend);
   close(l->fd);
   if (l->addr.family == AF_UNIX)
     unlink(addr_path(&l->addr));
-  l->magic = 0;
-  free(l);
+  l->magic = LISTENER_DEAD;
+  mp__handle_free(l); /* never free()d: a second close sees LISTENER_DEAD */
   return 0;
 }
 

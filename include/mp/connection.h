@@ -34,10 +34,15 @@
  * meets a dropped message's first part waits for the next message.
  *
  * Receivers. One thread or process at a time should receive from an end (as
- * in Python); one thread may send while another receives. A large message
- * begun by a receive that timed out is kept in that handle: do not fork or
- * send the connection in the middle of one. Records on the socket that libmp
- * did not make are discarded.
+ * in Python); one thread may send while another receives. If several do
+ * receive at once, each message of at most #MP_CONNECTION_ATOMIC_MAX bytes
+ * still reaches exactly one of them (a receiver that lost a race for one
+ * message keeps the next one it read in its handle and returns it next); a
+ * larger message may be dropped, never torn. A large message begun by a
+ * receive that timed out, or a message kept that way, is held in that
+ * handle: do not fork or send the connection while one is held. Records on
+ * the socket that libmp did not make are discarded. A process killed while
+ * receiving takes with it only what it had already read.
  *
  * Stream connections. mp_connection_from_fd() also adopts a connected
  * stream socket (TCP, or a Unix `SOCK_STREAM` socket), and Listener/Client
@@ -137,7 +142,10 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret);
  * used after this call in this process.
  *
  * @return 0; 0 for NULL; `-EINVAL` for a pointer that is not a live
- *         connection handle.
+ *         connection handle, such as one already closed: a closed handle's
+ *         memory is never given back to malloc but kept dead (and reused for
+ *         a new handle only after dozens of later closes), so a second close
+ *         is detected without reading freed memory.
  * Thread safety: no other thread may be using the handle.
  */
 MP_EXPORT int mp_connection_close(mp_connection *conn);
@@ -204,8 +212,13 @@ MP_EXPORT ssize_t mp_connection_recv(mp_connection *conn, void *buf, size_t cap,
  * @param[out] ret a `malloc`ed buffer holding the message (never NULL, also
  *             for an empty message), to be released with `free()`; written
  *             only on success.
- * @return the message's length; `-ENOMEM` when it cannot be allocated (the
- *         message stays); otherwise as mp_connection_recv().
+ * @return the message's length; `-ENOMEM` when a buffer of the length the
+ *         message declares cannot be allocated: the message is skipped
+ *         (consumed and dropped, with whatever of it arrives later), so that
+ *         a message of absurd length cannot block the connection and the next
+ *         receive gets the next message; otherwise as mp_connection_recv().
+ *         (mp_connection_recv() never skips: its `-EMSGSIZE` keeps the
+ *         message, and this call is the way past one that is too large.)
  */
 MP_EXPORT ssize_t mp_connection_recv_alloc(mp_connection *conn, void **ret, double timeout);
 
@@ -232,9 +245,9 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *conn, double timeout);
  *        poll/epoll: readable when mp_connection_poll() would return 1.
  *
  * The connection owns it: do not close it, and do not read or write it
- * directly. A stream connection may hold bytes already read in its handle,
- * which the descriptor does not show: ask mp_connection_poll() (with
- * timeout 0) before sleeping on it.
+ * directly. A stream connection, or one that several receivers share, may
+ * hold bytes already read in its handle, which the descriptor does not show:
+ * ask mp_connection_poll() (with timeout 0) before sleeping on it.
  * @return the descriptor; `-EINVAL` for NULL.
  */
 MP_EXPORT int mp_connection_fileno(mp_connection *conn);

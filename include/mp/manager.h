@@ -561,7 +561,9 @@ typedef struct mp_listener mp_listener;
  * (`SOCK_SEQPACKET`, a pipe's framing, descriptors can be passed), made
  * with mode 0600, whose path must not exist; or `"host:port"` /
  * `"[v6]:port"` for TCP, where port 0 lets the kernel choose one
- * (mp_listener_address() tells it). Accepted connections are ordinary
+ * (mp_listener_address() tells it); `"*:port"` listens on every address,
+ * IPv6 and IPv4 alike (`[::]`, or `0.0.0.0` without IPv6). Accepted
+ * connections are ordinary
  * #mp_connection handles; over TCP they are stream connections (see
  * mp/connection.h: the same message semantics, no descriptor passing).
  * @param authkey NULL for none; else 1..1024 bytes (@p keylen).
@@ -575,16 +577,24 @@ MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t k
 /**
  * @brief Accept one connection and authenticate it (Python's `accept()`).
  *
- * Waits up to @p timeout seconds for a client; signals do not end the wait.
- * The client's handshake is bounded by the same deadline and by 30 s at
- * most, so a silent client cannot hold the listener.
+ * Waits up to @p timeout seconds for an authenticated client; signals do not
+ * end the wait. Handshakes run side by side: every client that connects is
+ * taken at once and its handshake goes on, without waiting, whenever its
+ * messages arrive, during this call and later ones; the first client to
+ * finish is returned. Each client has 5 seconds from its connect to finish
+ * its handshake, whatever the callers' timeouts, so a silent client holds
+ * neither the listener nor the clients behind it. #MP_NOWAIT never waits: it
+ * takes new clients, moves their handshakes on, and returns one only if it
+ * finished. When a client's handshake fails, the call during which it failed
+ * reports it (and goes no further).
  * @param[out] ret the connection (over TCP a stream connection), written
  *             only on success.
- * @return 0; `-ETIMEDOUT` when no client came in time; `-EACCES` when the
- *         client's key was wrong, it did not finish the handshake in time or
- *         it does not speak the protocol (the listener stays usable);
- *         `-EPIPE` when the client left during the handshake (as a client
- *         without a key does when the listener has one); `-EINVAL`.
+ * @return 0; `-ETIMEDOUT` when no client finished its handshake in time;
+ *         `-EACCES` when a client's key was wrong, it did not finish its
+ *         handshake within its 5 s or it does not speak the protocol (the
+ *         listener stays usable); `-EPIPE` when a client left during its
+ *         handshake (as a client without a key does when the listener has
+ *         one); `-EINVAL`.
  */
 MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection **ret);
 /** @brief The bound address, as for mp_manager_address(), with the port the
@@ -592,8 +602,10 @@ MP_EXPORT int mp_listener_accept(mp_listener *l, double timeout, mp_connection *
  *  @return its length; `-EMSGSIZE` when @p cap is too small; `-EINVAL`. */
 MP_EXPORT ssize_t mp_listener_address(mp_listener *l, char *buf, size_t cap);
 /** @brief Close the listener (and remove its Unix socket); the connections
- *  it accepted stay open. @return 0; 0 for NULL; `-EINVAL` for a bad
- *  handle. */
+ *  it accepted stay open, those still in their handshake are closed.
+ *  @return 0; 0 for NULL; `-EINVAL` for a bad handle, such as one already
+ *  closed (its memory is kept dead rather than freed, so a second close is
+ *  detected safely). */
 MP_EXPORT int mp_listener_close(mp_listener *l);
 /**
  * @brief Connect to a listener (Python's `Client(address, authkey=...)`).
