@@ -180,6 +180,8 @@ static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
   case EOWNERDEAD:
     MP__CRASH(LOCK_ACQUIRE_OWNERDEAD);
     pthread_mutex_consistent(m);
+    MP__LOG(MP_LOG_INFO, "lock: its holder died holding it; this process took it over "
+                         "(-EOWNERDEAD: the data it guards may be half-updated)");
     return -EOWNERDEAD;
   default: return -r;
   }

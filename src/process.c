@@ -213,6 +213,11 @@ static int reap_locked(struct mp_process *p) {
   }
   atomic_store_explicit(&p->exitcode, code, memory_order_relaxed); /* published by state */
   atomic_store_explicit(&p->state, ST_ENDED, memory_order_release);
+  if (code < 0)
+    MP__LOG(MP_LOG_INFO, "process %s (pid %d) was killed by %s", p->name, (int)p->pid,
+            strsignal(-code));
+  else
+    MP__LOG(MP_LOG_INFO, "process %s (pid %d) exited with code %d", p->name, (int)p->pid, code);
   return 1;
 }
 
@@ -478,6 +483,8 @@ MP_EXPORT int mp_process_start(mp_process *p) {
   atomic_store(&p->state, ST_STARTED);
   pthread_mutex_unlock(&reg.mutex);
   MP__CRASH(PROCESS_START_REGISTERED);
+  MP__LOG(MP_LOG_INFO, "process %s (pid %d) started%s", p->name, (int)pid,
+          p->daemon ? " (daemon)" : "");
   return 0;
 
 undo:

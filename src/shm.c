@@ -399,6 +399,9 @@ static void sweep(struct registry *r, bool exiting) {
     }
     unlink_if_same(e->path, e->dev, e->ino);
     MP__CRASH(SHM_SWEEP_UNLINKED);
+    if (e->pid != me)
+      MP__LOG(MP_LOG_INFO, "shared memory: %s, left behind by process %d which died, unlinked",
+              e->path, (int)e->pid);
     reg_remove_at_locked(pp, e);
   }
   reg_unlock(r);

@@ -7,6 +7,7 @@
 #include "crashutil.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <mp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,92 @@ static void test_log_to_stderr_line_format(void **state) {
   assert_ptr_equal(strchr(buf, '\n'), buf + n - 1); /* exactly one line */
 }
 
+/* Every message at info, kept in order. */
+struct journal {
+  int n;
+  char text[16][300];
+};
+
+static void keep(int level, const char *message, void *arg) {
+  (void)level;
+  struct journal *j = arg;
+  if (j->n < 16)
+    snprintf(j->text[j->n++], sizeof j->text[0], "%s", message);
+}
+
+static bool journal_has(const struct journal *j, const char *a, const char *b) {
+  for (int i = 0; i < j->n; i++)
+    if (strstr(j->text[i], a) && (!b || strstr(j->text[i], b)))
+      return true;
+  return false;
+}
+
+static int exit_three(void *arg) {
+  (void)arg;
+  return 3;
+}
+
+static int sleep_long(void *arg) {
+  (void)arg;
+  sleep(30);
+  return 0;
+}
+
+static int hold_and_die(void *arg) {
+  mp_lock *l = arg;
+  if (mp_lock_acquire(l, MP_FOREVER) != 0)
+    return 1;
+  raise(SIGKILL);
+  return 2;
+}
+
+static int leave_block(void *arg) {
+  mp_shared_memory *shm;
+  if (mp_shared_memory_new((const char *)arg, 64, NULL, &shm) != 0)
+    return 1;
+  raise(SIGKILL); /* dies with its block still named */
+  return 2;
+}
+
+/* The life of processes, a lock recovered from a dead holder, and a block a
+ * dead creator left behind are each reported once, at info. */
+static void test_log_reports_process_lock_and_shm_events(void **state) {
+  (void)state;
+  struct journal j = {0};
+  assert_int_equal(mp_log_set_handler(MP_LOG_INFO, keep, &j), 0);
+  mp_process *p, *q;
+  assert_int_equal(mp_process_new(exit_three, NULL, &(mp_process_options){.name = "three"}, &p), 0);
+  assert_int_equal(mp_process_start(p), 0);
+  assert_int_equal(mp_process_join(p, 30), 0);
+  assert_true(journal_has(&j, "process three (pid ", "started"));
+  assert_true(journal_has(&j, "process three (pid ", "exited with code 3"));
+  assert_int_equal(mp_process_new(sleep_long, NULL, &(mp_process_options){.name = "sleeper"}, &q), 0);
+  assert_int_equal(mp_process_start(q), 0);
+  assert_int_equal(mp_process_kill(q), 0);
+  assert_int_equal(mp_process_join(q, 30), 0);
+  assert_true(journal_has(&j, "process sleeper (pid ", "was killed by Killed"));
+  assert_int_equal(mp_process_free(p), 0);
+  assert_int_equal(mp_process_free(q), 0);
+
+  mp_lock *l;
+  assert_int_equal(mp_lock_new(&l), 0);
+  pid_t c = tu_fork(hold_and_die, l, 30);
+  assert_int_equal(tu_wait(c), 1000 + SIGKILL);
+  assert_int_equal(mp_lock_acquire(l, 10), -EOWNERDEAD);
+  assert_true(journal_has(&j, "lock: its holder died holding it", NULL));
+  assert_int_equal(mp_lock_release(l), 0);
+  assert_int_equal(mp_lock_free(l), 0);
+
+  char name[64];
+  snprintf(name, sizeof name, "/mp-log-test-%d", (int)getpid());
+  c = tu_fork(leave_block, name, 30);
+  assert_int_equal(tu_wait(c), 1000 + SIGKILL);
+  mp_shared_memory *shm = NULL;
+  assert_int_equal(mp_shared_memory_attach(name, NULL, &shm), -ENOENT); /* swept */
+  assert_true(journal_has(&j, "shared memory: ", "left behind by process"));
+  assert_int_equal(mp_log_to_stderr(MP_LOG_OFF), 0);
+}
+
 /* Under MP_LOG=info, the process that mapped the heap reports at its normal
  * exit what is still allocated. */
 static void test_log_exit_report_lists_leaks(void **state) {
@@ -174,6 +261,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_log_handler_gets_heap_recovery),
       cmocka_unit_test(test_log_to_stderr_line_format),
       cmocka_unit_test(test_log_exit_report_lists_leaks),
+      cmocka_unit_test(test_log_reports_process_lock_and_shm_events),
   };
   return TU_RUN("log", tests);
 }
