@@ -282,6 +282,8 @@ struct mp_async_result {
   int death; /* how the worker that failed it died (exit code; 0: none did) */
   /* map, under the pool mutex */
   size_t remaining, fail_index;
+  size_t items_total;          /* a map's n (1 for an apply) */
+  _Atomic size_t items_done;   /* written under the mutex, read by progress() */
   int fail_status;
   void *user_out, *out_tmp;
   void *in_tmp;
@@ -925,6 +927,8 @@ static void job_complete(struct mp_pool *p, struct job *j, int *pool_gone) {
 static void map_chunk_done(struct mp_pool *p, struct mp_async_result *r, size_t start, size_t done,
                            int status, size_t at) {
   p->outstanding--;
+  /* relaxed: a progress figure; the mutex orders its writers */
+  atomic_fetch_add_explicit(&r->items_done, done, memory_order_relaxed);
   if (status < 0 && (r->fail_status == 0 || at < r->fail_index)) {
     r->fail_status = status;
     r->fail_index = at;
@@ -1612,6 +1616,7 @@ static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const voi
   j->ready = res->in_tmp ? 0 : nchunks;
   res->copying_in = res->in_tmp != NULL;
   res->remaining = nchunks;
+  res->items_total = n;
   pthread_mutex_lock(&p->mu);
   if (p->state != P_RUNNING) {
     pthread_mutex_unlock(&p->mu);
@@ -2041,6 +2046,22 @@ MP_EXPORT int mp_async_result_successful(mp_async_result *res) {
   if (!result_is_done(res))
     return -EAGAIN;
   return res->status >= 0;
+}
+
+MP_EXPORT int mp_async_result_progress(mp_async_result *res, size_t *done, size_t *total) {
+  int r = check_result(res);
+  if (r < 0)
+    return r;
+  if (!done || !total)
+    return -EINVAL;
+  if (res->kind != R_MAP) { /* an apply: one item, done when ready */
+    *total = 1;
+    *done = (size_t)result_is_done(res);
+    return 0;
+  }
+  *total = res->items_total;
+  *done = atomic_load_explicit(&res->items_done, memory_order_relaxed); /* a snapshot */
+  return 0;
 }
 
 MP_EXPORT int mp_async_result_death(mp_async_result *res, int *exitcode) {

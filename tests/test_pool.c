@@ -1101,6 +1101,73 @@ static void test_pool_sigkill_of_parent_leaves_no_worker(void **state) {
   parent_dies_leaves_no_worker(SIGKILL);
 }
 
+static int die_how_ok(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)arg;
+  (void)len;
+  (void)out;
+  (void)ctx;
+  return 0;
+}
+
+/* A slow item: int in, long out (its square), after 1 ms. */
+static int slow_square(const void *item, void *result, void *ctx) {
+  (void)ctx;
+  tu_sleep(0.001);
+  long v = *(const int *)item;
+  *(long *)result = v * v;
+  return 0;
+}
+
+/* map_async reports its progress while it runs; MP_POOL_MAP takes both
+ * element sizes from the arrays' types. */
+static void test_pool_map_progress_and_typed_map(void **state) {
+  (void)state;
+  enum { N = 400 };
+  mp_pool *p;
+  assert_int_equal(mp_pool_new(2, NULL, &p), 0);
+  int in[N];
+  long out[N];
+  for (int i = 0; i < N; i++)
+    in[i] = i;
+  mp_async_result *r;
+  assert_int_equal(mp_pool_map_async(p, slow_square, NULL, in, N, sizeof in[0], out, sizeof out[0],
+                                     10, NULL, &r),
+                   0);
+  size_t done = 0, total = 0, last = 0;
+  int samples = 0;
+  while (mp_async_result_ready(r) == 0) {
+    assert_int_equal(mp_async_result_progress(r, &done, &total), 0);
+    assert_int_equal(total, N);
+    assert_true(done >= last && done <= N); /* never backwards */
+    assert_int_equal(done % 10, 0);          /* whole chunks */
+    last = done;
+    samples++;
+    tu_sleep(0.005);
+  }
+  assert_int_equal(mp_async_result_get(r, 30), 0);
+  assert_int_equal(mp_async_result_progress(r, &done, &total), 0);
+  assert_int_equal(done, N);
+  assert_int_equal(mp_async_result_progress(r, NULL, &total), -EINVAL);
+  assert_int_equal(mp_async_result_free(r), 0);
+  assert_true(samples > 0);
+
+  long typed[N];
+  memset(typed, 0, sizeof typed);
+  assert_int_equal(MP_POOL_MAP(p, slow_square, NULL, in, N, typed, 0), 0);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(typed[i], (long)i * i);
+
+  int one = 1;
+  mp_async_result *a;
+  assert_int_equal(mp_pool_apply_async(p, die_how_ok, &one, sizeof one, NULL, NULL, &a), 0);
+  assert_int_equal(mp_async_result_get(a, 30), 0);
+  assert_int_equal(mp_async_result_progress(a, &done, &total), 0);
+  assert_int_equal(done, 1);
+  assert_int_equal(total, 1);
+  assert_int_equal(mp_async_result_free(a), 0);
+  assert_int_equal(mp_pool_free(p), 0);
+}
+
 /* A failed task says how its worker died, and the logger names the cause. */
 static int die_how(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
   (void)len;
@@ -1171,6 +1238,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool_new_and_bad_arguments),
       cmocka_unit_test(test_pool_failed_task_reports_worker_death),
+      cmocka_unit_test(test_pool_map_progress_and_typed_map),
       cmocka_unit_test(test_pool_map_results_in_order),
       cmocka_unit_test(test_pool_starmap_and_starmap_async),
       cmocka_unit_test(test_pool_map_in_heap_is_zero_copy),

@@ -208,6 +208,18 @@ MP_EXPORT int mp_pool_map(mp_pool *pool, mp_pool_map_fn fn, void *ctx, const voi
                           size_t item_size, void *results, size_t result_size, size_t chunksize);
 
 /**
+ * @brief mp_pool_map() with the item and result sizes taken from the arrays'
+ *        element types, so that they cannot be swapped with @p n or with
+ *        each other: `MP_POOL_MAP(pool, fn, ctx, items, n, results, chunksize)`
+ *        is `mp_pool_map(pool, fn, ctx, items, n, sizeof *(items), results,
+ *        sizeof *(results), chunksize)`. @p items and @p results must be typed
+ *        pointers (or arrays), not `void *`.
+ */
+#define MP_POOL_MAP(pool, fn, ctx, items, n, results, chunksize)                               \
+  mp_pool_map((pool), (fn), (ctx), (items), (n), sizeof *(items), (results), sizeof *(results), \
+              (chunksize))
+
+/**
  * @brief mp_pool_map() without waiting (Python's `map_async`). The arrays must
  *        stay valid until the result is ready; @p results is complete then.
  * @return 0 and the result in @p ret; errors as mp_pool_apply_async().
@@ -363,6 +375,19 @@ MP_EXPORT int mp_async_result_successful(mp_async_result *res);
  *         @p exitcode).
  */
 MP_EXPORT int mp_async_result_death(mp_async_result *res, int *exitcode);
+
+/**
+ * @brief How far an asynchronous map has come: items whose chunk completed
+ *        successfully, of all items (for a progress bar; Python has no twin).
+ * @param[out] done items done so far (a snapshot; for an apply: 1 once
+ *        ready, else 0).
+ * @param[out] total the map's item count (1 for an apply).
+ * @return 0; `-ECHILD` in another process than the pool's; `-EINVAL` (also
+ *         for NULL outputs).
+ * Thread safety: safe from any thread of the pool's process, while the map
+ * runs.
+ */
+MP_EXPORT int mp_async_result_progress(mp_async_result *res, size_t *done, size_t *total);
 
 /**
  * @brief The bytes an apply task produced (empty for a map).
