@@ -148,12 +148,56 @@ static struct mp_process *current(void) {
   return c ? c : &main_proc;
 }
 
+/* The parent, as this process knows it (Python's parent_process()): its
+ * name, copied at fork, and a pidfd opened on first use (-1 until then). */
+static char parent_name[NAME_MAX_LEN + 1];
+static int parent_pidfd = -1;
+static pthread_mutex_t parent_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+/* Exit handlers registered in this process with mp_process_atexit(): run in
+ * reverse order when a libmp child's target returns, or at the normal exit
+ * of a process libmp did not start. A child starts with none. */
+enum { ATEXIT_MAX = 32 };
+static struct {
+  void (*fn)(void *);
+  void *arg;
+} atexit_fns[ATEXIT_MAX];
+static unsigned atexit_n;
+static pthread_mutex_t atexit_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pid_t atexit_hooked; /* the process whose exit() runs them */
+
+static void run_atexit(void) {
+  if (atexit_hooked && atexit_hooked != mp__pid())
+    return; /* a plain fork of the process that registered them */
+  for (;;) {
+    pthread_mutex_lock(&atexit_mutex);
+    if (!atexit_n) {
+      pthread_mutex_unlock(&atexit_mutex);
+      return;
+    }
+    atexit_n--;
+    void (*fn)(void *) = atexit_fns[atexit_n].fn;
+    void *arg = atexit_fns[atexit_n].arg;
+    pthread_mutex_unlock(&atexit_mutex);
+    fn(arg);
+  }
+}
+
 void mp__process_after_fork_child(void) {
   struct mp_process *p = starting;
   starting = NULL;
   pid_t me = mp__pid(); /* sys.c's fork handler cleared the parent's */
   registry_reset();
   atomic_store(&name_counter, 0);
+  /* The parent's parent is not ours, nor are its exit handlers. */
+  memcpy(parent_name, current()->name, sizeof parent_name);
+  pthread_mutex_init(&parent_mutex, NULL);
+  if (parent_pidfd >= 0)
+    close(parent_pidfd);
+  parent_pidfd = -1;
+  pthread_mutex_init(&atexit_mutex, NULL);
+  atexit_n = 0;
+  atexit_hooked = 0;
   if (p) {
     parent_pid_value = p->creator;
     memcpy(my_ident, p->ident, sizeof my_ident);
@@ -432,6 +476,7 @@ static _Noreturn void child_main(struct mp_process *p, pid_t parent) {
   if (p->daemon)
     mp__tie_to_parent(parent, SIGKILL);
   int r = p->target(p->arg);
+  run_atexit(); /* handlers this child registered, as Python since 3.9 */
   exit_children();
   mp__shm_at_exit(); /* a normal end: unlink this process's tracked blocks */
   fflush(NULL);
@@ -542,6 +587,7 @@ static int signal_process(struct mp_process *p, int sig) {
 }
 
 MP_EXPORT int mp_process_terminate(mp_process *p) { return signal_process(p, SIGTERM); }
+MP_EXPORT int mp_process_interrupt(mp_process *p) { return signal_process(p, SIGINT); }
 MP_EXPORT int mp_process_kill(mp_process *p) { return signal_process(p, SIGKILL); }
 
 MP_EXPORT int mp_process_exitcode(mp_process *p, int *code) {
@@ -615,6 +661,84 @@ MP_EXPORT int mp_process_current(mp_process **ret) {
 }
 
 MP_EXPORT int mp_process_parent_pid(void) { return parent_pid_value; }
+
+/* The parent's pidfd, opened once; -EINVAL without a parent, -ESRCH when it
+ * has already ended. A pidfd opened while getppid() still names the parent
+ * refers to the parent itself (had it ended, this process would have been
+ * reparented first), never to a process that reused its pid. */
+static int parent_fd(void) {
+  if (!parent_pid_value)
+    return -EINVAL;
+  pthread_mutex_lock(&parent_mutex);
+  int fd = parent_pidfd;
+  if (fd < 0) {
+    fd = (int)syscall(SYS_pidfd_open, parent_pid_value, 0);
+    if (fd >= 0 && getppid() != parent_pid_value) {
+      close(fd);
+      fd = -ESRCH;
+    } else if (fd < 0) {
+      fd = errno == ESRCH ? -ESRCH : -errno;
+    } else {
+      parent_pidfd = fd;
+    }
+  }
+  pthread_mutex_unlock(&parent_mutex);
+  return fd;
+}
+
+MP_EXPORT int mp_process_parent_name(const char **ret) {
+  if (!ret || !parent_pid_value)
+    return -EINVAL;
+  *ret = parent_name;
+  return 0;
+}
+
+MP_EXPORT int mp_process_parent_join(double timeout) {
+  mp__deadline d;
+  int r = mp__deadline_init(&d, timeout);
+  if (r < 0)
+    return r;
+  int fd = parent_fd();
+  if (fd == -ESRCH)
+    return 0; /* ended already */
+  if (fd < 0)
+    return fd;
+  return mp__wait_fd(fd, POLLIN, &d);
+}
+
+MP_EXPORT int mp_process_parent_is_alive(void) {
+  int r = mp_process_parent_join(MP_NOWAIT);
+  return r == 0 ? 0 : r == -ETIMEDOUT ? 1 : r;
+}
+
+MP_EXPORT int mp_process_parent_sentinel(void) {
+  int fd = parent_fd();
+  return fd == -ESRCH ? -ESRCH : fd;
+}
+
+MP_EXPORT int mp_process_atexit(void (*fn)(void *arg), void *arg) {
+  if (!fn)
+    return -EINVAL;
+  pthread_mutex_lock(&atexit_mutex);
+  if (atexit_n == ATEXIT_MAX) {
+    pthread_mutex_unlock(&atexit_mutex);
+    return -ENOSPC;
+  }
+  if (!parent_pid_value && !atexit_hooked) {
+    /* A process libmp did not start: its normal exit runs them. */
+    atexit_hooked = mp__pid();
+    if (atexit(run_atexit) != 0) {
+      atexit_hooked = 0;
+      pthread_mutex_unlock(&atexit_mutex);
+      return -ENOMEM;
+    }
+  }
+  atexit_fns[atexit_n].fn = fn;
+  atexit_fns[atexit_n].arg = arg;
+  atexit_n++;
+  pthread_mutex_unlock(&atexit_mutex);
+  return 0;
+}
 
 MP_EXPORT int mp_process_active_children(mp_process **out, size_t cap) {
   if (!out && cap)

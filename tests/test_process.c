@@ -1354,8 +1354,189 @@ static void test_process_threads_start_concurrently(void **state) {
   assert_int_equal(mp_process_active_children(NULL, 0), 0);
 }
 
-int main(void) {
+/* ------------------------------------------------------------ Python 3.9+ twins */
+
+static int sleep_until_signal(void *arg) {
+  (void)arg;
+  sleep(30);
+  return 0;
+}
+
+/* interrupt() is SIGINT: the default action ends the child with -SIGINT. */
+static void test_process_interrupt_sends_sigint(void **state) {
+  (void)state;
+  mp_process *p;
+  assert_int_equal(mp_process_new(sleep_until_signal, NULL, NULL, &p), 0);
+  assert_int_equal(mp_process_interrupt(p), -EINVAL); /* not started */
+  assert_int_equal(mp_process_start(p), 0);
+  assert_int_equal(mp_process_interrupt(p), 0);
+  assert_int_equal(mp_process_join(p, 20), 0);
+  int code = 0;
+  assert_int_equal(mp_process_exitcode(p, &code), 1);
+  assert_int_equal(code, -SIGINT);
+  assert_int_equal(mp_process_interrupt(p), 0); /* ended: nothing */
+  assert_int_equal(mp_process_free(p), 0);
+  assert_int_equal(mp_process_interrupt(NULL), -EINVAL);
+}
+
+/* The parent as a child sees it: name, is_alive, join; and a join that
+ * returns once the parent has ended (orphan detection). */
+struct orphan {
+  int pid_w;   /* the grandchild reports: 1 parent seen alive, then the verdict */
+};
+
+static int grandchild_watch(void *arg) {
+  struct orphan *o = arg;
+  const char *name = NULL;
+  int ok = mp_process_parent_name(&name) == 0 && strcmp(name, "middle") == 0;
+  ok = ok && mp_process_parent_is_alive() == 1;
+  ok = ok && mp_process_parent_join(0.05) == -ETIMEDOUT;
+  int fd = mp_process_parent_sentinel();
+  ok = ok && fd >= 0;
+  char c = ok ? 'A' : 'x';
+  write_all(o->pid_w, &c, 1);
+  /* Now wait for the parent's end (it is killed by the test). */
+  int r = mp_process_parent_join(20);
+  c = (r == 0 && mp_process_parent_is_alive() == 0) ? 'E' : 'y';
+  write_all(o->pid_w, &c, 1);
+  return 0;
+}
+
+static int middle_starts_grandchild(void *arg) {
+  mp_process *g;
+  if (mp_process_new(grandchild_watch, arg, NULL, &g) != 0 || mp_process_start(g) != 0)
+    return 1;
+  for (;;)
+    pause(); /* killed by the test */
+  return 0;
+}
+
+static void test_process_parent_handle_and_orphan_join(void **state) {
+  (void)state;
+  /* In a process libmp did not start there is no parent handle. */
+  const char *name;
+  assert_int_equal(mp_process_parent_name(&name), -EINVAL);
+  assert_int_equal(mp_process_parent_join(0), -EINVAL);
+  assert_int_equal(mp_process_parent_is_alive(), -EINVAL);
+  assert_int_equal(mp_process_parent_sentinel(), -EINVAL);
+  int fds[2];
+  assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+  struct orphan o = {.pid_w = fds[1]};
+  mp_process *m;
+  assert_int_equal(mp_process_new(middle_starts_grandchild, &o,
+                                  &(mp_process_options){.name = "middle"}, &m),
+                   0);
+  assert_int_equal(mp_process_start(m), 0);
+  close(fds[1]);
+  char c = 0;
+  assert_int_equal(read_all(fds[0], &c, 1, 20), 1);
+  assert_int_equal(c, 'A');
+  assert_int_equal(mp_process_kill(m), 0);
+  assert_int_equal(mp_process_join(m, 20), 0);
+  assert_int_equal(read_all(fds[0], &c, 1, 20), 1);
+  assert_int_equal(c, 'E'); /* the orphan learned of its parent's end */
+  close(fds[0]);
+  assert_int_equal(mp_process_free(m), 0);
+}
+
+/* Exit handlers a child registers run when its target returns, last first;
+ * the parent's never run in the child; a killed child runs none. */
+static int out_fd;
+
+static void note(void *arg) {
+  write_all(out_fd, (const char *)arg, 1);
+}
+
+static int registers_two(void *arg) {
+  (void)arg;
+  if (mp_process_atexit(note, "1") || mp_process_atexit(note, "2"))
+    return 9;
+  if (mp_process_atexit(NULL, NULL) != -EINVAL)
+    return 8;
+  return 0;
+}
+
+static int registers_then_killed(void *arg) {
+  (void)arg;
+  mp_process_atexit(note, "k");
+  raise(SIGKILL);
+  return 0;
+}
+
+static void test_process_child_exit_handlers(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+  out_fd = fds[1];
+  mp_process *a, *b;
+  assert_int_equal(mp_process_new(registers_two, NULL, NULL, &a), 0);
+  assert_int_equal(mp_process_start(a), 0);
+  assert_int_equal(mp_process_join(a, 20), 0);
+  int code = -1;
+  assert_int_equal(mp_process_exitcode(a, &code), 1);
+  assert_int_equal(code, 0);
+  assert_int_equal(mp_process_new(registers_then_killed, NULL, NULL, &b), 0);
+  assert_int_equal(mp_process_start(b), 0);
+  assert_int_equal(mp_process_join(b, 20), 0);
+  close(fds[1]);
+  char buf[8] = {0};
+  assert_int_equal(read_all(fds[0], buf, sizeof buf - 1, 5), 2);
+  assert_string_equal(buf, "21"); /* reverse order; nothing from the killed one */
+  close(fds[0]);
+  assert_int_equal(mp_process_free(a), 0);
+  assert_int_equal(mp_process_free(b), 0);
+}
+
+/* In a process libmp did not start, the handlers run at its normal exit();
+ * a child it starts afterwards does not inherit them. */
+static char *self_path;
+
+static void test_process_main_exit_handlers(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t c = fork();
+  assert_true(c >= 0);
+  if (c == 0) {
+    dup2(fds[1], 1);
+    execl("/proc/self/exe", self_path, "--atexit-main", (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  char buf[16] = {0};
+  int n = read_all(fds[0], buf, sizeof buf - 1, 20);
+  close(fds[0]);
+  assert_int_equal(tu_wait(c), 0);
+  assert_int_equal(n, 3);
+  assert_string_equal(buf, "cBA"); /* the child: none of the parent's; then B, A */
+}
+
+static int child_says_c(void *arg) {
+  (void)arg;
+  write_all(1, "c", 1);
+  return 0;
+}
+
+static int mode_atexit_main(void) {
+  out_fd = 1;
+  if (mp_process_atexit(note, "A") || mp_process_atexit(note, "B"))
+    return 3;
+  mp_process *p;
+  if (mp_process_new(child_says_c, NULL, NULL, &p) || mp_process_start(p) ||
+      mp_process_join(p, 20) || mp_process_free(p))
+    return 4;
+  return 0; /* exit(): B, then A */
+}
+
+int main(int argc, char **argv) {
+  self_path = argv[0];
+  if (argc > 1 && strcmp(argv[1], "--atexit-main") == 0)
+    return mode_atexit_main();
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_process_interrupt_sends_sigint),
+      cmocka_unit_test(test_process_parent_handle_and_orphan_join),
+      cmocka_unit_test(test_process_child_exit_handlers),
+      cmocka_unit_test(test_process_main_exit_handlers),
       cmocka_unit_test(test_process_exit_codes),
       cmocka_unit_test(test_process_signal_exit_codes),
       cmocka_unit_test(test_process_join_timeouts),

@@ -121,6 +121,11 @@ MP_EXPORT int mp_process_terminate(mp_process *proc);
 /** @brief Send SIGKILL (Python's `kill()`); as mp_process_terminate(). */
 MP_EXPORT int mp_process_kill(mp_process *proc);
 
+/** @brief Send SIGINT (Python 3.14's `interrupt()`): by default the process
+ *         ends with exit code `-SIGINT`, unless it handles the signal; as
+ *         mp_process_terminate(). */
+MP_EXPORT int mp_process_interrupt(mp_process *proc);
+
 /**
  * @brief The exit code, once the process has ended and been reaped.
  * @param[out] code the target's return value (0..255), or `-signum` when a
@@ -174,6 +179,57 @@ MP_EXPORT int mp_process_current(mp_process **ret);
  *         `None`).
  */
 MP_EXPORT int mp_process_parent_pid(void);
+
+/**
+ * @brief The name of the process that started this one (Python's
+ *        `parent_process().name`), as it was when this one was started.
+ * @param[out] ret a static string, valid for the life of the process.
+ * @return 0; `-EINVAL` for NULL, or in a process libmp did not start.
+ */
+MP_EXPORT int mp_process_parent_name(const char **ret);
+
+/**
+ * @brief Wait until the process that started this one ends (Python's
+ *        `parent_process().join(timeout)`): orphan detection.
+ * @return 0 once the parent has ended (at once if it already has);
+ *         `-ETIMEDOUT` while it lives; `-EINVAL` in a process libmp did not
+ *         start, or for a NaN timeout. Never confused by a new process that
+ *         reuses the parent's pid (a pidfd underneath).
+ * Thread safety: safe. Across fork: a child asks about its own parent.
+ */
+MP_EXPORT int mp_process_parent_join(double timeout);
+
+/**
+ * @brief Whether the process that started this one still runs (Python's
+ *        `parent_process().is_alive()`).
+ * @return 1 or 0; `-EINVAL` in a process libmp did not start.
+ */
+MP_EXPORT int mp_process_parent_is_alive(void);
+
+/**
+ * @brief A descriptor that becomes readable when the parent ends (Python's
+ *        `parent_process().sentinel`), for poll/epoll; owned by libmp.
+ * @return the fd; `-ESRCH` when the parent has already ended; `-EINVAL` in a
+ *         process libmp did not start; `-EMFILE`.
+ */
+MP_EXPORT int mp_process_parent_sentinel(void);
+
+/**
+ * @brief Register @p fn(@p arg) to run when this process ends normally:
+ *        in a process libmp started, when its target function returns (before
+ *        stdio is flushed); in a process libmp did not start, at its normal
+ *        exit(). Handlers run in reverse order of registration, each once.
+ *
+ * Python runs the `atexit` handlers a child registered (since 3.9); C's own
+ * atexit() list is inherited from the parent across fork, so libmp's
+ * children end with _exit() and never run it: this is the child-local list.
+ * A child starts with an empty one; handlers do not run when the process is
+ * killed, or leaves with _exit().
+ * @return 0; `-EINVAL` for NULL @p fn; `-ENOSPC` beyond 32 handlers;
+ *         `-ENOMEM`.
+ * Thread safety: safe.
+ */
+MP_EXPORT int mp_process_atexit(void (*fn)(void *arg), void *arg);
 
 /**
  * @brief The children this process started that are still alive (Python's
