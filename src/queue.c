@@ -143,6 +143,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------ 3. layout */
@@ -345,14 +346,19 @@ static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uin
  * pid that reg_scan() cleans whatever the bit says. */
 static void reg_add(struct reg *r, _Atomic uint32_t *word) {
   uint64_t me = reg_me();
-  for (int i = 0; i < NSLOTS; i++) {
+  int i = 0;
+  for (; i < NSLOTS; i++) {
     uint64_t z = 0;
-    if (atomic_compare_exchange_strong(&r->slot[i], &z, me)) {
-      atomic_fetch_or(word, SLOT_BIT(i));
-      return;
-    }
+    if (atomic_compare_exchange_strong(&r->slot[i], &z, me))
+      break;
   }
-  atomic_fetch_add(word, EXTRA_ONE);
+  if (i < NSLOTS) {
+    MP__CRASH(QUEUE_REG_SLOT_TAKEN);
+    atomic_fetch_or(word, SLOT_BIT(i));
+  } else {
+    atomic_fetch_add(word, EXTRA_ONE);
+  }
+  MP__CRASH(QUEUE_REG_REGISTERED);
 }
 
 static void reg_del(struct reg *r, _Atomic uint32_t *word) {
@@ -360,6 +366,7 @@ static void reg_del(struct reg *r, _Atomic uint32_t *word) {
   for (int i = 0; i < NSLOTS; i++) {
     if (atomic_load_explicit(&r->slot[i], memory_order_relaxed) == me) {
       atomic_fetch_and(word, ~SLOT_BIT(i));
+      MP__CRASH(QUEUE_REG_BIT_CLEARED);
       atomic_store(&r->slot[i], 0);
       return;
     }
@@ -387,6 +394,7 @@ static void reg_scan(struct reg *r, _Atomic uint32_t *word) {
     pid_t pid = (pid_t)(uint32_t)v;
     if (kill(pid, 0) < 0 && errno == ESRCH &&
         atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
+      MP__CRASH(QUEUE_REG_CLAIMED);
       atomic_fetch_and(word, ~SLOT_BIT(i));
       atomic_store(&r->slot[i], 0);
     }
@@ -508,8 +516,10 @@ static void abort_stream(mp_queue *q) {
   if (!(t & INSTREAM))
     return;
   hdr_write(q, pos_of(t), K_ABORT, 0);
+  MP__CRASH(QUEUE_ABORT_WRITTEN);
   while (!tail_commit(q, &t, advance(t, HDR) & ~INSTREAM)) {
   }
+  MP__CRASH(QUEUE_ABORT_COMMITTED);
   wake_data(q);
 }
 
@@ -522,6 +532,7 @@ static void fifo_prod_repair(mp_queue *q) {
   /* The dead one may have committed without waking anyone. */
   atomic_fetch_add(&s->data_word, 1);
   mp__futex_wake(&s->data_word, INT_MAX);
+  MP__CRASH(QUEUE_PROD_REPAIR_WOKEN);
   pthread_mutex_consistent(&s->u.f.prod_mutex);
 }
 
@@ -562,6 +573,7 @@ static int prod_wait(mp_queue *q, uint64_t need, bool slot, wctx *w, uint64_t *t
   }
   int r;
   atomic_fetch_or(&s->space_sleepers, 1u);
+  MP__CRASH(QUEUE_PUT_ASLEEP);
   for (;;) {
     uint32_t snap = atomic_load(&s->space_word);
     *t = atomic_load(&f->tail);
@@ -592,8 +604,10 @@ static int put_whole(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_t
     return -EPIPE;
   hdr_write(q, pos_of(t), K_MSG, (uint32_t)len);
   ring_write(q, pos_of(t) + HDR, msg, len);
+  MP__CRASH(QUEUE_PUT_WRITTEN);
   if (!tail_commit(q, &t, advance(t, rec) + MSG_ONE))
     return -EPIPE;
+  MP__CRASH(QUEUE_PUT_COMMITTED);
   wake_data(q);
   return 0;
 }
@@ -631,12 +645,14 @@ static int put_stream(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_
       if (last)
         nt = (nt & ~INSTREAM) + MSG_ONE;
     }
+    MP__CRASH(QUEUE_STREAM_WRITTEN);
     if (!tail_commit(q, &t, nt)) {
       if (!first)
         abort_stream(q);
       return -EPIPE;
     }
     t = nt;
+    MP__CRASH(QUEUE_STREAM_COMMITTED);
     wake_data(q);
     off += data;
     first = false;
@@ -669,6 +685,7 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
     else
       r = put_stream(q, msg, len, w, t);
   }
+  MP__CRASH(QUEUE_PUT_FINISHED);
   pthread_mutex_unlock(&f->prod_mutex);
   return r;
 }
@@ -683,6 +700,7 @@ static void fifo_cons_repair(mp_queue *q) {
   /* The dead one may have committed without waking a producer. */
   atomic_fetch_add(&s->space_word, 1);
   mp__futex_wake(&s->space_word, INT_MAX);
+  MP__CRASH(QUEUE_CONS_REPAIR_WOKEN);
   pthread_mutex_consistent(&s->u.f.cons_mutex);
 }
 
@@ -739,6 +757,7 @@ static int cons_wait(mp_queue *q, uint64_t h, bool mid, wctx *w, uint64_t *t) {
   }
   int r;
   atomic_fetch_or(&s->data_sleepers, 1u);
+  MP__CRASH(QUEUE_GET_ASLEEP);
   for (;;) {
     uint32_t snap = atomic_load(&s->data_word);
     tt = atomic_load(&f->tail);
@@ -764,6 +783,7 @@ static int cons_wait(mp_queue *q, uint64_t h, bool mid, wctx *w, uint64_t *t) {
  * room. seq_cst store: pairs with the producer's seq_cst bit set. */
 static void head_commit(mp_queue *q, uint64_t nh) {
   atomic_store(&q->s->u.f.head, nh);
+  MP__CRASH(QUEUE_GET_COMMITTED);
   wake_space(q);
 }
 
@@ -841,6 +861,7 @@ again:;
     dst = buf;
   }
   ring_read(q, dpos, dst, clen);
+  MP__CRASH(QUEUE_GET_COPIED);
   uint64_t nh = advance(h, rec_size((uint32_t)hdr));
   head_commit(q, kind == K_MSG ? nh + MSG_ONE : nh);
   if (kind == K_BEGIN) {
@@ -865,6 +886,7 @@ again:;
         goto out;
       }
       ring_read(q, pos_of(h) + HDR, dst + off, clen);
+      MP__CRASH(QUEUE_GET_CHUNK_COPIED);
       off += clen;
       nh = advance(h, rec_size(clen));
       if (kind == K_END) {
@@ -886,6 +908,7 @@ again:;
 out:
   if (mode == TAKE_ALLOC)
     free(dst);
+  MP__CRASH(QUEUE_GET_FINISHED);
   pthread_mutex_unlock(&f->cons_mutex);
   return res;
 }
@@ -904,14 +927,17 @@ static void jset(struct list *l, uint64_t *addr, uint64_t val) {
   atomic_signal_fence(memory_order_seq_cst);
   l->log_n = n + 1;
   atomic_signal_fence(memory_order_seq_cst);
+  MP__CRASH(QUEUE_LIST_JOURNALED);
   /* release: readers without the mutex (qsize, join) load these */
   __atomic_store_n(addr, val, __ATOMIC_RELEASE);
+  MP__CRASH(QUEUE_LIST_WRITTEN);
 }
 
 static void jcommit(struct list *l) {
   atomic_signal_fence(memory_order_seq_cst);
   l->log_n = 0;
   atomic_signal_fence(memory_order_seq_cst);
+  MP__CRASH(QUEUE_LIST_COMMITTED);
 }
 
 static void list_repair(mp_queue *q) {
@@ -922,6 +948,7 @@ static void list_repair(mp_queue *q) {
   for (uint64_t i = n; i > 0; i--)
     __atomic_store_n(l->log[i - 1].addr, l->log[i - 1].old, __ATOMIC_RELEASE);
   jcommit(l);
+  MP__CRASH(QUEUE_LIST_REPAIR_REPLAYED);
   pthread_mutex_consistent(&l->mutex);
   wake_all(q); /* the dead one may have committed without waking anyone */
 }
@@ -974,6 +1001,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
     return -ENOMEM;
   if (len)
     memcpy(blk, msg, len);
+  MP__CRASH(QUEUE_LIST_PUT_COPIED);
   int r = list_lock(q, w, always);
   if (r < 0) {
     mp_heap_free(blk);
@@ -1000,6 +1028,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
     } else {
       if (l->n)
         memcpy(na, recs(l), l->n * sizeof *na);
+      MP__CRASH(QUEUE_LIST_PUT_GROWN);
       old = recs(l);
       jset(l, &l->arr, (uint64_t)(uintptr_t)na);
       jset(l, &l->cap, ncap);
@@ -1024,6 +1053,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
   }
   jcommit(l);
   pthread_mutex_unlock(&l->mutex);
+  MP__CRASH(QUEUE_LIST_PUT_UNLOCKED);
   if (r == 0) {
     mp_heap_free(old);
     wake_data(q);
@@ -1092,6 +1122,7 @@ static ssize_t list_take(mp_queue *q, void *buf, size_t cap, void **out, size_t 
   jset(l, &l->n, m);
   jcommit(l);
   pthread_mutex_unlock(&l->mutex);
+  MP__CRASH(QUEUE_LIST_GET_UNLOCKED);
   mp_heap_free((void *)(uintptr_t)top.data);
   wake_space(q);
   if (mode == TAKE_ALLOC) {
@@ -1145,6 +1176,7 @@ static int task_done(mp_queue *q) {
     if (r < 0)
       return r;
   }
+  MP__CRASH(QUEUE_TASK_DONE_COUNTED);
   /* seq_cst loads after the seq_cst update: pairs with join's registration */
   if (unfinished(q) == 0 && atomic_load(&q->s->join_waiters)) {
     atomic_fetch_add(&q->s->join_word, 1);
@@ -1387,6 +1419,7 @@ MP_EXPORT int mp_queue_close(mp_queue *q) {
     jcommit(l);
     pthread_mutex_unlock(&l->mutex);
   }
+  MP__CRASH(QUEUE_CLOSE_MARKED);
   wake_all(q);
   return 0;
 }
