@@ -813,6 +813,38 @@ static int cons_front(mp_queue *q, wctx *w, uint64_t *hp, uint64_t *hdrp) {
   }
 }
 
+/* With cons_mutex held and a BEGIN at head h: if its stream ends in ABORT
+ * among the committed records (its producer timed out, or died: settled
+ * first), skip the whole stream and return true. Such a message was never
+ * put: its size must not be reported, nor -EMSGSIZE for it. A stream still
+ * under way (no END or ABORT yet, its producer alive) is a message. */
+static bool skip_aborted(mp_queue *q, uint64_t h) {
+  struct fifo *f = &q->s->u.f;
+  /* acquire: the records up to tail were written before it was committed */
+  uint64_t t = atomic_load_explicit(&f->tail, memory_order_acquire);
+  if (t & INSTREAM) {
+    check_producer(q);
+    t = atomic_load_explicit(&f->tail, memory_order_acquire);
+  }
+  f->tail_cache = t;
+  /* Every record after BEGIN up to its END or ABORT is the same stream's:
+   * its producer held prod_mutex throughout. */
+  for (uint32_t p = pos_of(h); p != pos_of(t);) {
+    uint64_t hdr = hdr_read(q, p);
+    uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
+    if (rec_size(len) > pos_of(t) - p)
+      return false; /* overwritten: the caller's checks report it */
+    p += (uint32_t)rec_size(len);
+    if (kind == K_END)
+      return false;
+    if (kind == K_ABORT) {
+      head_commit(q, advance(h, p - pos_of(h))); /* msgs: an aborted stream never counted */
+      return true;
+    }
+  }
+  return false;
+}
+
 static ssize_t fifo_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
                          enum take_mode mode, wctx *w) {
   struct fifo *f = &q->s->u.f;
@@ -841,6 +873,8 @@ again:;
     }
     dpos += 8;
     clen -= 8;
+    if ((mode == TAKE_PEEK || (mode == TAKE_BUF && total > cap)) && skip_aborted(q, h))
+      goto again;
   }
   if (mode == TAKE_PEEK) {
     *outlen = total;

@@ -708,6 +708,45 @@ static void test_queue_crash_prod_repair_woken(void **state) {
   job_free(r);
 }
 
+/* A stream that ends in ABORT was never put: a get into a buffer too small
+ * for it must not answer -EMSGSIZE, nor peek_size() report its size; whether
+ * its producer timed out (ABORT committed) or was killed mid-stream (nobody
+ * has ended it yet). */
+static void assert_nothing_to_get(mp_queue *q) {
+  char b[200];
+  size_t len = 0;
+  assert_int_equal(mp_queue_get(q, b, sizeof b, 0), -ETIMEDOUT);
+  assert_int_equal(mp_queue_peek_size(q, &len, 0), -ETIMEDOUT);
+}
+
+static void test_queue_crash_stream_dead_not_reported(void **state) {
+  (void)state;
+  for (int killed = 0; killed < 2; killed++) {
+    mp_queue *q = fifo_new(0);
+    put_msg(q, 1, 100, 0);
+    struct job *v = job(q, OP_PUT, 2, BIG);
+    pid_t vp;
+    if (killed) {
+      vp = cu_fork_armed("queue.stream.committed", 2, job_main, v, 30);
+      cu_assert_killed_at(vp);
+    } else {
+      v->timeout = 0.1; /* no consumer: the stream times out */
+      v->expect = -ETIMEDOUT;
+      vp = spawn(v);
+      assert_child_ok(vp);
+    }
+    char b[200];
+    assert_int_equal(mp_queue_get(q, b, sizeof b, WITHIN), 100);
+    assert_nothing_to_get(q);
+    put_msg(q, 3, 100, 0);
+    assert_int_equal(get_msg(q), 3);
+    assert_nothing_to_get(q);
+    assert_int_equal(unfinished_count(q), 2);
+    assert_settled_and_free(q);
+    job_free(v);
+  }
+}
+
 /* A FIFO consumer getting message 1 (vlen bytes, streamed by producer P when
  * big) stops at `point` (nth pass); consumer C2 blocks in get behind it; the
  * consumer is killed. C2 gets 1 (if KEPT: the dead one had not taken it) and
@@ -1136,6 +1175,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_abort_written),
       cmocka_unit_test(test_queue_crash_abort_committed),
       cmocka_unit_test(test_queue_crash_prod_repair_woken),
+      cmocka_unit_test(test_queue_crash_stream_dead_not_reported),
       cmocka_unit_test(test_queue_crash_get_asleep),
       cmocka_unit_test(test_queue_crash_get_copied),
       cmocka_unit_test(test_queue_crash_get_committed_each_chunk),
