@@ -334,8 +334,11 @@ static bool always(mp_queue *q) {
   (void)q;
   return true;
 }
-static bool not_empty(mp_queue *q) { return mp_queue_empty(q) == 0; }
-static bool not_full(mp_queue *q) { return mp_queue_full(q) == 0; }
+/* Lockless looks, without repairs: hints for a spinner (section 10). */
+static uint64_t count_now(mp_queue *q);
+static bool full_now(mp_queue *q);
+static bool not_empty(mp_queue *q) { return count_now(q) != 0; }
+static bool not_full(mp_queue *q) { return !full_now(q); }
 
 static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)getpid(); }
 
@@ -1412,15 +1415,43 @@ MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout) {
   return (int)take(q, NULL, 0, NULL, len, TAKE_PEEK, timeout);
 }
 
-MP_EXPORT ssize_t mp_queue_qsize(mp_queue *q) {
-  if (!mp__tag_ok(q, MP__TAG_QUEUE))
-    return -EINVAL;
+/* The words as they are: a message counted while its producer streams it. */
+static uint64_t count_now(mp_queue *q) {
   if (q->order == MP_QUEUE_FIFO) {
     /* head first: tail only grows, so the difference is never negative */
     uint64_t h = atomic_load(&q->s->u.f.head);
     return fifo_count(atomic_load(&q->s->u.f.tail), h);
   }
-  return (ssize_t)ld(&q->s->u.l.n);
+  return ld(&q->s->u.l.n);
+}
+
+static bool full_now(mp_queue *q) {
+  if (q->order == MP_QUEUE_FIFO) {
+    uint64_t h = atomic_load(&q->s->u.f.head), t = atomic_load(&q->s->u.f.tail);
+    return !room(q, t, h, HDR, true);
+  }
+  return q->maxsize && ld(&q->s->u.l.n) >= q->maxsize;
+}
+
+/* Before a public look at the counts: end a stream whose producer died
+ * (check_producer()), so that a message never put is never counted. A
+ * producer alive keeps its stream counted: its put is under way. */
+static int settle(mp_queue *q) {
+  if (q->order == MP_QUEUE_FIFO) {
+    if (MP__UNLIKELY(atomic_load(&q->s->u.f.tail) & INSTREAM))
+      check_producer(q);
+    return 0;
+  }
+  return 0;
+}
+
+MP_EXPORT ssize_t mp_queue_qsize(mp_queue *q) {
+  if (!mp__tag_ok(q, MP__TAG_QUEUE))
+    return -EINVAL;
+  int r = settle(q);
+  if (r < 0)
+    return r;
+  return (ssize_t)count_now(q);
 }
 
 MP_EXPORT int mp_queue_empty(mp_queue *q) {
@@ -1431,11 +1462,10 @@ MP_EXPORT int mp_queue_empty(mp_queue *q) {
 MP_EXPORT int mp_queue_full(mp_queue *q) {
   if (!mp__tag_ok(q, MP__TAG_QUEUE))
     return -EINVAL;
-  if (q->order == MP_QUEUE_FIFO) {
-    uint64_t h = atomic_load(&q->s->u.f.head), t = atomic_load(&q->s->u.f.tail);
-    return !room(q, t, h, HDR, true);
-  }
-  return q->maxsize && ld(&q->s->u.l.n) >= q->maxsize;
+  int r = settle(q);
+  if (r < 0)
+    return r;
+  return full_now(q);
 }
 
 MP_EXPORT int mp_queue_close(mp_queue *q) {

@@ -708,6 +708,25 @@ static void test_queue_crash_prod_repair_woken(void **state) {
   job_free(r);
 }
 
+/* A streaming producer killed with no consumer about: its message was never
+ * put, and qsize() says so at once, without waiting for a get to clean up. */
+static void test_queue_crash_stream_dead_not_counted(void **state) {
+  (void)state;
+  mp_queue *q = fifo_new(0);
+  put_msg(q, 1, 100, 0);
+  struct job *v = job(q, OP_PUT, 2, BIG);
+  pid_t vp = cu_fork_armed("queue.stream.committed", 1, job_main, v, 30);
+  cu_assert_killed_at(vp);
+  assert_int_equal(mp_queue_qsize(q), 1);
+  assert_int_equal(mp_queue_full(q), 0);
+  assert_int_equal(get_msg(q), 1);
+  assert_int_equal(mp_queue_qsize(q), 0);
+  assert_int_equal(mp_queue_empty(q), 1);
+  assert_int_equal(unfinished_count(q), 1);
+  assert_settled_and_free(q);
+  job_free(v);
+}
+
 /* A stream that ends in ABORT was never put: a get into a buffer too small
  * for it must not answer -EMSGSIZE, nor peek_size() report its size; whether
  * its producer timed out (ABORT committed) or was killed mid-stream (nobody
@@ -1175,6 +1194,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_abort_written),
       cmocka_unit_test(test_queue_crash_abort_committed),
       cmocka_unit_test(test_queue_crash_prod_repair_woken),
+      cmocka_unit_test(test_queue_crash_stream_dead_not_counted),
       cmocka_unit_test(test_queue_crash_stream_dead_not_reported),
       cmocka_unit_test(test_queue_crash_get_asleep),
       cmocka_unit_test(test_queue_crash_get_copied),
