@@ -1222,25 +1222,42 @@ static int task_done(mp_queue *q) {
   return 0;
 }
 
+/* Whether every task is done: 1, 0, or a negative errno. A list's lockless
+ * counts may hold a task_done() or put whose holder has not committed (and
+ * whose death the replay undoes), so a zero is confirmed under the mutex. */
+static int all_done(mp_queue *q, wctx *w) {
+  if (unfinished(q) != 0)
+    return 0;
+  if (q->order == MP_QUEUE_FIFO)
+    return 1;
+  struct list *l = &q->s->u.l;
+  int r = list_lock(q, w, always);
+  if (r < 0)
+    return r;
+  r = l->done >= l->puts;
+  pthread_mutex_unlock(&l->mutex);
+  return r;
+}
+
 static int join(mp_queue *q, wctx *w) {
   struct qstate *s = q->s;
-  if (unfinished(q) == 0)
-    return 0;
+  int r = all_done(q, w);
+  if (r != 0)
+    return r < 0 ? r : 0;
   if (nowait(w))
     return -ETIMEDOUT;
   for (int i = 0; i < MP__SPIN_LIMIT; i++) {
     mp__cpu_relax();
-    if (unfinished(q) == 0)
-      return 0;
+    if (unfinished(q) == 0 && (r = all_done(q, w)) != 0)
+      return r < 0 ? r : 0;
   }
-  int r;
   /* Registered (a slot when one is free), so that mp_queue_free() sees us
    * and a joiner killed here is cleaned by its scan. */
   reg_add(&s->join_reg, &s->join_waiters);
   for (;;) {
     uint32_t snap = atomic_load(&s->join_word);
-    if (unfinished(q) == 0) {
-      r = 0;
+    if ((r = all_done(q, w)) != 0) {
+      r = r < 0 ? r : 0;
       break;
     }
     if ((r = nap(&s->join_word, snap, w, false)) < 0)
@@ -1415,7 +1432,8 @@ MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout) {
   return (int)take(q, NULL, 0, NULL, len, TAKE_PEEK, timeout);
 }
 
-/* The words as they are: a message counted while its producer streams it. */
+/* The words as they are: a message counted while its producer streams it,
+ * and a list's words while their writer holds the mutex (section 2). */
 static uint64_t count_now(mp_queue *q) {
   if (q->order == MP_QUEUE_FIFO) {
     /* head first: tail only grows, so the difference is never negative */
@@ -1433,15 +1451,23 @@ static bool full_now(mp_queue *q) {
   return q->maxsize && ld(&q->s->u.l.n) >= q->maxsize;
 }
 
-/* Before a public look at the counts: end a stream whose producer died
- * (check_producer()), so that a message never put is never counted. A
- * producer alive keeps its stream counted: its put is under way. */
+/* Before a public look at the counts: settle what a dead process left half
+ * done, so that a message it never put is never counted (nor one it never
+ * took missed). FIFO: a stream whose producer died (check_producer(); a
+ * producer alive keeps its stream counted, as its put is under way). Lists:
+ * take the mutex, which replays a dead holder's journal and waits out a live
+ * one's operation, as Python's qsize() takes its queue's mutex. */
 static int settle(mp_queue *q) {
   if (q->order == MP_QUEUE_FIFO) {
     if (MP__UNLIKELY(atomic_load(&q->s->u.f.tail) & INSTREAM))
       check_producer(q);
     return 0;
   }
+  wctx w = {.timeout = MP_FOREVER};
+  int r = list_lock(q, &w, always);
+  if (r < 0)
+    return r;
+  pthread_mutex_unlock(&q->s->u.l.mutex);
   return 0;
 }
 

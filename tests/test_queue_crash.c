@@ -1047,6 +1047,21 @@ static void list_walk(const char *point, unsigned nth, uint32_t pre, bool put, b
   assert_int_equal(mp_queue_free(q), 0);
 }
 
+/* Every word a list put or get writes, killed after journaling it and after
+ * writing it: the journal's replay undoes the operation. */
+static void test_queue_crash_list_each_word(void **state) {
+  (void)state;
+  const char *points[] = {"queue.list.journaled", "queue.list.written"};
+  for (int p = 0; p < 2; p++) {
+    for (int kind = 0; kind < 3; kind++) {
+      unsigned nth = 1;
+      for (bool fired = true; fired; nth++)
+        list_walk(points[p], nth, kind == 1 ? 16 : 15, kind < 2, &fired);
+      assert_true(nth > 15); /* a sift through 3 or 4 levels writes that many words */
+    }
+  }
+}
+
 /* A list operation killed at one step, while a getter (or putter, at
  * maxsize) sleeps: the survivors go on, and the queue holds what the table
  * says. */
@@ -1184,6 +1199,25 @@ static void test_queue_crash_list_repair_replayed(void **state) {
   assert_settled_and_free(q);
 }
 
+/* A list task_done() stopped after writing its count, before its commit:
+ * join() must not return yet, for a kill now undoes the count, which stays
+ * exact (one task unfinished). */
+static void test_queue_crash_list_join_sees_committed_count(void **state) {
+  (void)state;
+  mp_queue *q = list_new(MP_QUEUE_LIFO, 0);
+  put_msg(q, 1, 100, 0);
+  assert_int_equal(get_msg(q), 1);
+  struct job *v = job(q, OP_TASK_DONE, 0, 0);
+  pid_t vp = cu_fork_stopped_at("queue.list.written", 1, job_main, v, 30);
+  assert_int_equal(mp_queue_join(q, 0.3), -ETIMEDOUT);
+  kill(vp, SIGKILL);
+  cu_assert_killed_at(vp);
+  assert_int_equal(mp_queue_join(q, 0.3), -ETIMEDOUT);
+  assert_int_equal(unfinished_count(q), 1);
+  job_free(v);
+  assert_settled_and_free(q);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_crash_put_written),
@@ -1206,6 +1240,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_reg_joiner),
       cmocka_unit_test(test_queue_crash_reg_watcher),
       cmocka_unit_test(test_queue_crash_reg_claimed),
+      cmocka_unit_test(test_queue_crash_list_each_word),
       cmocka_unit_test(test_queue_crash_list_put_copied),
       cmocka_unit_test(test_queue_crash_list_journaled),
       cmocka_unit_test(test_queue_crash_list_committed),
@@ -1214,6 +1249,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_list_put_grown),
       cmocka_unit_test(test_queue_crash_list_asleep),
       cmocka_unit_test(test_queue_crash_list_repair_replayed),
+      cmocka_unit_test(test_queue_crash_list_join_sees_committed_count),
       cmocka_unit_test(test_queue_crash_fifo_survives_random_kills),
       cmocka_unit_test(test_queue_crash_priority_survives_random_kills),
       cmocka_unit_test(test_queue_crash_lifo_survives_random_kills),
