@@ -79,60 +79,117 @@
  * mutex), so a blocked get or put costs no CPU. Sleeps last at most RECHECK_NS:
  * see the crash table.
  *
- * A SIGKILL at each step, and the repair:
- *   producer, before its commit: the free bytes hold garbage nobody reads; the
- *     message was not put (put never returned 0). prod_mutex is left
- *     OWNER_DIED, and its next holder (EOWNERDEAD) runs prod_repair(): clears
- *     space_sleepers bit 0, and if tail.INSTREAM is set (the dead one was
- *     streaming) commits an ABORT at tail.pos (its 8 bytes are reserved), then
- *     wakes data sleepers.
- *   producer, after its commit: the message is in the queue, whole. A consumer
- *     asleep may have missed its wake: prod_repair() wakes, and sleeps end
- *     within RECHECK_NS anyway to look again.
- *   producer, mid-stream: as above; consumers discard the partial message at
- *     ABORT. Nobody may hold prod_mutex to repair it, so a consumer waiting
- *     inside a stream (tail.INSTREAM set, no data) tries prod_mutex after each
- *     sleep (at most RECHECK_NS) and repairs it itself on EOWNERDEAD.
- *   producer, asleep for room (space_sleepers bit 0 set): consumers keep waking
- *     nobody; every 64th wake that finds no sleeper tries prod_mutex and
- *     repairs.
- *   consumer, before its commit: the record stays at the head, whole; the next
- *     holder of cons_mutex (EOWNERDEAD) runs cons_repair(): clears
- *     data_sleepers bit 0 and wakes producers. The partial copy is in the dead
- *     process's memory only.
- *   consumer, after its commit: it took the message with it ("a consumer died
- *     holding it"); never delivered twice.
- *   consumer, mid-stream: head points inside the message; the next consumer
- *     skips the rest (see above). That message is lost with its taker.
- *   consumer, asleep for data: data_sleepers bit 0 stays set; a producer whose
- *     wake finds no sleeper (every 64th time) tries cons_mutex and repairs it.
- *   watcher (mp_connection_wait) killed while registered: its slot in data_reg
- *     names a dead pid; producers that keep waking nobody scan the slots every
- *     64th time and drop dead ones (see reg_scan(); a watcher killed between
- *     taking its slot and setting its bit is cleaned alike). A watcher
+ * A SIGKILL at each step, the crash point that kills there in brackets, and
+ * the repair. Whoever takes a mutex from a dead holder (EOWNERDEAD) repairs
+ * first: prod_repair() clears space_sleepers bit 0, ends a stream left open
+ * and wakes consumers; cons_repair() clears data_sleepers bit 0 and wakes
+ * producers. A repairer killed in its turn, after its wake and before marking
+ * the mutex consistent [queue.prod_repair.woken, queue.cons_repair.woken],
+ * leaves the mutex owner-dead again; the next one repeats the repair, which
+ * is idempotent.
+ *   producer asleep for room, space_sleepers bit 0 set [queue.put.asleep]:
+ *     consumers' wakes find nobody; every 64th tries prod_mutex and repairs,
+ *     and so does the next producer.
+ *   producer, record written, not committed [queue.put.written]: the free
+ *     bytes hold garbage nobody reads; the message was not put.
+ *   producer, committed, nobody woken [queue.put.committed]: the message is
+ *     in the queue, whole, and counted. A consumer asleep may have missed its
+ *     wake: prod_repair() wakes, and sleeps end within RECHECK_NS anyway.
+ *   producer, put done, prod_mutex still held [queue.put.finished]: only the
+ *     mutex needs its repair.
+ *   streaming producer, each chunk in turn written [queue.stream.written] or
+ *     committed and not announced [queue.stream.committed]: until END's
+ *     commit the message was not put (tail.INSTREAM is set from BEGIN's);
+ *     prod_repair() commits an ABORT at tail.pos (its 8 bytes are reserved)
+ *     and consumers throw the partial message away there. Nobody may come to
+ *     hold prod_mutex, so whoever finds tail.INSTREAM tries prod_mutex and
+ *     repairs on EOWNERDEAD: a consumer inside the stream after each sleep
+ *     (at most RECHECK_NS), a get that meets BEGIN with too small a buffer
+ *     or a peek (skip_aborted()), qsize(), empty() and full() (settle()). A
+ *     message never put is never counted, sized, or refused with -EMSGSIZE;
+ *     an aborted stream is skipped whole. After END's commit the message is
+ *     in, as a whole one.
+ *   producer ending a stream with ABORT (after a timeout or close, or in a
+ *     repair), ABORT written [queue.abort.written]: INSTREAM is still set and
+ *     the next repair writes it again at the same place; committed, nobody
+ *     woken [queue.abort.committed]: sleepers look again within RECHECK_NS.
+ *   consumer asleep for data, data_sleepers bit 0 set [queue.get.asleep]: a
+ *     producer whose wake finds no sleeper (every 64th time) tries cons_mutex
+ *     and repairs, and so does the next consumer.
+ *   consumer, record copied, not committed [queue.get.copied] (a whole
+ *     message or a stream's BEGIN): the record stays at the head, whole, for
+ *     the next holder of cons_mutex; the copy was in the dead process only.
+ *   consumer, head committed, producers not woken [queue.get.committed]:
+ *     past a whole message or an END it took the message with it ("a
+ *     consumer died holding it"), never delivered twice. Past BEGIN or a
+ *     MORE (each chunk in turn; or a MORE or END copied and not committed
+ *     [queue.get.chunk_copied]) head points inside the message: the next
+ *     consumer skips the rest up to and including its END (msgs += 1 there)
+ *     or ABORT, and the message is lost with its taker. Either way a
+ *     producer asleep for room may have missed its wake: cons_repair() wakes,
+ *     sleeps end within RECHECK_NS. A message a dead consumer took stays an
+ *     unfinished task for join(), as in Python.
+ *   consumer, get done, cons_mutex still held [queue.get.finished]: only the
+ *     mutex needs its repair.
+ *   close, CLOSED set, nobody woken [queue.close.marked]: sleepers see it
+ *     within RECHECK_NS. Concurrent commits either precede it (their message
+ *     is delivered) or fail with -EPIPE.
+ *   task_done(), counted, joiners not woken [queue.task_done.counted]:
+ *     joiners look again within RECHECK_NS.
+ *   registered sleeper (a watcher of mp_connection_wait(), a joiner, a list
+ *     getter or putter): killed with its slot taken and its bit not yet set
+ *     [queue.reg.slot_taken], registered [queue.reg.registered], or with its
+ *     bit cleared and its slot not yet freed [queue.reg.bit_cleared]: the
+ *     slot names a dead pid. Wakers that keep waking nobody scan the slots
+ *     every 64th time and drop dead ones (reg_scan()), and so does
+ *     mp_queue_free(); a dead joiner is dropped only there, and until then
+ *     each task_done() that ends the work costs one futex wake. A cleaner
+ *     killed after claiming a slot [queue.reg.claimed] leaves it marked with
+ *     its own pid: the next scan claims it from the dead cleaner. A sleeper
  *     beyond the NSLOTS slots killed while registered costs one futex wake
  *     per put from then on, never correctness (mp_queue_free() answers
- *     -EBUSY from then on). A joiner killed in mp_queue_join() alike, in
- *     join_reg, which mp_queue_free() scans.
+ *     -EBUSY from then on).
  *   anyone killed inside a robust mutex (holder or sleeper): besides the
  *     repairs above, its death may swallow the mutex's wake-up (lock.c), so
  *     nobody sleeps in one longer than 0.1 s at a time.
- *   close: one compare-and-swap of tail; concurrent commits either precede it
- *     (their message is delivered) or fail with -EPIPE.
  *
  * ---------------------------------------------------------------------------
  * 2. LIFO and priority queues: an array of records (priority, sequence, heap
  * block of the payload, length) in a heap block, a stack (LIFO) or a binary
  * min-heap on (priority, sequence) (priority), under one robust mutex. Every
  * word is written through jset(), which journals its old value first, and an
- * operation ends by emptying the journal (its commit). A holder killed at any
- * step leaves either an empty journal (done) or one whose replay, newest
- * first, undoes the operation (not done); the next holder (EOWNERDEAD) replays
- * it and wakes everyone. The payload block is allocated and filled before the
- * lock, and freed after the commit: a process killed between those steps and
- * the commit leaves that one block allocated (never freed twice); so may a
- * growth of the array. Getters and putters sleep outside the mutex,
- * registered in data_reg / space_reg like watchers.
+ * operation ends by emptying the journal (its commit). The payload block is
+ * allocated and filled before the lock, and freed after the commit. Getters
+ * and putters sleep outside the mutex, registered in data_reg / space_reg
+ * like watchers.
+ *
+ * A SIGKILL at each step [crash point], and the repair:
+ *   put, payload block allocated and filled, before the lock
+ *     [queue.list.put.copied]: the message was not put; that block stays
+ *     allocated (the heap knows no owner to give it back to).
+ *   put, a larger array allocated and filled, not yet linked
+ *     [queue.list.put.grown]: the same for that array.
+ *   any word journaled and not yet written [queue.list.journaled], or
+ *     written [queue.list.written]: each word of a put, get, task_done() or
+ *     close() in turn (a sift writes four per level). The next holder
+ *     (EOWNERDEAD) replays the journal, newest first, and wakes everyone: the
+ *     operation did not happen. The replay is idempotent: a replayer killed
+ *     before marking the mutex consistent [queue.list.repair.replayed]
+ *     leaves the next holder to replay again.
+ *   committed, mutex still held [queue.list.committed]: done; the next holder
+ *     finds an empty journal, and wakes everyone.
+ *   put, unlocked, the old array not freed, getters not woken
+ *     [queue.list.put.unlocked]: the message is in; the old array stays
+ *     allocated; sleepers look again within RECHECK_NS.
+ *   get, unlocked, the payload block not freed, putters not woken
+ *     [queue.list.get.unlocked]: the dead one took the message; its block
+ *     stays allocated; sleepers look again within RECHECK_NS.
+ *   asleep, registered: as a FIFO watcher (queue.reg.*).
+ * Readers without the mutex see words a holder wrote and has not committed,
+ * which a replay may undo. Only hints read them so (a spinner's look,
+ * mp_connection_wait()'s readiness, join()'s first look); qsize(), empty()
+ * and full() take the mutex (settle()), and join() confirms a zero count
+ * under it, so a count that a replay undoes is never reported.
  */
 #include <errno.h>
 #include <limits.h>
