@@ -149,6 +149,12 @@
  *     beyond the NSLOTS slots killed while registered costs one futex wake
  *     per put from then on, never correctness (mp_queue_free() answers
  *     -EBUSY from then on).
+ *   mp_queue_free() (either kind of queue), the handle claimed (its tag
+ *     marked freed, the mutexes held) [queue.free.claimed], or the ring or
+ *     list state returned to the heap [queue.free.block_freed]: from the
+ *     claim on the handle answers -EINVAL to everyone, so no retried free
+ *     returns a block twice; what the dead freer had not returned yet stays
+ *     allocated.
  *   anyone killed inside a robust mutex (holder or sleeper): besides the
  *     repairs above, its death may swallow the mutex's wake-up (lock.c), so
  *     nobody sleeps in one longer than 0.1 s at a time.
@@ -1602,6 +1608,19 @@ static int free_lock(mp_queue *q, pthread_mutex_t *m) {
   return r ? -EBUSY : 0;
 }
 
+/* The point of no return of mp_queue_free(), with its mutexes held and no
+ * sleeper left: mark the handle freed before returning any block, so that
+ * a freer killed half-way leaves blocks leaked and a handle that answers
+ * -EINVAL, never blocks that a retried free would return twice. 0, or
+ * -EINVAL when another freer claimed it first. */
+static int claim(mp_queue *q) {
+  uint32_t tag = MP__TAG_QUEUE;
+  if (!atomic_compare_exchange_strong(&q->tag, &tag, MP__TAG_FREED))
+    return -EINVAL;
+  MP__CRASH(QUEUE_FREE_CLAIMED);
+  return 0;
+}
+
 MP_EXPORT int mp_queue_free(mp_queue *q) {
   if (!q)
     return 0;
@@ -1626,10 +1645,11 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
       pthread_mutex_unlock(&f->prod_mutex);
       return -EBUSY;
     }
-    if (atomic_load(&s->data_sleepers) & others) {
+    int r = (atomic_load(&s->data_sleepers) & others) ? -EBUSY : claim(q);
+    if (r < 0) {
       pthread_mutex_unlock(&f->cons_mutex);
       pthread_mutex_unlock(&f->prod_mutex);
-      return -EBUSY;
+      return r;
     }
     pthread_mutex_unlock(&f->cons_mutex);
     pthread_mutex_unlock(&f->prod_mutex);
@@ -1639,9 +1659,12 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     struct list *l = &s->u.l;
     if (free_lock(q, &l->mutex) < 0)
       return -EBUSY;
-    if ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & others) {
+    int r = ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & others)
+                ? -EBUSY
+                : claim(q);
+    if (r < 0) {
       pthread_mutex_unlock(&l->mutex);
-      return -EBUSY;
+      return r;
     }
     for (uint64_t i = 0; i < l->n; i++)
       mp_heap_free((void *)(uintptr_t)recs(l)[i].data);
@@ -1650,6 +1673,7 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     pthread_mutex_destroy(&l->mutex);
   }
   mp_heap_free(q->block);
-  mp__object_free(q);
+  MP__CRASH(QUEUE_FREE_BLOCK_FREED);
+  mp_heap_free(q); /* its tag says freed since the claim */
   return 0;
 }

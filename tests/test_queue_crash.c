@@ -1218,6 +1218,29 @@ static void test_queue_crash_list_join_sees_committed_count(void **state) {
   assert_settled_and_free(q);
 }
 
+/* mp_queue_free() killed half-way: after claiming the handle, or after
+ * returning the ring or list state to the heap. A second free answers
+ * -EINVAL instead of returning anything twice, and the heap stays whole. */
+static void test_queue_crash_free_half_done(void **state) {
+  (void)state;
+  const char *points[] = {"queue.free.block_freed", "queue.free.claimed"};
+  for (int p = 0; p < 2; p++) {
+    for (int order = MP_QUEUE_FIFO; order <= MP_QUEUE_LIFO; order++) {
+      mp_queue_options o = {.order = order};
+      mp_queue *q;
+      assert_int_equal(mp_queue_new(0, &o, &q), 0);
+      put_msg(q, 1, 100, 0);
+      struct job *v = job(q, OP_FREE, 0, 0);
+      pid_t vp = cu_fork_armed(points[p], 1, job_main, v, 30);
+      cu_assert_killed_at(vp);
+      assert_int_equal(mp_queue_free(q), -EINVAL);
+      assert_int_equal(mp_queue_qsize(q), -EINVAL);
+      assert_int_equal(mp__heap_check(), 0);
+      job_free(v);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_crash_put_written),
@@ -1250,6 +1273,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_list_asleep),
       cmocka_unit_test(test_queue_crash_list_repair_replayed),
       cmocka_unit_test(test_queue_crash_list_join_sees_committed_count),
+      cmocka_unit_test(test_queue_crash_free_half_done),
       cmocka_unit_test(test_queue_crash_fifo_survives_random_kills),
       cmocka_unit_test(test_queue_crash_priority_survives_random_kills),
       cmocka_unit_test(test_queue_crash_lifo_survives_random_kills),

@@ -280,7 +280,9 @@ MP_EXPORT int mp_queue_join(mp_queue *q, double timeout);
  *        family heap.
  *
  * Must be the queue's last use: freeing a queue another thread or process
- * still uses is undefined, as freeing memory in use always is.
+ * still uses is undefined, as freeing memory in use always is. A process killed
+ * inside mp_queue_free() leaves the queue freed (later calls answer
+ * `-EINVAL`), never half freed.
  * @return 0; 0 for NULL; `-EBUSY` when a thread is waiting inside a put, get,
  *         mp_queue_join() or connection wait on it right now (nothing is
  *         freed; a waiter killed while waiting may keep it so); `-EINVAL` for
