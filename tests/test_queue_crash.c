@@ -826,6 +826,35 @@ static void test_queue_crash_get_committed_each_chunk(void **state) {
     fifo_kill_consumer("queue.get.chunk_copied", nth, BIG, GONE, false);
 }
 
+/* A consumer killed inside a stream (BEGIN taken), then the consumer that
+ * skips the rest killed after each skip's commit in turn: the next one
+ * skips what is left, the producer finishes, and the next message comes. */
+static void test_queue_crash_get_skip_each_chunk(void **state) {
+  (void)state;
+  for (unsigned nth = 1; nth <= 4; nth++) {
+    mp_queue *q = fifo_new(0);
+    struct job *p = job(q, OP_PUT, 1, BIG);
+    pid_t pp = spawn(p);
+    struct job *v = job(q, OP_GET_ONE, 0, 0);
+    pid_t vp = cu_fork_stopped_at("queue.get.committed", 1, job_main, v, 30);
+    kill(vp, SIGKILL);
+    cu_assert_killed_at(vp);
+    struct job *s2 = job(q, OP_GET_ONE, 0, 0);
+    pid_t sp = cu_fork_armed("queue.get.committed", nth, job_main, s2, 30);
+    cu_assert_killed_at(sp);
+    assert_int_equal(atomic_load(&s2->log->n), 0);
+    assert_done_within(pp, WITHIN);
+    put_msg(q, 2, 100, 0);
+    assert_int_equal(get_msg(q), 2);
+    assert_int_equal(mp_queue_qsize(q), 0);
+    assert_int_equal(unfinished_count(q), 2);
+    assert_settled_and_free(q);
+    job_free(p);
+    job_free(v);
+    job_free(s2);
+  }
+}
+
 static void test_queue_crash_get_finished(void **state) {
   (void)state;
   fifo_kill_consumer("queue.get.finished", 1, 100, GONE, false);
@@ -1256,6 +1285,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_get_asleep),
       cmocka_unit_test(test_queue_crash_get_copied),
       cmocka_unit_test(test_queue_crash_get_committed_each_chunk),
+      cmocka_unit_test(test_queue_crash_get_skip_each_chunk),
       cmocka_unit_test(test_queue_crash_get_finished),
       cmocka_unit_test(test_queue_crash_cons_repair_woken),
       cmocka_unit_test(test_queue_crash_close_marked),
