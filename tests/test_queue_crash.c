@@ -364,17 +364,17 @@ static void test_queue_crash_lifo_survives_random_kills(void **state) {
 #define NLOG 256
 
 enum op {
-  OP_PUT,      /* put message `id` of `len` bytes (priority `prio`) */
-  OP_GET_TO,   /* get and log messages until message `until` */
-  OP_GET_ONE,  /* get one message and log it */
+  OP_PUT,       /* put message `id` of `len` bytes (priority `prio`) */
+  OP_GET_TO,    /* get and log messages until message `until` */
+  OP_GET_ONE,   /* get one message and log it */
   OP_GET_EPIPE, /* get and log messages until -EPIPE */
   OP_PUT_EPIPE, /* put message `id`; expect -EPIPE */
   OP_TASK_DONE,
   OP_JOIN,
   OP_CLOSE,
-  OP_WATCH,    /* register as a watcher, then stay registered */
+  OP_WATCH,     /* register as a watcher, then stay registered */
   OP_WATCH_END, /* register as a watcher, then end the watch */
-  OP_FREE,     /* mp_queue_free() */
+  OP_FREE,      /* mp_queue_free() */
 };
 
 /* In the family heap: what a child did. */
@@ -425,15 +425,9 @@ static int job_main(void *p) {
         break;
     }
     break;
-  case OP_TASK_DONE:
-    CHILD_CHECK(mp_queue_task_done(j->q) == 0);
-    break;
-  case OP_JOIN:
-    CHILD_CHECK(mp_queue_join(j->q, MP_FOREVER) == 0);
-    break;
-  case OP_CLOSE:
-    CHILD_CHECK(mp_queue_close(j->q) == 0);
-    break;
+  case OP_TASK_DONE: CHILD_CHECK(mp_queue_task_done(j->q) == 0); break;
+  case OP_JOIN: CHILD_CHECK(mp_queue_join(j->q, MP_FOREVER) == 0); break;
+  case OP_CLOSE: CHILD_CHECK(mp_queue_close(j->q) == 0); break;
   case OP_WATCH:
   case OP_WATCH_END: {
     _Atomic uint32_t *word;
@@ -445,9 +439,7 @@ static int job_main(void *p) {
       pause();
     break;
   }
-  case OP_FREE:
-    mp_queue_free(j->q);
-    break;
+  case OP_FREE: mp_queue_free(j->q); break;
   }
   free(b);
   return 0;
