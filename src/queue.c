@@ -141,7 +141,8 @@
  *     [queue.reg.slot_taken], registered [queue.reg.registered], or with its
  *     bit cleared and its slot not yet freed [queue.reg.bit_cleared]: the
  *     slot names a dead pid. Wakers that keep waking nobody scan the slots
- *     every 64th time and drop dead ones (reg_scan()), and so does
+ *     every 64th time and drop those of ended processes, zombies not yet
+ *     reaped included (reg_scan(), pid_ended()), and so does
  *     mp_queue_free(); a dead joiner is dropped only there, and until then
  *     each task_done() that ends the work costs one futex wake. A cleaner
  *     killed after claiming a slot [queue.reg.claimed] leaves it marked with
@@ -200,10 +201,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "crash.h"
@@ -445,7 +448,21 @@ static void reg_del(struct reg *r, _Atomic uint32_t *word) {
   /* Not registered (an unmatched end): nothing to undo. */
 }
 
-/* Drop the registrations of processes that no longer exist. A cleaner first
+/* Whether process pid has ended: gone, or a zombie that its parent has not
+ * reaped yet (kill(pid, 0) still succeeds on one, and a killed sleeper can
+ * stay one for as long as its parent does not wait). A pidfd is readable
+ * once its process has ended. */
+static bool pid_ended(pid_t pid) {
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by default */
+  if (fd < 0)
+    return errno == ESRCH || (errno == ENOSYS && kill(pid, 0) < 0 && errno == ESRCH);
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int r = poll(&p, 1, 0);
+  close(fd);
+  return r == 1;
+}
+
+/* Drop the registrations of processes that have ended. A cleaner first
  * claims the slot (its own identity with CLEANING set, which no registrant
  * matches), then clears the bit, then frees the slot: no newcomer can take the
  * slot, and so own the bit, before the bit is cleared, and two cleaners never
@@ -458,8 +475,7 @@ static void reg_scan(struct reg *r, _Atomic uint32_t *word) {
     if (!v)
       continue;
     pid_t pid = (pid_t)(uint32_t)v;
-    if (kill(pid, 0) < 0 && errno == ESRCH &&
-        atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
+    if (pid_ended(pid) && atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
       MP__CRASH(QUEUE_REG_CLAIMED);
       atomic_fetch_and(word, ~SLOT_BIT(i));
       atomic_store(&r->slot[i], 0);

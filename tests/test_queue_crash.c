@@ -1016,6 +1016,25 @@ static void test_queue_crash_reg_claimed(void **state) {
   assert_settled_and_free(q);
 }
 
+/* A joiner killed while registered and not yet reaped (a zombie: its parent
+ * has not waited for it) has ended all the same: mp_queue_free() drops its
+ * registration instead of answering -EBUSY. */
+static void test_queue_crash_reg_zombie(void **state) {
+  (void)state;
+  mp_queue *q = fifo_new(0);
+  put_msg(q, 1, 100, 0);
+  struct job *v = job(q, OP_JOIN, 0, 0);
+  pid_t vp = cu_fork_armed("queue.reg.registered", 1, job_main, v, 30);
+  siginfo_t si;
+  assert_int_equal(waitid(P_PID, (id_t)vp, &si, WEXITED | WNOWAIT), 0);
+  assert_int_equal(si.si_code, CLD_KILLED);
+  assert_int_equal(get_msg(q), 1);
+  assert_int_equal(unfinished_count(q), 1);
+  assert_int_equal(mp_queue_free(q), 0);
+  cu_assert_killed_at(vp);
+  job_free(v);
+}
+
 /* ---- LIFO and priority lists */
 
 static mp_queue *list_new(int order, size_t maxsize) {
@@ -1285,6 +1304,7 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_reg_joiner),
       cmocka_unit_test(test_queue_crash_reg_watcher),
       cmocka_unit_test(test_queue_crash_reg_claimed),
+      cmocka_unit_test(test_queue_crash_reg_zombie),
       cmocka_unit_test(test_queue_crash_list_each_word),
       cmocka_unit_test(test_queue_crash_list_put_copied),
       cmocka_unit_test(test_queue_crash_list_journaled),
