@@ -79,70 +79,137 @@
  * mutex), so a blocked get or put costs no CPU. Sleeps last at most RECHECK_NS:
  * see the crash table.
  *
- * A SIGKILL at each step, and the repair:
- *   producer, before its commit: the free bytes hold garbage nobody reads; the
- *     message was not put (put never returned 0). prod_mutex is left
- *     OWNER_DIED, and its next holder (EOWNERDEAD) runs prod_repair(): clears
- *     space_sleepers bit 0, and if tail.INSTREAM is set (the dead one was
- *     streaming) commits an ABORT at tail.pos (its 8 bytes are reserved), then
- *     wakes data sleepers.
- *   producer, after its commit: the message is in the queue, whole. A consumer
- *     asleep may have missed its wake: prod_repair() wakes, and sleeps end
- *     within RECHECK_NS anyway to look again.
- *   producer, mid-stream: as above; consumers discard the partial message at
- *     ABORT. Nobody may hold prod_mutex to repair it, so a consumer waiting
- *     inside a stream (tail.INSTREAM set, no data) tries prod_mutex after each
- *     sleep (at most RECHECK_NS) and repairs it itself on EOWNERDEAD.
- *   producer, asleep for room (space_sleepers bit 0 set): consumers keep waking
- *     nobody; every 64th wake that finds no sleeper tries prod_mutex and
- *     repairs.
- *   consumer, before its commit: the record stays at the head, whole; the next
- *     holder of cons_mutex (EOWNERDEAD) runs cons_repair(): clears
- *     data_sleepers bit 0 and wakes producers. The partial copy is in the dead
- *     process's memory only.
- *   consumer, after its commit: it took the message with it ("a consumer died
- *     holding it"); never delivered twice.
- *   consumer, mid-stream: head points inside the message; the next consumer
- *     skips the rest (see above). That message is lost with its taker.
- *   consumer, asleep for data: data_sleepers bit 0 stays set; a producer whose
- *     wake finds no sleeper (every 64th time) tries cons_mutex and repairs it.
- *   watcher (mp_connection_wait) killed while registered: its slot in data_reg
- *     names a dead pid; producers that keep waking nobody scan the slots every
- *     64th time and drop dead ones (see reg_scan(); a watcher killed between
- *     taking its slot and setting its bit is cleaned alike). A watcher
+ * A SIGKILL at each step, the crash point that kills there in brackets, and
+ * the repair. Whoever takes a mutex from a dead holder (EOWNERDEAD) repairs
+ * first: prod_repair() clears space_sleepers bit 0, ends a stream left open
+ * and wakes consumers; cons_repair() clears data_sleepers bit 0 and wakes
+ * producers. A repairer killed in its turn, after its wake and before marking
+ * the mutex consistent [queue.prod_repair.woken, queue.cons_repair.woken],
+ * leaves the mutex owner-dead again; the next one repeats the repair, which
+ * is idempotent.
+ *   producer asleep for room, space_sleepers bit 0 set [queue.put.asleep]:
+ *     consumers' wakes find nobody; every 64th tries prod_mutex and repairs,
+ *     and so does the next producer.
+ *   producer, record written, not committed [queue.put.written]: the free
+ *     bytes hold garbage nobody reads; the message was not put.
+ *   producer, committed, nobody woken [queue.put.committed]: the message is
+ *     in the queue, whole, and counted. A consumer asleep may have missed its
+ *     wake: prod_repair() wakes, and sleeps end within RECHECK_NS anyway.
+ *   producer, put done, prod_mutex still held [queue.put.finished]: only the
+ *     mutex needs its repair.
+ *   streaming producer, each chunk in turn written [queue.stream.written] or
+ *     committed and not announced [queue.stream.committed]: until END's
+ *     commit the message was not put (tail.INSTREAM is set from BEGIN's);
+ *     prod_repair() commits an ABORT at tail.pos (its 8 bytes are reserved)
+ *     and consumers throw the partial message away there. Nobody may come to
+ *     hold prod_mutex, so whoever finds tail.INSTREAM tries prod_mutex and
+ *     repairs on EOWNERDEAD: a consumer inside the stream after each sleep
+ *     (at most RECHECK_NS), a get that meets BEGIN with too small a buffer
+ *     or a peek (skip_aborted()), qsize(), empty() and full() (settle()). A
+ *     message never put is never counted, sized, or refused with -EMSGSIZE;
+ *     an aborted stream is skipped whole. After END's commit the message is
+ *     in, as a whole one.
+ *   producer ending a stream with ABORT (after a timeout or close, or in a
+ *     repair), ABORT written [queue.abort.written]: INSTREAM is still set and
+ *     the next repair writes it again at the same place; committed, nobody
+ *     woken [queue.abort.committed]: sleepers look again within RECHECK_NS.
+ *   consumer asleep for data, data_sleepers bit 0 set [queue.get.asleep]: a
+ *     producer whose wake finds no sleeper (every 64th time) tries cons_mutex
+ *     and repairs, and so does the next consumer.
+ *   consumer, record copied, not committed [queue.get.copied] (a whole
+ *     message or a stream's BEGIN): the record stays at the head, whole, for
+ *     the next holder of cons_mutex; the copy was in the dead process only.
+ *   consumer, head committed, producers not woken [queue.get.committed]:
+ *     past a whole message or an END it took the message with it ("a
+ *     consumer died holding it"), never delivered twice. Past BEGIN or a
+ *     MORE (each chunk in turn; or a MORE or END copied and not committed
+ *     [queue.get.chunk_copied]) head points inside the message: the next
+ *     consumer skips the rest up to and including its END (msgs += 1 there)
+ *     or ABORT, and the message is lost with its taker. Either way a
+ *     producer asleep for room may have missed its wake: cons_repair() wakes,
+ *     sleeps end within RECHECK_NS. A message a dead consumer took stays an
+ *     unfinished task for join(), as in Python.
+ *   consumer, get done, cons_mutex still held [queue.get.finished]: only the
+ *     mutex needs its repair.
+ *   close, CLOSED set, nobody woken [queue.close.marked]: sleepers see it
+ *     within RECHECK_NS. Concurrent commits either precede it (their message
+ *     is delivered) or fail with -EPIPE.
+ *   task_done(), counted, joiners not woken [queue.task_done.counted]:
+ *     joiners look again within RECHECK_NS.
+ *   registered sleeper (a watcher of mp_connection_wait(), a joiner, a list
+ *     getter or putter): killed with its slot taken and its bit not yet set
+ *     [queue.reg.slot_taken], registered [queue.reg.registered], or with its
+ *     bit cleared and its slot not yet freed [queue.reg.bit_cleared]: the
+ *     slot names a dead pid. Wakers that keep waking nobody scan the slots
+ *     every 64th time and drop those of ended processes, zombies not yet
+ *     reaped included (reg_scan(), pid_ended()), and so does
+ *     mp_queue_free(); a dead joiner is dropped only there, and until then
+ *     each task_done() that ends the work costs one futex wake. A cleaner
+ *     killed after claiming a slot [queue.reg.claimed] leaves it marked with
+ *     its own pid: the next scan claims it from the dead cleaner. A sleeper
  *     beyond the NSLOTS slots killed while registered costs one futex wake
  *     per put from then on, never correctness (mp_queue_free() answers
- *     -EBUSY from then on). A joiner killed in mp_queue_join() alike, in
- *     join_reg, which mp_queue_free() scans.
+ *     -EBUSY from then on).
+ *   mp_queue_free() (either kind of queue), the handle claimed (its tag
+ *     marked freed, the mutexes held) [queue.free.claimed], or the ring or
+ *     list state returned to the heap [queue.free.block_freed]: from the
+ *     claim on the handle answers -EINVAL to everyone, so no retried free
+ *     returns a block twice; what the dead freer had not returned yet stays
+ *     allocated.
  *   anyone killed inside a robust mutex (holder or sleeper): besides the
  *     repairs above, its death may swallow the mutex's wake-up (lock.c), so
  *     nobody sleeps in one longer than 0.1 s at a time.
- *   close: one compare-and-swap of tail; concurrent commits either precede it
- *     (their message is delivered) or fail with -EPIPE.
  *
  * ---------------------------------------------------------------------------
  * 2. LIFO and priority queues: an array of records (priority, sequence, heap
  * block of the payload, length) in a heap block, a stack (LIFO) or a binary
  * min-heap on (priority, sequence) (priority), under one robust mutex. Every
  * word is written through jset(), which journals its old value first, and an
- * operation ends by emptying the journal (its commit). A holder killed at any
- * step leaves either an empty journal (done) or one whose replay, newest
- * first, undoes the operation (not done); the next holder (EOWNERDEAD) replays
- * it and wakes everyone. The payload block is allocated and filled before the
- * lock, and freed after the commit: a process killed between those steps and
- * the commit leaves that one block allocated (never freed twice); so may a
- * growth of the array. Getters and putters sleep outside the mutex,
- * registered in data_reg / space_reg like watchers.
+ * operation ends by emptying the journal (its commit). The payload block is
+ * allocated and filled before the lock, and freed after the commit. Getters
+ * and putters sleep outside the mutex, registered in data_reg / space_reg
+ * like watchers.
+ *
+ * A SIGKILL at each step [crash point], and the repair:
+ *   put, payload block allocated and filled, before the lock
+ *     [queue.list.put.copied]: the message was not put; that block stays
+ *     allocated (the heap knows no owner to give it back to).
+ *   put, a larger array allocated and filled, not yet linked
+ *     [queue.list.put.grown]: the same for that array.
+ *   any word journaled and not yet written [queue.list.journaled], or
+ *     written [queue.list.written]: each word of a put, get, task_done() or
+ *     close() in turn (a sift writes four per level). The next holder
+ *     (EOWNERDEAD) replays the journal, newest first, and wakes everyone: the
+ *     operation did not happen. The replay is idempotent: a replayer killed
+ *     before marking the mutex consistent [queue.list.repair.replayed]
+ *     leaves the next holder to replay again.
+ *   committed, mutex still held [queue.list.committed]: done; the next holder
+ *     finds an empty journal, and wakes everyone.
+ *   put, unlocked, the old array not freed, getters not woken
+ *     [queue.list.put.unlocked]: the message is in; the old array stays
+ *     allocated; sleepers look again within RECHECK_NS.
+ *   get, unlocked, the payload block not freed, putters not woken
+ *     [queue.list.get.unlocked]: the dead one took the message; its block
+ *     stays allocated; sleepers look again within RECHECK_NS.
+ *   asleep, registered: as a FIFO watcher (queue.reg.*).
+ * Readers without the mutex see words a holder wrote and has not committed,
+ * which a replay may undo. Only hints read them so (a spinner's look,
+ * mp_connection_wait()'s readiness, join()'s first look); qsize(), empty()
+ * and full() take the mutex (settle()), and join() confirms a zero count
+ * under it, so a count that a replay undoes is never reported.
  */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------ 3. layout */
@@ -333,8 +400,11 @@ static bool always(mp_queue *q) {
   (void)q;
   return true;
 }
-static bool not_empty(mp_queue *q) { return mp_queue_empty(q) == 0; }
-static bool not_full(mp_queue *q) { return mp_queue_full(q) == 0; }
+/* Lockless looks, without repairs: hints for a spinner (section 10). */
+static uint64_t count_now(mp_queue *q);
+static bool full_now(mp_queue *q);
+static bool not_empty(mp_queue *q) { return count_now(q) != 0; }
+static bool not_full(mp_queue *q) { return !full_now(q); }
 
 static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)getpid(); }
 
@@ -345,14 +415,19 @@ static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uin
  * pid that reg_scan() cleans whatever the bit says. */
 static void reg_add(struct reg *r, _Atomic uint32_t *word) {
   uint64_t me = reg_me();
-  for (int i = 0; i < NSLOTS; i++) {
+  int i = 0;
+  for (; i < NSLOTS; i++) {
     uint64_t z = 0;
-    if (atomic_compare_exchange_strong(&r->slot[i], &z, me)) {
-      atomic_fetch_or(word, SLOT_BIT(i));
-      return;
-    }
+    if (atomic_compare_exchange_strong(&r->slot[i], &z, me))
+      break;
   }
-  atomic_fetch_add(word, EXTRA_ONE);
+  if (i < NSLOTS) {
+    MP__CRASH(QUEUE_REG_SLOT_TAKEN);
+    atomic_fetch_or(word, SLOT_BIT(i));
+  } else {
+    atomic_fetch_add(word, EXTRA_ONE);
+  }
+  MP__CRASH(QUEUE_REG_REGISTERED);
 }
 
 static void reg_del(struct reg *r, _Atomic uint32_t *word) {
@@ -360,6 +435,7 @@ static void reg_del(struct reg *r, _Atomic uint32_t *word) {
   for (int i = 0; i < NSLOTS; i++) {
     if (atomic_load_explicit(&r->slot[i], memory_order_relaxed) == me) {
       atomic_fetch_and(word, ~SLOT_BIT(i));
+      MP__CRASH(QUEUE_REG_BIT_CLEARED);
       atomic_store(&r->slot[i], 0);
       return;
     }
@@ -372,7 +448,21 @@ static void reg_del(struct reg *r, _Atomic uint32_t *word) {
   /* Not registered (an unmatched end): nothing to undo. */
 }
 
-/* Drop the registrations of processes that no longer exist. A cleaner first
+/* Whether process pid has ended: gone, or a zombie that its parent has not
+ * reaped yet (kill(pid, 0) still succeeds on one, and a killed sleeper can
+ * stay one for as long as its parent does not wait). A pidfd is readable
+ * once its process has ended. */
+static bool pid_ended(pid_t pid) {
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by default */
+  if (fd < 0)
+    return errno == ESRCH || (errno == ENOSYS && kill(pid, 0) < 0 && errno == ESRCH);
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int r = poll(&p, 1, 0);
+  close(fd);
+  return r == 1;
+}
+
+/* Drop the registrations of processes that have ended. A cleaner first
  * claims the slot (its own identity with CLEANING set, which no registrant
  * matches), then clears the bit, then frees the slot: no newcomer can take the
  * slot, and so own the bit, before the bit is cleared, and two cleaners never
@@ -385,8 +475,8 @@ static void reg_scan(struct reg *r, _Atomic uint32_t *word) {
     if (!v)
       continue;
     pid_t pid = (pid_t)(uint32_t)v;
-    if (kill(pid, 0) < 0 && errno == ESRCH &&
-        atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
+    if (pid_ended(pid) && atomic_compare_exchange_strong(&r->slot[i], &v, mark)) {
+      MP__CRASH(QUEUE_REG_CLAIMED);
       atomic_fetch_and(word, ~SLOT_BIT(i));
       atomic_store(&r->slot[i], 0);
     }
@@ -508,8 +598,10 @@ static void abort_stream(mp_queue *q) {
   if (!(t & INSTREAM))
     return;
   hdr_write(q, pos_of(t), K_ABORT, 0);
+  MP__CRASH(QUEUE_ABORT_WRITTEN);
   while (!tail_commit(q, &t, advance(t, HDR) & ~INSTREAM)) {
   }
+  MP__CRASH(QUEUE_ABORT_COMMITTED);
   wake_data(q);
 }
 
@@ -522,6 +614,7 @@ static void fifo_prod_repair(mp_queue *q) {
   /* The dead one may have committed without waking anyone. */
   atomic_fetch_add(&s->data_word, 1);
   mp__futex_wake(&s->data_word, INT_MAX);
+  MP__CRASH(QUEUE_PROD_REPAIR_WOKEN);
   pthread_mutex_consistent(&s->u.f.prod_mutex);
 }
 
@@ -562,6 +655,7 @@ static int prod_wait(mp_queue *q, uint64_t need, bool slot, wctx *w, uint64_t *t
   }
   int r;
   atomic_fetch_or(&s->space_sleepers, 1u);
+  MP__CRASH(QUEUE_PUT_ASLEEP);
   for (;;) {
     uint32_t snap = atomic_load(&s->space_word);
     *t = atomic_load(&f->tail);
@@ -592,8 +686,10 @@ static int put_whole(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_t
     return -EPIPE;
   hdr_write(q, pos_of(t), K_MSG, (uint32_t)len);
   ring_write(q, pos_of(t) + HDR, msg, len);
+  MP__CRASH(QUEUE_PUT_WRITTEN);
   if (!tail_commit(q, &t, advance(t, rec) + MSG_ONE))
     return -EPIPE;
+  MP__CRASH(QUEUE_PUT_COMMITTED);
   wake_data(q);
   return 0;
 }
@@ -631,12 +727,14 @@ static int put_stream(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_
       if (last)
         nt = (nt & ~INSTREAM) + MSG_ONE;
     }
+    MP__CRASH(QUEUE_STREAM_WRITTEN);
     if (!tail_commit(q, &t, nt)) {
       if (!first)
         abort_stream(q);
       return -EPIPE;
     }
     t = nt;
+    MP__CRASH(QUEUE_STREAM_COMMITTED);
     wake_data(q);
     off += data;
     first = false;
@@ -669,6 +767,7 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
     else
       r = put_stream(q, msg, len, w, t);
   }
+  MP__CRASH(QUEUE_PUT_FINISHED);
   pthread_mutex_unlock(&f->prod_mutex);
   return r;
 }
@@ -683,6 +782,7 @@ static void fifo_cons_repair(mp_queue *q) {
   /* The dead one may have committed without waking a producer. */
   atomic_fetch_add(&s->space_word, 1);
   mp__futex_wake(&s->space_word, INT_MAX);
+  MP__CRASH(QUEUE_CONS_REPAIR_WOKEN);
   pthread_mutex_consistent(&s->u.f.cons_mutex);
 }
 
@@ -739,6 +839,7 @@ static int cons_wait(mp_queue *q, uint64_t h, bool mid, wctx *w, uint64_t *t) {
   }
   int r;
   atomic_fetch_or(&s->data_sleepers, 1u);
+  MP__CRASH(QUEUE_GET_ASLEEP);
   for (;;) {
     uint32_t snap = atomic_load(&s->data_word);
     tt = atomic_load(&f->tail);
@@ -764,6 +865,7 @@ static int cons_wait(mp_queue *q, uint64_t h, bool mid, wctx *w, uint64_t *t) {
  * room. seq_cst store: pairs with the producer's seq_cst bit set. */
 static void head_commit(mp_queue *q, uint64_t nh) {
   atomic_store(&q->s->u.f.head, nh);
+  MP__CRASH(QUEUE_GET_COMMITTED);
   wake_space(q);
 }
 
@@ -791,6 +893,38 @@ static int cons_front(mp_queue *q, wctx *w, uint64_t *hp, uint64_t *hdrp) {
     /* The rest of a stream whose first chunk a dead consumer took. */
     head_commit(q, advance(h, rec_size(len)) + (kind == K_END ? MSG_ONE : 0));
   }
+}
+
+/* With cons_mutex held and a BEGIN at head h: if its stream ends in ABORT
+ * among the committed records (its producer timed out, or died: settled
+ * first), skip the whole stream and return true. Such a message was never
+ * put: its size must not be reported, nor -EMSGSIZE for it. A stream still
+ * under way (no END or ABORT yet, its producer alive) is a message. */
+static bool skip_aborted(mp_queue *q, uint64_t h) {
+  struct fifo *f = &q->s->u.f;
+  /* acquire: the records up to tail were written before it was committed */
+  uint64_t t = atomic_load_explicit(&f->tail, memory_order_acquire);
+  if (t & INSTREAM) {
+    check_producer(q);
+    t = atomic_load_explicit(&f->tail, memory_order_acquire);
+  }
+  f->tail_cache = t;
+  /* Every record after BEGIN up to its END or ABORT is the same stream's:
+   * its producer held prod_mutex throughout. */
+  for (uint32_t p = pos_of(h); p != pos_of(t);) {
+    uint64_t hdr = hdr_read(q, p);
+    uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
+    if (rec_size(len) > pos_of(t) - p)
+      return false; /* overwritten: the caller's checks report it */
+    p += (uint32_t)rec_size(len);
+    if (kind == K_END)
+      return false;
+    if (kind == K_ABORT) {
+      head_commit(q, advance(h, p - pos_of(h))); /* msgs: an aborted stream never counted */
+      return true;
+    }
+  }
+  return false;
 }
 
 static ssize_t fifo_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
@@ -821,6 +955,8 @@ again:;
     }
     dpos += 8;
     clen -= 8;
+    if ((mode == TAKE_PEEK || (mode == TAKE_BUF && total > cap)) && skip_aborted(q, h))
+      goto again;
   }
   if (mode == TAKE_PEEK) {
     *outlen = total;
@@ -841,6 +977,7 @@ again:;
     dst = buf;
   }
   ring_read(q, dpos, dst, clen);
+  MP__CRASH(QUEUE_GET_COPIED);
   uint64_t nh = advance(h, rec_size((uint32_t)hdr));
   head_commit(q, kind == K_MSG ? nh + MSG_ONE : nh);
   if (kind == K_BEGIN) {
@@ -865,6 +1002,7 @@ again:;
         goto out;
       }
       ring_read(q, pos_of(h) + HDR, dst + off, clen);
+      MP__CRASH(QUEUE_GET_CHUNK_COPIED);
       off += clen;
       nh = advance(h, rec_size(clen));
       if (kind == K_END) {
@@ -886,6 +1024,7 @@ again:;
 out:
   if (mode == TAKE_ALLOC)
     free(dst);
+  MP__CRASH(QUEUE_GET_FINISHED);
   pthread_mutex_unlock(&f->cons_mutex);
   return res;
 }
@@ -904,14 +1043,17 @@ static void jset(struct list *l, uint64_t *addr, uint64_t val) {
   atomic_signal_fence(memory_order_seq_cst);
   l->log_n = n + 1;
   atomic_signal_fence(memory_order_seq_cst);
+  MP__CRASH(QUEUE_LIST_JOURNALED);
   /* release: readers without the mutex (qsize, join) load these */
   __atomic_store_n(addr, val, __ATOMIC_RELEASE);
+  MP__CRASH(QUEUE_LIST_WRITTEN);
 }
 
 static void jcommit(struct list *l) {
   atomic_signal_fence(memory_order_seq_cst);
   l->log_n = 0;
   atomic_signal_fence(memory_order_seq_cst);
+  MP__CRASH(QUEUE_LIST_COMMITTED);
 }
 
 static void list_repair(mp_queue *q) {
@@ -922,6 +1064,7 @@ static void list_repair(mp_queue *q) {
   for (uint64_t i = n; i > 0; i--)
     __atomic_store_n(l->log[i - 1].addr, l->log[i - 1].old, __ATOMIC_RELEASE);
   jcommit(l);
+  MP__CRASH(QUEUE_LIST_REPAIR_REPLAYED);
   pthread_mutex_consistent(&l->mutex);
   wake_all(q); /* the dead one may have committed without waking anyone */
 }
@@ -974,6 +1117,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
     return -ENOMEM;
   if (len)
     memcpy(blk, msg, len);
+  MP__CRASH(QUEUE_LIST_PUT_COPIED);
   int r = list_lock(q, w, always);
   if (r < 0) {
     mp_heap_free(blk);
@@ -1000,6 +1144,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
     } else {
       if (l->n)
         memcpy(na, recs(l), l->n * sizeof *na);
+      MP__CRASH(QUEUE_LIST_PUT_GROWN);
       old = recs(l);
       jset(l, &l->arr, (uint64_t)(uintptr_t)na);
       jset(l, &l->cap, ncap);
@@ -1024,6 +1169,7 @@ static int list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx
   }
   jcommit(l);
   pthread_mutex_unlock(&l->mutex);
+  MP__CRASH(QUEUE_LIST_PUT_UNLOCKED);
   if (r == 0) {
     mp_heap_free(old);
     wake_data(q);
@@ -1092,6 +1238,7 @@ static ssize_t list_take(mp_queue *q, void *buf, size_t cap, void **out, size_t 
   jset(l, &l->n, m);
   jcommit(l);
   pthread_mutex_unlock(&l->mutex);
+  MP__CRASH(QUEUE_LIST_GET_UNLOCKED);
   mp_heap_free((void *)(uintptr_t)top.data);
   wake_space(q);
   if (mode == TAKE_ALLOC) {
@@ -1145,6 +1292,7 @@ static int task_done(mp_queue *q) {
     if (r < 0)
       return r;
   }
+  MP__CRASH(QUEUE_TASK_DONE_COUNTED);
   /* seq_cst loads after the seq_cst update: pairs with join's registration */
   if (unfinished(q) == 0 && atomic_load(&q->s->join_waiters)) {
     atomic_fetch_add(&q->s->join_word, 1);
@@ -1153,25 +1301,42 @@ static int task_done(mp_queue *q) {
   return 0;
 }
 
+/* Whether every task is done: 1, 0, or a negative errno. A list's lockless
+ * counts may hold a task_done() or put whose holder has not committed (and
+ * whose death the replay undoes), so a zero is confirmed under the mutex. */
+static int all_done(mp_queue *q, wctx *w) {
+  if (unfinished(q) != 0)
+    return 0;
+  if (q->order == MP_QUEUE_FIFO)
+    return 1;
+  struct list *l = &q->s->u.l;
+  int r = list_lock(q, w, always);
+  if (r < 0)
+    return r;
+  r = l->done >= l->puts;
+  pthread_mutex_unlock(&l->mutex);
+  return r;
+}
+
 static int join(mp_queue *q, wctx *w) {
   struct qstate *s = q->s;
-  if (unfinished(q) == 0)
-    return 0;
+  int r = all_done(q, w);
+  if (r != 0)
+    return r < 0 ? r : 0;
   if (nowait(w))
     return -ETIMEDOUT;
   for (int i = 0; i < MP__SPIN_LIMIT; i++) {
     mp__cpu_relax();
-    if (unfinished(q) == 0)
-      return 0;
+    if (unfinished(q) == 0 && (r = all_done(q, w)) != 0)
+      return r < 0 ? r : 0;
   }
-  int r;
   /* Registered (a slot when one is free), so that mp_queue_free() sees us
    * and a joiner killed here is cleaned by its scan. */
   reg_add(&s->join_reg, &s->join_waiters);
   for (;;) {
     uint32_t snap = atomic_load(&s->join_word);
-    if (unfinished(q) == 0) {
-      r = 0;
+    if ((r = all_done(q, w)) != 0) {
+      r = r < 0 ? r : 0;
       break;
     }
     if ((r = nap(&s->join_word, snap, w, false)) < 0)
@@ -1346,15 +1511,52 @@ MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout) {
   return (int)take(q, NULL, 0, NULL, len, TAKE_PEEK, timeout);
 }
 
-MP_EXPORT ssize_t mp_queue_qsize(mp_queue *q) {
-  if (!mp__tag_ok(q, MP__TAG_QUEUE))
-    return -EINVAL;
+/* The words as they are: a message counted while its producer streams it,
+ * and a list's words while their writer holds the mutex (section 2). */
+static uint64_t count_now(mp_queue *q) {
   if (q->order == MP_QUEUE_FIFO) {
     /* head first: tail only grows, so the difference is never negative */
     uint64_t h = atomic_load(&q->s->u.f.head);
     return fifo_count(atomic_load(&q->s->u.f.tail), h);
   }
-  return (ssize_t)ld(&q->s->u.l.n);
+  return ld(&q->s->u.l.n);
+}
+
+static bool full_now(mp_queue *q) {
+  if (q->order == MP_QUEUE_FIFO) {
+    uint64_t h = atomic_load(&q->s->u.f.head), t = atomic_load(&q->s->u.f.tail);
+    return !room(q, t, h, HDR, true);
+  }
+  return q->maxsize && ld(&q->s->u.l.n) >= q->maxsize;
+}
+
+/* Before a public look at the counts: settle what a dead process left half
+ * done, so that a message it never put is never counted (nor one it never
+ * took missed). FIFO: a stream whose producer died (check_producer(); a
+ * producer alive keeps its stream counted, as its put is under way). Lists:
+ * take the mutex, which replays a dead holder's journal and waits out a live
+ * one's operation, as Python's qsize() takes its queue's mutex. */
+static int settle(mp_queue *q) {
+  if (q->order == MP_QUEUE_FIFO) {
+    if (MP__UNLIKELY(atomic_load(&q->s->u.f.tail) & INSTREAM))
+      check_producer(q);
+    return 0;
+  }
+  wctx w = {.timeout = MP_FOREVER};
+  int r = list_lock(q, &w, always);
+  if (r < 0)
+    return r;
+  pthread_mutex_unlock(&q->s->u.l.mutex);
+  return 0;
+}
+
+MP_EXPORT ssize_t mp_queue_qsize(mp_queue *q) {
+  if (!mp__tag_ok(q, MP__TAG_QUEUE))
+    return -EINVAL;
+  int r = settle(q);
+  if (r < 0)
+    return r;
+  return (ssize_t)count_now(q);
 }
 
 MP_EXPORT int mp_queue_empty(mp_queue *q) {
@@ -1365,11 +1567,10 @@ MP_EXPORT int mp_queue_empty(mp_queue *q) {
 MP_EXPORT int mp_queue_full(mp_queue *q) {
   if (!mp__tag_ok(q, MP__TAG_QUEUE))
     return -EINVAL;
-  if (q->order == MP_QUEUE_FIFO) {
-    uint64_t h = atomic_load(&q->s->u.f.head), t = atomic_load(&q->s->u.f.tail);
-    return !room(q, t, h, HDR, true);
-  }
-  return q->maxsize && ld(&q->s->u.l.n) >= q->maxsize;
+  int r = settle(q);
+  if (r < 0)
+    return r;
+  return full_now(q);
 }
 
 MP_EXPORT int mp_queue_close(mp_queue *q) {
@@ -1387,6 +1588,7 @@ MP_EXPORT int mp_queue_close(mp_queue *q) {
     jcommit(l);
     pthread_mutex_unlock(&l->mutex);
   }
+  MP__CRASH(QUEUE_CLOSE_MARKED);
   wake_all(q);
   return 0;
 }
@@ -1422,6 +1624,19 @@ static int free_lock(mp_queue *q, pthread_mutex_t *m) {
   return r ? -EBUSY : 0;
 }
 
+/* The point of no return of mp_queue_free(), with its mutexes held and no
+ * sleeper left: mark the handle freed before returning any block, so that
+ * a freer killed half-way leaves blocks leaked and a handle that answers
+ * -EINVAL, never blocks that a retried free would return twice. 0, or
+ * -EINVAL when another freer claimed it first. */
+static int claim(mp_queue *q) {
+  uint32_t tag = MP__TAG_QUEUE;
+  if (!atomic_compare_exchange_strong(&q->tag, &tag, MP__TAG_FREED))
+    return -EINVAL;
+  MP__CRASH(QUEUE_FREE_CLAIMED);
+  return 0;
+}
+
 MP_EXPORT int mp_queue_free(mp_queue *q) {
   if (!q)
     return 0;
@@ -1446,10 +1661,11 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
       pthread_mutex_unlock(&f->prod_mutex);
       return -EBUSY;
     }
-    if (atomic_load(&s->data_sleepers) & others) {
+    int r = (atomic_load(&s->data_sleepers) & others) ? -EBUSY : claim(q);
+    if (r < 0) {
       pthread_mutex_unlock(&f->cons_mutex);
       pthread_mutex_unlock(&f->prod_mutex);
-      return -EBUSY;
+      return r;
     }
     pthread_mutex_unlock(&f->cons_mutex);
     pthread_mutex_unlock(&f->prod_mutex);
@@ -1459,9 +1675,12 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     struct list *l = &s->u.l;
     if (free_lock(q, &l->mutex) < 0)
       return -EBUSY;
-    if ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & others) {
+    int r = ((atomic_load(&s->data_sleepers) | atomic_load(&s->space_sleepers)) & others)
+                ? -EBUSY
+                : claim(q);
+    if (r < 0) {
       pthread_mutex_unlock(&l->mutex);
-      return -EBUSY;
+      return r;
     }
     for (uint64_t i = 0; i < l->n; i++)
       mp_heap_free((void *)(uintptr_t)recs(l)[i].data);
@@ -1470,6 +1689,7 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     pthread_mutex_destroy(&l->mutex);
   }
   mp_heap_free(q->block);
-  mp__object_free(q);
+  MP__CRASH(QUEUE_FREE_BLOCK_FREED);
+  mp_heap_free(q); /* its tag says freed since the claim */
   return 0;
 }

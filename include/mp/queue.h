@@ -223,13 +223,18 @@ MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout);
  * @brief The number of messages in the queue (Python's `qsize`).
  *
  * Exact at the moment of reading: messages put (a streamed message counts from
- * its first chunk until it is taken or discarded) and not yet taken.
+ * its first chunk until it is taken or discarded) and not yet taken. What a
+ * process killed in the middle of a put or get left is settled first: a
+ * stream whose producer died is discarded, never counted, and a LIFO or
+ * priority queue is read under its lock (held only briefly, as Python's
+ * `qsize` takes its queue's mutex), so no half-done operation counts.
  * @return the count; `-EINVAL` for a NULL or freed queue.
  */
 MP_EXPORT ssize_t mp_queue_qsize(mp_queue *q);
 
 /**
- * @brief Whether the queue holds no message (Python's `empty`).
+ * @brief Whether the queue holds no message (Python's `empty`), counted as
+ *        mp_queue_qsize() counts.
  * @return 1 or 0; `-EINVAL` for a NULL or freed queue.
  */
 MP_EXPORT int mp_queue_empty(mp_queue *q);
@@ -237,7 +242,7 @@ MP_EXPORT int mp_queue_empty(mp_queue *q);
 /**
  * @brief Whether a put would have to wait now (Python's `full`): the queue
  *        holds @p maxsize messages, or its ring has no room for even an empty
- *        message.
+ *        message; counted as mp_queue_qsize() counts.
  * @return 1 or 0; `-EINVAL` for a NULL or freed queue.
  */
 MP_EXPORT int mp_queue_full(mp_queue *q);
@@ -275,7 +280,9 @@ MP_EXPORT int mp_queue_join(mp_queue *q, double timeout);
  *        family heap.
  *
  * Must be the queue's last use: freeing a queue another thread or process
- * still uses is undefined, as freeing memory in use always is.
+ * still uses is undefined, as freeing memory in use always is. A process killed
+ * inside mp_queue_free() leaves the queue freed (later calls answer
+ * `-EINVAL`), never half freed.
  * @return 0; 0 for NULL; `-EBUSY` when a thread is waiting inside a put, get,
  *         mp_queue_join() or connection wait on it right now (nothing is
  *         freed; a waiter killed while waiting may keep it so); `-EINVAL` for
