@@ -365,7 +365,9 @@ static int nap(_Atomic uint32_t *word, uint32_t snap, wctx *w, bool endless) {
   sub.at.tv_sec = (time_t)(at / 1000000000);
   sub.at.tv_nsec = (long)(at % 1000000000);
   int r = mp__futex_wait(word, snap, &sub);
-  return (r == -ETIMEDOUT && !capped) ? -ETIMEDOUT : 0;
+  if (r == -ETIMEDOUT)
+    return capped ? 0 : -ETIMEDOUT;
+  return r; /* 0, or -EFAULT/-EINVAL for a word that is not a queue's: fail, never spin */
 }
 
 /* Lock a robust mutex within the caller's time: try, spin a little, then
@@ -406,7 +408,7 @@ static bool full_now(mp_queue *q);
 static bool not_empty(mp_queue *q) { return count_now(q) != 0; }
 static bool not_full(mp_queue *q) { return !full_now(q); }
 
-static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)getpid(); }
+static uint64_t reg_me(void) { return (uint64_t)(uint32_t)mp__tid() << 32 | (uint32_t)mp__pid(); }
 
 /* Register the calling thread as a sleeper in *word: its slot first, then the
  * slot's bit, which is what wakers read; unregister in the reverse order. A
