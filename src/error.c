@@ -36,7 +36,8 @@ MP_EXPORT const char *mp_strerror(int code) {
   case ECONNABORTED:
     return "pool worker died while running the task (the task failed; a new worker replaced it)";
   case ESHUTDOWN:
-    return "pool terminated: the task was dropped or stopped by terminate";
+    return "shut down: the pool was terminated (the task dropped or stopped), or the queue was "
+           "shut down";
   case EDEADLK:
     return "the calling thread already holds this lock";
   case ENOLCK:

@@ -134,6 +134,10 @@
  *   close, CLOSED set, nobody woken [queue.close.marked]: sleepers see it
  *     within RECHECK_NS. Concurrent commits either precede it (their message
  *     is delivered) or fail with -EPIPE.
+ *   shutdown, `shut` set, CLOSED not yet [queue.shutdown.flagged]: the queue
+ *     is still open (only a closed queue's code depends on `shut`); a second
+ *     shutdown finishes it. An immediate shutdown killed while it drops the
+ *     queued messages leaves the rest queued, for gets to drain.
  *   task_done(), counted, joiners not woken [queue.task_done.counted]:
  *     joiners look again within RECHECK_NS.
  *   registered sleeper (a watcher of mp_connection_wait(), a joiner, a list
@@ -288,6 +292,10 @@ struct qstate {
   _Atomic uint32_t space_word;
   _Atomic uint32_t join_word;
   _Atomic uint32_t join_waiters; /* like data_sleepers: mp_queue_join() callers */
+  /* 1 once mp_queue_shutdown() began: a closed queue then answers
+   * -ESHUTDOWN instead of -EPIPE. Set before CLOSED, so a shutdown killed in
+   * between leaves an open queue that a second shutdown closes. */
+  _Atomic uint32_t shut;
   _Alignas(64) struct reg data_reg;
   struct reg space_reg;
   struct reg join_reg;
@@ -611,6 +619,8 @@ static void abort_stream(mp_queue *q) {
  * it left, then mark the mutex consistent. */
 static void fifo_prod_repair(mp_queue *q) {
   struct qstate *s = q->s;
+  MP__LOG(MP_LOG_INFO, "queue: a producer died inside a put; its half-put message (if any) "
+                       "was dropped and the queue repaired");
   atomic_fetch_and(&s->space_sleepers, ~1u);
   abort_stream(q);
   /* The dead one may have committed without waking anyone. */
@@ -779,6 +789,8 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
 /* With cons_mutex just taken from a holder that died (EOWNERDEAD). */
 static void fifo_cons_repair(mp_queue *q) {
   struct qstate *s = q->s;
+  MP__LOG(MP_LOG_INFO, "queue: a consumer died inside a get; the message it had not taken "
+                       "stays first in the queue");
   atomic_fetch_and(&s->data_sleepers, ~1u);
   s->u.f.tail_cache = atomic_load(&s->u.f.tail);
   /* The dead one may have committed without waking a producer. */
@@ -1060,6 +1072,8 @@ static void jcommit(struct list *l) {
 
 static void list_repair(mp_queue *q) {
   struct list *l = &q->s->u.l;
+  MP__LOG(MP_LOG_INFO, "queue: a process died inside a LIFO or priority queue operation; "
+                       "it was undone");
   uint64_t n = l->log_n;
   if (n > LOG_MAX)
     n = LOG_MAX;
@@ -1464,14 +1478,21 @@ static int put_checks(mp_queue *q, const void *msg, size_t len, double timeout) 
   return 0;
 }
 
+/* A closed queue's -EPIPE is -ESHUTDOWN once mp_queue_shutdown() began. */
+static inline ssize_t closed_code(mp_queue *q, ssize_t r) {
+  return MP__UNLIKELY(r == -EPIPE) && atomic_load(&q->s->shut) ? -ESHUTDOWN : r;
+}
+
 MP_EXPORT int mp_queue_put(mp_queue *q, const void *msg, size_t len, double timeout) {
   int r = put_checks(q, msg, len, timeout);
   if (MP__UNLIKELY(r < 0))
     return r;
   wctx w = {.timeout = timeout};
   if (q->order == MP_QUEUE_FIFO)
-    return fifo_put(q, msg, len, &w);
-  return list_put(q, 0, msg, len, &w);
+    r = fifo_put(q, msg, len, &w);
+  else
+    r = list_put(q, 0, msg, len, &w);
+  return (int)closed_code(q, r);
 }
 
 MP_EXPORT int mp_queue_put_priority(mp_queue *q, int64_t priority, const void *msg, size_t len,
@@ -1482,7 +1503,7 @@ MP_EXPORT int mp_queue_put_priority(mp_queue *q, int64_t priority, const void *m
   if (q->order != MP_QUEUE_PRIORITY)
     return -EINVAL;
   wctx w = {.timeout = timeout};
-  return list_put(q, priority, msg, len, &w);
+  return (int)closed_code(q, list_put(q, priority, msg, len, &w));
 }
 
 static ssize_t take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
@@ -1491,8 +1512,8 @@ static ssize_t take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outl
     return -EINVAL;
   wctx w = {.timeout = timeout};
   if (q->order == MP_QUEUE_FIFO)
-    return fifo_take(q, buf, cap, out, outlen, mode, &w);
-  return list_take(q, buf, cap, out, outlen, mode, &w);
+    return closed_code(q, fifo_take(q, buf, cap, out, outlen, mode, &w));
+  return closed_code(q, list_take(q, buf, cap, out, outlen, mode, &w));
 }
 
 MP_EXPORT ssize_t mp_queue_get(mp_queue *q, void *buf, size_t cap, double timeout) {
@@ -1593,6 +1614,38 @@ MP_EXPORT int mp_queue_close(mp_queue *q) {
   MP__CRASH(QUEUE_CLOSE_MARKED);
   wake_all(q);
   return 0;
+}
+
+MP_EXPORT int mp_queue_shutdown(mp_queue *q, int immediate) {
+  if (!mp__tag_ok(q, MP__TAG_QUEUE))
+    return -EINVAL;
+  atomic_store(&q->s->shut, 1);
+  MP__CRASH(QUEUE_SHUTDOWN_FLAGGED);
+  int r = mp_queue_close(q);
+  if (r < 0 || !immediate)
+    return r;
+  /* Drop what is queued, each dropped message marked done (as Python), so
+   * that join() returns once nothing else is unfinished. */
+  for (;;) {
+    void *msg = NULL;
+    size_t len = 0;
+    r = (int)take(q, NULL, 0, &msg, &len, TAKE_ALLOC, MP_NOWAIT);
+    if (r < 0)
+      break;
+    free(msg);
+    if (q->joinable)
+      task_done(q);
+  }
+  return r == -ESHUTDOWN || r == -ETIMEDOUT ? 0 : r;
+}
+
+MP_EXPORT ssize_t mp_queue_unfinished(mp_queue *q) {
+  if (!mp__tag_ok(q, MP__TAG_QUEUE) || !q->joinable)
+    return -EINVAL;
+  int r = settle(q);
+  if (r < 0)
+    return r;
+  return (ssize_t)unfinished(q);
 }
 
 MP_EXPORT int mp_queue_task_done(mp_queue *q) {

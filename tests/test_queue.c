@@ -1164,8 +1164,126 @@ static void test_queue_free_busy_while_joining(void **state) {
   }
 }
 
+/* ------------------------------------------------------------ shutdown */
+
+static int make_kind(int kind, size_t maxsize, mp_queue **q) {
+  switch (kind) {
+  case 0: return mp_queue_new(maxsize, NULL, q);
+  case 1: return mp_simple_queue_new(q);
+  case 2: return mp_joinable_queue_new(maxsize, q);
+  case 3: return mp_lifo_queue_new(maxsize, q);
+  default: return mp_priority_queue_new(maxsize, q);
+  }
+}
+
+static int put_one(mp_queue *q, int kind, int v, double timeout) {
+  if (kind == 4)
+    return mp_queue_put_priority(q, v, &v, sizeof v, timeout);
+  return mp_queue_put(q, &v, sizeof v, timeout);
+}
+
+/* shutdown(): puts fail at once with -ESHUTDOWN, gets drain what is there,
+ * then fail with -ESHUTDOWN; shutdown(immediate) drops what is there. For
+ * every kind of queue. */
+static void test_queue_shutdown_every_kind(void **state) {
+  (void)state;
+  for (int kind = 0; kind < 5; kind++) {
+    for (int immediate = 0; immediate < 2; immediate++) {
+      mp_queue *q;
+      assert_int_equal(make_kind(kind, 0, &q), 0);
+      for (int v = 1; v <= 3; v++)
+        assert_int_equal(put_one(q, kind, v, MP_NOWAIT), 0);
+      assert_int_equal(mp_queue_shutdown(q, immediate), 0);
+      assert_int_equal(put_one(q, kind, 9, MP_NOWAIT), -ESHUTDOWN);
+      assert_int_equal(put_one(q, kind, 9, 1.0), -ESHUTDOWN);
+      int got = 0, v;
+      while (mp_queue_get(q, &v, sizeof v, MP_NOWAIT) == (ssize_t)sizeof v)
+        got++;
+      assert_int_equal(got, immediate ? 0 : 3);
+      assert_int_equal(mp_queue_get(q, &v, sizeof v, MP_NOWAIT), -ESHUTDOWN);
+      assert_int_equal(mp_queue_get(q, &v, sizeof v, 0.5), -ESHUTDOWN);
+      size_t len;
+      assert_int_equal(mp_queue_peek_size(q, &len, MP_NOWAIT), -ESHUTDOWN);
+      void *m;
+      assert_int_equal(mp_queue_get_alloc(q, &m, &len, MP_NOWAIT), -ESHUTDOWN);
+      assert_int_equal(mp_queue_qsize(q), 0);
+      assert_int_equal(mp_queue_shutdown(q, 1), 0); /* twice: harmless */
+      if (kind == 2) /* each message was taken or dropped: nothing unfinished */
+        assert_int_equal(mp_queue_unfinished(q), immediate ? 0 : 3);
+      assert_int_equal(mp_queue_free(q), 0);
+    }
+  }
+  assert_int_equal(mp_queue_shutdown(NULL, 0), -EINVAL);
+}
+
+/* A get waiting on an empty queue and a put waiting on a full one, in other
+ * processes, wake and fail with -ESHUTDOWN. */
+static int get_waits(void *arg) {
+  int v;
+  ssize_t r = mp_queue_get((mp_queue *)arg, &v, sizeof v, MP_FOREVER);
+  return r == -ESHUTDOWN ? 0 : 1;
+}
+
+static int put_waits(void *arg) {
+  int v = 7;
+  int r = mp_queue_put((mp_queue *)arg, &v, sizeof v, MP_FOREVER);
+  return r == -ESHUTDOWN ? 0 : 1;
+}
+
+static void test_queue_shutdown_wakes_waiters_in_other_processes(void **state) {
+  (void)state;
+  for (int kind = 0; kind < 5; kind++) {
+    mp_queue *empty, *full;
+    assert_int_equal(make_kind(kind == 1 ? 0 : kind, 1, &empty), 0);
+    assert_int_equal(make_kind(kind == 1 ? 0 : kind, 1, &full), 0);
+    assert_int_equal(put_one(full, kind, 1, MP_NOWAIT), 0);
+    pid_t g = tu_fork(get_waits, empty, 30), p = tu_fork(put_waits, full, 30);
+    tu_sleep(0.2); /* both asleep */
+    double t0 = tu_now();
+    assert_int_equal(mp_queue_shutdown(empty, 0), 0);
+    assert_int_equal(mp_queue_shutdown(full, 0), 0);
+    assert_child_ok(g);
+    assert_child_ok(p);
+    assert_true(tu_now() - t0 < 5);
+    int v;
+    assert_int_equal(mp_queue_get(full, &v, sizeof v, MP_NOWAIT), (ssize_t)sizeof v); /* kept */
+    assert_int_equal(mp_queue_free(empty), 0);
+    assert_int_equal(mp_queue_free(full), 0);
+  }
+}
+
+/* JoinableQueue: unfinished counts puts not yet done; an immediate shutdown
+ * marks each dropped message done, so join() waits only for what consumers
+ * still hold. */
+static void test_queue_shutdown_immediate_and_join(void **state) {
+  (void)state;
+  mp_queue *q;
+  assert_int_equal(mp_joinable_queue_new(0, &q), 0);
+  assert_int_equal(mp_queue_unfinished(q), 0);
+  for (int v = 1; v <= 3; v++)
+    assert_int_equal(mp_queue_put(q, &v, sizeof v, MP_NOWAIT), 0);
+  assert_int_equal(mp_queue_unfinished(q), 3);
+  int v;
+  assert_int_equal(mp_queue_get(q, &v, sizeof v, MP_NOWAIT), (ssize_t)sizeof v); /* held */
+  assert_int_equal(mp_queue_unfinished(q), 3);
+  assert_int_equal(mp_queue_shutdown(q, 1), 0);
+  assert_int_equal(mp_queue_unfinished(q), 1); /* the two dropped are done */
+  assert_int_equal(mp_queue_join(q, 0.1), -ETIMEDOUT);
+  assert_int_equal(mp_queue_task_done(q), 0);
+  assert_int_equal(mp_queue_unfinished(q), 0);
+  assert_int_equal(mp_queue_join(q, 5), 0);
+  assert_int_equal(mp_queue_free(q), 0);
+  mp_queue *plain;
+  assert_int_equal(mp_queue_new(0, NULL, &plain), 0);
+  assert_int_equal(mp_queue_unfinished(plain), -EINVAL); /* not joinable */
+  assert_int_equal(mp_queue_free(plain), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_queue_shutdown_every_kind),
+      cmocka_unit_test(test_queue_shutdown_wakes_waiters_in_other_processes),
+      cmocka_unit_test(test_queue_shutdown_immediate_and_join),
       cmocka_unit_test(test_queue_put_get_in_order),
       cmocka_unit_test(test_queue_errors),
       cmocka_unit_test(test_queue_empty_messages),

@@ -1281,8 +1281,31 @@ static void test_queue_crash_free_half_done(void **state) {
   }
 }
 
+/* A shutdown killed after its flag and before closing leaves an open queue:
+ * puts and gets go on; a second shutdown finishes the job. */
+static int shut_down(void *arg) {
+  return mp_queue_shutdown((mp_queue *)arg, 1) == 0 ? 0 : 1;
+}
+
+static void test_queue_crash_shutdown_flagged(void **state) {
+  (void)state;
+  mp_queue *q;
+  assert_int_equal(mp_queue_new(0, NULL, &q), 0);
+  int v = 5;
+  assert_int_equal(mp_queue_put(q, &v, sizeof v, MP_NOWAIT), 0);
+  pid_t c = cu_fork_armed("queue.shutdown.flagged", 1, shut_down, q, 30);
+  cu_assert_killed_at(c);
+  assert_int_equal(mp_queue_put(q, &v, sizeof v, MP_NOWAIT), 0); /* still open */
+  assert_int_equal(mp_queue_qsize(q), 2);
+  assert_int_equal(mp_queue_shutdown(q, 1), 0);
+  assert_int_equal(mp_queue_get(q, &v, sizeof v, MP_NOWAIT), -ESHUTDOWN);
+  assert_int_equal(mp_queue_put(q, &v, sizeof v, MP_NOWAIT), -ESHUTDOWN);
+  assert_int_equal(mp_queue_free(q), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_queue_crash_shutdown_flagged),
       cmocka_unit_test(test_queue_crash_put_written),
       cmocka_unit_test(test_queue_crash_put_committed),
       cmocka_unit_test(test_queue_crash_put_finished),

@@ -259,6 +259,32 @@ MP_EXPORT int mp_queue_full(mp_queue *q);
 MP_EXPORT int mp_queue_close(mp_queue *q);
 
 /**
+ * @brief Shut the queue down for every process (Python 3.13's
+ *        `shutdown(immediate)`), for Queue, SimpleQueue, JoinableQueue and the
+ *        LIFO and priority queues.
+ *
+ * As mp_queue_close(), but the calls that meet the closed queue return
+ * `-ESHUTDOWN` (Python's `ShutDown`) instead of `-EPIPE`: puts at once, also
+ * those waiting for room; gets once the messages left are drained, also those
+ * waiting. With @p immediate non-zero the messages left are dropped too, and
+ * on a JoinableQueue each dropped one is marked done, so mp_queue_join()
+ * returns once the messages consumers still hold are done (as Python). A
+ * shutdown killed half-way leaves an open queue, or some messages not yet
+ * dropped; calling it again finishes it.
+ * @return 0; `-EINVAL` for a NULL or freed queue.
+ * Thread and process safety: safe; any process of the family may call it.
+ */
+MP_EXPORT int mp_queue_shutdown(mp_queue *q, int immediate);
+
+/**
+ * @brief The number of messages put into a JoinableQueue and not yet marked
+ *        done with mp_queue_task_done() (what mp_queue_join() waits for).
+ * @return the count (>= 0); `-EINVAL` for a queue that is not joinable, or
+ *         NULL. A snapshot: counted as mp_queue_qsize() counts.
+ */
+MP_EXPORT ssize_t mp_queue_unfinished(mp_queue *q);
+
+/**
  * @brief Mark one task taken from a JoinableQueue as done (Python's
  *        `task_done`).
  * @return 0; `-EOVERFLOW` when called more often than messages were put;
