@@ -22,12 +22,13 @@
 struct sink {
   mp_log_handler fn; /* NULL: standard error */
   void *arg;
-  struct sink *older; /* kept, see above */
+  struct sink *older; /* the list of kept sinks, see above */
 };
 
 _Atomic int mp__log_level = -1; /* -1: MP_LOG not read yet */
 static _Atomic(struct sink *) sink;
 static struct sink stderr_sink;
+static struct sink *kept; /* every sink ever made, newest first (set_mutex) */
 static pthread_mutex_t set_mutex = PTHREAD_MUTEX_INITIALIZER;
 
 static bool level_ok(int level) {
@@ -73,7 +74,8 @@ static int set(int level, mp_log_handler fn, void *arg, bool to_stderr) {
     }
     s->fn = fn;
     s->arg = arg;
-    s->older = atomic_load(&sink);
+    s->older = kept;
+    kept = s;
   } else if (!to_stderr) {
     level = MP_LOG_OFF;
   }
