@@ -12,6 +12,11 @@
  *   libmp-mpi-pool async N        tasks/s: N apply_async submitted together,
  *                                 then every result collected (after a
  *                                 warm-up round)
+ * For docs/cluster.md's cost model (not rows of bench/run):
+ *   libmp-mpi-pool roundtrip N    us: mean of N mp_mpi_pool_apply one after
+ *                                 another (the latency of one task)
+ *   libmp-mpi-pool bandwidth MB   MB/s: a map of identity over MB MiB of
+ *                                 1 KiB items, in and out (bytes moved: 2 MB)
  */
 #include <mp-mpi.h>
 #include <mp.h>
@@ -79,10 +84,49 @@ static double run_async(mp_mpi_pool *p, long n) {
   return (double)n / s;
 }
 
+static double run_roundtrip(mp_mpi_pool *p, long n) {
+  int64_t t0 = 0;
+  for (long i = -n / 10 - 1; i < n; i++) {
+    if (i == 0)
+      t0 = bench_now_ns();
+    int v = (int)i, *res;
+    size_t len;
+    BENCH_CHECK_MP(mp_mpi_pool_apply(p, apply_add, &v, sizeof v, NULL, (void **)&res, &len));
+    if (len != sizeof v || *res != v + 1)
+      bench_die("wrong result");
+    free(res);
+  }
+  return (double)(bench_now_ns() - t0) / 1e3 / (double)n;
+}
+
+static int copy_kib(const void *item, void *result, void *ctx) {
+  (void)ctx;
+  memcpy(result, item, 1024);
+  return 0;
+}
+
+static double run_bandwidth(mp_mpi_pool *p, long mib) {
+  size_t n = (size_t)mib * 1024;
+  char *in = malloc(n * 1024), *out = malloc(n * 1024);
+  if (!in || !out)
+    bench_die("out of memory");
+  for (size_t i = 0; i < n * 1024; i++)
+    in[i] = (char)(i * 7);
+  BENCH_CHECK_MP(mp_mpi_pool_map(p, copy_kib, NULL, in, n, 1024, out, 1024, 0));
+  int64_t t0 = bench_now_ns();
+  BENCH_CHECK_MP(mp_mpi_pool_map(p, copy_kib, NULL, in, n, 1024, out, 1024, 0));
+  double s = (double)(bench_now_ns() - t0) / 1e9;
+  if (memcmp(in, out, n * 1024))
+    bench_die("wrong result");
+  free(in);
+  free(out);
+  return 2.0 * (double)n * 1024 / 1e6 / s;
+}
+
 int main(int argc, char **argv) {
   BENCH_CHECK_MP(mp_mpi_pool_serve()); /* ranks 1.. serve here */
   if (argc < 2)
-    bench_die("usage: libmp-mpi-pool map|chunk1|async N [CHUNK]");
+    bench_die("usage: libmp-mpi-pool map|chunk1|async|roundtrip|bandwidth N [CHUNK]");
   const char *mode = argv[1];
   long n = bench_count(argc, argv, 2, 100000);
   mp_mpi_pool *p;
@@ -94,6 +138,10 @@ int main(int argc, char **argv) {
     fig = run_map(p, n, 1);
   else if (!strcmp(mode, "async"))
     fig = run_async(p, n);
+  else if (!strcmp(mode, "roundtrip"))
+    fig = run_roundtrip(p, n);
+  else if (!strcmp(mode, "bandwidth"))
+    fig = run_bandwidth(p, n);
   else
     bench_die("unknown mode %s", mode);
   BENCH_CHECK_MP(mp_mpi_pool_free(p));
