@@ -28,7 +28,9 @@
  *    its workers with MPI_Comm_spawn(), running the same executable with the
  *    same arguments; they run main() up to mp_mpi_pool_new() (or
  *    mp_mpi_pool_serve()) like Python's spawn start method reruns the main
- *    module, serve that one pool and exit when it is freed. Open MPI needs
+ *    module. A freed pool's workers wait for the program's next pool (one
+ *    that needs no more workers reuses them) and exit when the program
+ *    finalizes MPI (at exit when libmp-mpi initialized it). Open MPI needs
  *    slots for them (`OMPI_MCA_rmaps_base_oversubscribe=1` beyond the CPU
  *    count).
  *
@@ -313,8 +315,9 @@ MP_MPI_EXPORT int mp_mpi_pool_join(mp_mpi_pool *pool, double timeout);
 
 /**
  * @brief Terminate the pool if it still runs, join and free it. Results and
- *        iterators stay valid; free them separately. Spawned workers exit;
- *        mpiexec workers wait for rank 0's next pool.
+ *        iterators stay valid; free them separately. The workers wait for
+ *        rank 0's next pool (spawned ones are reused by it when it needs
+ *        no more of them).
  * @return 0; 0 for NULL; `-ECHILD`; `-EDEADLK` from a callback.
  */
 MP_MPI_EXPORT int mp_mpi_pool_free(mp_mpi_pool *pool);

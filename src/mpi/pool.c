@@ -117,10 +117,16 @@ static struct {
 } g;
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Spawned workers between pools (g_mu); see spawned_release_cache(). */
+static struct {
+  MPI_Comm comm, inter;
+  int n, busy;
+} spawned;
 static mp_mpi_pool *live_pools; /* freed at exit, before MPI_Finalize */
 
 static int serve(MPI_Comm comm);
 static void free_live_pools(void);
+static void spawned_release_cache(void);
 
 static void send_exit_to_world(void) {
   if (g.exit_sent || g.size <= 1 || g.rank != 0)
@@ -139,6 +145,9 @@ static int on_finalize(MPI_Comm comm, int key, void *val, void *extra) {
   (void)val;
   (void)extra;
   send_exit_to_world();
+  pthread_mutex_lock(&g_mu);
+  spawned_release_cache();
+  pthread_mutex_unlock(&g_mu);
   return MPI_SUCCESS;
 }
 
@@ -148,6 +157,9 @@ static void at_exit(void) {
   if (fin)
     return;
   free_live_pools();
+  pthread_mutex_lock(&g_mu);
+  spawned_release_cache();
+  pthread_mutex_unlock(&g_mu);
   if (g.we_init)
     MPI_Finalize();
 }
@@ -716,6 +728,7 @@ struct mp_mpi_pool {
   pid_t pid;
   MPI_Comm comm;
   MPI_Comm inter; /* spawned workers: the intercommunicator; else MPI_COMM_NULL */
+  int cached;     /* the spawned workers come from the cache */
   int nworkers;
   struct worker *w;
   unsigned prefetch;
@@ -1186,7 +1199,7 @@ static void *progress_main(void *arg) {
     if (p->ops[i].kind == OP_SEND)
       free(p->ops[i].buf);
   p->nreq = 0;
-  struct ctrl c = {.op = p->inter != MPI_COMM_NULL ? CTRL_EXIT : CTRL_END};
+  struct ctrl c = {.op = CTRL_END};
   for (int wi = 0; wi < p->nworkers; wi++) {
     MPI_Cancel(&rq[wi]);
     MPI_Wait(&rq[wi], MPI_STATUS_IGNORE);
@@ -1232,20 +1245,46 @@ static void pool_release(mp_mpi_pool *p) {
 
 /* Release the workers of a pool that never started its thread. */
 static void pool_end_workers(mp_mpi_pool *p) {
-  struct ctrl c = {.op = p->inter != MPI_COMM_NULL ? CTRL_EXIT : CTRL_END};
+  struct ctrl c = {.op = CTRL_END};
   for (int wi = 0; wi < p->nworkers; wi++)
     MPI_Send(&c, sizeof c, MPI_BYTE, p->w[wi].rank, TAG_CTRL, p->comm);
 }
 
-static void pool_comm_free(mp_mpi_pool *p) {
-  if (p->inter != MPI_COMM_NULL) {
-    MPI_Comm_free(&p->comm);
-    MPI_Comm_disconnect(&p->inter);
-  } else {
-    pthread_mutex_lock(&g_mu);
-    g.world_busy = 0;
-    pthread_mutex_unlock(&g_mu);
+/* Let spawned workers go: they exit, and the communicators with them. */
+static void spawned_release(MPI_Comm *comm, MPI_Comm *inter, int n) {
+  struct ctrl c = {.op = CTRL_EXIT};
+  for (int r = 1; r <= n; r++)
+    MPI_Send(&c, sizeof c, MPI_BYTE, r, TAG_CTRL, *comm);
+  MPI_Comm_free(comm);
+  MPI_Comm_disconnect(inter);
+}
+
+/* A freed pool's spawned workers wait in the cache for the next pool (they
+ * are idle between pools, like mpiexec workers): a program that makes pool
+ * after pool spawns once, and spawning, the slow and fragile part, happens
+ * once per program. (g_mu) */
+static void spawned_release_cache(void) {
+  if (spawned.n && !spawned.busy) {
+    spawned_release(&spawned.comm, &spawned.inter, spawned.n);
+    spawned.n = 0;
   }
+}
+
+static void pool_comm_free(mp_mpi_pool *p) {
+  pthread_mutex_lock(&g_mu);
+  if (p->inter == MPI_COMM_NULL) {
+    g.world_busy = 0;
+  } else if (p->cached) {
+    spawned.busy = 0;
+  } else if (!spawned.n) {
+    spawned.comm = p->comm;
+    spawned.inter = p->inter;
+    spawned.n = p->nworkers;
+    spawned.busy = 0;
+  } else {
+    spawned_release(&p->comm, &p->inter, p->nworkers);
+  }
+  pthread_mutex_unlock(&g_mu);
 }
 
 int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool **ret) {
@@ -1314,6 +1353,18 @@ int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool 
     }
   }
   if (spawn) {
+    pthread_mutex_lock(&g_mu);
+    if (spawned.n >= processes && !spawned.busy) {
+      spawned.busy = 1;
+      p->comm = spawned.comm;
+      p->inter = spawned.inter;
+      p->cached = 1;
+    } else {
+      spawned_release_cache(); /* too few: spawn a set of the right size */
+    }
+    pthread_mutex_unlock(&g_mu);
+  }
+  if (spawn && !p->cached) {
     char exe[4096];
     ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
     char *argbuf = NULL;
@@ -1344,7 +1395,7 @@ int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool 
       r = -EPROTO;
       goto fail_free;
     }
-  } else {
+  } else if (!spawn) {
     p->comm = g.world;
   }
 

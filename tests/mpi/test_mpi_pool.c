@@ -413,6 +413,36 @@ static void test_mpi_pool_bad_input(void **state) {
   assert_int_equal(mp_mpi_pool_free(p), 0);
 }
 
+/* The pids of the workers of a new pool, sorted; returns how many. */
+static int worker_pids(int out[2]) {
+  mp_mpi_pool *p = pool_new(0, NULL);
+  int one[64] = {0}, pids[64], n = 0;
+  assert_int_equal(mp_mpi_pool_map(p, rank_pid, NULL, one, 64, sizeof(int), pids, sizeof(int), 1),
+                   0);
+  for (int i = 0; i < 64; i++)
+    if (n == 0 || (pids[i] != out[0] && (n < 2 || pids[i] != out[1])))
+      if (n < 2)
+        out[n++] = pids[i];
+  if (n == 2 && out[0] > out[1]) {
+    int t = out[0];
+    out[0] = out[1];
+    out[1] = t;
+  }
+  assert_int_equal(mp_mpi_pool_free(p), 0);
+  return n;
+}
+
+/* A freed pool's workers serve the next pool: spawned ones too. */
+static void test_mpi_pool_workers_reused(void **state) {
+  (void)state;
+  int a[2] = {0, 0}, b[2] = {0, 0};
+  int na = worker_pids(a), nb = worker_pids(b);
+  assert_int_equal(na, 2);
+  assert_int_equal(nb, 2);
+  assert_int_equal(a[0], b[0]);
+  assert_int_equal(a[1], b[1]);
+}
+
 int main(int argc, char **argv) {
   spawn_model = argc > 1 && !strcmp(argv[1], "spawn");
   int r = mp_mpi_pool_serve(); /* worker ranks serve here and never return */
@@ -430,6 +460,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_mpi_pool_starmap_and_async),
       cmocka_unit_test(test_mpi_pool_close_terminate),
       cmocka_unit_test(test_mpi_pool_bad_input),
+      cmocka_unit_test(test_mpi_pool_workers_reused),
   };
   return cmocka_run_group_tests_name(spawn_model ? "mpi_pool_spawn" : "mpi_pool", tests, NULL,
                                      NULL);
