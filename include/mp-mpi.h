@@ -177,7 +177,8 @@ MP_MPI_EXPORT int mp_mpi_pool_serve(void);
  *         object; `-ENOTSUP` for maxtasksperchild, or an MPI without
  *         MPI_THREAD_SERIALIZED; `-ENOEXEC` when a worker runs another
  *         executable; `-EBUSY` when another pool of the same MPI_COMM_WORLD
- *         ranks is running; `-EAGAIN` when MPI cannot spawn the workers;
+ *         ranks is running (under mpiexec one pool at a time; spawned pools
+ *         may run side by side when MPI gives MPI_THREAD_MULTIPLE); `-EAGAIN` when MPI cannot spawn the workers;
  *         `-EPROTO` when MPI fails; `-ENOMEM`.
  */
 MP_MPI_EXPORT int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts,

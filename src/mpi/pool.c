@@ -110,6 +110,7 @@ static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 static struct {
   int inited;
   int we_init;     /* libmp-mpi called MPI_Init_thread */
+  int prov;        /* the thread level MPI gives */
   int rank, size;  /* in MPI_COMM_WORLD */
   MPI_Comm world;  /* a duplicate of MPI_COMM_WORLD for mpiexec pools */
   int world_busy;  /* a pool runs on `world` */
@@ -190,6 +191,7 @@ static int lib_init(void) {
   }
   if (prov < MPI_THREAD_SERIALIZED)
     return -ENOTSUP;
+  g.prov = prov;
   MPI_Comm parent;
   MPI_Comm_get_parent(&parent);
   if (parent != MPI_COMM_NULL) { /* a spawned worker */
@@ -1307,6 +1309,12 @@ int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool 
     return r;
   }
   int spawn = g.size == 1;
+  /* Each pool's progress thread calls MPI: two pools at once need
+   * MPI_THREAD_MULTIPLE (Open MPI and MPICH give it). */
+  if (g.prov < MPI_THREAD_MULTIPLE && live_pools) {
+    pthread_mutex_unlock(&g_mu);
+    return -EBUSY;
+  }
   if (!spawn) {
     if (processes > g.size - 1) {
       pthread_mutex_unlock(&g_mu);
