@@ -32,7 +32,8 @@
  *    that needs no more workers reuses them) and exit when the program
  *    finalizes MPI (at exit when libmp-mpi initialized it). Open MPI needs
  *    slots for them (`OMPI_MCA_rmaps_base_oversubscribe=1` beyond the CPU
- *    count).
+ *    count). MPICH 4.0 (Debian 12) cannot spawn: mp_mpi_pool_new() returns
+ *    `-EAGAIN`; use mpiexec there.
  *
  * **Functions and ctx across address spaces.** Every rank runs the same
  * executable, but under ASLR at other addresses. libmp-mpi sends a function

@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--alone", action="store_true")
     ap.add_argument("--kill-worker", action="store_true")
     ap.add_argument("--expect", help="a regex the whole output (lines of the program) must match")
+    ap.add_argument("--status", type=int, default=0, help="the exit status the job must end with")
     ap.add_argument("--timeout", type=float, default=50,
                     help="seconds before the job counts as hung (under meson's timeout)")
     ap.add_argument("program", nargs=argparse.REMAINDER)
@@ -111,10 +112,11 @@ def main():
     ended = time.monotonic()
     print(f"run_mpi: exit status {status}", flush=True)
     if not a.kill_worker:
-        if a.expect and not re.fullmatch(a.expect, "".join(lines), re.S):
+        out = "".join(l for l in lines if not l.startswith("+ "))
+        if a.expect and not re.fullmatch(a.expect, out, re.S):
             print(f"run_mpi: the output does not match {a.expect!r}")
             return 1
-        return 0 if status == 0 else 1
+        return 0 if status == a.status else 1
     if killed_at is None:
         print("run_mpi: the program never reached its map (no `mapping` line)")
         return 1
