@@ -179,7 +179,8 @@ MP_MPI_EXPORT int mp_mpi_pool_serve(void);
  *         MPI_THREAD_SERIALIZED; `-ENOEXEC` when a worker runs another
  *         executable; `-EBUSY` when another pool of the same MPI_COMM_WORLD
  *         ranks is running (under mpiexec one pool at a time; spawned pools
- *         may run side by side when MPI gives MPI_THREAD_MULTIPLE); `-EAGAIN` when MPI cannot spawn the workers;
+ *         may run side by side when MPI gives MPI_THREAD_MULTIPLE); `-EAGAIN` when MPI cannot spawn
+ * the workers;
  *         `-EPROTO` when MPI fails; `-ENOMEM`.
  */
 MP_MPI_EXPORT int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts,
@@ -243,8 +244,7 @@ MP_MPI_EXPORT int mp_mpi_pool_map(mp_mpi_pool *pool, mp_mpi_pool_map_fn fn, void
 MP_MPI_EXPORT int mp_mpi_pool_map_async(mp_mpi_pool *pool, mp_mpi_pool_map_fn fn, void *ctx,
                                         const void *items, size_t n, size_t item_size,
                                         void *results, size_t result_size, size_t chunksize,
-                                        const mp_mpi_pool_callbacks *cb,
-                                        mp_mpi_async_result **ret);
+                                        const mp_mpi_pool_callbacks *cb, mp_mpi_async_result **ret);
 
 /** @brief Python's `starmap`: mp_mpi_pool_map() with one struct per item.
  *  @return as mp_mpi_pool_map(). */

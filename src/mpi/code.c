@@ -35,9 +35,9 @@
 
 struct mod {
   char *name;
-  uintptr_t base;           /* load bias (dlpi_addr) */
-  uint64_t lo, hi;          /* offsets from base covering every PT_LOAD */
-  uint64_t xlo[MAX_SEGS];   /* executable PT_LOAD ranges, offsets from base */
+  uintptr_t base;         /* load bias (dlpi_addr) */
+  uint64_t lo, hi;        /* offsets from base covering every PT_LOAD */
+  uint64_t xlo[MAX_SEGS]; /* executable PT_LOAD ranges, offsets from base */
   uint64_t xhi[MAX_SEGS];
   int nx;
   unsigned char id[MAX_ID]; /* GNU build-id */

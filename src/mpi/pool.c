@@ -71,9 +71,9 @@ enum { F_EXT = 1, F_WHOLE = 2 };
 
 #define BATCH_MAX (64 * 1024)
 #define INLINE_MAX (8 * 1024)
-#define MSG_MAX ((size_t)1 << 30)     /* one message, one chunk: at most 1 GiB */
+#define MSG_MAX ((size_t)1 << 30)      /* one message, one chunk: at most 1 GiB */
 #define CHUNK_BYTES_DEFAULT (1u << 20) /* default chunks: at most 1 MiB in + out */
-#define WINDOW_BYTES (2u << 20)       /* items in flight per worker */
+#define WINDOW_BYTES (2u << 20)        /* items in flight per worker */
 #define PREFETCH_DEFAULT 64
 
 /* A chunk to run, in a batch (rank 0 to worker). Followed by its data
@@ -104,8 +104,8 @@ struct ctrl {
   uint32_t op;
   int32_t status;
   mpi__ref init, initargs;
-  uint64_t len;   /* START: the object table follows */
-  int32_t pid;    /* READY: the worker's pid and host */
+  uint64_t len; /* START: the object table follows */
+  int32_t pid;  /* READY: the worker's pid and host */
   char host[68];
 };
 
@@ -115,11 +115,11 @@ static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 static struct {
   int inited;
-  int we_init;     /* libmp-mpi called MPI_Init_thread */
-  int prov;        /* the thread level MPI gives */
-  int rank, size;  /* in MPI_COMM_WORLD */
-  MPI_Comm world;  /* a duplicate of MPI_COMM_WORLD for mpiexec pools */
-  int world_busy;  /* a pool runs on `world` */
+  int we_init;    /* libmp-mpi called MPI_Init_thread */
+  int prov;       /* the thread level MPI gives */
+  int rank, size; /* in MPI_COMM_WORLD */
+  MPI_Comm world; /* a duplicate of MPI_COMM_WORLD for mpiexec pools */
+  int world_busy; /* a pool runs on `world` */
   int exit_sent;
 } g;
 
@@ -497,7 +497,9 @@ static int run_rec(MPI_Comm comm, const struct rec *rc, const char *inl, struct 
     }
     /* Inline, the record keeps the room it reserved (rank 0 reads only the
      * `done` results of a failed chunk); a message of its own is cut short. */
-    *rr = (struct rrec){.seq = rc->seq, .status = s < 0 ? s : 0, .done = i,
+    *rr = (struct rrec){.seq = rc->seq,
+                        .status = s < 0 ? s : 0,
+                        .done = i,
                         .len = s < 0 && ext ? i * rc->result_size : rlen,
                         .flags = ext ? F_EXT : 0};
     if (ext)
@@ -637,16 +639,16 @@ struct mp_mpi_async_result {
   pthread_cond_t cv;
   pid_t pid;
   int kind;
-  int refs;    /* (res) the caller's and the pool's */
-  int ready;   /* (res) */
-  int status;  /* (res) */
+  int refs;   /* (res) the caller's and the pool's */
+  int ready;  /* (res) */
+  int status; /* (res) */
   int has_cb;
   mp_mpi_pool_callbacks cb;
   mpi__ref fn, ctx;
   /* apply */
-  void *arg;   /* owned copy; handed to the send once dispatched (pool) */
+  void *arg; /* owned copy; handed to the send once dispatched (pool) */
   size_t len;
-  void *data;  /* (res) the result bytes */
+  void *data; /* (res) the result bytes */
   size_t dlen;
   /* map */
   const char *items;
@@ -709,12 +711,12 @@ struct worker {
   int rank;
   struct inflight *q; /* FIFO ring of chunks sent, in order */
   size_t qcap, qhead, qn;
-  size_t bytes;       /* item bytes in flight */
+  size_t bytes; /* item bytes in flight */
   uint64_t seq;
-  char *rbuf;         /* the posted result-batch receive */
-  int pidfd;          /* a worker on this host: its pidfd; else -1 */
+  char *rbuf; /* the posted result-batch receive */
+  int pidfd;  /* a worker on this host: its pidfd; else -1 */
   int pid;
-  char *bbuf;         /* the batch being built, used bytes, payloads after it */
+  char *bbuf; /* the batch being built, used bytes, payloads after it */
   size_t used;
   void **ext;
   size_t *extlen;
@@ -725,9 +727,9 @@ struct worker {
 enum { OP_RBATCH = 1, OP_SEND, OP_RDATA };
 struct op {
   int kind;
-  int worker;     /* OP_RBATCH */
-  void *buf;      /* OP_SEND: freed at completion; OP_RDATA: apply result */
-  job *job;       /* OP_RDATA */
+  int worker; /* OP_RBATCH */
+  void *buf;  /* OP_SEND: freed at completion; OP_RDATA: apply result */
+  job *job;   /* OP_RDATA */
   size_t chunk;
   struct rrec rr;
 };
@@ -862,8 +864,9 @@ static void on_rbatch(mp_mpi_pool *p, int wi, int cnt) {
       MPI_Request r;
       if (MPI_Irecv(dest, (int)rr.len, MPI_BYTE, w->rank, TAG_RDATA, p->comm, &r) != MPI_SUCCESS)
         fatal("MPI_Irecv failed");
-      if (add_req(p, r, (struct op){.kind = OP_RDATA, .buf = buf, .job = j, .chunk = f.chunk,
-                                    .rr = rr}) < 0)
+      if (add_req(p, r,
+                  (struct op){.kind = OP_RDATA, .buf = buf, .job = j, .chunk = f.chunk, .rr = rr}) <
+          0)
         fatal("out of memory");
       p->inflight++; /* until its data is in */
       continue;
@@ -932,10 +935,15 @@ static void deal_one(mp_mpi_pool *p, struct worker *w) {
     fatal("MPI_Isend failed");
   if (!w->bbuf && !(w->bbuf = malloc(BATCH_MAX)))
     fatal("out of memory");
-  struct rec rc = {.kind = (uint32_t)j->kind, .flags = ext ? F_EXT : 0, .seq = ++w->seq,
-                   .fn = j->fn, .ctx = j->ctx, .count = cnt,
+  struct rec rc = {.kind = (uint32_t)j->kind,
+                   .flags = ext ? F_EXT : 0,
+                   .seq = ++w->seq,
+                   .fn = j->fn,
+                   .ctx = j->ctx,
+                   .count = cnt,
                    .item_size = (uint32_t)j->item_size,
-                   .result_size = (uint32_t)j->result_size, .len = len};
+                   .result_size = (uint32_t)j->result_size,
+                   .len = len};
   memcpy(w->bbuf + w->used, &rc, sizeof rc);
   if (!ext && len)
     memcpy(w->bbuf + w->used + sizeof rc, data, len);
@@ -1535,9 +1543,8 @@ static void job_discard(job *j) {
   job_unref(j);
 }
 
-int mp_mpi_pool_apply_async(mp_mpi_pool *pool, mp_mpi_pool_apply_fn fn, const void *arg,
-                            size_t len, void *ctx, const mp_mpi_pool_callbacks *cb,
-                            mp_mpi_async_result **ret) {
+int mp_mpi_pool_apply_async(mp_mpi_pool *pool, mp_mpi_pool_apply_fn fn, const void *arg, size_t len,
+                            void *ctx, const mp_mpi_pool_callbacks *cb, mp_mpi_async_result **ret) {
   int r = check_pool(pool);
   if (r < 0)
     return r;
@@ -1692,8 +1699,8 @@ static int map_prepare(mp_mpi_pool *pool, mp_mpi_pool_map_fn fn, void *ctx, cons
   int r = check_pool(pool);
   if (r < 0)
     return r;
-  if (!fn || (!items && item_size && n) || (!results && result_size && n) ||
-      item_size > MSG_MAX || result_size > MSG_MAX || item_size > UINT32_MAX)
+  if (!fn || (!items && item_size && n) || (!results && result_size && n) || item_size > MSG_MAX ||
+      result_size > MSG_MAX || item_size > UINT32_MAX)
     return -EINVAL;
   size_t per = item_size + result_size;
   size_t big = item_size > result_size ? item_size : result_size;
@@ -1768,10 +1775,10 @@ int mp_mpi_pool_starmap(mp_mpi_pool *pool, mp_mpi_pool_map_fn fn, void *ctx, con
 
 int mp_mpi_pool_starmap_async(mp_mpi_pool *pool, mp_mpi_pool_map_fn fn, void *ctx,
                               const void *items, size_t n, size_t item_size, void *results,
-                              size_t result_size, size_t chunksize,
-                              const mp_mpi_pool_callbacks *cb, mp_mpi_async_result **ret) {
-  return mp_mpi_pool_map_async(pool, fn, ctx, items, n, item_size, results, result_size,
-                               chunksize, cb, ret);
+                              size_t result_size, size_t chunksize, const mp_mpi_pool_callbacks *cb,
+                              mp_mpi_async_result **ret) {
+  return mp_mpi_pool_map_async(pool, fn, ctx, items, n, item_size, results, result_size, chunksize,
+                               cb, ret);
 }
 
 static void iter_release(struct mp_mpi_pool_iter *it) {

@@ -114,7 +114,7 @@ static void test_mpi_code_other_library_fails_its_tasks(void **state) {
   assert_int_equal(mpi__modtab_match(tab, len), 0); /* the pool starts */
   void *back;
   assert_int_equal(mpi__ref_resolve(&lib, 1, &back), -ENOEXEC); /* this task fails */
-  assert_int_equal(mpi__ref_resolve(&exe, 0, &back), 0);       /* others run */
+  assert_int_equal(mpi__ref_resolve(&exe, 0, &back), 0);        /* others run */
   assert_ptr_equal(back, literal);
   free(tab);
 }

@@ -93,7 +93,7 @@ static int apply_sleep(const void *arg, size_t len, mp_mpi_pool_out *out, void *
   (void)len;
   (void)out;
   (void)ctx;
-  usleep((useconds_t)*(const int *)arg);
+  usleep((useconds_t) * (const int *)arg);
   return 0;
 }
 
@@ -105,13 +105,13 @@ static void test_mpi_pool_map_in_order(void **state) {
     int in[1000], out[1000];
     for (int i = 0; i < 1000; i++)
       in[i] = i, out[i] = -1;
-    assert_int_equal(mp_mpi_pool_map(p, add_one, NULL, in, 1000, sizeof(int), out, sizeof(int),
-                                     chunk),
-                     0);
+    assert_int_equal(
+        mp_mpi_pool_map(p, add_one, NULL, in, 1000, sizeof(int), out, sizeof(int), chunk), 0);
     for (int i = 0; i < 1000; i++)
       assert_int_equal(out[i], i + 1);
   }
-  assert_int_equal(mp_mpi_pool_map(p, add_one, NULL, NULL, 0, sizeof(int), NULL, sizeof(int), 0), 0);
+  assert_int_equal(mp_mpi_pool_map(p, add_one, NULL, NULL, 0, sizeof(int), NULL, sizeof(int), 0),
+                   0);
   assert_int_equal(mp_mpi_pool_free(p), 0);
 }
 
@@ -148,8 +148,8 @@ static void test_mpi_pool_map_failure(void **state) {
     in[i] = i;
   /* lowest failing item is 7, whatever the chunking */
   for (size_t chunk = 1; chunk <= 16; chunk *= 4)
-    assert_int_equal(mp_mpi_pool_map(p, fail_7, NULL, in, 100, sizeof(int), out, sizeof(int), chunk),
-                     -1007);
+    assert_int_equal(
+        mp_mpi_pool_map(p, fail_7, NULL, in, 100, sizeof(int), out, sizeof(int), chunk), -1007);
   assert_int_equal(out[6], 12);
   assert_int_equal(out[99], 198);
   /* the pool stays usable */
@@ -167,22 +167,21 @@ static void test_mpi_pool_ctx_and_initializer(void **state) {
   for (int i = 0; i < 50; i++)
     in[i] = i;
   /* a global of the executable: the worker's own copy, set by its initializer */
-  assert_int_equal(mp_mpi_pool_map(p, times_scale, &scale, in, 50, sizeof(int), out, sizeof(int), 3),
-                   0);
+  assert_int_equal(
+      mp_mpi_pool_map(p, times_scale, &scale, in, 50, sizeof(int), out, sizeof(int), 3), 0);
   for (int i = 0; i < 50; i++)
     assert_int_equal(out[i], 7 * i);
   /* a constant */
-  assert_int_equal(mp_mpi_pool_map(p, times_scale, (void *)&ten, in, 50, sizeof(int), out,
-                                   sizeof(int), 0),
-                   0);
+  assert_int_equal(
+      mp_mpi_pool_map(p, times_scale, (void *)&ten, in, 50, sizeof(int), out, sizeof(int), 0), 0);
   assert_int_equal(out[49], 490);
   /* heap and stack pointers mean nothing on another rank: refused */
   int *heap = malloc(sizeof *heap);
   int local = 3;
   assert_int_equal(mp_mpi_pool_map(p, times_scale, heap, in, 50, sizeof(int), out, sizeof(int), 0),
                    -EINVAL);
-  assert_int_equal(mp_mpi_pool_map(p, times_scale, &local, in, 50, sizeof(int), out, sizeof(int), 0),
-                   -EINVAL);
+  assert_int_equal(
+      mp_mpi_pool_map(p, times_scale, &local, in, 50, sizeof(int), out, sizeof(int), 0), -EINVAL);
   /* a "function" that is data */
   mp_mpi_pool_map_fn bogus;
   void *data = (void *)&ten;
@@ -368,7 +367,8 @@ static void test_mpi_pool_close_terminate(void **state) {
   }
   assert_true(shut >= 100);
   int x = 1;
-  assert_int_equal(mp_mpi_pool_apply_async(p, apply_sleep, &x, sizeof x, NULL, NULL, &r[0]), -EPIPE);
+  assert_int_equal(mp_mpi_pool_apply_async(p, apply_sleep, &x, sizeof x, NULL, NULL, &r[0]),
+                   -EPIPE);
   assert_int_equal(mp_mpi_pool_join(p, 5), 0);
   assert_int_equal(mp_mpi_pool_free(p), 0);
 
