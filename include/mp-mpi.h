@@ -14,7 +14,8 @@
  * the very type of mp_pool_map_fn; an apply task differs only in its output
  * handle (#mp_mpi_pool_out, filled with mp_mpi_pool_out_set() or
  * mp_mpi_pool_out_alloc()). A program switches from the fork Pool by changing
- * how it creates the pool and the prefix of the calls.
+ * how it creates the pool; with MP_MPI_SAME_CALLS (end of this header) the
+ * other calls keep their mp_pool_* names.
  *
  * **Launch models.**
  *  - `mpiexec -n N ./program`: rank 0 runs the program; ranks 1..N-1 become
@@ -364,5 +365,58 @@ MP_MPI_EXPORT int mp_mpi_async_result_free(mp_mpi_async_result *res);
 #ifdef __cplusplus
 }
 #endif
+
+/*
+ * The same call names (opt-in): with MP_MPI_SAME_CALLS defined before this
+ * header, the mp_pool_* and mp_async_result_* names of mp/pool.h also accept
+ * the handles of this header (C11 _Generic on the first argument), so a
+ * program written for the fork Pool changes only its pool's type and
+ * creation:
+ *
+ *     #define MP_MPI_SAME_CALLS
+ *     #include <mp-mpi.h>
+ *     mp_mpi_pool *p;                       // was: mp_pool *p;
+ *     mp_mpi_pool_new(0, NULL, &p);         // was: mp_pool_new(0, NULL, &p);
+ *     mp_pool_map(p, func, NULL, in, n, sizeof *in, out, sizeof *out, 0);
+ *     mp_pool_free(p);
+ *
+ * Apply tasks take an mp_mpi_pool_out * (mp_pool_out_set() works on it);
+ * callbacks come in an mp_mpi_pool_callbacks. Handles of the fork Pool keep
+ * working as before. C11 and C only.
+ */
+#ifdef MP_MPI_SAME_CALLS
+#if defined(__cplusplus) || !defined(__STDC_VERSION__) || __STDC_VERSION__ < 201112L
+#error "MP_MPI_SAME_CALLS needs C11 (_Generic)"
+#endif
+#include <mp/pool.h>
+#define MP_MPI__ON_POOL(name, p) _Generic((p), mp_mpi_pool *: mp_mpi_##name, default: mp_##name)
+#define MP_MPI__ON_ITER(name, it)                                                                  \
+  _Generic((it), mp_mpi_pool_iter *: mp_mpi_##name, default: mp_##name)
+#define MP_MPI__ON_RES(name, r)                                                                    \
+  _Generic((r), mp_mpi_async_result *: mp_mpi_##name, default: mp_##name)
+#define MP_MPI__ON_OUT(name, o) _Generic((o), mp_mpi_pool_out *: mp_mpi_##name, default: mp_##name)
+#define mp_pool_apply(p, ...) MP_MPI__ON_POOL(pool_apply, p)(p, __VA_ARGS__)
+#define mp_pool_apply_async(p, ...) MP_MPI__ON_POOL(pool_apply_async, p)(p, __VA_ARGS__)
+#define mp_pool_map(p, ...) MP_MPI__ON_POOL(pool_map, p)(p, __VA_ARGS__)
+#define mp_pool_map_async(p, ...) MP_MPI__ON_POOL(pool_map_async, p)(p, __VA_ARGS__)
+#define mp_pool_starmap(p, ...) MP_MPI__ON_POOL(pool_starmap, p)(p, __VA_ARGS__)
+#define mp_pool_starmap_async(p, ...) MP_MPI__ON_POOL(pool_starmap_async, p)(p, __VA_ARGS__)
+#define mp_pool_imap(p, ...) MP_MPI__ON_POOL(pool_imap, p)(p, __VA_ARGS__)
+#define mp_pool_imap_unordered(p, ...) MP_MPI__ON_POOL(pool_imap_unordered, p)(p, __VA_ARGS__)
+#define mp_pool_close(p) MP_MPI__ON_POOL(pool_close, p)(p)
+#define mp_pool_terminate(p) MP_MPI__ON_POOL(pool_terminate, p)(p)
+#define mp_pool_join(p, t) MP_MPI__ON_POOL(pool_join, p)(p, t)
+#define mp_pool_free(p) MP_MPI__ON_POOL(pool_free, p)(p)
+#define mp_pool_iter_next(it, ...) MP_MPI__ON_ITER(pool_iter_next, it)(it, __VA_ARGS__)
+#define mp_pool_iter_free(it) MP_MPI__ON_ITER(pool_iter_free, it)(it)
+#define mp_pool_out_alloc(o, ...) MP_MPI__ON_OUT(pool_out_alloc, o)(o, __VA_ARGS__)
+#define mp_pool_out_set(o, ...) MP_MPI__ON_OUT(pool_out_set, o)(o, __VA_ARGS__)
+#define mp_async_result_get(r, t) MP_MPI__ON_RES(async_result_get, r)(r, t)
+#define mp_async_result_wait(r, t) MP_MPI__ON_RES(async_result_wait, r)(r, t)
+#define mp_async_result_ready(r) MP_MPI__ON_RES(async_result_ready, r)(r)
+#define mp_async_result_successful(r) MP_MPI__ON_RES(async_result_successful, r)(r)
+#define mp_async_result_data(r, ...) MP_MPI__ON_RES(async_result_data, r)(r, __VA_ARGS__)
+#define mp_async_result_free(r) MP_MPI__ON_RES(async_result_free, r)(r)
+#endif /* MP_MPI_SAME_CALLS */
 
 #endif /* MP_MPI_H */
