@@ -128,6 +128,7 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
   MPI_Comm comm, inter;
   int n, busy;
+  int *pids; /* per worker rank - 1: its pid when on this host, else 0 */
 } spawned;
 static mp_mpi_pool *live_pools; /* freed at exit, before MPI_Finalize */
 
@@ -1131,6 +1132,16 @@ static int poll_batches(mp_mpi_pool *p, MPI_Request *rq) {
  * peer that is gone ("may hang"): the pool ends the job itself, with a
  * message naming the rank, rather than wait forever. Checked every 50 ms
  * while work is in flight. */
+static void check_dead(mp_mpi_pool *p, int wi) {
+  struct worker *w = &p->w[wi];
+  fprintf(stderr,
+          "libmp-mpi: worker rank %d (pid %d) died with %zu chunks in flight; ending the job\n",
+          w->rank, w->pid, w->qn);
+  alarm(5); /* should MPI_Abort wait on the dead peer */
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  _exit(1);
+}
+
 static void check_workers(mp_mpi_pool *p) {
   struct pollfd fds[64];
   for (int base = 0; base < p->nworkers; base += 64) {
@@ -1143,16 +1154,8 @@ static void check_workers(mp_mpi_pool *p) {
     if (n == 0 || poll(fds, (nfds_t)n, 0) <= 0)
       continue;
     for (int k = 0; k < n; k++)
-      if (fds[k].revents) {
-        struct worker *w = &p->w[map[k]];
-        fprintf(stderr,
-                "libmp-mpi: worker rank %d (pid %d) died with %zu chunks in flight; "
-                "ending the job\n",
-                w->rank, w->pid, w->qn);
-        alarm(5); /* should MPI_Abort wait on the dead peer */
-        MPI_Abort(MPI_COMM_WORLD, 1);
-        _exit(1);
-      }
+      if (fds[k].revents)
+        check_dead(p, map[k]);
   }
 }
 
@@ -1283,6 +1286,8 @@ static void spawned_release_cache(void) {
   if (spawned.n && !spawned.busy) {
     spawned_release(&spawned.comm, &spawned.inter, spawned.n);
     spawned.n = 0;
+    free(spawned.pids);
+    spawned.pids = NULL;
   }
 }
 
@@ -1291,12 +1296,16 @@ static void pool_comm_free(mp_mpi_pool *p) {
   if (p->inter == MPI_COMM_NULL) {
     g.world_busy = 0;
   } else if (p->cached) {
+    for (int i = 0; i < p->nworkers; i++)
+      spawned.pids[i] = p->w[i].pid;
     spawned.busy = 0;
-  } else if (!spawned.n) {
+  } else if (!spawned.n && (spawned.pids = calloc((size_t)p->nworkers, sizeof(int)))) {
     spawned.comm = p->comm;
     spawned.inter = p->inter;
     spawned.n = p->nworkers;
     spawned.busy = 0;
+    for (int i = 0; i < p->nworkers; i++)
+      spawned.pids[i] = p->w[i].pid;
   } else {
     spawned_release(&p->comm, &p->inter, p->nworkers);
   }
@@ -1381,6 +1390,14 @@ int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool 
       p->comm = spawned.comm;
       p->inter = spawned.inter;
       p->cached = 1;
+      /* watched from now on: one may have died since the last pool */
+      for (int i = 0; i < processes; i++)
+        if (spawned.pids[i]) {
+          p->w[i].pid = spawned.pids[i];
+          p->w[i].pidfd = (int)syscall(SYS_pidfd_open, (pid_t)spawned.pids[i], 0);
+          if (p->w[i].pidfd < 0)
+            check_dead(p, i);
+        }
     } else {
       spawned_release_cache(); /* too few: spawn a set of the right size */
     }
@@ -1443,17 +1460,44 @@ int mp_mpi_pool_new(int processes, const mp_mpi_pool_options *opts, mp_mpi_pool 
   r = 0;
   char host[sizeof c.host] = {0};
   gethostname(host, sizeof host - 1);
+  /* The replies, watching the workers known to be on this host: a dead one
+   * would never answer. */
+  struct ctrl *replies = calloc((size_t)processes, sizeof *replies);
+  MPI_Request *rq = calloc((size_t)processes, sizeof *rq);
+  if (!replies || !rq) {
+    free(replies);
+    free(rq);
+    r = -ENOMEM;
+    goto fail_workers;
+  }
+  for (int i = 0; i < processes; i++)
+    MPI_Irecv(&replies[i], sizeof *replies, MPI_BYTE, i + 1, TAG_CTRL, p->comm, &rq[i]);
+  struct backoff bo = {0};
+  double checked = now_s();
+  for (int done = 0; !done;) {
+    MPI_Testall(processes, rq, &done, MPI_STATUSES_IGNORE);
+    if (done)
+      break;
+    if (now_s() - checked > 0.05) {
+      checked = now_s();
+      check_workers(p);
+    }
+    backoff_wait(&bo);
+  }
+  free(rq);
   for (int i = 0; i < processes; i++) {
-    struct ctrl reply;
-    MPI_Recv(&reply, sizeof reply, MPI_BYTE, i + 1, TAG_CTRL, p->comm, MPI_STATUS_IGNORE);
+    struct ctrl reply = replies[i];
     if (reply.status < 0 && r == 0)
       r = reply.status;
     reply.host[sizeof reply.host - 1] = 0;
-    if (!strcmp(reply.host, host)) {
+    if (!strcmp(reply.host, host) && p->w[i].pid != reply.pid) {
+      if (p->w[i].pidfd >= 0)
+        close(p->w[i].pidfd);
       p->w[i].pid = reply.pid;
       p->w[i].pidfd = (int)syscall(SYS_pidfd_open, (pid_t)reply.pid, 0);
     }
   }
+  free(replies);
   if (r < 0)
     goto fail_workers;
   r = pthread_create(&p->thread, NULL, progress_main, p);

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A worker rank dies in the middle of a map (run_mpi.py --kill-worker kills
- * it with SIGKILL): the caller must not hang. The program prints the
- * workers' pids and `mapping`, then maps 2000 tasks of 5 ms; the job must
- * end, non-zero, within seconds of the kill, with a message naming the dead
- * rank. Reaching the end of main() (the map finishing) is a failure.
+ * A worker rank dies (run_mpi.py --kill-worker kills it with SIGKILL when
+ * the program prints `mapping`): the caller must not hang. The program
+ * prints the workers' pids and `mapping`, then maps 2000 tasks of 5 ms (or,
+ * with the argument `between`, frees its pool first and makes a new one a
+ * second later: the death happens between two pools); the job must end,
+ * non-zero, within seconds of the kill, with a message naming the dead
+ * rank. Reaching the end of main() is a failure.
  */
 #include <errno.h>
 #include <mp-mpi.h>
@@ -28,7 +30,8 @@ static int slow(const void *item, void *result, void *ctx) {
   return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  int between = argc > 1 && !strcmp(argv[argc - 1], "between");
   int r = mp_mpi_pool_serve();
   mp_mpi_pool *p;
   if (r == 0)
@@ -55,7 +58,20 @@ int main(void) {
     fprintf(stderr, "could not find two workers (%d)\n", r);
     return 1;
   }
-  printf("rank0 %d\nworkers %d %d\nmapping\n", (int)getpid(), a, b);
+  printf("rank0 %d\nworkers %d %d\n", (int)getpid(), a, b);
+  if (between) {
+    mp_mpi_pool_free(p);
+    printf("mapping\n");
+    fflush(stdout);
+    sleep(1);
+    r = mp_mpi_pool_new(2, NULL, &p);
+    if (r < 0) {
+      printf("mp_mpi_pool_new: %s after a worker died\n", strerror(-r));
+      return 0;
+    }
+  } else {
+    printf("mapping\n");
+  }
   fflush(stdout);
   for (int i = 0; i < 2000; i++)
     in[i] = i;
