@@ -224,7 +224,7 @@ MP_MPI_EXPORT int mp_mpi_pool_apply_async(mp_mpi_pool *pool, mp_mpi_pool_apply_f
  *
  * Item i is `(const char *)items + i * item_size`, its result goes to
  * `(char *)results + i * result_size`. Chunks of @p chunksize items (0:
- * ceil(n / (4 * workers)), as Python, at most 1 MiB of items and results)
+ * ceil(n / (4 * workers)), as Python, at most 256 KiB of items and results)
  * go to whichever worker is free next.
  * @return 0 when every item succeeded; else the status of the failing item
  *         with the lowest index (its chunk stops there; other chunks'

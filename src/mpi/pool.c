@@ -71,9 +71,9 @@ enum { F_EXT = 1, F_WHOLE = 2 };
 
 #define BATCH_MAX (64 * 1024)
 #define INLINE_MAX (8 * 1024)
-#define MSG_MAX ((size_t)1 << 30)      /* one message, one chunk: at most 1 GiB */
-#define CHUNK_BYTES_DEFAULT (1u << 20) /* default chunks: at most 1 MiB in + out */
-#define WINDOW_BYTES (2u << 20)        /* items in flight per worker */
+#define MSG_MAX ((size_t)1 << 30)        /* one message, one chunk: at most 1 GiB */
+#define CHUNK_BYTES_DEFAULT (256u << 10) /* default chunks: at most 256 KiB in + out */
+#define WINDOW_BYTES (2u << 20)          /* items in flight per worker */
 #define PREFETCH_DEFAULT 64
 
 /* A chunk to run, in a batch (rank 0 to worker). Followed by its data
@@ -503,8 +503,11 @@ static int run_rec(MPI_Comm comm, const struct rec *rc, const char *inl, struct 
                         .done = i,
                         .len = s < 0 && ext ? i * rc->result_size : rlen,
                         .flags = ext ? F_EXT : 0};
+    /* A large result goes at once: rank 0 posts its receive (into the
+     * caller's array) when the record arrives, and the transfer overlaps
+     * with this worker's next chunk. */
     if (ext)
-      return outb_add_ext(o, res, rr->len);
+      return outb_add_ext(o, res, rr->len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
     return 0;
   }
   mp_mpi_pool_out out = {0};
@@ -520,7 +523,7 @@ static int run_rec(MPI_Comm comm, const struct rec *rc, const char *inl, struct 
   }
   *rr = (struct rrec){.seq = rc->seq, .status = s, .len = len, .flags = ext ? F_EXT : 0};
   if (ext)
-    return outb_add_ext(o, out.buf, len);
+    return outb_add_ext(o, out.buf, len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
   if (len)
     memcpy(rr + 1, out.buf, len);
   free(out.buf);
@@ -728,6 +731,7 @@ struct worker {
 enum { OP_RBATCH = 1, OP_SEND, OP_RDATA };
 struct op {
   int kind;
+  int bulk;   /* a large payload: it moves only while rank 0 polls */
   int worker; /* OP_RBATCH */
   void *buf;  /* OP_SEND: freed at completion; OP_RDATA: apply result */
   job *job;   /* OP_RDATA */
@@ -757,6 +761,7 @@ struct mp_mpi_pool {
   struct op *ops;
   int *idx;
   int nreq, reqcap;
+  int bulk;  /* requests moving large payloads */
   int rr;    /* the worker dealt to first next time */
   job *done; /* completed jobs, delivered outside the mutex */
   mp_mpi_pool *live_next;
@@ -791,6 +796,7 @@ static int add_req(mp_mpi_pool *p, MPI_Request r, struct op op) {
   }
   p->reqs[p->nreq] = r;
   p->ops[p->nreq++] = op;
+  p->bulk += op.bulk;
   return 0;
 }
 
@@ -865,8 +871,10 @@ static void on_rbatch(mp_mpi_pool *p, int wi, int cnt) {
       MPI_Request r;
       if (MPI_Irecv(dest, (int)rr.len, MPI_BYTE, w->rank, TAG_RDATA, p->comm, &r) != MPI_SUCCESS)
         fatal("MPI_Irecv failed");
-      if (add_req(p, r,
-                  (struct op){.kind = OP_RDATA, .buf = buf, .job = j, .chunk = f.chunk, .rr = rr}) <
+      if (add_req(
+              p, r,
+              (struct op){
+                  .kind = OP_RDATA, .buf = buf, .job = j, .chunk = f.chunk, .rr = rr, .bulk = 1}) <
           0)
         fatal("out of memory");
       p->inflight++; /* until its data is in */
@@ -906,7 +914,7 @@ static int flush_batch(mp_mpi_pool *p, struct worker *w) {
     /* The bytes belong to the caller (map items) or to the job (an apply's
      * copy), which lives until the chunk's result is in, so after the worker
      * has received them. */
-    if (add_req(p, r, (struct op){.kind = OP_SEND}) < 0)
+    if (add_req(p, r, (struct op){.kind = OP_SEND, .bulk = 1}) < 0)
       return -ENOMEM;
   }
   w->next = 0;
@@ -1078,6 +1086,7 @@ static int poll_requests(mp_mpi_pool *p) {
   for (int k = 0; k < outcount; k++) {
     int i = p->idx[k];
     struct op *op = &p->ops[i];
+    p->bulk -= op->bulk;
     if (op->kind == OP_SEND) {
       free(op->buf);
     } else if (op->kind == OP_RDATA) {
@@ -1207,7 +1216,12 @@ static void *progress_main(void *arg) {
       continue;
     }
     pthread_mutex_unlock(&p->mu);
-    backoff_wait(&bo);
+    /* A large payload in transit moves only while MPI is polled here (its
+     * fragments are copied by the polling side): no sleeping then. */
+    if (p->bulk)
+      sched_yield();
+    else
+      backoff_wait(&bo);
     pthread_mutex_lock(&p->mu);
   }
   pthread_mutex_unlock(&p->mu);
