@@ -69,9 +69,11 @@ MP_EXPORT const char *mp_strerror(int code) {
     return "the socket cannot be a libmp connection (neither SOCK_SEQPACKET nor a stream)";
   case ENOTCONN:
     return "not connected: a stream socket not connected, or a handle not started or connected";
-  case EOPNOTSUPP:
-    return "not supported: descriptors cannot travel over a stream connection, or the object has "
-           "no such method";
+  case EOPNOTSUPP: /* also ENOTSUP, the same number on Linux */
+    return "not supported: descriptors cannot travel over a stream connection, the object has no "
+           "such method, or the MPI pool cannot do this (maxtasksperchild, thread support)";
+  case ENOEXEC:
+    return "a worker runs another executable, or a task's function is not the same there";
   case EPROTO:
     return "the stream does not carry libmp's framing: the connection is unusable";
   case ENOBUFS:

@@ -10,7 +10,7 @@ root = pathlib.Path(sys.argv[1])
 man3 = pathlib.Path(sys.argv[2]) / "man3"
 names = set()
 for h in [*(root / "include").rglob("*.h"), *(root / "include").rglob("*.h.in")]:
-    for m in re.finditer(r"^MP_EXPORT\b[^;(]*?\b(mp_[a-z0-9_]+)\s*\(", h.read_text(), re.M):
+    for m in re.finditer(r"^MP(?:_MPI)?_EXPORT\b[^;(]*?\b(mp_[a-z0-9_]+)\s*\(", h.read_text(), re.M):
         names.add(m.group(1))
 missing = sorted(n for n in names if not (man3 / f"{n}.3").is_file())
 for n in missing:
