@@ -696,12 +696,12 @@ struct waiter {
 struct sobj {
   int kind;
   const struct custom_type *ct;
-  void *self;     /* a custom type's instance */
-  mp_obj *val;    /* dict, list, namespace, queue items, value, array */
-  int64_t num;    /* semaphore value, event flag, queue maxsize */
-  int64_t bound;  /* a bounded semaphore's initial value */
-  uint64_t owner; /* lock, rlock, condition: the holding client, 0 when free */
-  int64_t count;  /* rlock and condition recursion depth */
+  void *self;      /* a custom type's instance */
+  mp_obj *val;     /* dict, list, namespace, queue items, value, array */
+  int64_t num;     /* semaphore value, event flag, queue maxsize */
+  int64_t bound;   /* a bounded semaphore's initial value */
+  uint64_t owner;  /* lock, rlock, condition: the holding client, 0 when free */
+  int64_t count;   /* rlock and condition recursion depth */
   uint64_t holder; /* the client that created it: the only one that may release it */
   struct waiter *waiters;
   int busy; /* threads waiting on it */
@@ -791,8 +791,8 @@ static int srv_wait(struct server *s, struct sobj *o, const mp__deadline *d) {
   o->busy++;
   int64_t slice = mp__now_ns() + SRV_WAIT_SLICE_NS;
   struct timespec at = {(time_t)(slice / 1000000000), (long)(slice % 1000000000)};
-  if (!d->forever && (d->at.tv_sec < at.tv_sec ||
-                      (d->at.tv_sec == at.tv_sec && d->at.tv_nsec < at.tv_nsec)))
+  if (!d->forever &&
+      (d->at.tv_sec < at.tv_sec || (d->at.tv_sec == at.tv_sec && d->at.tv_nsec < at.tv_nsec)))
     at = d->at;
   pthread_cond_timedwait(&s->cv, &s->mu, &at);
   o->busy--;
@@ -1800,10 +1800,10 @@ struct mp_manager {
   bool started, connected, stopped;
   struct chan ch; /* the connection of process conn_pid */
   pid_t conn_pid;
-  struct shchan *sh; /* its shared channel (2b), or NULL */
-  uint32_t sh_seq;   /* the last request sequence published in it */
-  bool no_sh;        /* the socket path only (options.no_shared_channel) */
-  bool abandoned;    /* a call gave up its connection: the next reconnects */
+  struct shchan *sh;               /* its shared channel (2b), or NULL */
+  uint32_t sh_seq;                 /* the last request sequence published in it */
+  bool no_sh;                      /* the socket path only (options.no_shared_channel) */
+  bool abandoned;                  /* a call gave up its connection: the next reconnects */
   int max_clients, max_handshakes; /* the served server's bounds (options) */
   /* mu serves the process whose pid is in mu_pid. A forked child finds its
    * parent's pid there (and mu perhaps held by a thread that does not exist
@@ -2004,9 +2004,9 @@ MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
 static int manager_connect(mp_manager *m, const mp__deadline *limit) {
   mp__deadline d;
   mp__deadline_init(&d, 30.0);
-  if (limit && !limit->forever && (limit->at.tv_sec < d.at.tv_sec ||
-                                   (limit->at.tv_sec == d.at.tv_sec &&
-                                    limit->at.tv_nsec < d.at.tv_nsec)))
+  if (limit && !limit->forever &&
+      (limit->at.tv_sec < d.at.tv_sec ||
+       (limit->at.tv_sec == d.at.tv_sec && limit->at.tv_nsec < d.at.tv_nsec)))
     d = *limit;
   int fd = connect_to(&m->addr, SOCK_STREAM, &d);
   if (fd < 0)
@@ -2163,8 +2163,8 @@ static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const 
       /* a slice, or less when the caller's deadline comes first */
       mp__deadline sd;
       mp__deadline_init(&sd, SH_SLICE_NS / 1e9);
-      if (!d->forever && mp__now_ns() + SH_SLICE_NS >
-                             (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec)
+      if (!d->forever &&
+          mp__now_ns() + SH_SLICE_NS > (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec)
         sd = *d;
       mp__futex_wait(&b->resp_seq, seen, &sd);
     }

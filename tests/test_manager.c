@@ -1827,8 +1827,8 @@ static void test_manager_listen_keeps_umask(void **state) {
  * 20 killed getters leaves the next item to the next client. */
 struct doomed_waiter {
   mp_proxy *p;
-  int sem;  /* acquire instead of get */
-  int wfd;  /* written just before blocking */
+  int sem; /* acquire instead of get */
+  int wfd; /* written just before blocking */
 };
 
 static int doomed_waiter_main(void *arg) {
@@ -1897,8 +1897,8 @@ static void test_manager_killed_waiter_takes_nothing(void **state) {
  * the key; a server whose slots all hold authenticated clients says so. */
 static void test_manager_idle_connections_do_not_lock_out(void **state) {
   (void)state;
-  mp_manager_options o = {.authkey = "k3y", .authkey_len = 3, .max_clients = 16,
-                          .max_handshakes = 8};
+  mp_manager_options o = {
+      .authkey = "k3y", .authkey_len = 3, .max_clients = 16, .max_handshakes = 8};
   mp_manager *m;
   assert_int_equal(mp_manager_new(&o, &m), 0);
   assert_int_equal(mp_manager_start(m), 0);
