@@ -26,7 +26,11 @@
  * An object freed while a thread waits on it is only marked `released`; the
  * last waiter (busy count) frees it. A client that disconnects releases the
  * locks, RLocks and Conditions it held, so a dead process never leaves a
- * manager lock held.
+ * manager lock held; and a request whose client is gone takes nothing
+ * (client_gone: looked at before each take and after each wait).
+ *   authed, pending  connections past the handshake and in it (srv_accept
+ *               bounds both); each object's `holder` is the connection that
+ *               created it, the only one that may release it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1106,6 +1110,15 @@ static int call_condition(struct server *s, struct sobj *o, const char *m, const
         *pp = w.next;
         break;
       }
+  } else if (client_gone()) {
+    /* a notification must not go to the dead: pass it to the next waiter */
+    struct waiter *next = o->waiters;
+    if (next) {
+      next->notified = true;
+      o->waiters = next->next;
+      wake_all(s);
+    }
+    return -EPIPE;
   } else {
     r = 0;
   }

@@ -2125,6 +2125,53 @@ static void test_manager_dict_proxy_removals(void **state) {
   mp_manager_free(m);
 }
 
+/* A notification that finds its waiter dead goes to the next waiter. */
+struct cond_waiter {
+  mp_proxy *c;
+  int wfd;
+  double timeout;
+};
+
+static int cond_waiter_main(void *arg) {
+  struct cond_waiter *w = arg;
+  CHILD_CHECK(mp_lock_proxy_acquire(w->c, 5.0) == 0);
+  CHILD_CHECK(write(w->wfd, "x", 1) == 1);
+  int r = mp_condition_proxy_wait(w->c, w->timeout);
+  CHILD_CHECK(r == 0);
+  CHILD_CHECK(mp_lock_proxy_release(w->c) == 0);
+  return 0;
+}
+
+static void test_manager_notify_skips_dead_waiter(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *c;
+  assert_int_equal(mp_manager_condition(m, &c), 0);
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  struct cond_waiter wa = {c, pfd[1], MP_FOREVER}, wb = {c, pfd[1], 5.0};
+  char b;
+  pid_t a = tu_fork(cond_waiter_main, &wa, 30);
+  assert_true(a > 0);
+  assert_int_equal(read(pfd[0], &b, 1), 1);
+  tu_sleep(0.1); /* a waits */
+  pid_t bb = tu_fork(cond_waiter_main, &wb, 30);
+  assert_true(bb > 0);
+  assert_int_equal(read(pfd[0], &b, 1), 1);
+  tu_sleep(0.1); /* b waits behind a */
+  kill(a, SIGKILL);
+  assert_int_equal(tu_wait(a), 1000 + SIGKILL);
+  /* at once, before a's request looks at its client by itself */
+  assert_int_equal(mp_lock_proxy_acquire(c, 5.0), 0);
+  assert_int_equal(mp_condition_proxy_notify(c, 1), 0);
+  assert_int_equal(mp_lock_proxy_release(c), 0);
+  assert_child_ok(bb);
+  close(pfd[0]);
+  close(pfd[1]);
+  mp_proxy_free(c);
+  mp_manager_free(m);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   if (getenv("MP_TEST_FILTER")) /* run one test: MP_TEST_FILTER=test_manager_queue */
@@ -2169,6 +2216,7 @@ int main(void) {
       cmocka_unit_test(test_manager_release_needs_creator),
       cmocka_unit_test(test_manager_dict_index),
       cmocka_unit_test(test_manager_dict_proxy_removals),
+      cmocka_unit_test(test_manager_notify_skips_dead_waiter),
   };
   return TU_RUN("manager", tests);
 }

@@ -99,7 +99,10 @@
  *
  * A client that dies (or gives up its connection) while its get or acquire
  * waits takes nothing: the server looks at the client's connection right
- * before it takes an item or a unit, so the next getter gets it. A
+ * before it takes an item or a unit, so the next getter gets it; a
+ * Condition notification that finds its waiter dead goes to the next
+ * waiter; a put still waiting for room is dropped (its client never
+ * learnt of it); a waiting request of a dead client ends within 1 s. A
  * request whose client is killed after the server took the item (the reply
  * in flight) loses that item, as a process killed right after a successful
  * get would.
