@@ -1843,8 +1843,8 @@ static int doomed_waiter_main(void *arg) {
   return 99; /* never: the parent kills it while it waits */
 }
 
-static void killed_waiters_take_nothing(int sem, int no_sh) {
-  mp_manager_options o = {.no_shared_channel = no_sh};
+static void killed_waiters_take_nothing(int sem, int no_sh, const char *address) {
+  mp_manager_options o = {.no_shared_channel = no_sh, .address = address};
   mp_manager *m;
   assert_int_equal(mp_manager_new(&o, &m), 0);
   assert_int_equal(mp_manager_start(m), 0);
@@ -1887,10 +1887,11 @@ static void killed_waiters_take_nothing(int sem, int no_sh) {
 
 static void test_manager_killed_waiter_takes_nothing(void **state) {
   (void)state;
-  killed_waiters_take_nothing(0, 0);
-  killed_waiters_take_nothing(1, 0);
-  killed_waiters_take_nothing(0, 1);
-  killed_waiters_take_nothing(1, 1);
+  killed_waiters_take_nothing(0, 0, NULL);
+  killed_waiters_take_nothing(1, 0, NULL);
+  killed_waiters_take_nothing(0, 1, NULL);
+  killed_waiters_take_nothing(1, 1, NULL);
+  killed_waiters_take_nothing(0, 0, "127.0.0.1:0"); /* TCP: the end is a FIN */
 }
 
 /* Idle connections that never authenticate do not lock out a client with
