@@ -100,6 +100,7 @@ static int child_set(void *arg) {
 static int child_lock_then_set(void *arg) {
   struct objs *o = arg;
   CHILD_CHECK(mp_lock_proxy_acquire(o->l, 5.0) == 0);
+  tu_sleep(0.05); /* the server's thread goes to sleep on the socket */
   dict_set(o->d, 1, 1);
   return 99;
 }
