@@ -26,7 +26,11 @@
  * An object freed while a thread waits on it is only marked `released`; the
  * last waiter (busy count) frees it. A client that disconnects releases the
  * locks, RLocks and Conditions it held, so a dead process never leaves a
- * manager lock held.
+ * manager lock held; and a request whose client is gone takes nothing
+ * (client_gone: looked at before each take and after each wait).
+ *   authed, pending  connections past the handshake and in it (srv_accept
+ *               bounds both); each object's `holder` is the connection that
+ *               created it, the only one that may release it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,8 +52,10 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sodium.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "internal.h"
 #include "wire.h"
 
@@ -147,14 +153,15 @@ static int listen_at(struct addr *a, int type) {
     return -errno;
   int r = 0;
   if (a->family == AF_UNIX) {
-    /* 0600 from the start: no moment where another user could connect */
-    if (fchmod(fd, 0600) < 0) {
-      /* fchmod on a socket is not portable; the umask below is what counts */
-    }
-    mode_t old = umask(0177);
-    if (bind(fd, (struct sockaddr *)&a->ss, a->len) < 0)
+    /* 0600 from the start: no moment where another user could connect.
+     * Linux makes the socket's file with the socket inode's mode less the
+     * umask, so a mode set here caps the file's; the umask itself is the
+     * whole process's and must not change under its other threads. The
+     * chmod then gives the owner's bits back if the umask took them. */
+    if (fchmod(fd, 0600) < 0)
       r = -errno;
-    umask(old);
+    if (r == 0 && bind(fd, (struct sockaddr *)&a->ss, a->len) < 0)
+      r = -errno;
     if (r == 0 && chmod(addr_path(a), 0600) < 0)
       r = -errno;
   } else {
@@ -398,19 +405,57 @@ static int chan_send_raw(struct chan *c, const void *buf, size_t len, const mp__
  *     and frees the block only when the other's bit was already there.
  *     A server thread ending because its own server shuts down skips the
  *     look (its socket was shut down by its own server) and only ORs.
- * What a SIGKILL leaves behind:
- *   - client killed while writing a request (before req_seq): nothing was
- *     published; the server sees POLLHUP, drops the client as on the socket
- *     path (its locks are released) and frees the block;
- *   - client killed after publishing, or while it waits: the server answers
- *     into the block (nobody reads it), then sees POLLHUP and frees it;
- *   - server killed while writing a reply (before resp_seq): nothing torn is
- *     read; the client's next look at its socket (at most 100 ms later)
- *     shows POLLHUP: the call fails with -EPIPE and the client frees the
- *     block; a later call reconnects as on the socket path;
- *   - both sides killed, or one killed in the instant between the other's
- *     last look at the socket and its OR into `gone`: one block is leaked
- *     (it is the family heap's: the kernel frees it with the family).
+ * What a SIGKILL leaves behind (the crash points, in protocol order; each
+ * is killed at by tests/test_manager_crash.c):
+ *   manager.sh.offer.sent       client killed after offering its block,
+ *                               before the answer: the server accepted it
+ *                               (or not), answers on the socket, sees the
+ *                               end of file and frees the block it took;
+ *                               a block it refused is the family heap's
+ *                               (freed with the family);
+ *   manager.sh.offer.accepted   server killed after taking the block,
+ *                               before its answer: the client's receive
+ *                               ends with the end of file (-EPIPE) and the
+ *                               client frees the block;
+ *   manager.sh.next.server_asleep  server killed after announcing its
+ *                               sleep: the client's wake frame (or its look
+ *                               at the socket, within 100 ms) meets the
+ *                               closed socket: -EPIPE, block freed by it;
+ *   manager.sh.request.written  client killed after writing a request,
+ *                               before publishing it: nothing was
+ *                               published; the server sees the end of
+ *                               file, drops the client as on the socket
+ *                               path (its locks are released) and frees
+ *                               the block;
+ *   manager.sh.request.published  client killed after publishing: the
+ *                               server carries the request out (it looks
+ *                               at the block before it reads the end of
+ *                               file, as a request sent whole on the
+ *                               socket is read before its end), answers
+ *                               into the block, then drops the client and
+ *                               frees the block; a get or an acquire takes
+ *                               nothing (client_gone);
+ *   manager.sh.wait.client_asleep  client killed while it sleeps on the
+ *                               reply: as above; a get still waiting takes
+ *                               nothing, and its thread ends within 1 s;
+ *   manager.sh.reply.written    server killed after writing a reply,
+ *                               before publishing it: nothing torn is
+ *                               read; the client's next look at its socket
+ *                               (at most 100 ms later) shows POLLHUP: the
+ *                               call fails with -EPIPE and the client
+ *                               frees the block; later calls too;
+ *   manager.sh.reply.published  server killed after publishing, before
+ *                               waking the client: the client's slice ends
+ *                               (100 ms) and it reads the whole reply; its
+ *                               next call fails with -EPIPE;
+ *   manager.sh.release.marked   a side killed after ORing its bit into
+ *                               `gone`: when it was first, the other side
+ *                               frees the block when it lets go (end of
+ *                               file or its own bit); when it was second
+ *                               (both sides ending at once), one block is
+ *                               leaked: it is the family heap's, freed
+ *                               with the family. Also leaked: a block
+ *                               whose both sides are killed.
  */
 
 #define SH_MAGIC 0x6d705348u  /* "mpSH" */
@@ -480,6 +525,7 @@ static void sh_release(struct shchan *b, uint32_t mine, bool peer_gone, int fd, 
     peer_gone = sock_peer_gone(fd);
   if (!peer_gone) {
     uint32_t prev = atomic_fetch_or(&b->gone, mine);
+    MP__CRASH(MANAGER_SH_RELEASE_MARKED);
     if (!(prev & (SH_GONE_CLIENT | SH_GONE_SERVER) & ~mine))
       return; /* the other side frees it */
   }
@@ -495,6 +541,9 @@ struct hs_io {
   ssize_t (*recv)(void *ctx, void *buf, size_t cap, const mp__deadline *d);
   void *ctx;
 };
+
+/* A manager server's thread learns that its client proved the key (4). */
+static void client_proved(void);
 
 static int chan_io_send(void *ctx, const void *buf, size_t len, const mp__deadline *d) {
   return chan_send_raw(ctx, buf, len, d);
@@ -549,6 +598,7 @@ static int hs_server(const struct hs_io *io, const void *key, size_t keylen,
     io->send(io->ctx, MP__HS_FAILURE, MP__HS_MAGIC_LEN, d);
     return -EACCES;
   }
+  client_proved(); /* nothing outside a manager server's threads */
   if ((r = io->send(io->ctx, MP__HS_WELCOME, MP__HS_MAGIC_LEN, d)) < 0)
     return r;
   /* the client's challenge */
@@ -575,6 +625,8 @@ static int hs_client(const struct hs_io *io, const void *key, size_t keylen,
   if (n < 0)
     return n == -EBADMSG ? -EACCES : (int)n;
   int kind = mp__hs_parse_challenge(msg, (size_t)n, nonce);
+  if (kind == -EUSERS)
+    return kind; /* a manager whose client slots are all taken */
   if (kind < 0 || (kind == 1) != (key != NULL))
     return -EACCES;
   if (kind == 0)
@@ -648,12 +700,13 @@ struct waiter {
 struct sobj {
   int kind;
   const struct custom_type *ct;
-  void *self;     /* a custom type's instance */
-  mp_obj *val;    /* dict, list, namespace, queue items, value, array */
-  int64_t num;    /* semaphore value, event flag, queue maxsize */
-  int64_t bound;  /* a bounded semaphore's initial value */
-  uint64_t owner; /* lock, rlock, condition: the holding client, 0 when free */
-  int64_t count;  /* rlock and condition recursion depth */
+  void *self;      /* a custom type's instance */
+  mp_obj *val;     /* dict, list, namespace, queue items, value, array */
+  int64_t num;     /* semaphore value, event flag, queue maxsize */
+  int64_t bound;   /* a bounded semaphore's initial value */
+  uint64_t owner;  /* lock, rlock, condition: the holding client, 0 when free */
+  int64_t count;   /* rlock and condition recursion depth */
+  uint64_t holder; /* the client that created it: the only one that may release it */
   struct waiter *waiters;
   int busy; /* threads waiting on it */
   bool released;
@@ -669,6 +722,8 @@ struct client {
   uint32_t resp_seq;     /* the last reply sequence published in it */
   cpu_set_t cpus;        /* the CPUs this thread may use (sh_keep_off) */
   int avoiding;          /* the CPU it keeps off, or -1 */
+  bool authed;           /* past the handshake (counted in srv->authed) */
+  bool evicted;          /* a handshake cut short for a newer connection */
   struct client *next;
 };
 
@@ -677,8 +732,11 @@ struct server {
   pthread_cond_t cv;
   struct sobj **objs;
   size_t n_objs, cap_objs;
-  struct client *clients;
-  int live; /* client threads running */
+  struct client *clients; /* newest first */
+  int live;               /* client threads running */
+  int authed;             /* of which past the handshake */
+  int pending;            /* of which in the handshake and not evicted */
+  int max_clients, max_handshakes;
   uint64_t next_client;
   bool stopping;
   int lfd;
@@ -695,9 +753,38 @@ static void obj_destroy(struct sobj *o) {
   free(o);
 }
 
+/* Connection bounds: see srv_accept(). */
+#define HANDSHAKE_TIMEOUT 5.0
+#define MAX_CLIENTS 1024
+#define MAX_HANDSHAKES 64
+
+/* The client this server thread serves (one thread per client). */
+static __thread struct client *srv_self;
+
+/* Whether the client this thread serves is gone: its end of the socket is
+ * closed (by its process's end, SIGKILL included, or by a call that gave
+ * up; clients never half-close). A request must not take an item or a unit
+ * for a client that can no longer receive it: the server looks right
+ * before it would take one, and after each wait. One poll(), no sleep. */
+static bool client_gone(void) {
+  struct client *c = srv_self;
+  if (!c || c->ch.fd < 0)
+    return false;
+  struct pollfd p = {.fd = c->ch.fd, .events = POLLRDHUP, .revents = 0};
+  int r;
+  do
+    r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* How long a waiting request sleeps between looks at its client: a dead
+ * client's request ends within this, and frees its thread and slot. */
+#define SRV_WAIT_SLICE_NS 1000000000
+
 /* Wait on the server's condition variable until the deadline. 0 when woken
- * (the caller re-checks), -ETIMEDOUT, -EPIPE when the server is stopping,
- * -ESRCH when the object was released. */
+ * (the caller re-checks), -ETIMEDOUT, -EPIPE when the server is stopping or
+ * the client is gone, -ESRCH when the object was released. */
 static int srv_wait(struct server *s, struct sobj *o, const mp__deadline *d) {
   if (s->stopping)
     return -EPIPE;
@@ -706,15 +793,19 @@ static int srv_wait(struct server *s, struct sobj *o, const mp__deadline *d) {
   if (d->nowait || mp__deadline_passed(d))
     return -ETIMEDOUT;
   o->busy++;
-  if (d->forever)
-    pthread_cond_wait(&s->cv, &s->mu);
-  else
-    pthread_cond_timedwait(&s->cv, &s->mu, &d->at);
+  int64_t slice = mp__now_ns() + SRV_WAIT_SLICE_NS;
+  struct timespec at = {(time_t)(slice / 1000000000), (long)(slice % 1000000000)};
+  if (!d->forever &&
+      (d->at.tv_sec < at.tv_sec || (d->at.tv_sec == at.tv_sec && d->at.tv_nsec < at.tv_nsec)))
+    at = d->at;
+  pthread_cond_timedwait(&s->cv, &s->mu, &at);
   o->busy--;
   if (s->stopping)
     return -EPIPE;
   if (o->released)
     return -ESRCH;
+  if (client_gone())
+    return -EPIPE;
   return 0;
 }
 
@@ -762,6 +853,7 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
   if (IS(m, "keys") || IS(m, "items") || IS(m, "values") || IS(m, "copy")) {
     if (IS(m, "copy"))
       return give(d, res);
+    mp__obj_dict_compact(d); /* positions, below, in constant time */
     mp_obj *l = mp_obj_list();
     for (size_t i = 0; l && i < (size_t)mp_obj_len(d); i++) {
       const mp_obj *key, *val;
@@ -806,7 +898,7 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
     return -ENOENT;
   if (IS(m, "get")) {
     const mp_obj *v;
-    mp_obj_dict_item(d, (size_t)at, NULL, &v);
+    mp__obj_dict_entry(d, (size_t)at, NULL, &v);
     return give(v, res);
   }
   mp__obj_dict_remove(d, (size_t)at, NULL, IS(m, "pop") ? res : NULL);
@@ -903,7 +995,7 @@ static int call_namespace(struct sobj *o, const char *m, const mp_obj *a, mp_obj
     return 0;
   }
   const mp_obj *v;
-  mp_obj_dict_item(o->val, (size_t)at, NULL, &v);
+  mp__obj_dict_entry(o->val, (size_t)at, NULL, &v);
   return give(v, res);
 }
 
@@ -927,6 +1019,8 @@ static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_
     while (mp_obj_len(o->val) == 0)
       if ((r = srv_wait(s, o, d)) < 0)
         return r;
+    if (client_gone())
+      return -EPIPE; /* the item stays first for the next getter */
     *res = mp__obj_list_take(o->val, 0);
     wake_all(s);
     return 0;
@@ -941,6 +1035,8 @@ static int do_acquire(struct server *s, struct sobj *o, uint64_t me, const mp__d
     while (o->num == 0)
       if ((r = srv_wait(s, o, d)) < 0)
         return r;
+    if (client_gone())
+      return -EPIPE; /* the unit stays for the next acquirer */
     o->num--;
     return 0;
   }
@@ -951,6 +1047,8 @@ static int do_acquire(struct server *s, struct sobj *o, uint64_t me, const mp__d
   while (o->owner != 0)
     if ((r = srv_wait(s, o, d)) < 0)
       return r;
+  if (client_gone())
+    return -EPIPE;
   o->owner = me;
   o->count = 1;
   return 0;
@@ -1012,6 +1110,15 @@ static int call_condition(struct server *s, struct sobj *o, const char *m, const
         *pp = w.next;
         break;
       }
+  } else if (client_gone()) {
+    /* a notification must not go to the dead: pass it to the next waiter */
+    struct waiter *next = o->waiters;
+    if (next) {
+      next->notified = true;
+      o->waiters = next->next;
+      wake_all(s);
+    }
+    return -EPIPE;
   } else {
     r = 0;
   }
@@ -1180,16 +1287,21 @@ static struct sobj *srv_find(struct server *s, int64_t id) {
   return s->objs[id - 1];
 }
 
-static void srv_release(struct server *s, int64_t id) {
+/* Release object id for client me: only its creator may (see "Who may use
+ * an object" in manager.h). */
+static int srv_release(struct server *s, int64_t id, uint64_t me) {
   struct sobj *o = srv_find(s, id);
   if (!o)
-    return;
+    return -ESRCH;
+  if (o->holder != me)
+    return -EPERM;
   s->objs[id - 1] = NULL;
   o->released = true;
   wake_all(s);
   if (o->busy == 0)
     obj_destroy(o);
   /* otherwise the last waiter frees it (see client_request) */
+  return 0;
 }
 
 static int sh_accept(struct client *c, int64_t addr, const mp_obj *args);
@@ -1210,8 +1322,13 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   if (mp__deadline_init(&d, timeout) < 0)
     return -EINVAL;
   switch (op) {
-  case MP__OP_CREATE: return srv_create(s, method, args, res);
-  case MP__OP_RELEASE: srv_release(s, id); return 0;
+  case MP__OP_CREATE: {
+    int r = srv_create(s, method, args, res);
+    if (r == 0)
+      s->objs[s->n_objs - 1]->holder = c->id;
+    return r;
+  }
+  case MP__OP_RELEASE: return srv_release(s, id, c->id);
   case MP__OP_SHUTDOWN:
     /* Waits end now; the listener is told only after the reply has left
      * (client_main), so the asker learns the shutdown happened. */
@@ -1261,6 +1378,7 @@ static int sh_accept(struct client *c, int64_t addr, const mp_obj *args) {
   if (b->magic != SH_MAGIC || memcmp(b->nonce, nonce, SH_NONCE) != 0)
     return -EXDEV; /* not the client's memory: another family's heap */
   c->sh = b;
+  MP__CRASH(MANAGER_SH_OFFER_ACCEPTED);
   c->req_seen = atomic_load(&b->req_seq);
   c->resp_seq = atomic_load(&b->resp_seq);
   c->avoiding = -1;
@@ -1319,7 +1437,9 @@ static ssize_t sh_server_next(struct client *c, const char **p) {
       if (poll(pf, 2, 0) > 0) {
         if (pf[1].revents)
           return -ECANCELED;
-        sock = true;
+        /* a request published before the client's end is still carried
+         * out, as one sent whole on the socket is */
+        sock = atomic_load(&b->req_seq) == c->req_seen;
         break;
       }
       int64_t now = mp__now_ns();
@@ -1330,6 +1450,7 @@ static ssize_t sh_server_next(struct client *c, const char **p) {
       /* sleep: announce it, re-check, then poll until a wake frame, a
        * large request or the client's end arrives */
       atomic_store(&b->server_asleep, 1);
+      MP__CRASH(MANAGER_SH_SERVER_ASLEEP);
       if (atomic_load(&b->req_seq) != c->req_seen) {
         atomic_store(&b->server_asleep, 0);
         break;
@@ -1341,7 +1462,7 @@ static ssize_t sh_server_next(struct client *c, const char **p) {
       atomic_store(&b->server_asleep, 0);
       if (pf[1].revents)
         return -ECANCELED;
-      sock = true;
+      sock = atomic_load(&b->req_seq) == c->req_seen; /* as above */
       break;
     }
     if (!sock) {
@@ -1369,7 +1490,9 @@ static int sh_server_reply(struct client *c, const char *out, size_t len) {
   if (fits)
     memcpy(b->data, out + MP__FRAME_HDR, n);
   b->resp_len = fits ? (uint32_t)n : SH_ON_SOCKET;
+  MP__CRASH(MANAGER_SH_REPLY_WRITTEN);
   atomic_store(&b->resp_seq, ++c->resp_seq);
+  MP__CRASH(MANAGER_SH_REPLY_PUBLISHED);
   if (atomic_exchange(&b->client_asleep, 0))
     mp__futex_wake(&b->resp_seq, 1);
   if (fits)
@@ -1393,13 +1516,37 @@ static void srv_drop_client(struct server *s, uint64_t me) {
   }
 }
 
+/* The client this thread serves has proved the key (or the server has
+ * none): from now on it counts as authenticated, so no newer connection
+ * ends its handshake (srv_accept). */
+static void client_proved(void) {
+  struct client *c = srv_self;
+  if (!c)
+    return;
+  struct server *s = c->srv;
+  pthread_mutex_lock(&s->mu);
+  if (!c->authed && !c->evicted) {
+    c->authed = true;
+    s->pending--;
+    s->authed++;
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
 static void *client_main(void *arg_) {
   struct client *c = arg_;
   struct server *s = c->srv;
+  srv_self = c;
   struct hs_io io = {chan_io_send, chan_io_recv, &c->ch};
   mp__deadline hd;
-  mp__deadline_init(&hd, 30.0);
+  mp__deadline_init(&hd, HANDSHAKE_TIMEOUT);
   int r = hs_server(&io, s->key, s->keylen, &hd);
+  if (r == 0)
+    client_proved(); /* an open server: no proof */
+  pthread_mutex_lock(&s->mu);
+  if (r == 0 && c->evicted)
+    r = -ECONNABORTED;
+  pthread_mutex_unlock(&s->mu);
   mp__deadline forever = {.forever = true};
   bool eof = false;
   while (r == 0) {
@@ -1459,6 +1606,10 @@ static void *client_main(void *arg_) {
   c->sh = NULL;
   pthread_mutex_lock(&s->mu);
   srv_drop_client(s, c->id);
+  if (c->authed)
+    s->authed--;
+  else if (!c->evicted)
+    s->pending--;
   for (struct client **pp = &s->clients; *pp; pp = &(*pp)->next)
     if (*pp == c) {
       *pp = c->next;
@@ -1472,7 +1623,29 @@ static void *client_main(void *arg_) {
   return NULL;
 }
 
-#define MAX_CLIENTS 1024
+/* Connections: at most max_clients (options; MAX_CLIENTS by default)
+ * authenticated or in the handshake, of which at most max_handshakes
+ * (MAX_HANDSHAKES) in it, each for at most HANDSHAKE_TIMEOUT. A client
+ * counts as authenticated from the moment it proved the key
+ * (client_proved). Idle connections that never prove it must not lock out
+ * clients that do: a connection that finds the handshake slots (or all
+ * slots) taken ends the oldest handshake, which a client with the key
+ * would have finished in a few round trips. Only a server whose slots all
+ * hold authenticated clients turns a connection away, and says so
+ * (MP__HS_FULL: -EUSERS at the client), unlike a wrong key (-EACCES). */
+
+/* End the oldest handshake in progress (s->mu held). */
+static void srv_evict_oldest(struct server *s) {
+  struct client *old = NULL;
+  for (struct client *c = s->clients; c; c = c->next)
+    if (!c->authed && !c->evicted)
+      old = c; /* the list is newest first */
+  if (!old)
+    return;
+  old->evicted = true;
+  s->pending--;
+  shutdown(old->ch.fd, SHUT_RDWR); /* its thread closes it, under s->mu */
+}
 
 static void srv_accept(struct server *s) {
   int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -1486,9 +1659,29 @@ static void srv_accept(struct server *s) {
   }
   struct client *c = calloc(1, sizeof *c);
   pthread_mutex_lock(&s->mu);
-  if (!c || s->live >= MAX_CLIENTS || s->stopping) {
+  if (!c || s->stopping) {
     pthread_mutex_unlock(&s->mu);
     free(c);
+    close(fd);
+    return;
+  }
+  if (s->pending >= s->max_handshakes ||
+      (s->authed < s->max_clients && s->authed + s->pending >= s->max_clients))
+    srv_evict_oldest(s);
+  /* evicted threads end at once; give them a moment when they lag */
+  for (int i = 0; i < 10 && s->live >= s->max_clients + s->max_handshakes; i++) {
+    int64_t t = mp__now_ns() + 100000000;
+    struct timespec at = {(time_t)(t / 1000000000), (long)(t % 1000000000)};
+    pthread_cond_timedwait(&s->cv, &s->mu, &at);
+  }
+  if (s->authed >= s->max_clients || s->live >= s->max_clients + s->max_handshakes) {
+    pthread_mutex_unlock(&s->mu);
+    free(c);
+    struct chan tmp;
+    chan_init(&tmp, fd);
+    mp__deadline now;
+    mp__deadline_init(&now, 0);
+    chan_send_raw(&tmp, MP__HS_FULL, MP__HS_MAGIC_LEN, &now); /* the buffer is empty */
     close(fd);
     return;
   }
@@ -1511,17 +1704,21 @@ static void srv_accept(struct server *s) {
   c->next = s->clients;
   s->clients = c;
   s->live++;
+  s->pending++;
   pthread_mutex_unlock(&s->mu);
 }
 
 /* Serve on lfd until a shutdown request; then end every client thread and
  * free every object. Returns 0 or a negative errno if it could not start. */
-static int serve(int lfd, const void *key, size_t keylen) {
+static int serve(int lfd, const void *key, size_t keylen, int max_clients, int max_handshakes) {
   struct server s;
   memset(&s, 0, sizeof s);
   s.lfd = lfd;
   s.key = key;
   s.keylen = keylen;
+  s.max_clients = max_clients;
+  s.max_handshakes = max_handshakes;
+  mp__obj_hash_rekey(); /* this server's dicts hash with a key of its own */
   if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0)
     return -errno;
   if (pipe2(s.stop, O_CLOEXEC | O_NONBLOCK) < 0) {
@@ -1616,9 +1813,17 @@ struct mp_manager {
   bool started, connected, stopped;
   struct chan ch; /* the connection of process conn_pid */
   pid_t conn_pid;
-  struct shchan *sh; /* its shared channel (2b), or NULL */
-  uint32_t sh_seq;   /* the last request sequence published in it */
-  bool no_sh;        /* the socket path only (options.no_shared_channel) */
+  struct shchan *sh;               /* its shared channel (2b), or NULL */
+  uint32_t sh_seq;                 /* the last request sequence published in it */
+  bool no_sh;                      /* the socket path only (options.no_shared_channel) */
+  bool abandoned;                  /* a call gave up its connection: the next reconnects */
+  int max_clients, max_handshakes; /* the served server's bounds (options) */
+  /* mu serves the process whose pid is in mu_pid. A forked child finds its
+   * parent's pid there (and mu perhaps held by a thread that does not exist
+   * in the child): the first of its threads to exchange the pid for -pid
+   * initialises mu and then stores its own pid; the others wait meanwhile,
+   * so mu is never initialised under a thread that holds it. */
+  _Atomic pid_t mu_pid;
   pthread_mutex_t mu;
 };
 
@@ -1647,9 +1852,17 @@ MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
     m->keylen = 32; /* made at start, or none for connect/serve */
   }
   m->no_sh = o.no_shared_channel != 0;
+  if (o.max_clients < 0 || o.max_handshakes < 0) {
+    sodium_memzero(m->key, sizeof m->key);
+    free(m);
+    return -EINVAL;
+  }
+  m->max_clients = o.max_clients ? o.max_clients : MAX_CLIENTS;
+  m->max_handshakes = o.max_handshakes ? o.max_handshakes : MAX_HANDSHAKES;
   m->lfd = -1;
   chan_init(&m->ch, -1);
   pthread_mutex_init(&m->mu, NULL);
+  atomic_init(&m->mu_pid, getpid());
   m->magic = MANAGER_MAGIC;
   *ret = m;
   return 0;
@@ -1712,9 +1925,9 @@ static void server_on_term(int sig) {
   _exit(0);
 }
 
-static int manager_connect(mp_manager *m);
+static int manager_connect(mp_manager *m, const mp__deadline *limit);
 static bool manager_ok(const mp_manager *m);
-static int sh_offer(mp_manager *m);
+static int sh_offer(mp_manager *m, const mp__deadline *d);
 
 MP_EXPORT int mp_manager_start(mp_manager *m) {
   if (!manager_ok(m))
@@ -1762,7 +1975,7 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
       /* best effort: an old kernel keeps the inherited descriptors */
     }
     syscall(SYS_close_range, (unsigned)lfd + 1, ~0u, 0u);
-    serve(lfd, m->auth ? m->key : NULL, m->keylen);
+    serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
     server_on_term(0);
   }
   close(m->lfd);
@@ -1770,7 +1983,7 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
   m->server = pid;
   m->starter = parent;
   m->started = true;
-  int r = manager_connect(m);
+  int r = manager_connect(m, NULL);
   if (r < 0) {
     kill(pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
@@ -1792,18 +2005,22 @@ MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
     if (r < 0)
       return r;
   }
-  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen);
+  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
   close(m->lfd);
   m->lfd = -1;
   remove_socket(m);
   return r;
 }
 
-/* Open this process's connection. Called with m->mu held (or before the
- * handle is shared). */
-static int manager_connect(mp_manager *m) {
+/* Open this process's connection, by deadline limit (NULL: 30 s; never
+ * more). Called with m->mu held (or before the handle is shared). */
+static int manager_connect(mp_manager *m, const mp__deadline *limit) {
   mp__deadline d;
   mp__deadline_init(&d, 30.0);
+  if (limit && !limit->forever &&
+      (limit->at.tv_sec < d.at.tv_sec ||
+       (limit->at.tv_sec == d.at.tv_sec && limit->at.tv_nsec < d.at.tv_nsec)))
+    d = *limit;
   int fd = connect_to(&m->addr, SOCK_STREAM, &d);
   if (fd < 0)
     return fd;
@@ -1818,10 +2035,11 @@ static int manager_connect(mp_manager *m) {
   m->ch = ch;
   m->conn_pid = getpid();
   m->sh = NULL;
+  m->abandoned = false;
   /* a server forked by this family's mp_manager_start(), over its Unix
    * socket: the same heap */
   if (m->started && m->addr.family == AF_UNIX && !m->no_sh)
-    return sh_offer(m);
+    return sh_offer(m, &d);
   return 0;
 }
 
@@ -1832,7 +2050,7 @@ MP_EXPORT int mp_manager_connect(mp_manager *m) {
     return -EALREADY;
   if (!m->auth)
     m->keylen = 0;
-  int r = manager_connect(m);
+  int r = manager_connect(m, NULL);
   if (r == 0)
     m->connected = true;
   return r;
@@ -1868,7 +2086,7 @@ static void client_close(mp_manager *m, bool peer_gone) {
 /* Offer a shared channel to the server just connected (2b). 0 when the
  * connection is usable, with or without the channel; a negative errno when
  * it broke (then it is closed). */
-static int sh_offer(mp_manager *m) {
+static int sh_offer(mp_manager *m, const mp__deadline *d) {
   struct shchan *b = mp_heap_alloc(SH_BLOCK);
   if (!b)
     return 0;
@@ -1887,11 +2105,11 @@ static int sh_offer(mp_manager *m) {
     mp_heap_free(b);
     return 0;
   }
-  mp__deadline forever = {.forever = true};
-  r = chan_send(&m->ch, out, len, &forever);
+  r = chan_send(&m->ch, out, len, d);
   free(out);
+  MP__CRASH(MANAGER_SH_OFFER_SENT);
   const char *p;
-  ssize_t n = r == 0 ? chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever) : r;
+  ssize_t n = r == 0 ? chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, d) : r;
   mp_obj *rep = NULL;
   int64_t status = -1;
   if (n >= 0 && mp__obj_decode(p, (size_t)n, MP__MSG_DEPTH, &rep) == 0 && nargs(rep, 2) &&
@@ -1912,12 +2130,14 @@ static int sh_offer(mp_manager *m) {
   return n < 0 ? (int)n : -EBADMSG;
 }
 
-/* One request and the wait for its reply on this process's shared channel.
- * The reply's length, *p pointing into the block or the socket's buffer;
- * -EPIPE when the server is gone; other negative errno as chan_recv(). */
-static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const char **p) {
+/* One request and the wait for its reply on this process's shared channel,
+ * by deadline d. The reply's length, *p pointing into the block or the
+ * socket's buffer; -EPIPE when the server is gone; -ETIMEDOUT at the
+ * deadline (the caller then gives up the connection: the server may still
+ * answer into the block); other negative errno as chan_recv(). */
+static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const char **p,
+                              const mp__deadline *d) {
   struct shchan *b = m->sh;
-  mp__deadline forever = {.forever = true};
   size_t n = len - MP__FRAME_HDR;
   /* relaxed: only the server writes it, and only in answer to our requests */
   uint32_t seen = atomic_load_explicit(&b->resp_seq, memory_order_relaxed);
@@ -1926,13 +2146,15 @@ static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const 
     memcpy(b->data, out + MP__FRAME_HDR, n);
     b->req_len = (uint32_t)n;
     b->client_cpu = sched_getcpu();
+    MP__CRASH(MANAGER_SH_REQUEST_WRITTEN);
     atomic_store(&b->req_seq, ++m->sh_seq);
+    MP__CRASH(MANAGER_SH_REQUEST_PUBLISHED);
     if (atomic_exchange(&b->server_asleep, 0)) {
       static const char wake[MP__FRAME_HDR];
-      if ((r = chan_send(&m->ch, wake, sizeof wake, &forever)) < 0)
+      if ((r = chan_send(&m->ch, wake, sizeof wake, d)) < 0)
         return r;
     }
-  } else if ((r = chan_send(&m->ch, out, len, &forever)) < 0) {
+  } else if ((r = chan_send(&m->ch, out, len, d)) < 0) {
     return r;
   }
   int64_t spin_end = 0;
@@ -1949,26 +2171,69 @@ static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const 
     if (now < spin_end)
       continue;
     atomic_store(&b->client_asleep, 1);
+    MP__CRASH(MANAGER_SH_CLIENT_ASLEEP);
     if (atomic_load(&b->resp_seq) == seen) {
-      mp__deadline d;
-      mp__deadline_init(&d, SH_SLICE_NS / 1e9);
-      mp__futex_wait(&b->resp_seq, seen, &d);
+      /* a slice, or less when the caller's deadline comes first */
+      mp__deadline sd;
+      mp__deadline_init(&sd, SH_SLICE_NS / 1e9);
+      if (!d->forever &&
+          mp__now_ns() + SH_SLICE_NS > (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec)
+        sd = *d;
+      mp__futex_wait(&b->resp_seq, seen, &sd);
     }
     atomic_store(&b->client_asleep, 0);
     if (atomic_load(&b->resp_seq) == seen && sock_peer_gone(m->ch.fd))
       return -EPIPE;
+    if (atomic_load(&b->resp_seq) == seen && mp__deadline_passed(d))
+      return -ETIMEDOUT;
   }
   atomic_fetch_add_explicit(&sh_calls, 1, memory_order_relaxed); /* a statistic */
   uint32_t rl = b->resp_len;
   if (rl == SH_ON_SOCKET)
-    return chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, p, &forever);
+    return chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, p, d);
   if (rl > SH_CAP)
     return -EBADMSG;
   *p = b->data;
   return (ssize_t)rl;
 }
 
-/* One request and its reply on this process's connection. */
+/* How long a timed call waits for its reply beyond its timeout. The server
+ * ends the wait itself at the timeout and answers -ETIMEDOUT, so only a
+ * server that does not answer at all (stopped, hung, far too slow) makes a
+ * client give up, at the timeout plus this. */
+#define CALL_GRACE 2.0
+
+/* Take m->mu by deadline d, in whichever process calls (see mu_pid). */
+static int manager_lock(mp_manager *m, const mp__deadline *d) {
+  pid_t me = self_pid();
+  for (;;) {
+    pid_t was = atomic_load(&m->mu_pid);
+    if (was == me)
+      break;
+    if (was == -me) { /* another thread of this process initialises it */
+      if (mp__deadline_passed(d) || d->nowait)
+        return -ETIMEDOUT;
+      sched_yield();
+      continue;
+    }
+    /* seq_cst: the winner's init is published by its store of me below */
+    if (atomic_compare_exchange_strong(&m->mu_pid, &was, -me)) {
+      pthread_mutex_init(&m->mu, NULL);
+      atomic_store(&m->mu_pid, me); /* pairs with the load above */
+      break;
+    }
+  }
+  int r = d->forever ? pthread_mutex_lock(&m->mu)
+                     : pthread_mutex_clocklock(&m->mu, CLOCK_MONOTONIC, &d->at);
+  return r == 0 ? 0 : -r;
+}
+
+/* One request and its reply on this process's connection. A timed call
+ * (timeout >= 0) waits for the connection's mutex and the reply by one
+ * deadline, the timeout plus CALL_GRACE; when that passes the reply can
+ * still come, so the call gives the connection up (the server sees it
+ * closed, as for a client that ended: a request it has not yet carried out
+ * takes nothing) and the next call opens a new one. */
 static int manager_call(mp_manager *m, int op, int64_t id, const char *name, const mp_obj *args,
                         double timeout, mp_obj **ret) {
   if (!manager_ok(m))
@@ -1979,29 +2244,31 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
     return -EPIPE;
   if (timeout != timeout)
     return -EINVAL;
+  mp__deadline d;
+  mp__deadline_init(&d, timeout < 0 ? -1.0 : timeout + CALL_GRACE);
   char *out;
   size_t len;
   int r = mp__encode_request(op, id, name, args, timeout < 0 ? -1.0 : timeout, &out, &len);
   if (r < 0)
     return r;
+  if ((r = manager_lock(m, &d)) < 0) {
+    free(out);
+    return r;
+  }
   pid_t me = self_pid();
   if (m->conn_pid != me) {
-    /* a forked child: the inherited connection belongs to the parent, and
-     * so may the mutex's state */
-    pthread_mutex_init(&m->mu, NULL);
-  }
-  pthread_mutex_lock(&m->mu);
-  if (m->conn_pid != me) {
-    /* the parent's shared channel is the parent's too */
+    /* a forked child: the inherited connection and shared channel belong
+     * to the parent */
     m->sh = NULL;
     if (m->ch.fd >= 0) {
       close(m->ch.fd);
       free(m->ch.buf);
       chan_init(&m->ch, -1);
     }
-    r = manager_connect(m);
+    r = manager_connect(m, &d);
+  } else if (m->abandoned && m->ch.fd < 0) {
+    r = manager_connect(m, &d);
   }
-  mp__deadline forever = {.forever = true};
   if (r == 0 && m->ch.fd < 0)
     r = -EPIPE;
   const char *p;
@@ -2009,9 +2276,9 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
   if (r < 0)
     n = r;
   else if (m->sh)
-    n = sh_client_call(m, out, len, &p);
-  else if ((n = chan_send(&m->ch, out, len, &forever)) == 0)
-    n = chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &forever);
+    n = sh_client_call(m, out, len, &p, &d);
+  else if ((n = chan_send(&m->ch, out, len, &d)) == 0)
+    n = chan_recv(&m->ch, MP_OBJ_MAX_MESSAGE + 64, &p, &d);
   free(out);
   mp_obj *rep = NULL;
   if (n >= 0)
@@ -2023,6 +2290,10 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
       client_close(m, n == -EPIPE);
       r = -EPIPE;
     }
+  } else if (n == -ETIMEDOUT && m->ch.fd >= 0) {
+    /* the request (or part of it) may be out and its reply still due */
+    client_close(m, false);
+    m->abandoned = true;
   }
   pthread_mutex_unlock(&m->mu);
   if (r < 0)
@@ -2086,6 +2357,8 @@ MP_EXPORT int mp_manager_free(mp_manager *m) {
     remove_socket(m);
   }
   m->magic = 0;
+  /* the key must not outlive the handle in freed memory */
+  sodium_memzero(m->key, sizeof m->key);
   free(m);
   return 0;
 }

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <math.h>
 #include <msgpack.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -33,6 +34,17 @@
 
 struct pair {
   mp_obj *key, *value;
+};
+
+/* A dict's hash index: linear probing over slots holding entry index + 1
+ * (0: empty), hashed with SipHash (crypto_shorthash) under a key taken from
+ * the process's secret when the index is built, so a peer that does not
+ * know the secret cannot choose keys that collide (a manager server's dicts
+ * hold its clients' keys). Each index keeps its own key: a new secret (see
+ * mp__obj_hash_rekey) applies to indexes built afterwards. */
+struct dindex {
+  unsigned char key[crypto_shorthash_KEYBYTES];
+  uint32_t slot[];
 };
 
 struct mp_obj {
@@ -52,8 +64,9 @@ struct mp_obj {
     struct {
       struct pair *v;
       size_t n, cap;
-      uint32_t *idx; /* open addressing: entry index + 1, 0 empty; NULL while small */
+      struct dindex *idx; /* NULL while small */
       size_t idx_cap;
+      size_t holes; /* removed entries (key NULL) among v[0..n); only with idx */
     } d;
   } u;
 };
@@ -145,6 +158,7 @@ void mp__obj_clear(mp_obj *o) {
       mp_obj_free(o->u.d.v[i].value);
     }
     o->u.d.n = 0;
+    o->u.d.holes = 0;
     free(o->u.d.idx);
     o->u.d.idx = NULL;
     o->u.d.idx_cap = 0;
@@ -189,7 +203,8 @@ MP_EXPORT mp_obj *mp_obj_copy(const mp_obj *o) {
   case MP_OBJ_DICT: {
     mp_obj *d = mp_obj_dict();
     for (size_t i = 0; d && i < o->u.d.n; i++)
-      if (mp_obj_dict_set(d, mp_obj_copy(o->u.d.v[i].key), mp_obj_copy(o->u.d.v[i].value)) < 0) {
+      if (o->u.d.v[i].key && /* not a hole */
+          mp_obj_dict_set(d, mp_obj_copy(o->u.d.v[i].key), mp_obj_copy(o->u.d.v[i].value)) < 0) {
         mp_obj_free(d);
         d = NULL;
       }
@@ -224,13 +239,19 @@ static bool obj_equal(const mp_obj *a, const mp_obj *b) {
         return false;
     return true;
   case MP_OBJ_DICT:
-    if (a->u.d.n != b->u.d.n)
+    if (a->u.d.n - a->u.d.holes != b->u.d.n - b->u.d.holes)
       return false;
-    for (size_t i = 0; i < a->u.d.n; i++)
-      if (!obj_equal(a->u.d.v[i].key, b->u.d.v[i].key) ||
-          !obj_equal(a->u.d.v[i].value, b->u.d.v[i].value))
+    for (size_t i = 0, j = 0;; i++, j++) { /* in order, past the holes */
+      while (i < a->u.d.n && !a->u.d.v[i].key)
+        i++;
+      while (j < b->u.d.n && !b->u.d.v[j].key)
+        j++;
+      if (i == a->u.d.n || j == b->u.d.n)
+        return true; /* both at their ends: the live counts are equal */
+      if (!obj_equal(a->u.d.v[i].key, b->u.d.v[j].key) ||
+          !obj_equal(a->u.d.v[i].value, b->u.d.v[j].value))
         return false;
-    return true;
+    }
   default: return false;
   }
 }
@@ -296,7 +317,7 @@ MP_EXPORT ssize_t mp_obj_len(const mp_obj *o) {
   case MP_OBJ_STR:
   case MP_OBJ_BYTES: return (ssize_t)o->u.s.n;
   case MP_OBJ_LIST: return (ssize_t)o->u.l.n;
-  case MP_OBJ_DICT: return (ssize_t)o->u.d.n;
+  case MP_OBJ_DICT: return (ssize_t)(o->u.d.n - o->u.d.holes);
   default: return -EDOM;
   }
 }
@@ -358,74 +379,133 @@ MP_EXPORT int mp_obj_list_get(const mp_obj *list, int64_t index, const mp_obj **
   return 0;
 }
 
-/* FNV-1a over the value's type and contents. */
-static uint64_t hash_bytes(uint64_t h, const void *p, size_t n) {
-  const unsigned char *c = p;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ c[i]) * 0x100000001b3ull;
+/* The process's secret for new indexes; set once (randomly) on first use,
+ * and anew by mp__obj_hash_rekey(). */
+static unsigned char hash_secret[crypto_shorthash_KEYBYTES];
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+static void hash_secret_init(void) {
+  if (sodium_init() < 0 || mp__random_bytes(hash_secret, sizeof hash_secret) < 0)
+    randombytes_buf(hash_secret, sizeof hash_secret);
+}
+
+void mp__obj_hash_rekey(void) {
+  pthread_once(&hash_once, hash_secret_init);
+  if (mp__random_bytes(hash_secret, sizeof hash_secret) < 0)
+    randombytes_buf(hash_secret, sizeof hash_secret);
+}
+
+/* SipHash-2-4 of one part of a value, keyed by key with the part's type
+ * mixed into it (so an int and 8 bytes with its bits differ). */
+static uint64_t sip(const unsigned char *key, int type, const void *p, size_t n) {
+  unsigned char k[crypto_shorthash_KEYBYTES], out[crypto_shorthash_BYTES];
+  memcpy(k, key, sizeof k);
+  k[0] ^= (unsigned char)type;
+  crypto_shorthash(out, p, n, k);
+  uint64_t h;
+  memcpy(&h, out, sizeof h);
   return h;
 }
 
-static uint64_t obj_hash(const mp_obj *o, uint64_t h) {
-  h = hash_bytes(h, &o->type, sizeof o->type);
+static uint64_t obj_hash(const mp_obj *o, const unsigned char *key) {
   switch (o->type) {
-  case MP_OBJ_BOOL: return hash_bytes(h, &o->u.b, sizeof o->u.b);
-  case MP_OBJ_INT: return hash_bytes(h, &o->u.i, sizeof o->u.i);
+  case MP_OBJ_BOOL: return sip(key, o->type, &o->u.b, sizeof o->u.b);
+  case MP_OBJ_INT: return sip(key, o->type, &o->u.i, sizeof o->u.i);
   case MP_OBJ_FLOAT: {
     double f = o->u.f == 0 ? 0 : o->u.f; /* -0.0 == 0.0 */
-    return hash_bytes(h, &f, sizeof f);
+    return sip(key, o->type, &f, sizeof f);
   }
   case MP_OBJ_STR:
-  case MP_OBJ_BYTES: return hash_bytes(h, o->u.s.p, o->u.s.n);
+  case MP_OBJ_BYTES: return sip(key, o->type, o->u.s.p, o->u.s.n);
   case MP_OBJ_LIST:
-    for (size_t i = 0; i < o->u.l.n; i++)
-      h = obj_hash(o->u.l.v[i], h);
-    return h;
-  case MP_OBJ_DICT:
-    for (size_t i = 0; i < o->u.d.n; i++)
-      h = obj_hash(o->u.d.v[i].value, obj_hash(o->u.d.v[i].key, h));
-    return h;
-  default: return h;
+  case MP_OBJ_DICT: {
+    /* chained: each element's hash into the running one */
+    uint64_t h[2] = {sip(key, o->type, NULL, 0), 0};
+    size_t n = o->type == MP_OBJ_LIST ? o->u.l.n : o->u.d.n;
+    for (size_t i = 0; i < n; i++) {
+      if (o->type == MP_OBJ_LIST) {
+        h[1] = obj_hash(o->u.l.v[i], key);
+      } else if (!o->u.d.v[i].key) {
+        continue; /* a hole */
+      } else {
+        h[1] = obj_hash(o->u.d.v[i].key, key);
+        h[0] = sip(key, o->type, h, sizeof h);
+        h[1] = obj_hash(o->u.d.v[i].value, key);
+      }
+      h[0] = sip(key, o->type, h, sizeof h);
+    }
+    return h[0];
+  }
+  default: return sip(key, o->type, NULL, 0);
   }
 }
 
 static void index_put(mp_obj *d, size_t entry) {
   size_t mask = d->u.d.idx_cap - 1;
-  size_t s = obj_hash(d->u.d.v[entry].key, 0xcbf29ce484222325ull) & mask;
-  while (d->u.d.idx[s])
+  size_t s = obj_hash(d->u.d.v[entry].key, d->u.d.idx->key) & mask;
+  while (d->u.d.idx->slot[s])
     s = (s + 1) & mask;
-  d->u.d.idx[s] = (uint32_t)entry + 1;
+  d->u.d.idx->slot[s] = (uint32_t)entry + 1;
 }
 
-/* Rebuild the index for the current entries (none while small). */
+/* Move the live entries down over the holes, in order. With map (n
+ * entries), map[old] = new position for each live entry. */
+static void squeeze(mp_obj *d, uint32_t *map) {
+  size_t j = 0;
+  for (size_t i = 0; i < d->u.d.n; i++) {
+    if (!d->u.d.v[i].key)
+      continue;
+    if (map)
+      map[i] = (uint32_t)j;
+    d->u.d.v[j++] = d->u.d.v[i];
+  }
+  d->u.d.n = j;
+  d->u.d.holes = 0;
+}
+
+/* Build the index for the current entries (none while small), at twice
+ * their count at least. Done when the dict grows past its index, never on a
+ * removal. */
 static int index_rebuild(mp_obj *d) {
   free(d->u.d.idx);
   d->u.d.idx = NULL;
   d->u.d.idx_cap = 0;
+  squeeze(d, NULL);
   if (d->u.d.n <= DICT_LINEAR)
     return 0;
   size_t cap = 16;
   while (cap < d->u.d.n * 2)
     cap *= 2;
-  d->u.d.idx = calloc(cap, sizeof(uint32_t));
+  d->u.d.idx = calloc(1, sizeof(struct dindex) + cap * sizeof(uint32_t));
   if (!d->u.d.idx)
     return -ENOMEM;
+  pthread_once(&hash_once, hash_secret_init);
+  memcpy(d->u.d.idx->key, hash_secret, sizeof hash_secret);
   d->u.d.idx_cap = cap;
   for (size_t i = 0; i < d->u.d.n; i++)
     index_put(d, i);
   return 0;
 }
 
+/* The slot of entry i in d's index. */
+static size_t index_slot_of(const mp_obj *d, size_t i) {
+  size_t mask = d->u.d.idx_cap - 1;
+  size_t s = obj_hash(d->u.d.v[i].key, d->u.d.idx->key) & mask;
+  while (d->u.d.idx->slot[s] != i + 1)
+    s = (s + 1) & mask;
+  return s;
+}
+
 ssize_t mp__obj_dict_find(const mp_obj *d, const mp_obj *key) {
   if (!d->u.d.idx) {
     for (size_t i = 0; i < d->u.d.n; i++)
-      if (obj_equal(d->u.d.v[i].key, key))
+      if (d->u.d.v[i].key && obj_equal(d->u.d.v[i].key, key))
         return (ssize_t)i;
     return -1;
   }
   size_t mask = d->u.d.idx_cap - 1;
-  for (size_t s = obj_hash(key, 0xcbf29ce484222325ull) & mask;; s = (s + 1) & mask) {
-    uint32_t e = d->u.d.idx[s];
+  for (size_t s = obj_hash(key, d->u.d.idx->key) & mask;; s = (s + 1) & mask) {
+    uint32_t e = d->u.d.idx->slot[s];
     if (!e)
       return -1;
     if (obj_equal(d->u.d.v[e - 1].key, key))
@@ -433,10 +513,71 @@ ssize_t mp__obj_dict_find(const mp_obj *d, const mp_obj *key) {
   }
 }
 
+/* Squeeze the holes out of an indexed dict and renumber its index's slots
+ * to match, without hashing a key again (or, with no memory for the map,
+ * rebuild the index). */
+static void compact(mp_obj *d) {
+  if (!d->u.d.holes)
+    return;
+  uint32_t *map = d->u.d.idx ? malloc(d->u.d.n * sizeof *map) : NULL;
+  if (d->u.d.idx && !map) {
+    index_rebuild(d); /* squeezes; on failure the linear search works */
+    return;
+  }
+  squeeze(d, map);
+  for (size_t s = 0; map && s < d->u.d.idx_cap; s++)
+    if (d->u.d.idx->slot[s])
+      d->u.d.idx->slot[s] = map[d->u.d.idx->slot[s] - 1] + 1;
+  free(map);
+}
+
+void mp__obj_dict_compact(mp_obj *d) { compact(d); }
+
+void mp__obj_dict_entry(const mp_obj *d, size_t i, const mp_obj **key, const mp_obj **value) {
+  if (key)
+    *key = d->u.d.v[i].key;
+  if (value)
+    *value = d->u.d.v[i].value;
+}
+
+/* Removal keeps the entries in insertion order without moving them: in a
+ * small dict (no index) the later entries move down; in an indexed one the
+ * entry becomes a hole, and its index slot is emptied by backward-shift
+ * deletion (later slots of its probe run move back: no tombstone, no other
+ * key hashed but those of that run). When holes outnumber live entries,
+ * compact() squeezes them out (amortised: at least as many removals as it
+ * moves entries). */
 void mp__obj_dict_remove(mp_obj *d, size_t i, mp_obj **key, mp_obj **value) {
   struct pair p = d->u.d.v[i];
-  memmove(d->u.d.v + i, d->u.d.v + i + 1, (d->u.d.n - i - 1) * sizeof(struct pair));
-  d->u.d.n--;
+  if (d->u.d.idx) {
+    size_t mask = d->u.d.idx_cap - 1, hole = index_slot_of(d, i);
+    for (size_t s = (hole + 1) & mask; d->u.d.idx->slot[s]; s = (s + 1) & mask) {
+      size_t home = obj_hash(d->u.d.v[d->u.d.idx->slot[s] - 1].key, d->u.d.idx->key) & mask;
+      /* the slot may fill the hole when its home is not in (hole, s] */
+      if (((s - home) & mask) >= ((s - hole) & mask)) {
+        d->u.d.idx->slot[hole] = d->u.d.idx->slot[s];
+        hole = s;
+      }
+    }
+    d->u.d.idx->slot[hole] = 0;
+    d->u.d.v[i] = (struct pair){NULL, NULL};
+    d->u.d.holes++;
+    while (d->u.d.n && !d->u.d.v[d->u.d.n - 1].key) { /* holes at the end just go */
+      d->u.d.n--;
+      d->u.d.holes--;
+    }
+    if (d->u.d.holes * 2 > d->u.d.n)
+      compact(d);
+    if (d->u.d.n - d->u.d.holes <= DICT_LINEAR) {
+      squeeze(d, NULL); /* small again: the linear search */
+      free(d->u.d.idx);
+      d->u.d.idx = NULL;
+      d->u.d.idx_cap = 0;
+    }
+  } else {
+    memmove(d->u.d.v + i, d->u.d.v + i + 1, (d->u.d.n - i - 1) * sizeof(struct pair));
+    d->u.d.n--;
+  }
   if (key)
     *key = p.key;
   else
@@ -445,9 +586,6 @@ void mp__obj_dict_remove(mp_obj *d, size_t i, mp_obj **key, mp_obj **value) {
     *value = p.value;
   else
     mp_obj_free(p.value);
-  if (index_rebuild(d) < 0) {
-    /* without an index, lookups fall back to the linear search */
-  }
 }
 
 MP_EXPORT int mp_obj_dict_set(mp_obj *dict, mp_obj *key, mp_obj *value) {
@@ -509,8 +647,14 @@ MP_EXPORT int mp_obj_dict_item(const mp_obj *dict, size_t index, const mp_obj **
     return -EINVAL;
   if (dict->type != MP_OBJ_DICT)
     return -EDOM;
-  if (index >= dict->u.d.n)
+  if (index >= dict->u.d.n - dict->u.d.holes)
     return -ERANGE;
+  if (dict->u.d.holes) /* only a manager server's dicts have holes; it compacts before walking */
+    for (size_t i = 0;; i++)
+      if (dict->u.d.v[i].key && index-- == 0) {
+        index = i;
+        break;
+      }
   if (key)
     *key = dict->u.d.v[index].key;
   if (value)
@@ -610,9 +754,12 @@ static void repr(struct out *w, const mp_obj *o) {
     break;
   case MP_OBJ_DICT:
     put(w, "{", 1);
-    for (size_t i = 0; i < o->u.d.n; i++) {
-      if (i)
+    for (size_t i = 0, first = 1; i < o->u.d.n; i++) {
+      if (!o->u.d.v[i].key)
+        continue; /* a hole */
+      if (!first)
         put(w, ", ", 2);
+      first = 0;
       repr(w, o->u.d.v[i].key);
       put(w, ": ", 2);
       repr(w, o->u.d.v[i].value);
@@ -663,11 +810,13 @@ static int pack(msgpack_packer *pk, const mp_obj *o, int depth, size_t *items) {
         return r;
     return 0;
   case MP_OBJ_DICT:
-    if (depth >= MP_OBJ_MAX_DEPTH || o->u.d.n > MP_OBJ_MAX_ITEMS)
+    if (depth >= MP_OBJ_MAX_DEPTH || o->u.d.n - o->u.d.holes > MP_OBJ_MAX_ITEMS)
       return -EMSGSIZE;
-    if (msgpack_pack_map(pk, o->u.d.n))
+    if (msgpack_pack_map(pk, o->u.d.n - o->u.d.holes))
       return -ENOMEM;
     for (size_t i = 0; i < o->u.d.n; i++) {
+      if (!o->u.d.v[i].key)
+        continue; /* a hole */
       if ((r = pack(pk, o->u.d.v[i].key, depth + 1, items)) < 0 ||
           (r = pack(pk, o->u.d.v[i].value, depth + 1, items)) < 0)
         return r;
@@ -895,6 +1044,8 @@ int mp__hs_parse_challenge(const void *buf, size_t len, uint8_t nonce[MP__NONCE_
     memcpy(nonce, (const char *)buf + MP__HS_MAGIC_LEN, MP__NONCE_LEN);
     return 1;
   }
+  if (len == MP__HS_MAGIC_LEN && !memcmp(buf, MP__HS_FULL, MP__HS_MAGIC_LEN))
+    return -EUSERS;
   return -EBADMSG;
 }
 

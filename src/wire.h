@@ -28,8 +28,15 @@ int mp__obj_decode(const void *buf, size_t len, int max_depth, mp_obj **ret);
 /* The index of key in dict d, or -1. */
 ssize_t mp__obj_dict_find(const mp_obj *d, const mp_obj *key);
 /* Remove entry i of dict d and hand back its key and value (either may be
- * NULL: it is freed). */
+ * NULL: it is freed). Mends the hash index in place (no rehash of the
+ * whole index). */
 void mp__obj_dict_remove(mp_obj *d, size_t i, mp_obj **key, mp_obj **value);
+/* Borrow the key and value of entry i (an index from mp__obj_dict_find()).
+ * After removals a dict's entry indexes are not its positions (the removed
+ * entries stay as holes until compacted); mp_obj_dict_item() takes
+ * positions, in linear time while holes remain: compact before a walk. */
+void mp__obj_dict_entry(const mp_obj *d, size_t i, const mp_obj **key, const mp_obj **value);
+void mp__obj_dict_compact(mp_obj *d);
 /* Insert item (taken over) at position i (0..len) of list l. 0 or -ENOMEM. */
 int mp__obj_list_insert(mp_obj *l, size_t i, mp_obj *item);
 /* Remove and return item i of list l. */
@@ -40,6 +47,10 @@ void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item);
 mp_obj *mp__obj_list_at(const mp_obj *l, size_t i);
 /* Empty a list or dict. */
 void mp__obj_clear(mp_obj *o);
+/* Draw a new random secret for the dict indexes this process builds from
+ * now on (a manager server calls it as it starts: its key is its own, not
+ * the one inherited from the process that forked it). */
+void mp__obj_hash_rekey(void);
 
 /* ------------------------------------------------------------- handshake */
 
@@ -52,11 +63,15 @@ void mp__obj_clear(mp_obj *o);
 #define MP__HS_OPEN "MPOPEN1"
 #define MP__HS_WELCOME "MPWELCO"
 #define MP__HS_FAILURE "MPFAILU"
+/* In place of the hello: a manager whose client slots are all taken by
+ * authenticated clients turns the connection away (-EUSERS). */
+#define MP__HS_FULL "MPFULL1"
 /* The largest handshake message. */
 #define MP__HS_MAX 64
 
 /* Parse a challenge. Returns 1 with the nonce stored (authenticated), 0 for
- * an open server, -EBADMSG for anything else. */
+ * an open server, -EUSERS for a full server (MP__HS_FULL), -EBADMSG for
+ * anything else. */
 int mp__hs_parse_challenge(const void *buf, size_t len, uint8_t nonce[MP__NONCE_LEN]);
 /* The answer to a challenge: HMAC-SHA256(key, label || nonce). 0 or -ENOMEM. */
 int mp__hs_answer(const void *key, size_t keylen, char label, const uint8_t *nonce,

@@ -20,7 +20,11 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include "internal.h" /* mp__manager_channel_calls() */
+#include "wire.h"     /* raw requests, the dict index */
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -1636,8 +1640,543 @@ static void test_manager_shared_channel_server_killed(void **state) {
   assert_true(heap_blocks_become(base));
 }
 
+/* ------------------------------------------ timeouts, deaths, bounds, rules */
+
+/* A timed call gives up within its timeout plus the client's grace (2 s)
+ * when the server does not answer at all, then reconnects. */
+static void stopped_server_times_out(int no_sh) {
+  mp_manager_options o = {.no_shared_channel = no_sh};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  mp_proxy *q, *l, *e;
+  assert_int_equal(mp_manager_queue(m, 0, &q), 0);
+  assert_int_equal(mp_manager_lock(m, &l), 0);
+  assert_int_equal(mp_manager_event(m, &e), 0);
+  mp_obj *v = mp_obj_int(7), *got = NULL;
+  assert_int_equal(mp_queue_proxy_put(q, v, 1.0), 0);
+  pid_t srv = mp_manager_pid(m);
+  assert_int_equal(kill(srv, SIGSTOP), 0);
+  int st;
+  assert_int_equal(waitpid(srv, &st, WUNTRACED), srv); /* stopped now */
+  assert_true(WIFSTOPPED(st));
+  double t0 = tu_now();
+  assert_int_equal(mp_queue_proxy_get(q, 0.3, &got), -ETIMEDOUT);
+  double el = tu_now() - t0;
+  assert_true(el >= 0.3 && el < 6.0);
+  t0 = tu_now();
+  assert_int_equal(mp_lock_proxy_acquire(l, MP_NOWAIT), -ETIMEDOUT);
+  assert_int_equal(mp_event_proxy_wait(e, 0.2), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 12.0);
+  assert_int_equal(kill(srv, SIGCONT), 0);
+  /* the abandoned get took nothing: its connection was gone when the
+   * server resumed; the next call reconnects */
+  assert_int_equal(mp_queue_proxy_get(q, 5.0, &got), 0);
+  assert_int_equal(as_int(got), 7);
+  mp_obj_free(got);
+  assert_int_equal(mp_lock_proxy_acquire(l, 1.0), 0);
+  assert_int_equal(mp_lock_proxy_release(l), 0);
+  mp_obj_free(v);
+  mp_proxy_free(q);
+  mp_proxy_free(l);
+  mp_proxy_free(e);
+  mp_manager_free(m);
+}
+
+static void test_manager_timeout_with_stopped_server(void **state) {
+  (void)state;
+  stopped_server_times_out(0);
+  stopped_server_times_out(1);
+}
+
+struct blocker {
+  mp_proxy *q;
+  int r;
+};
+
+static void *forever_get(void *arg) {
+  struct blocker *b = arg;
+  mp_obj *got = NULL;
+  b->r = mp_queue_proxy_get(b->q, MP_FOREVER, &got);
+  mp_obj_free(got);
+  return NULL;
+}
+
+/* A thread's call that waits forever holds the handle's connection; another
+ * thread's timed call still ends by its deadline. */
+static void test_manager_timeout_while_connection_busy(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *q, *e;
+  assert_int_equal(mp_manager_queue(m, 0, &q), 0);
+  assert_int_equal(mp_manager_event(m, &e), 0);
+  struct blocker b = {q, 1};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, forever_get, &b), 0);
+  tu_sleep(0.2);
+  double t0 = tu_now();
+  assert_int_equal(mp_event_proxy_wait(e, 0.2), -ETIMEDOUT);
+  assert_true(tu_now() - t0 < 6.0);
+  /* the server's end ends the forever get (shutdown would wait for it) */
+  assert_int_equal(kill(mp_manager_pid(m), SIGKILL), 0);
+  pthread_join(th, NULL);
+  assert_int_equal(b.r, -EPIPE);
+  mp_proxy_free(q);
+  mp_proxy_free(e);
+  mp_manager_free(m);
+}
+
+/* Threads of a forked child all start with calls at once: the handle's
+ * mutex is set up again by exactly one of them. */
+struct fork_threads {
+  mp_proxy *d;
+  int id;
+  int r;
+};
+
+static void *fork_thread_main(void *arg) {
+  struct fork_threads *f = arg;
+  f->r = 0;
+  for (int i = 0; i < 50 && f->r == 0; i++) { /* keys of its own */
+    mp_obj *k = mp_obj_int(f->id * 100 + i % 7), *v = mp_obj_int(i), *got = NULL;
+    f->r = mp_dict_proxy_set(f->d, k, v);
+    if (f->r == 0)
+      f->r = mp_dict_proxy_get(f->d, k, &got);
+    int64_t x = -1;
+    if (f->r == 0 && (mp_obj_get_int(got, &x) != 0 || x != i))
+      f->r = -EBADMSG;
+    mp_obj_free(k);
+    mp_obj_free(v);
+    mp_obj_free(got);
+  }
+  return NULL;
+}
+
+static int fork_threads_child(void *arg) {
+  mp_proxy *d = arg;
+  struct fork_threads f[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    f[i] = (struct fork_threads){d, i, 1};
+    CHILD_CHECK(pthread_create(&th[i], NULL, fork_thread_main, &f[i]) == 0);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    CHILD_CHECK(f[i].r == 0);
+  }
+  return 0;
+}
+
+static void test_manager_fork_then_threads(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  for (int round = 0; round < 10; round++) {
+    pid_t c = tu_fork(fork_threads_child, d, 30);
+    assert_true(c > 0);
+    assert_child_ok(c);
+  }
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+/* Binding a manager's Unix socket leaves the process's umask alone (other
+ * threads create files meanwhile) and still makes the socket 0600. */
+static atomic_int umask_stop;
+
+static void *umask_watch(void *arg) {
+  int *seen = arg;
+  while (!atomic_load(&umask_stop)) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+      if (!strncmp(line, "Umask:", 6) && strtol(line + 6, NULL, 8) != 022)
+        *seen = 1;
+    if (f)
+      fclose(f);
+  }
+  return NULL;
+}
+
+static void test_manager_listen_keeps_umask(void **state) {
+  (void)state;
+  mode_t old = umask(022);
+  int seen = 0;
+  atomic_store(&umask_stop, 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, umask_watch, &seen), 0);
+  for (int i = 0; i < 300; i++) {
+    mp_manager *m;
+    assert_int_equal(mp_manager_new(NULL, &m), 0);
+    assert_int_equal(mp_manager_listen(m), 0);
+    char addr[256];
+    assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+    struct stat st;
+    assert_int_equal(stat(addr + 5, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    mp_manager_free(m);
+  }
+  atomic_store(&umask_stop, 1);
+  pthread_join(th, NULL);
+  umask(old);
+  assert_int_equal(seen, 0);
+}
+
+/* A client killed while its get (or acquire) waits takes nothing: each of
+ * 20 killed getters leaves the next item to the next client. */
+struct doomed_waiter {
+  mp_proxy *p;
+  int sem; /* acquire instead of get */
+  int wfd; /* written just before blocking */
+};
+
+static int doomed_waiter_main(void *arg) {
+  struct doomed_waiter *w = arg;
+  CHILD_CHECK(write(w->wfd, "x", 1) == 1);
+  if (w->sem)
+    mp_lock_proxy_acquire(w->p, MP_FOREVER);
+  else {
+    mp_obj *got = NULL;
+    mp_queue_proxy_get(w->p, MP_FOREVER, &got);
+  }
+  return 99; /* never: the parent kills it while it waits */
+}
+
+static void killed_waiters_take_nothing(int sem, int no_sh, const char *address) {
+  mp_manager_options o = {.no_shared_channel = no_sh, .address = address};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  mp_proxy *p;
+  if (sem)
+    assert_int_equal(mp_manager_semaphore(m, 0, 0, &p), 0);
+  else
+    assert_int_equal(mp_manager_queue(m, 0, &p), 0);
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  struct doomed_waiter w = {p, sem, pfd[1]};
+  for (int round = 0; round < 20; round++) {
+    pid_t c = tu_fork(doomed_waiter_main, &w, 20);
+    assert_true(c > 0);
+    char b;
+    assert_int_equal(read(pfd[0], &b, 1), 1);
+    tu_sleep(0.1); /* its request reaches the server and waits */
+    kill(c, SIGKILL);
+    assert_int_equal(tu_wait(c), 1000 + SIGKILL);
+    /* one item (unit) now: the dead waiter must leave it */
+    if (sem) {
+      assert_int_equal(mp_lock_proxy_release(p), 0);
+      tu_sleep(0.01);
+      assert_int_equal(mp_lock_proxy_acquire(p, 5.0), 0);
+    } else {
+      mp_obj *v = mp_obj_int(round), *got = NULL;
+      assert_int_equal(mp_queue_proxy_put(p, v, 1.0), 0);
+      tu_sleep(0.01);
+      assert_int_equal(mp_queue_proxy_get(p, 5.0, &got), 0);
+      assert_int_equal(as_int(got), round);
+      mp_obj_free(got);
+      mp_obj_free(v);
+    }
+  }
+  close(pfd[0]);
+  close(pfd[1]);
+  mp_proxy_free(p);
+  mp_manager_free(m);
+}
+
+static void test_manager_killed_waiter_takes_nothing(void **state) {
+  (void)state;
+  killed_waiters_take_nothing(0, 0, NULL);
+  killed_waiters_take_nothing(1, 0, NULL);
+  killed_waiters_take_nothing(0, 1, NULL);
+  killed_waiters_take_nothing(1, 1, NULL);
+  killed_waiters_take_nothing(0, 0, "127.0.0.1:0"); /* TCP: the end is a FIN */
+}
+
+/* Idle connections that never authenticate do not lock out a client with
+ * the key; a server whose slots all hold authenticated clients says so. */
+static void test_manager_idle_connections_do_not_lock_out(void **state) {
+  (void)state;
+  mp_manager_options o = {
+      .authkey = "k3y", .authkey_len = 3, .max_clients = 16, .max_handshakes = 8};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  int idle[64];
+  for (int i = 0; i < 64; i++)
+    idle[i] = raw_connect(addr);
+  mp_manager_options co = {.address = addr, .authkey = "k3y", .authkey_len = 3};
+  for (int i = 0; i < 5; i++) {
+    mp_manager *c;
+    assert_int_equal(mp_manager_new(&co, &c), 0);
+    double t0 = tu_now();
+    assert_int_equal(mp_manager_connect(c), 0);
+    assert_true(tu_now() - t0 < 5.0);
+    mp_proxy *d;
+    assert_int_equal(mp_manager_dict(c, NULL, &d), 0);
+    assert_int_equal(mp_dict_proxy_len(d), 0);
+    mp_proxy_free(d);
+    mp_manager_free(c);
+    /* the idle ones keep coming back */
+    for (int j = 0; j < 16; j++) {
+      close(idle[(i * 16 + j) % 64]);
+      idle[(i * 16 + j) % 64] = raw_connect(addr);
+    }
+  }
+  /* an idle connection is dropped after its handshake's 5 s */
+  int fd = raw_connect(addr);
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+  double t0 = tu_now();
+  char buf[128];
+  for (;;) {
+    assert_true(poll(&p, 1, 10000) == 1);
+    if (recv(fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+      break;
+  }
+  assert_true(tu_now() - t0 < 8.0);
+  close(fd);
+  for (int i = 0; i < 64; i++)
+    close(idle[i]);
+  mp_manager_free(m);
+}
+
+static void test_manager_full_server_says_so(void **state) {
+  (void)state;
+  mp_manager_options o = {.authkey = "k3y", .authkey_len = 3, .max_clients = 3};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0); /* its own connection: one slot */
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager_options co = {.address = addr, .authkey = "k3y", .authkey_len = 3};
+  mp_manager *c[3];
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(mp_manager_new(&co, &c[i]), 0);
+  assert_int_equal(mp_manager_connect(c[0]), 0);
+  assert_int_equal(mp_manager_connect(c[1]), 0);
+  assert_int_equal(mp_manager_connect(c[2]), -EUSERS);
+  /* a wrong key still hears -EACCES only when there is room */
+  mp_manager_free(c[1]);
+  int r = -1;
+  for (int i = 0; i < 200 && r != 0; i++) {
+    mp_manager_free(c[2]);
+    assert_int_equal(mp_manager_new(&co, &c[2]), 0);
+    r = mp_manager_connect(c[2]);
+    if (r != 0) {
+      assert_int_equal(r, -EUSERS);
+      tu_sleep(0.01);
+    }
+  }
+  assert_int_equal(r, 0);
+  mp_manager_free(c[0]);
+  mp_manager_free(c[2]);
+  mp_manager_free(m);
+}
+
+/* Any authenticated client may call any object (the authkey is the
+ * boundary, as in Python); releasing needs the creator's connection, and an
+ * id that does not exist is refused. A raw client on an open server. */
+static int raw_request(int fd, int op, int64_t id, const char *name) {
+  char *out;
+  size_t len;
+  assert_int_equal(mp__encode_request(op, id, name, NULL, -1.0, &out, &len), 0);
+  assert_int_equal(send(fd, out, len, 0), (ssize_t)len);
+  free(out);
+  unsigned char h[4];
+  assert_int_equal(recv(fd, h, 4, MSG_WAITALL), 4);
+  size_t n = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
+  char *body = malloc(n);
+  assert_non_null(body);
+  assert_int_equal(recv(fd, body, n, MSG_WAITALL), (ssize_t)n);
+  mp_obj *rep = NULL;
+  assert_int_equal(mp_obj_decode(body, n, &rep), 0);
+  free(body);
+  const mp_obj *st;
+  assert_int_equal(mp_obj_list_get(rep, 0, &st), 0);
+  int64_t status = as_int(st);
+  mp_obj_free(rep);
+  return (int)status;
+}
+
+static void test_manager_release_needs_creator(void **state) {
+  (void)state;
+  mp_manager_options o = {.no_auth = 1};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0); /* the server's object 1 */
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  int fd = raw_connect(addr);
+  unsigned char hello[4 + MP__HS_MAGIC_LEN];
+  assert_int_equal(recv(fd, hello, sizeof hello, MSG_WAITALL), (ssize_t)sizeof hello);
+  assert_memory_equal(hello + 4, MP__HS_OPEN, MP__HS_MAGIC_LEN);
+  assert_int_equal(raw_request(fd, MP__OP_CALL, 1, "len"), 0);
+  assert_int_equal(raw_request(fd, MP__OP_RELEASE, 1, ""), -EPERM);
+  assert_int_equal(raw_request(fd, MP__OP_RELEASE, 999, ""), -ESRCH);
+  assert_int_equal(raw_request(fd, MP__OP_CALL, 999, "len"), -ESRCH);
+  close(fd);
+  /* the creator's object is still there, and its creator may release it */
+  assert_int_equal(mp_dict_proxy_len(d), 0);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+/* Dict keys: many keys, removals among them, all found (or not) as they
+ * should be; adversarial-looking keys (sharing long prefixes, differing in
+ * one bit) finish quickly; removing every key is not quadratic. */
+static void test_manager_dict_index(void **state) {
+  (void)state;
+  enum { N = 20000 };
+  double t0 = tu_now();
+  mp_obj *d = mp_obj_dict();
+  char key[80];
+  memset(key, 'a', sizeof key);
+  for (int i = 0; i < N; i++) {
+    snprintf(key + 60, 20, "%08x", (unsigned)i * 0x10001u);
+    assert_int_equal(mp_obj_dict_set(d, mp_obj_str(key), mp_obj_int(i)), 0);
+  }
+  assert_int_equal(mp_obj_len(d), N);
+  /* remove every third, from the front: entries keep their order */
+  for (int i = 0; i < N; i += 3) {
+    snprintf(key + 60, 20, "%08x", (unsigned)i * 0x10001u);
+    mp_obj *k = mp_obj_str(key);
+    ssize_t at = mp__obj_dict_find(d, k);
+    assert_true(at >= 0);
+    mp__obj_dict_remove(d, (size_t)at, NULL, NULL);
+    assert_true(mp__obj_dict_find(d, k) < 0);
+    mp_obj_free(k);
+  }
+  int live = N - (N + 2) / 3;
+  assert_int_equal(mp_obj_len(d), live);
+  for (int i = 0; i < N; i++) {
+    snprintf(key + 60, 20, "%08x", (unsigned)i * 0x10001u);
+    const mp_obj *v;
+    int r = mp_obj_dict_get_str(d, key, &v);
+    if (i % 3 == 0) {
+      assert_int_equal(r, -ENOENT);
+    } else {
+      assert_int_equal(r, 0);
+      assert_int_equal(as_int(v), i);
+    }
+  }
+  /* positions are insertion order among the live ones */
+  const mp_obj *k0, *v0;
+  assert_int_equal(mp_obj_dict_item(d, 0, &k0, &v0), 0);
+  assert_int_equal(as_int(v0), 1);
+  assert_int_equal(mp_obj_dict_item(d, (size_t)live - 1, &k0, &v0), 0);
+  assert_int_equal(as_int(v0), N - 1 - ((N - 1) % 3 == 0));
+  /* a copy and an encode/decode round trip agree */
+  mp_obj *c = mp_obj_copy(d);
+  assert_int_equal(mp_obj_equal(c, d), 1);
+  mp_obj_free(c);
+  /* then all, from the front */
+  for (int i = 0; i < N; i++) {
+    if (i % 3 == 0)
+      continue;
+    snprintf(key + 60, 20, "%08x", (unsigned)i * 0x10001u);
+    mp_obj *k = mp_obj_str(key);
+    ssize_t at = mp__obj_dict_find(d, k);
+    assert_true(at >= 0);
+    mp__obj_dict_remove(d, (size_t)at, NULL, NULL);
+    mp_obj_free(k);
+  }
+  assert_int_equal(mp_obj_len(d), 0);
+  mp_obj_free(d);
+  assert_true(tu_now() - t0 < 10.0);
+}
+
+/* The same through a manager's dict: pops of many keys stay fast and
+ * right, and keys() after removals lists the rest in order. */
+static void test_manager_dict_proxy_removals(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  enum { N = 300 };
+  for (int i = 0; i < N; i++) {
+    mp_obj *k = mp_obj_int(i), *v = mp_obj_int(-i);
+    assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+    mp_obj_free(k);
+    mp_obj_free(v);
+  }
+  for (int i = 0; i < N; i += 2) {
+    mp_obj *k = mp_obj_int(i), *got = NULL;
+    assert_int_equal(mp_dict_proxy_pop(d, k, &got), 0);
+    assert_int_equal(as_int(got), -i);
+    mp_obj_free(got);
+    assert_int_equal(mp_dict_proxy_contains(d, k), 0);
+    mp_obj_free(k);
+  }
+  assert_int_equal(mp_dict_proxy_len(d), N / 2);
+  mp_obj *keys = NULL;
+  assert_int_equal(mp_dict_proxy_keys(d, &keys), 0);
+  assert_int_equal(mp_obj_len(keys), N / 2);
+  for (int i = 0; i < N / 2; i++) {
+    const mp_obj *k;
+    assert_int_equal(mp_obj_list_get(keys, i, &k), 0);
+    assert_int_equal(as_int(k), 2 * i + 1);
+  }
+  mp_obj_free(keys);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+/* A notification that finds its waiter dead goes to the next waiter. */
+struct cond_waiter {
+  mp_proxy *c;
+  int wfd;
+  double timeout;
+};
+
+static int cond_waiter_main(void *arg) {
+  struct cond_waiter *w = arg;
+  CHILD_CHECK(mp_lock_proxy_acquire(w->c, 5.0) == 0);
+  CHILD_CHECK(write(w->wfd, "x", 1) == 1);
+  int r = mp_condition_proxy_wait(w->c, w->timeout);
+  CHILD_CHECK(r == 0);
+  CHILD_CHECK(mp_lock_proxy_release(w->c) == 0);
+  return 0;
+}
+
+static void test_manager_notify_skips_dead_waiter(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *c;
+  assert_int_equal(mp_manager_condition(m, &c), 0);
+  int pfd[2];
+  assert_int_equal(pipe(pfd), 0);
+  struct cond_waiter wa = {c, pfd[1], MP_FOREVER}, wb = {c, pfd[1], 5.0};
+  char b;
+  pid_t a = tu_fork(cond_waiter_main, &wa, 30);
+  assert_true(a > 0);
+  assert_int_equal(read(pfd[0], &b, 1), 1);
+  tu_sleep(0.1); /* a waits */
+  pid_t bb = tu_fork(cond_waiter_main, &wb, 30);
+  assert_true(bb > 0);
+  assert_int_equal(read(pfd[0], &b, 1), 1);
+  tu_sleep(0.1); /* b waits behind a */
+  kill(a, SIGKILL);
+  assert_int_equal(tu_wait(a), 1000 + SIGKILL);
+  /* at once, before a's request looks at its client by itself */
+  assert_int_equal(mp_lock_proxy_acquire(c, 5.0), 0);
+  assert_int_equal(mp_condition_proxy_notify(c, 1), 0);
+  assert_int_equal(mp_lock_proxy_release(c), 0);
+  assert_child_ok(bb);
+  close(pfd[0]);
+  close(pfd[1]);
+  mp_proxy_free(c);
+  mp_manager_free(m);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  if (getenv("MP_TEST_FILTER")) /* run one test: MP_TEST_FILTER=test_manager_queue */
+    cmocka_set_test_filter(getenv("MP_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_manager_obj_scalars),
       cmocka_unit_test(test_manager_obj_containers),
@@ -1668,6 +2207,17 @@ int main(void) {
       cmocka_unit_test(test_manager_shared_channel_large_messages),
       cmocka_unit_test(test_manager_shared_channel_client_killed),
       cmocka_unit_test(test_manager_shared_channel_server_killed),
+      cmocka_unit_test(test_manager_timeout_with_stopped_server),
+      cmocka_unit_test(test_manager_timeout_while_connection_busy),
+      cmocka_unit_test(test_manager_fork_then_threads),
+      cmocka_unit_test(test_manager_listen_keeps_umask),
+      cmocka_unit_test(test_manager_killed_waiter_takes_nothing),
+      cmocka_unit_test(test_manager_idle_connections_do_not_lock_out),
+      cmocka_unit_test(test_manager_full_server_says_so),
+      cmocka_unit_test(test_manager_release_needs_creator),
+      cmocka_unit_test(test_manager_dict_index),
+      cmocka_unit_test(test_manager_dict_proxy_removals),
+      cmocka_unit_test(test_manager_notify_skips_dead_waiter),
   };
   return TU_RUN("manager", tests);
 }

@@ -49,7 +49,27 @@
  * run: requests name a built-in type or a type registered with
  * mp_manager_register() and one of its listed methods. The key proves
  * identity; it does not encrypt: use TCP only on networks you trust, or
- * through a tunnel.
+ * through a tunnel. The key is wiped from the handle's memory when it is
+ * freed. A server keeps at most #mp_manager_options.max_clients
+ * connections, of which at most #mp_manager_options.max_handshakes still
+ * in the handshake, each for at most 5 s; connections that never prove the
+ * key cannot lock out a client that does (a new connection ends the oldest
+ * handshake when those slots are taken), and a server whose slots all hold
+ * authenticated clients turns new ones away with `-EUSERS` ("too many
+ * users"), not `-EACCES`. The server's dicts hash their keys with SipHash
+ * under a random key of that server's, so clients cannot choose keys that
+ * collide.
+ *
+ * Who may use an object. The key is the boundary, as in Python (a rule per
+ * server): any authenticated client may call any object that exists, also
+ * one it did not create (object ids are small integers, handed to children
+ * by fork). A call on an id that does not exist (never created, or
+ * released) fails with `-ESRCH`. Releasing an object is reserved to the
+ * connection that created it: mp_proxy_free() in the creating process does
+ * it; a release from any other connection is refused (`-EPERM`) and the
+ * object stays. A connection given up by a timed call (see Timeouts below)
+ * cannot release the objects it created: they then live until the server
+ * ends.
  *
  * Proxies. An #mp_proxy names one object in the server. It holds no
  * connection itself: calls go through its manager's connection, one call at a
@@ -67,7 +87,25 @@
  * the key is refused; `-EMSGSIZE` when a value is beyond the limits;
  * `-ESRCH` when the object no longer exists in the server; `-ENOMEM`.
  * Timeouts are seconds, #MP_FOREVER or #MP_NOWAIT; the server keeps the
- * deadline, and signals neither end nor stretch a call.
+ * deadline, and signals neither end nor stretch a call. A timed call also
+ * waits for its manager handle (another thread's call) and for the
+ * server's answer by a deadline of its own, the timeout plus 2 s: a server
+ * that does not answer at all (stopped, hung) makes the call return
+ * `-ETIMEDOUT` then. Such a call gives up its connection (the reply could
+ * still come): the server, when it goes on, treats it as a client that
+ * ended (a get or acquire not yet carried out takes nothing; Locks, RLocks
+ * and Conditions it held are released), and the next call opens a new
+ * connection. Calls without a timeout wait as long as the server lives.
+ *
+ * A client that dies (or gives up its connection) while its get or acquire
+ * waits takes nothing: the server looks at the client's connection right
+ * before it takes an item or a unit, so the next getter gets it; a
+ * Condition notification that finds its waiter dead goes to the next
+ * waiter; a put still waiting for room is dropped (its client never
+ * learnt of it); a waiting request of a dead client ends within 1 s. A
+ * request whose client is killed after the server took the item (the reply
+ * in flight) loses that item, as a process killed right after a successful
+ * get would.
  */
 #ifndef MP_MANAGER_H
 #define MP_MANAGER_H
@@ -245,12 +283,24 @@ typedef struct mp_manager_options {
    *  only carries messages too large for the block and tells each side of
    *  the other's end. Other clients, and TCP, always use the socket. */
   int no_shared_channel;
+  /** The most connections a served or started server keeps (0: 1024),
+   *  authenticated or in the handshake. When every one is an authenticated
+   *  client, a new connection is turned away: its mp_manager_connect() (or
+   *  a forked child's first call) returns `-EUSERS`. */
+  int max_clients;
+  /** The most connections in the authentication handshake at once (0: 64).
+   *  A handshake lasts at most 5 s; a connection that finds these slots
+   *  (or all #max_clients slots) taken ends the oldest handshake, so idle
+   *  or slow connections that never prove the key cannot lock out a client
+   *  that does. Tests lower it. */
+  int max_handshakes;
 } mp_manager_options;
 
 /**
  * @brief Make a manager handle (Python's `BaseManager(address, authkey)`);
  *        nothing is started or connected yet.
- * @return 0; `-EINVAL` for a bad address or key length or NULL @p ret;
+ * @return 0; `-EINVAL` for a bad address or key length, a negative
+ *         #mp_manager_options.max_clients or max_handshakes, or NULL @p ret;
  *         `-ENOMEM`.
  */
 MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret);
@@ -283,10 +333,11 @@ MP_EXPORT int mp_manager_serve_forever(mp_manager *m);
 /**
  * @brief Connect to a server already running at the options' address
  *        (Python's `connect()`), authenticating with the options' key.
- * @return 0; `-EACCES` when a key is refused (either side); `-ECONNREFUSED`
- *         or `-ENOENT` when nothing listens there; `-ETIMEDOUT` when the
- *         server does not complete the handshake within 30 s; `-EALREADY`;
- *         `-EINVAL`.
+ * @return 0; `-EACCES` when a key is refused (either side); `-EUSERS` when
+ *         the server's client slots (#mp_manager_options.max_clients) all
+ *         hold authenticated clients; `-ECONNREFUSED` or `-ENOENT` when
+ *         nothing listens there; `-ETIMEDOUT` when the server does not
+ *         complete the handshake within 30 s; `-EALREADY`; `-EINVAL`.
  */
 MP_EXPORT int mp_manager_connect(mp_manager *m);
 
