@@ -72,6 +72,8 @@ MP_EXPORT const char *mp_strerror(int code) {
   case EOPNOTSUPP: /* also ENOTSUP, the same number on Linux */
     return "not supported: descriptors cannot travel over a stream connection, the object has no "
            "such method, or the MPI pool cannot do this (maxtasksperchild, thread support)";
+  case EUSERS:
+    return "the manager's server is full: it serves as many clients as its max_clients allows";
   case ENOEXEC:
     return "a worker runs another executable, or a task's function is not the same there";
   case EPROTO:

@@ -46,7 +46,7 @@ want=$(meson introspect "$build" --projectinfo | python3 -c 'import json,sys; pr
 [ "$(pc --modversion libmp)" = "$want" ] || { echo "libmp.pc says $(pc --modversion libmp), meson $want"; exit 1; }
 grep -q '^Requires' "$pcdir/libmp.pc" && { echo "libmp.pc requires other .pc files"; exit 1; }
 cc $sanflags $cflags "$tmp/use.c" -o "$tmp/use" $libs
-libdir=$(dirname "$(find "$tmp/stage" -name 'libmp.so.0' | head -n1)")
+libdir=$(dirname "$(find "$tmp/stage" -name 'libmp.so.[0-9]' | head -n1)")
 LD_LIBRARY_PATH="$libdir" "$tmp/use" | grep -q "timed out"
 echo "pkg-config: ok"
 
