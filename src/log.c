@@ -93,6 +93,11 @@ MP_EXPORT int mp_log_set_handler(int level, mp_log_handler fn, void *arg) {
   return set(level, fn, arg, false);
 }
 
+void mp__log_route_to_stderr(void) {
+  /* a forked server: one thread, nothing to race with */
+  atomic_store_explicit(&sink, &stderr_sink, memory_order_release);
+}
+
 MP_EXPORT int mp_log_get_level(void) {
   int l = atomic_load_explicit(&mp__log_level, memory_order_acquire);
   return l < 0 ? mp__log_init() : l;

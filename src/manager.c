@@ -1543,6 +1543,11 @@ static void *client_main(void *arg_) {
   int r = hs_server(&io, s->key, s->keylen, &hd);
   if (r == 0)
     client_proved(); /* an open server: no proof */
+  if (r == -EACCES)
+    MP__LOG(MP_LOG_WARNING, "manager: connection %lu refused: wrong or missing authentication key",
+            (unsigned long)c->id);
+  else if (r == 0)
+    MP__LOG(MP_LOG_INFO, "manager: client %lu connected", (unsigned long)c->id);
   pthread_mutex_lock(&s->mu);
   if (r == 0 && c->evicted)
     r = -ECONNABORTED;
@@ -1604,6 +1609,9 @@ static void *client_main(void *arg_) {
    * its end of file is the client's */
   sh_release(c->sh, SH_GONE_SERVER, eof, c->ch.fd, true);
   c->sh = NULL;
+  if (c->authed)
+    MP__LOG(MP_LOG_INFO, "manager: client %lu disconnected%s", (unsigned long)c->id,
+            eof ? "" : " (its connection failed)");
   pthread_mutex_lock(&s->mu);
   srv_drop_client(s, c->id);
   if (c->authed)
@@ -1677,6 +1685,8 @@ static void srv_accept(struct server *s) {
   if (s->authed >= s->max_clients || s->live >= s->max_clients + s->max_handshakes) {
     pthread_mutex_unlock(&s->mu);
     free(c);
+    MP__LOG(MP_LOG_WARNING, "manager: a connection was turned away: the server is full "
+                            "(max_clients %d)", s->max_clients);
     struct chan tmp;
     chan_init(&tmp, fd);
     mp__deadline now;
@@ -1862,7 +1872,7 @@ MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
   m->lfd = -1;
   chan_init(&m->ch, -1);
   pthread_mutex_init(&m->mu, NULL);
-  atomic_init(&m->mu_pid, getpid());
+  atomic_init(&m->mu_pid, mp__pid());
   m->magic = MANAGER_MAGIC;
   *ret = m;
   return 0;
@@ -1949,7 +1959,7 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
    * before the fork: then their clients may use shared channels (2b) */
   if (!m->no_sh && m->addr.family == AF_UNIX)
     mp__heap_ensure();
-  pid_t parent = getpid();
+  pid_t parent = mp__pid();
   pid_t pid = fork();
   if (pid < 0) {
     int e = -errno;
@@ -1975,6 +1985,9 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
       /* best effort: an old kernel keeps the inherited descriptors */
     }
     syscall(SYS_close_range, (unsigned)lfd + 1, ~0u, 0u);
+    /* A log handler's descriptors and memory were the parent's: the server,
+     * which closed them, logs to standard error at the same level. */
+    mp__log_route_to_stderr();
     serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
     server_on_term(0);
   }
@@ -2033,7 +2046,7 @@ static int manager_connect(mp_manager *m, const mp__deadline *limit) {
     return r == -EPIPE ? -EACCES : r;
   }
   m->ch = ch;
-  m->conn_pid = getpid();
+  m->conn_pid = mp__pid();
   m->sh = NULL;
   m->abandoned = false;
   /* a server forked by this family's mp_manager_start(), over its Unix
@@ -2067,7 +2080,7 @@ MP_EXPORT ssize_t mp_manager_address(mp_manager *m, char *buf, size_t cap) {
 MP_EXPORT int mp_manager_pid(mp_manager *m) {
   if (!manager_ok(m))
     return -EINVAL;
-  if (!m->started || m->starter != getpid())
+  if (!m->started || m->starter != mp__pid())
     return -ECHILD;
   return m->server;
 }
@@ -2179,7 +2192,11 @@ static ssize_t sh_client_call(mp_manager *m, const char *out, size_t len, const 
       if (!d->forever &&
           mp__now_ns() + SH_SLICE_NS > (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec)
         sd = *d;
-      mp__futex_wait(&b->resp_seq, seen, &sd);
+      int w = mp__futex_wait(&b->resp_seq, seen, &sd);
+      if (w < 0 && w != -ETIMEDOUT) { /* a word that is not the channel's: fail, never spin */
+        atomic_store(&b->client_asleep, 0);
+        return w;
+      }
     }
     atomic_store(&b->client_asleep, 0);
     if (atomic_load(&b->resp_seq) == seen && sock_peer_gone(m->ch.fd))
@@ -2315,13 +2332,13 @@ MP_EXPORT int mp_manager_shutdown(mp_manager *m) {
     return -EINVAL;
   if (!m->started && !m->connected)
     return -ENOTCONN;
-  if (m->started && m->starter != getpid())
+  if (m->started && m->starter != mp__pid())
     return -ECHILD;
   if (m->stopped)
     return -EPIPE;
   int r = manager_call(m, MP__OP_SHUTDOWN, 0, "", NULL, MP_FOREVER, NULL);
   m->stopped = true;
-  if (m->ch.fd >= 0 && m->conn_pid == getpid())
+  if (m->ch.fd >= 0 && m->conn_pid == mp__pid())
     client_close(m, false);
   if (m->started) {
     /* wait up to 5 s for the server to end, then kill it */
@@ -2344,10 +2361,10 @@ MP_EXPORT int mp_manager_free(mp_manager *m) {
     return 0;
   if (!manager_ok(m))
     return -EINVAL;
-  if (m->started && !m->stopped && m->starter == getpid())
+  if (m->started && !m->stopped && m->starter == mp__pid())
     mp_manager_shutdown(m);
   if (m->ch.fd >= 0) {
-    if (m->conn_pid == getpid())
+    if (m->conn_pid == mp__pid())
       client_close(m, false);
     else
       chan_close(&m->ch); /* the parent's connection: its channel too */
@@ -2397,7 +2414,7 @@ MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *a
   p->magic = PROXY_MAGIC;
   p->m = m;
   p->id = v;
-  p->creator = getpid();
+  p->creator = mp__pid();
   p->kind = find_kind(type);
   if (p->kind < 0)
     p->kind = K_CUSTOM;
@@ -2502,7 +2519,7 @@ MP_EXPORT int mp_proxy_free(mp_proxy *p) {
     return 0;
   if (!proxy_ok(p))
     return -EINVAL;
-  if (p->creator == getpid() && manager_ok(p->m) && !p->m->stopped)
+  if (p->creator == mp__pid() && manager_ok(p->m) && !p->m->stopped)
     manager_call(p->m, MP__OP_RELEASE, p->id, "", NULL, MP_FOREVER, NULL);
   p->magic = 0;
   free(p);
@@ -3035,6 +3052,7 @@ MP_EXPORT int mp_listener_close(mp_listener *l) {
   if (l->addr.family == AF_UNIX)
     unlink(addr_path(&l->addr));
   l->magic = LISTENER_DEAD;
+  sodium_memzero(l->key, sizeof l->key); /* the key does not outlive the listener */
   mp__handle_free(l); /* never free()d: a second close sees LISTENER_DEAD */
   return 0;
 }

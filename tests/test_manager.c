@@ -2173,11 +2173,66 @@ static void test_manager_notify_skips_dead_waiter(void **state) {
   mp_manager_free(m);
 }
 
+/* The server logs connections and refused keys, to its standard error
+ * (which it keeps; a handler set in the parent is not carried over, as the
+ * server closes the descriptors such a handler would write to). */
+static void log_nowhere(int level, const char *message, void *arg) {
+  (void)level;
+  (void)message;
+  (void)arg;
+}
+
+static void test_manager_logs_connections_and_refusals(void **state) {
+  (void)state;
+  int fds[2];
+  assert_int_equal(pipe2(fds, O_CLOEXEC | O_NONBLOCK), 0);
+  assert_int_equal(mp_log_set_handler(MP_LOG_INFO, log_nowhere, NULL), 0);
+  fflush(stderr);
+  int saved = dup(2);
+  assert_true(saved >= 0);
+  dup2(fds[1], 2); /* the server's standard error */
+  mp_manager_options o = {.address = "127.0.0.1:0", .authkey = "right key", .authkey_len = 9};
+  mp_manager *m, *c;
+  int started = mp_manager_new(&o, &m) == 0 && mp_manager_start(m) == 0;
+  dup2(saved, 2);
+  close(saved);
+  assert_int_equal(mp_log_to_stderr(MP_LOG_OFF), 0); /* this process: quiet again */
+  assert_true(started);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager_options w = {.address = addr, .authkey = "wrong key", .authkey_len = 9};
+  assert_int_equal(mp_manager_new(&w, &c), 0);
+  assert_int_equal(mp_manager_connect(c), -EACCES);
+  assert_int_equal(mp_manager_free(c), 0);
+  mp_manager_options ok = {.address = addr, .authkey = "right key", .authkey_len = 9};
+  assert_int_equal(mp_manager_new(&ok, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  assert_int_equal(mp_manager_free(c), 0);
+  char buf[4096] = {0};
+  size_t got = 0;
+  double t0 = tu_now();
+  while (tu_now() - t0 < 10 && !(strstr(buf, "refused") && strstr(buf, "disconnected"))) {
+    ssize_t n = read(fds[0], buf + got, sizeof buf - 1 - got);
+    if (n > 0)
+      got += (size_t)n;
+    else
+      tu_sleep(0.01);
+  }
+  assert_non_null(strstr(buf, "[WARNING/"));
+  assert_non_null(strstr(buf, "refused: wrong or missing authentication key"));
+  assert_non_null(strstr(buf, "] manager: client "));
+  assert_non_null(strstr(buf, "disconnected"));
+  assert_int_equal(mp_manager_free(m), 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   if (getenv("MP_TEST_FILTER")) /* run one test: MP_TEST_FILTER=test_manager_queue */
     cmocka_set_test_filter(getenv("MP_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_manager_logs_connections_and_refusals),
       cmocka_unit_test(test_manager_obj_scalars),
       cmocka_unit_test(test_manager_obj_containers),
       cmocka_unit_test(test_manager_obj_encode_decode),

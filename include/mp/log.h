@@ -21,7 +21,9 @@
  * worker killed by SIGSEGV touching memory mapped after the pool started).
  *
  * Across fork: a child keeps its parent's setting and handler (the handler
- * runs in the child, with the child's memory).
+ * runs in the child, with the child's memory). A Manager's server process is
+ * the exception: it closes the descriptors it inherited, so it logs to
+ * standard error (which it keeps) at the level in force when it started.
  */
 #ifndef MP_LOG_H
 #define MP_LOG_H
