@@ -42,12 +42,13 @@ typedef struct mp__deadline {
   bool nowait; /* the caller passed MP_NOWAIT: try once, never sleep */
 } mp__deadline;
 
-/* Turn a public timeout into a deadline: negative -> forever, 0 -> now (and
- * nowait), NaN -> -EINVAL, too large for a timespec -> forever. Returns 0.
- * The forever case is inline: it is the hot path of every blocking call. */
+/* Turn a public timeout into a deadline, by Python's rule: MP_FOREVER
+ * (infinity) -> forever, 0 and every negative value -> now (nowait), NaN ->
+ * -EINVAL, too large for a timespec -> forever. Returns 0 or -EINVAL. The
+ * forever case is inline: it is the hot path of every blocking call. */
 int mp__deadline_init_slow(mp__deadline *d, double timeout);
 static inline int mp__deadline_init(mp__deadline *d, double timeout) {
-  if (__builtin_expect(timeout < 0, 1)) { /* false for NaN */
+  if (__builtin_expect(timeout == MP_FOREVER, 1)) { /* false for NaN */
     d->forever = true;
     d->nowait = false;
     return 0;

@@ -2112,7 +2112,7 @@ static int sh_offer(mp_manager *m, const mp__deadline *d) {
   if (r == 0)
     r = (args = mp_obj_listv(1, mp_obj_bytes(b->nonce, SH_NONCE))) ? 0 : -ENOMEM;
   if (r == 0)
-    r = mp__encode_request(SH_OP_OFFER, (int64_t)(uintptr_t)b, "", args, -1.0, &out, &len);
+    r = mp__encode_request(SH_OP_OFFER, (int64_t)(uintptr_t)b, "", args, MP_FOREVER, &out, &len);
   mp_obj_free(args);
   if (r < 0) {
     mp_heap_free(b);
@@ -2262,10 +2262,12 @@ static int manager_call(mp_manager *m, int op, int64_t id, const char *name, con
   if (timeout != timeout)
     return -EINVAL;
   mp__deadline d;
-  mp__deadline_init(&d, timeout < 0 ? -1.0 : timeout + CALL_GRACE);
+  if (timeout < 0) /* Python's rule: try once */
+    timeout = 0;
+  mp__deadline_init(&d, timeout + CALL_GRACE); /* MP_FOREVER stays forever */
   char *out;
   size_t len;
-  int r = mp__encode_request(op, id, name, args, timeout < 0 ? -1.0 : timeout, &out, &len);
+  int r = mp__encode_request(op, id, name, args, timeout, &out, &len);
   if (r < 0)
     return r;
   if ((r = manager_lock(m, &d)) < 0) {

@@ -824,7 +824,9 @@ MP_EXPORT int mp_barrier_wait(mp_barrier *barrier, double timeout) {
   if (!mp__tag_ok(b, MP__TAG_BARRIER) || isnan(timeout))
     return -EINVAL;
   mp__deadline d;
-  int r = mp__deadline_init(&d, timeout < 0 ? b->timeout : timeout);
+  /* Python's one exception to its rule: wait(None) takes the barrier's own
+   * default, spelled MP_BARRIER_DEFAULT (-infinity); other negatives are 0 */
+  int r = mp__deadline_init(&d, timeout == MP_BARRIER_DEFAULT ? b->timeout : timeout);
   if (r < 0)
     return r;
   barrier_lock(b);

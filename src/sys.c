@@ -24,10 +24,8 @@ int mp__deadline_init_slow(mp__deadline *d, double timeout) {
     return -EINVAL;
   d->nowait = false;
   d->forever = false;
-  if (timeout < 0) {
-    d->forever = true;
-    return 0;
-  }
+  if (timeout < 0) /* Python's rule: a negative timeout tries once */
+    timeout = 0;
   /* Beyond ~292 years the nanosecond arithmetic would overflow: that is
    * forever for every practical purpose. */
   if (timeout > 9.0e9) {

@@ -25,8 +25,14 @@ static void test_internal_deadline_kinds(void **state) {
   assert_true(d.forever);
   assert_false(mp__deadline_passed(&d));
   assert_int_equal(mp__deadline_poll_ms(&d), -1);
-  assert_int_equal(mp__deadline_init(&d, -123.0), 0);
-  assert_true(d.forever);
+  /* Python's rule: a negative timeout tries once, however negative. */
+  static const double negatives[] = {-123.0, -1e-12, -(double)INFINITY};
+  for (size_t i = 0; i < 3; i++) {
+    assert_int_equal(mp__deadline_init(&d, negatives[i]), 0);
+    assert_false(d.forever);
+    assert_true(d.nowait);
+    assert_true(mp__deadline_passed(&d));
+  }
   assert_int_equal(mp__deadline_init(&d, INFINITY), 0);
   assert_true(d.forever);
   assert_int_equal(mp__deadline_init(&d, 1e300), 0);

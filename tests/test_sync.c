@@ -984,10 +984,10 @@ static void test_sync_barrier_wait_timeouts(void **state) {
   assert_int_equal(mp_barrier_broken(b), 0);
   assert_int_equal(mp_barrier_free(b), 0);
 
-  /* a negative timeout means the barrier's own default */
+  /* MP_BARRIER_DEFAULT means the barrier's own default (Python's wait(None)) */
   assert_int_equal(mp_barrier_new(2, NULL, NULL, 0.2, &b), 0);
   t0 = tu_now();
-  assert_int_equal(mp_barrier_wait(b, MP_FOREVER), -ECANCELED);
+  assert_int_equal(mp_barrier_wait(b, MP_BARRIER_DEFAULT), -ECANCELED);
   double el = tu_now() - t0;
   assert_true(el >= 0.2 - 0.01);
   assert_true(el < 2);
@@ -1359,8 +1359,73 @@ static void test_sync_freed_and_foreign_handles(void **state) {
   assert_int_equal(mp_condition_free(c), 0);
 }
 
+/* Python's timeout rule: a negative timeout tries once (as 0), whatever its
+ * size; MP_FOREVER is infinity and blocks; NaN is -EINVAL. For every kind of
+ * blocking call. */
+static void test_sync_negative_timeout_is_zero(void **state) {
+  (void)state;
+  static const double negatives[] = {-1e-9, -0.5, -1.0, -1e300, -(double)INFINITY};
+  assert_true(isinf(MP_FOREVER) && MP_FOREVER > 0);
+  mp_lock *l;
+  mp_semaphore *sem;
+  mp_event *e;
+  mp_condition *c;
+  mp_queue *q;
+  assert_int_equal(mp_lock_new(&l), 0);
+  assert_int_equal(mp_semaphore_new(0, &sem), 0);
+  assert_int_equal(mp_event_new(&e), 0);
+  assert_int_equal(mp_condition_new(NULL, &c), 0);
+  assert_int_equal(mp_queue_new(1, NULL, &q), 0);
+  assert_int_equal(mp_lock_acquire(l, MP_NOWAIT), 0); /* held: a second try must fail */
+  int one = 1;
+  assert_int_equal(mp_queue_put(q, &one, sizeof one, MP_NOWAIT), 0); /* full */
+  for (size_t k = 0; k < sizeof negatives / sizeof negatives[0]; k++) {
+    double t = negatives[k], t0 = tu_now();
+    assert_int_equal(mp_lock_acquire(l, t), -EDEADLK); /* the caller holds it: at once */
+    assert_int_equal(mp_semaphore_acquire(sem, t), -ETIMEDOUT);
+    assert_int_equal(mp_event_wait(e, t), -ETIMEDOUT);
+    assert_int_equal(mp_condition_acquire(c, MP_NOWAIT), 0);
+    assert_int_equal(mp_condition_wait(c, t), -ETIMEDOUT);
+    assert_int_equal(mp_condition_release(c), 0);
+    assert_int_equal(mp_queue_put(q, &one, sizeof one, t), -ETIMEDOUT);
+    int v;
+    assert_int_equal(mp_queue_get(q, &v, sizeof v, t), (ssize_t)sizeof v);
+    assert_int_equal(mp_queue_get(q, &v, sizeof v, t), -ETIMEDOUT);
+    assert_int_equal(mp_queue_put(q, &one, sizeof one, t), 0); /* tries once, succeeds */
+    assert_true(tu_now() - t0 < 1.0); /* none of them slept */
+  }
+  /* A set event, a free semaphore: a negative timeout still takes them. */
+  assert_int_equal(mp_event_set(e), 0);
+  assert_int_equal(mp_event_wait(e, -3), 0);
+  assert_int_equal(mp_semaphore_release(sem), 0);
+  assert_int_equal(mp_semaphore_acquire(sem, -3), 0);
+  /* NaN is an error, not a wait. */
+  assert_int_equal(mp_event_wait(e, NAN), -EINVAL);
+  assert_int_equal(mp_semaphore_acquire(sem, NAN), -EINVAL);
+  assert_int_equal(mp_lock_release(l), 0);
+  assert_int_equal(mp_lock_free(l), 0);
+  assert_int_equal(mp_semaphore_free(sem), 0);
+  assert_int_equal(mp_event_free(e), 0);
+  assert_int_equal(mp_condition_free(c), 0);
+  assert_int_equal(mp_queue_free(q), 0);
+}
+
+/* A Barrier's negative timeout is 0 too: the wait breaks the barrier at
+ * once, where MP_BARRIER_DEFAULT would have waited the default. */
+static void test_sync_barrier_negative_timeout_is_zero(void **state) {
+  (void)state;
+  mp_barrier *b;
+  assert_int_equal(mp_barrier_new(2, NULL, NULL, 30, &b), 0);
+  double t0 = tu_now();
+  assert_int_equal(mp_barrier_wait(b, -1.0), -ECANCELED);
+  assert_true(tu_now() - t0 < 1.0);
+  assert_int_equal(mp_barrier_free(b), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sync_negative_timeout_is_zero),
+      cmocka_unit_test(test_sync_barrier_negative_timeout_is_zero),
       cmocka_unit_test(test_sync_semaphore_basics),
       cmocka_unit_test(test_sync_semaphore_overflow),
       cmocka_unit_test(test_sync_semaphore_acquire_timeouts),

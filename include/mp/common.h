@@ -8,8 +8,10 @@
  * explains any code. errno is never part of the API.
  *
  * Every blocking call takes a timeout in seconds as a `double`, like Python:
- * `MP_FOREVER` (any negative value) blocks until the call can complete,
- * `MP_NOWAIT` (0) tries once. A wait that ends unsatisfied returns
+ * `MP_FOREVER` (infinity) blocks until the call can complete, `MP_NOWAIT`
+ * (0) tries once, and, as in Python, so does any negative timeout: a
+ * remaining time computed as `deadline - now` that went negative never
+ * blocks. A NaN timeout is `-EINVAL`. A wait that ends unsatisfied returns
  * `-ETIMEDOUT`. Signals never end a wait early: an interrupted wait resumes
  * against the same absolute `CLOCK_MONOTONIC` deadline.
  */
@@ -17,6 +19,7 @@
 #define MP_COMMON_H
 
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -30,8 +33,9 @@ extern "C" {
 #define MP_EXPORT
 #endif
 
-/** Block until the call can complete. */
-#define MP_FOREVER (-1.0)
+/** Block until the call can complete: infinity, a value no arithmetic on
+ *  finite times reaches by accident (Python's `timeout=None`). */
+#define MP_FOREVER ((double)INFINITY)
 /** Try once and return `-ETIMEDOUT` at once if the call cannot complete. */
 #define MP_NOWAIT (0.0)
 

@@ -278,14 +278,19 @@ typedef struct mp_barrier mp_barrier;
  */
 typedef int (*mp_barrier_action)(void *arg);
 
+/** For mp_barrier_wait(): use the barrier's default timeout (Python's
+ *  `wait(None)`, the one exception to the rule that a negative timeout is 0:
+ *  minus infinity, which no arithmetic on finite times reaches). */
+#define MP_BARRIER_DEFAULT (-(double)INFINITY)
+
 /**
  * @brief Create a Barrier for @p parties parties.
  * @param action NULL or run once per cycle (see mp_barrier_action); @p arg must
  *               be valid in whichever process arrives last (for instance in
  *               the family heap).
  * @param timeout the default timeout of mp_barrier_wait(), used when a wait is
- *               given a negative timeout; `MP_FOREVER` for none (Python's
- *               `timeout=None`).
+ *               given `MP_BARRIER_DEFAULT`; `MP_FOREVER` for none (Python's
+ *               `timeout=None`); a negative one is 0.
  * @return 0; `-EINVAL` for @p parties of 0 or above `INT_MAX`, a NaN timeout,
  *         NULL @p ret; `-ENOMEM`.
  */
@@ -294,9 +299,9 @@ MP_EXPORT int mp_barrier_new(unsigned parties, mp_barrier_action action, void *a
 
 /**
  * @brief Wait until all parties have called wait.
- * @param timeout seconds, or any negative value (`MP_FOREVER`) for the
- *               barrier's default given to mp_barrier_new(), as Python's
- *               `wait(None)`.
+ * @param timeout seconds (`MP_FOREVER` for none, a negative value is 0), or
+ *               `MP_BARRIER_DEFAULT` for the barrier's default given to
+ *               mp_barrier_new(), as Python's `wait(None)`.
  * @return the party's index in arrival order, 0 for the first to arrive up to
  *         parties-1 for the last, distinct within a cycle; `-ECANCELED` when
  *         the barrier is or becomes broken: aborted, reset while waiting, a
