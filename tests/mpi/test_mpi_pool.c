@@ -342,6 +342,25 @@ static void test_mpi_pool_starmap_and_async(void **state) {
   assert_int_equal(mp_mpi_async_result_get(r, 30), 0);
   assert_int_equal(out[10], 110);
   mp_mpi_async_result_free(r);
+  /* map_async: ready and wait before and after the work is done */
+  int items[200], plus[200];
+  for (int i = 0; i < 200; i++)
+    items[i] = i;
+  memset(plus, 0, sizeof plus);
+  assert_int_equal(mp_mpi_pool_map_async(p, add_one, NULL, items, 200, sizeof *items, plus,
+                                         sizeof *plus, 7, NULL, &r),
+                   0);
+  int ready = mp_mpi_async_result_ready(r);
+  assert_true(ready == 0 || ready == 1);
+  assert_int_equal(mp_mpi_async_result_wait(r, 30), 0);
+  assert_int_equal(mp_mpi_async_result_ready(r), 1);
+  assert_int_equal(mp_mpi_async_result_wait(r, 0), 0); /* ready: returns at once */
+  assert_int_equal(mp_mpi_async_result_get(r, 0), 0);
+  for (int i = 0; i < 200; i++)
+    assert_int_equal(plus[i], i + 1);
+  assert_int_equal(mp_mpi_async_result_ready(NULL), -EINVAL);
+  assert_int_equal(mp_mpi_async_result_wait(NULL, 0), -EINVAL);
+  mp_mpi_async_result_free(r);
   assert_int_equal(mp_mpi_pool_close(p), 0);
   assert_int_equal(mp_mpi_pool_join(p, 30), 0);
   assert_int_equal(cb_calls, 1);
