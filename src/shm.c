@@ -182,10 +182,10 @@ static pid_t self_ident(uint64_t *start) {
   return me;
 }
 
-/* Whether the process that was `pid`, started at `start` (0: unknown), is
- * still running. A zombie counts as dead; when nothing can tell, alive (the
+/* Whether the process that was `pid`, started at `start` (0: unknown; only
+ * the bits of start_mask are compared), is still running. A zombie counts as dead; when nothing can tell, alive (the
  * safe answer: a live process's blocks are never removed). */
-static bool owner_alive(pid_t pid, uint64_t start) {
+static bool alive_since(pid_t pid, uint64_t start, uint64_t start_mask) {
   if (pid <= 0)
     return false;
   if (kill(pid, 0) < 0 && errno == ESRCH)
@@ -199,8 +199,10 @@ static bool owner_alive(pid_t pid, uint64_t start) {
     return true;
   if (st == 'Z' || st == 'X' || st == 'x')
     return false;
-  return !(start && t != start);
+  return !(start && (t & start_mask) != start);
 }
+
+static bool owner_alive(pid_t pid, uint64_t start) { return alive_since(pid, start, ~0ull); }
 
 /* ------------------------------------------------------------ 3. registry */
 
@@ -861,22 +863,8 @@ static uint64_t writer_self(void) {
 /* Whether the writer w is still running: its pid is alive and, when its
  * start time is known on both sides, started when w says. */
 static bool writer_alive(uint64_t w) {
-  pid_t pid = (pid_t)(uint32_t)w;
-  uint32_t start = (uint32_t)(w >> 32);
-  if (pid <= 0)
-    return false;
-  if (kill(pid, 0) < 0 && errno == ESRCH)
-    return false;
-  char st;
-  uint64_t t;
-  int r = read_stat(pid, &st, &t);
-  if (r == -ENOENT || r == -ESRCH)
-    return false;
-  if (r < 0)
-    return true;
-  if (st == 'Z' || st == 'X' || st == 'x')
-    return false;
-  return !(start && (uint32_t)t != start);
+  /* the word keeps the low 32 bits of the start time */
+  return alive_since((pid_t)(uint32_t)w, (uint32_t)(w >> 32), 0xffffffffull);
 }
 
 /* Take the slot for writing by deadline d: 0 and the odd seq value to
