@@ -710,6 +710,7 @@ struct sobj {
   struct waiter *waiters;
   int busy; /* threads waiting on it */
   bool released;
+  bool named; /* published under a name: lives until the server ends */
 };
 
 struct client {
@@ -744,6 +745,16 @@ struct server {
   int stop[2]; /* readable once stopping: wakes threads asleep on a shared channel */
   const void *key;
   size_t keylen;
+  struct name_entry *names; /* named objects (mp_manager_register_object) */
+  size_t n_names, cap_names;
+};
+
+/* A name clients ask for (Python's BaseManager.register('get_queue', ...)):
+ * the object it names is created once and shared by every client. */
+#define NAME_MAX_LEN 64
+struct name_entry {
+  char name[NAME_MAX_LEN];
+  int64_t id;
 };
 
 static void obj_destroy(struct sobj *o) {
@@ -1295,6 +1306,11 @@ static int srv_release(struct server *s, int64_t id, uint64_t me) {
     return -ESRCH;
   if (o->holder != me)
     return -EPERM;
+  if (o->named) {
+    /* the name holds it for every client: the creator only lets go */
+    o->holder = 0;
+    return 0;
+  }
   s->objs[id - 1] = NULL;
   o->released = true;
   wake_all(s);
@@ -1302,6 +1318,55 @@ static int srv_release(struct server *s, int64_t id, uint64_t me) {
     obj_destroy(o);
   /* otherwise the last waiter frees it (see client_request) */
   return 0;
+}
+
+/* The type name an object was created with. */
+static const char *obj_type_name(const struct sobj *o) {
+  return o->kind == K_CUSTOM ? o->ct->name : kind_names[o->kind];
+}
+
+static ssize_t srv_name_find(struct server *s, const char *name) {
+  for (size_t i = 0; i < s->n_names; i++)
+    if (!strcmp(s->names[i].name, name))
+      return (ssize_t)i;
+  return -1;
+}
+
+/* Publish object id under name (s->mu held). From then on the object lives
+ * until the server ends (a release by its creator only lets go of it). */
+static int srv_publish(struct server *s, const char *name, int64_t id) {
+  struct sobj *o = srv_find(s, id);
+  if (!o)
+    return -ESRCH;
+  if (!*name || strlen(name) >= NAME_MAX_LEN)
+    return -EINVAL;
+  if (srv_name_find(s, name) >= 0)
+    return -EEXIST;
+  if (s->n_names == s->cap_names) {
+    size_t nc = s->cap_names ? s->cap_names * 2 : 16;
+    struct name_entry *v = realloc(s->names, nc * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    s->names = v;
+    s->cap_names = nc;
+  }
+  struct name_entry *e = &s->names[s->n_names++];
+  snprintf(e->name, sizeof e->name, "%s", name);
+  e->id = id;
+  o->named = true;
+  return 0;
+}
+
+/* The object a name stands for, as [id, type name]. */
+static int srv_lookup(struct server *s, const char *name, mp_obj **res) {
+  ssize_t i = srv_name_find(s, name);
+  if (i < 0)
+    return -ENOENT;
+  struct sobj *o = srv_find(s, s->names[i].id);
+  if (!o)
+    return -ESRCH; /* cannot happen: a named object is never released */
+  *res = mp_obj_listv(2, mp_obj_int(s->names[i].id), mp_obj_str(obj_type_name(o)));
+  return *res ? 0 : -ENOMEM;
 }
 
 static int sh_accept(struct client *c, int64_t addr, const mp_obj *args);
@@ -1337,6 +1402,8 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
     wake_all(s);
     return 0;
   case SH_OP_OFFER: return sh_accept(c, id, args);
+  case MP__OP_LOOKUP: return srv_lookup(s, method, res);
+  case MP__OP_PUBLISH: return srv_publish(s, method, id);
   case MP__OP_CALL: break;
   default: return -EBADMSG;
   }
@@ -1718,9 +1785,57 @@ static void srv_accept(struct server *s) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* An object to create under a name as the server starts
+ * (mp_manager_register_object), kept by the handle until then. */
+struct named_reg {
+  char name[NAME_MAX_LEN];
+  char type[64];
+  mp_obj *args; /* a list */
+};
+
+/* What a server is to do before it serves (from the handle). */
+struct serve_setup {
+  const struct named_reg *regs;
+  size_t n_regs;
+  mp_manager_initializer init;
+  void *init_arg;
+};
+
+static void serve_free(struct server *s) {
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i])
+      obj_destroy(s->objs[i]);
+  free(s->objs);
+  free(s->names);
+}
+
+/* Run the initializer, then create the named objects, before any client
+ * can connect: every client finds every name. */
+static int serve_prepare(struct server *s, const struct serve_setup *su) {
+  if (su->init)
+    su->init(su->init_arg);
+  for (size_t i = 0; i < su->n_regs; i++) {
+    mp_obj *id = NULL;
+    int64_t v = 0;
+    int r = srv_create(s, su->regs[i].type, su->regs[i].args, &id);
+    if (r == 0)
+      r = mp_obj_get_int(id, &v);
+    mp_obj_free(id);
+    if (r == 0)
+      r = srv_publish(s, su->regs[i].name, v);
+    if (r < 0) {
+      MP__LOG(MP_LOG_ERROR, "manager: the named object '%s' (%s) could not be created: %s",
+              su->regs[i].name, su->regs[i].type, mp_strerror(r));
+      return r;
+    }
+  }
+  return 0;
+}
+
 /* Serve on lfd until a shutdown request; then end every client thread and
  * free every object. Returns 0 or a negative errno if it could not start. */
-static int serve(int lfd, const void *key, size_t keylen, int max_clients, int max_handshakes) {
+static int serve(int lfd, const void *key, size_t keylen, int max_clients, int max_handshakes,
+                 const struct serve_setup *su) {
   struct server s;
   memset(&s, 0, sizeof s);
   s.lfd = lfd;
@@ -1729,12 +1844,21 @@ static int serve(int lfd, const void *key, size_t keylen, int max_clients, int m
   s.max_clients = max_clients;
   s.max_handshakes = max_handshakes;
   mp__obj_hash_rekey(); /* this server's dicts hash with a key of its own */
-  if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0)
-    return -errno;
+  int pr = serve_prepare(&s, su);
+  if (pr < 0) {
+    serve_free(&s);
+    return pr;
+  }
+  if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+    int e = -errno;
+    serve_free(&s);
+    return e;
+  }
   if (pipe2(s.stop, O_CLOEXEC | O_NONBLOCK) < 0) {
     int e = -errno;
     close(s.wake[0]);
     close(s.wake[1]);
+    serve_free(&s);
     return e;
   }
   pthread_condattr_t ca;
@@ -1767,10 +1891,7 @@ static int serve(int lfd, const void *key, size_t keylen, int max_clients, int m
   while (s.live > 0)
     pthread_cond_wait(&s.cv, &s.mu);
   pthread_mutex_unlock(&s.mu);
-  for (size_t i = 0; i < s.n_objs; i++)
-    if (s.objs[i])
-      obj_destroy(s.objs[i]);
-  free(s.objs);
+  serve_free(&s);
   close(s.wake[0]);
   close(s.wake[1]);
   close(s.stop[0]);
@@ -1805,6 +1926,7 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
 
 /* ---------------------------------------------------------- 6. managers */
 
+
 #define MANAGER_MAGIC 0x6d704d47u /* "mpMG" */
 #define PROXY_MAGIC 0x6d705058u   /* "mpPX" */
 
@@ -1828,6 +1950,8 @@ struct mp_manager {
   bool no_sh;                      /* the socket path only (options.no_shared_channel) */
   bool abandoned;                  /* a call gave up its connection: the next reconnects */
   int max_clients, max_handshakes; /* the served server's bounds (options) */
+  struct named_reg *regs;          /* named objects the server will create */
+  size_t n_regs;
   /* mu serves the process whose pid is in mu_pid. A forked child finds its
    * parent's pid there (and mu perhaps held by a thread that does not exist
    * in the child): the first of its threads to exchange the pid for -pid
@@ -1939,7 +2063,7 @@ static int manager_connect(mp_manager *m, const mp__deadline *limit);
 static bool manager_ok(const mp_manager *m);
 static int sh_offer(mp_manager *m, const mp__deadline *d);
 
-MP_EXPORT int mp_manager_start(mp_manager *m) {
+static int manager_start(mp_manager *m, mp_manager_initializer init, void *init_arg) {
   if (!manager_ok(m))
     return -EINVAL;
   if (m->started || m->connected)
@@ -1988,7 +2112,8 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
     /* A log handler's descriptors and memory were the parent's: the server,
      * which closed them, logs to standard error at the same level. */
     mp__log_route_to_stderr();
-    serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
+    struct serve_setup su = {m->regs, m->n_regs, init, init_arg};
+    serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes, &su);
     server_on_term(0);
   }
   close(m->lfd);
@@ -2008,6 +2133,56 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
   return 0;
 }
 
+MP_EXPORT int mp_manager_start(mp_manager *m) { return manager_start(m, NULL, NULL); }
+
+MP_EXPORT int mp_manager_start_with(mp_manager *m, mp_manager_initializer init, void *arg) {
+  if (!init)
+    return -EINVAL;
+  return manager_start(m, init, arg);
+}
+
+MP_EXPORT int mp_manager_register_object(mp_manager *m, const char *name, const char *type,
+                                         const mp_obj *args) {
+  if (!manager_ok(m) || !name || !*name || strlen(name) >= NAME_MAX_LEN || !type ||
+      strlen(type) >= sizeof m->regs[0].type || (args && mp_obj_type(args) != MP_OBJ_LIST))
+    return -EINVAL;
+  if (m->lfd >= 0 || m->started || m->connected)
+    return -EALREADY;
+  int kind = find_kind(type);
+  if (kind < 0 && !find_type(type))
+    return -ENOENT;
+  for (size_t i = 0; i < m->n_regs; i++)
+    if (!strcmp(m->regs[i].name, name))
+      return -EEXIST;
+  /* the server's constructors take a list, as from the wire */
+  mp_obj *a = args ? mp_obj_copy(args) : mp_obj_list();
+  if (!a)
+    return -ENOMEM;
+  if (kind > 0) {
+    /* refuse wrong arguments now rather than in the server */
+    struct sobj trial = {.kind = kind};
+    int r = builtin_init(&trial, a);
+    mp_obj_free(trial.val);
+    if (r < 0) {
+      mp_obj_free(a);
+      return r;
+    }
+  }
+  struct named_reg *v = realloc(m->regs, (m->n_regs + 1) * sizeof *v);
+  if (!v) {
+    mp_obj_free(a);
+    return -ENOMEM;
+  }
+  m->regs = v;
+  struct named_reg *e = &v[m->n_regs];
+  memset(e, 0, sizeof *e);
+  e->args = a;
+  snprintf(e->name, sizeof e->name, "%s", name);
+  snprintf(e->type, sizeof e->type, "%s", type);
+  m->n_regs++;
+  return 0;
+}
+
 MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
   if (!manager_ok(m))
     return -EINVAL;
@@ -2018,7 +2193,9 @@ MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
     if (r < 0)
       return r;
   }
-  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
+  struct serve_setup su = {m->regs, m->n_regs, NULL, NULL};
+  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes,
+                &su);
   close(m->lfd);
   m->lfd = -1;
   remove_socket(m);
@@ -2375,6 +2552,9 @@ MP_EXPORT int mp_manager_free(mp_manager *m) {
     close(m->lfd);
     remove_socket(m);
   }
+  for (size_t i = 0; i < m->n_regs; i++)
+    mp_obj_free(m->regs[i].args);
+  free(m->regs);
   m->magic = 0;
   /* the key must not outlive the handle in freed memory */
   sodium_memzero(m->key, sizeof m->key);
@@ -2423,6 +2603,43 @@ MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *a
   snprintf(p->type, sizeof p->type, "%s", type);
   *ret = p;
   return 0;
+}
+
+MP_EXPORT int mp_manager_get(mp_manager *m, const char *name, mp_proxy **ret) {
+  if (!manager_ok(m) || !name || !*name || strlen(name) >= NAME_MAX_LEN || !ret)
+    return -EINVAL;
+  mp_proxy *p = calloc(1, sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  mp_obj *rep = NULL;
+  int r = manager_call(m, MP__OP_LOOKUP, 0, name, NULL, MP_FOREVER, &rep);
+  int64_t v = 0;
+  const char *type = NULL;
+  if (r >= 0 && (mp_obj_type(rep) != MP_OBJ_LIST || !nargs(rep, 2) || arg_int(rep, 0, &v) < 0 ||
+                 mp_obj_get_str(arg(rep, 1), &type, NULL) < 0 || strlen(type) >= sizeof p->type))
+    r = -EBADMSG;
+  if (r < 0) {
+    mp_obj_free(rep);
+    free(p);
+    return r;
+  }
+  p->magic = PROXY_MAGIC;
+  p->m = m;
+  p->id = v;
+  p->creator = 0; /* the name holds the object: no proxy of it releases it */
+  p->kind = find_kind(type);
+  if (p->kind < 0)
+    p->kind = K_CUSTOM;
+  snprintf(p->type, sizeof p->type, "%s", type);
+  mp_obj_free(rep);
+  *ret = p;
+  return 0;
+}
+
+MP_EXPORT int mp_proxy_publish(mp_proxy *p, const char *name) {
+  if (!proxy_ok(p) || !name || !*name || strlen(name) >= NAME_MAX_LEN)
+    return -EINVAL;
+  return manager_call(p->m, MP__OP_PUBLISH, p->id, name, NULL, MP_FOREVER, NULL);
 }
 
 /* Create a built-in object with up to one argument (borrowed). */

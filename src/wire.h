@@ -86,10 +86,20 @@ int mp__hs_parse_verdict(const void *buf, size_t len);
 int mp__random_bytes(void *buf, size_t n);
 
 /* Manager requests and replies (manager.c), encoded as frames:
- *   request  [op, target, name, args, timeout]  target: object id or type name
- *   reply    [status, value]
- * args is borrowed (NULL sends an empty list). */
-enum { MP__OP_CREATE = 1, MP__OP_CALL = 2, MP__OP_RELEASE = 3, MP__OP_SHUTDOWN = 4 };
+ *   request  [op, target, name, args, timeout]  target: object id (0 for
+ *            none); name: the type (CREATE), method (CALL) or object name
+ *            (LOOKUP, PUBLISH)
+ *   reply    [status, value]  LOOKUP's value: [id, type name]
+ * args is borrowed (NULL sends an empty list). Op 5 is manager.c's
+ * SH_OP_OFFER. */
+enum {
+  MP__OP_CREATE = 1,
+  MP__OP_CALL = 2,
+  MP__OP_RELEASE = 3,
+  MP__OP_SHUTDOWN = 4,
+  MP__OP_LOOKUP = 6,  /* the object published under name */
+  MP__OP_PUBLISH = 7, /* publish object target under name */
+};
 int mp__encode_request(int op, int64_t id, const char *name, const mp_obj *args, double timeout,
                        char **buf, size_t *len);
 int mp__encode_reply(int status, const mp_obj *value, char **buf, size_t *len);

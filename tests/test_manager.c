@@ -882,6 +882,163 @@ static void test_manager_custom_type(void **state) {
   mp_manager_free(m);
 }
 
+
+/* ------------------------------------------------------------ named objects */
+
+/* A child of the starter: its own connection asks for the names and works
+ * on the same objects the parent sees. */
+static int named_child(void *arg) {
+  mp_manager *m = arg;
+  mp_proxy *d, *q;
+  CHILD_CHECK(mp_manager_get(m, "table", &d) == 0);
+  CHILD_CHECK(mp_manager_get(m, "get_queue", &q) == 0);
+  mp_obj *k = mp_obj_str("from child"), *v = mp_obj_int(42);
+  CHILD_CHECK(mp_dict_proxy_set(d, k, v) == 0);
+  CHILD_CHECK(mp_queue_proxy_put(q, v, 5) == 0);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  mp_proxy_free(d); /* must not release the named object */
+  mp_proxy_free(q);
+  return 0;
+}
+
+static void test_manager_named_objects_shared(void **state) {
+  (void)state;
+  mp_manager_options o = {.address = "127.0.0.1:0", .authkey = "named", .authkey_len = 5};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  mp_obj *init = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(init, mp_obj_str("a"), mp_obj_int(1)), 0);
+  mp_obj *args = mp_obj_listv(1, init);
+  assert_int_equal(mp_manager_register_object(m, "table", "dict", args), 0);
+  mp_obj_free(args);
+  assert_int_equal(mp_manager_register_object(m, "get_queue", "Queue", NULL), 0);
+  /* registration errors */
+  assert_int_equal(mp_manager_register_object(m, "table", "list", NULL), -EEXIST);
+  assert_int_equal(mp_manager_register_object(m, "x", "NoSuchType", NULL), -ENOENT);
+  args = mp_obj_listv(1, mp_obj_str("not a dict"));
+  assert_int_equal(mp_manager_register_object(m, "x", "dict", args), -EINVAL);
+  mp_obj_free(args);
+  assert_int_equal(mp_manager_register_object(m, "", "dict", NULL), -EINVAL);
+  assert_int_equal(mp_manager_register_object(NULL, "x", "dict", NULL), -EINVAL);
+  char longname[80];
+  memset(longname, 'n', sizeof longname - 1);
+  longname[sizeof longname - 1] = 0;
+  assert_int_equal(mp_manager_register_object(m, longname, "dict", NULL), -EINVAL);
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(mp_manager_register_object(m, "late", "dict", NULL), -EALREADY);
+
+  pid_t pid = tu_fork(named_child, m, 30);
+  assert_child_ok(pid);
+
+  /* the parent and a separate connection see the child's changes */
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager *c;
+  o.address = addr;
+  assert_int_equal(mp_manager_new(&o, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  mp_proxy *d, *q, *d2;
+  assert_int_equal(mp_manager_get(m, "table", &d), 0);
+  assert_int_equal(mp_manager_get(c, "table", &d2), 0);
+  const char *type;
+  assert_int_equal(mp_proxy_type(d2, &type), 0);
+  assert_string_equal(type, "dict");
+  mp_obj *all;
+  assert_int_equal(mp_dict_proxy_copy(d2, &all), 0);
+  check_repr(all, "{'a': 1, 'from child': 42}");
+  mp_obj_free(all);
+  assert_int_equal(mp_manager_get(c, "get_queue", &q), 0);
+  mp_obj *got;
+  assert_int_equal(mp_queue_proxy_get(q, 5, &got), 0);
+  assert_int_equal(as_int(got), 42);
+  mp_obj_free(got);
+  /* typed calls check the kind the server reported */
+  assert_int_equal(mp_queue_proxy_qsize(d), -EINVAL);
+  assert_int_equal(mp_manager_get(c, "nothing here", &q), -ENOENT);
+  assert_int_equal(mp_manager_get(c, "", &q), -EINVAL);
+  assert_int_equal(mp_manager_get(c, longname, &q), -EINVAL);
+  /* a change through one handle is seen through the other */
+  mp_obj *k = mp_obj_str("b"), *v = mp_obj_int(2);
+  assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+  assert_int_equal(mp_dict_proxy_contains(d2, k), 1);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  mp_proxy_free(d);
+  mp_proxy_free(d2);
+  mp_proxy_free(q);
+  mp_manager_free(c);
+  mp_manager_free(m);
+}
+
+/* An existing object published by name; its creator's free no longer
+ * releases it. */
+static void test_manager_publish_existing_object(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *l, *l2, *other;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  mp_obj *v = mp_obj_int(7);
+  assert_int_equal(mp_list_proxy_append(l, v), 0);
+  assert_int_equal(mp_proxy_publish(l, "numbers"), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &other), 0);
+  assert_int_equal(mp_proxy_publish(other, "numbers"), -EEXIST);
+  assert_int_equal(mp_proxy_publish(other, ""), -EINVAL);
+  assert_int_equal(mp_proxy_publish(NULL, "x"), -EINVAL);
+  mp_proxy_free(other);
+  assert_int_equal(mp_proxy_free(l), 0); /* the creator lets go; the name keeps it */
+  assert_int_equal(mp_manager_get(m, "numbers", &l2), 0);
+  assert_int_equal(mp_list_proxy_count(l2, v), 1);
+  mp_obj_free(v);
+  mp_proxy_free(l2);
+  mp_manager_free(m);
+}
+
+/* start(initializer): runs once, in the server, before any client. */
+static int init_runs;
+static pid_t init_pid;
+static void count_init(void *arg) {
+  init_runs += *(int *)arg;
+  init_pid = getpid();
+}
+static int probe_new(const mp_obj *args, void **self) {
+  (void)args;
+  *self = NULL;
+  return 0;
+}
+static int probe_get(void *self, const mp_obj *args, mp_obj **res) {
+  (void)self;
+  (void)args;
+  *res = mp_obj_listv(2, mp_obj_int(init_runs), mp_obj_int(init_pid));
+  return *res ? 0 : -ENOMEM;
+}
+static const mp_manager_method_def probe_methods[] = {{"get", probe_get}};
+
+static void test_manager_start_initializer(void **state) {
+  (void)state;
+  int r = mp_manager_register("InitProbe", probe_new, NULL, probe_methods, 1);
+  assert_true(r == 0 || r == -EEXIST);
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  assert_int_equal(mp_manager_start_with(m, NULL, NULL), -EINVAL);
+  int one = 1;
+  assert_int_equal(mp_manager_start_with(m, count_init, &one), 0);
+  assert_int_equal(mp_manager_start_with(m, count_init, &one), -EALREADY);
+  mp_proxy *p;
+  assert_int_equal(mp_manager_create(m, "InitProbe", NULL, &p), 0);
+  mp_obj *res;
+  assert_int_equal(mp_proxy_call(p, "get", NULL, MP_FOREVER, &res), 0);
+  const mp_obj *runs, *pid;
+  assert_int_equal(mp_obj_list_get(res, 0, &runs), 0);
+  assert_int_equal(mp_obj_list_get(res, 1, &pid), 0);
+  assert_int_equal(as_int(runs), 1);
+  assert_int_equal(as_int(pid), mp_manager_pid(m));
+  mp_obj_free(res);
+  assert_int_equal(init_runs, 0); /* it ran in the server, not here */
+  mp_proxy_free(p);
+  mp_manager_free(m);
+}
+
 /* --------------------------------------------------------------- security */
 
 static void test_manager_wrong_key_refused(void **state) {
@@ -2273,6 +2430,9 @@ int main(void) {
       cmocka_unit_test(test_manager_dict_index),
       cmocka_unit_test(test_manager_dict_proxy_removals),
       cmocka_unit_test(test_manager_notify_skips_dead_waiter),
+      cmocka_unit_test(test_manager_named_objects_shared),
+      cmocka_unit_test(test_manager_publish_existing_object),
+      cmocka_unit_test(test_manager_start_initializer),
   };
   return TU_RUN("manager", tests);
 }

@@ -322,6 +322,22 @@ MP_EXPORT int mp_manager_listen(mp_manager *m);
  */
 MP_EXPORT int mp_manager_start(mp_manager *m);
 
+/** A function run once in a started server before it serves (Python's
+ *  `start(initializer, initargs)`). */
+typedef void (*mp_manager_initializer)(void *arg);
+
+/**
+ * @brief mp_manager_start() that first runs @p init(@p arg) once in the
+ *        server process, before the named objects are created and before
+ *        any client is served (Python's `start(initializer, initargs)`).
+ *
+ * @p init runs in the forked server (a copy of the caller's memory: what it
+ * changes is the server's); @p arg is passed as is. It must return: the
+ * starter's mp_manager_start_with() waits for the server's first answer.
+ * @return as mp_manager_start(); `-EINVAL` for a NULL @p init.
+ */
+MP_EXPORT int mp_manager_start_with(mp_manager *m, mp_manager_initializer init, void *arg);
+
 /**
  * @brief Serve in the calling process until a client calls
  *        mp_manager_shutdown() (Python's `get_server().serve_forever()`).
@@ -426,6 +442,53 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
  */
 MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *args,
                                 mp_proxy **ret);
+
+/**
+ * @brief Give the server an object every client can ask for by name
+ *        (Python's `BaseManager.register('get_queue', callable=lambda:
+ *        queue)` on the server side).
+ *
+ * The server creates the object once, as it starts (mp_manager_start(),
+ * mp_manager_serve_forever()), from @p type and @p args as
+ * mp_manager_create() would, before it takes any client; every client's
+ * mp_manager_get(@p name) then reaches that same object. It lives until
+ * the server ends. Call before the server listens.
+ * @param name 1..63 bytes. @param type a built-in type name or one
+ *        registered with mp_manager_register(). @param args a list or NULL;
+ *        copied.
+ * @return 0; `-EEXIST` when @p name is registered on this handle;
+ *         `-ENOENT` for an unknown type; `-EINVAL` for bad names or
+ *         arguments a built-in type refuses; `-EALREADY` once listening,
+ *         started or connected; `-ENOMEM`. Not thread-safe (set up first).
+ */
+MP_EXPORT int mp_manager_register_object(mp_manager *m, const char *name, const char *type,
+                                         const mp_obj *args);
+
+/**
+ * @brief A proxy to the object the server holds under @p name (Python's
+ *        `m.get_queue()` after `register('get_queue')` and connect()).
+ *
+ * Every call, from any client, reaches the same object; its typed proxy
+ * calls (mp_queue_proxy_put() on a `Queue` ...) work on it. Freeing this
+ * proxy never releases the object (the name holds it until the server
+ * ends). Blocks for one round trip.
+ * @return 0; `-ENOENT` when no object has that name (KeyError); `-EINVAL`
+ *         for a NULL, empty or longer than 63 bytes @p name; the common
+ *         errors.
+ */
+MP_EXPORT int mp_manager_get(mp_manager *m, const char *name, mp_proxy **ret);
+
+/**
+ * @brief Publish the object of @p p under @p name, so that any client's
+ *        mp_manager_get(@p name) reaches it (an existing object registered
+ *        by name, as `register('name', callable=lambda: obj)`).
+ *
+ * From then on the object lives until the server ends: its creator's
+ * mp_proxy_free() no longer releases it. Blocks for one round trip.
+ * @return 0; `-EEXIST` when the name is taken (the old object stays);
+ *         `-EINVAL` for a bad name; the common errors.
+ */
+MP_EXPORT int mp_proxy_publish(mp_proxy *p, const char *name);
 
 /** @brief A new shared dict (Python's `Manager().dict()`), a copy of
  *         @p init (a dict) or empty when NULL. @return as mp_manager_create(). */
