@@ -670,6 +670,7 @@ enum kind {
   K_CONDITION,
   K_VALUE,
   K_ARRAY,
+  K_JQUEUE,
 };
 
 static const char *const kind_names[] = {
@@ -677,6 +678,7 @@ static const char *const kind_names[] = {
     [K_QUEUE] = "Queue",         [K_LOCK] = "Lock",           [K_RLOCK] = "RLock",
     [K_EVENT] = "Event",         [K_SEMAPHORE] = "Semaphore", [K_BSEMAPHORE] = "BoundedSemaphore",
     [K_CONDITION] = "Condition", [K_VALUE] = "Value",         [K_ARRAY] = "Array",
+    [K_JQUEUE] = "JoinableQueue",
 };
 #define N_KINDS ((int)(sizeof kind_names / sizeof kind_names[0]))
 
@@ -897,6 +899,97 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
       return -EINVAL;
     return mp_obj_dict_set(d, mp_obj_copy(k), mp_obj_copy(arg(a, 1)));
   }
+  if (IS(m, "popitem")) {
+    ssize_t len = mp_obj_len(d);
+    if (len == 0)
+      return -ENOENT; /* KeyError: popitem(): dictionary is empty */
+    mp__obj_dict_compact(d);
+    mp_obj *key, *val;
+    mp__obj_dict_remove(d, (size_t)len - 1, &key, &val); /* the last set: LIFO */
+    *res = mp_obj_listv(2, key, val);
+    return *res ? 0 : -ENOMEM;
+  }
+  if (IS(m, "setdefault")) {
+    if (!nargs(a, 2))
+      return -EINVAL;
+    ssize_t at = mp__obj_dict_find(d, k);
+    if (at < 0) {
+      int r = mp_obj_dict_set(d, mp_obj_copy(k), mp_obj_copy(arg(a, 1)));
+      return r < 0 ? r : give(arg(a, 1), res);
+    }
+    const mp_obj *v;
+    mp__obj_dict_entry(d, (size_t)at, NULL, &v);
+    return give(v, res);
+  }
+  if (IS(m, "reversed")) {
+    mp__obj_dict_compact(d);
+    mp_obj *l = mp_obj_list();
+    for (size_t i = (size_t)mp_obj_len(d); l && i-- > 0;) {
+      const mp_obj *key;
+      mp_obj_dict_item(d, i, &key, NULL);
+      if (mp_obj_list_append(l, mp_obj_copy(key)) < 0) {
+        mp_obj_free(l);
+        l = NULL;
+      }
+    }
+    *res = l;
+    return l ? 0 : -ENOMEM;
+  }
+  if (IS(m, "or")) {
+    /* d | other: a new dict, d's entries updated by other's */
+    if (!nargs(a, 1) || mp_obj_type(k) != MP_OBJ_DICT)
+      return -EDOM;
+    mp_obj *out = mp_obj_copy(d);
+    for (size_t i = 0; out && i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *key, *val;
+      mp_obj_dict_item(k, i, &key, &val);
+      if (mp_obj_dict_set(out, mp_obj_copy(key), mp_obj_copy(val)) < 0) {
+        mp_obj_free(out);
+        out = NULL;
+      }
+    }
+    *res = out;
+    return out ? 0 : -ENOMEM;
+  }
+  if (IS(m, "ior")) {
+    /* d |= other: a dict, or a list of [key, value] pairs; all checked
+     * before anything changes */
+    if (!nargs(a, 1))
+      return -EDOM;
+    if (mp_obj_type(k) == MP_OBJ_DICT)
+      return call_dict(o, "update", a, res);
+    if (mp_obj_type(k) != MP_OBJ_LIST)
+      return -EDOM;
+    for (size_t i = 0; i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *pair = mp__obj_list_at(k, i);
+      if (mp_obj_type(pair) != MP_OBJ_LIST || mp_obj_len(pair) != 2)
+        return -EDOM;
+    }
+    for (size_t i = 0; i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *pair = mp__obj_list_at(k, i);
+      int r = mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(pair, 0)),
+                              mp_obj_copy(mp__obj_list_at(pair, 1)));
+      if (r < 0)
+        return r;
+    }
+    return 0;
+  }
+  if (IS(m, "next")) {
+    /* iteration: [position, length when it began]; the key there, or 0 at
+     * the end; a dict whose length changed is Python's RuntimeError */
+    int64_t pos, len0;
+    if (!nargs(a, 2) || arg_int(a, 0, &pos) < 0 || arg_int(a, 1, &len0) < 0 || pos < 0)
+      return -EINVAL;
+    if (len0 != mp_obj_len(d))
+      return -ESTALE;
+    if (pos >= len0)
+      return 0;
+    mp__obj_dict_compact(d);
+    const mp_obj *key;
+    mp_obj_dict_item(d, (size_t)pos, &key, NULL);
+    int r = give(key, res);
+    return r < 0 ? r : 1;
+  }
   if (!nargs(a, 1))
     return IS(m, "get") || IS(m, "del") || IS(m, "pop") || IS(m, "contains") ? -EINVAL
                                                                              : -EOPNOTSUPP;
@@ -916,6 +1009,95 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
   return 0;
 }
 
+/* Python's slice indices (PySlice_AdjustIndices): arguments 0..2 of a are
+ * start, stop, step, each an int or nil (omitted). The slice's length. */
+static int slice_indices(const mp_obj *a, size_t n, int64_t *start, int64_t *step, int64_t *len) {
+  int64_t v[3], len_ = (int64_t)n;
+  bool given[3];
+  for (size_t j = 0; j < 3; j++) {
+    const mp_obj *x = arg(a, j);
+    given[j] = x && mp_obj_type(x) != MP_OBJ_NIL;
+    if (!x || (given[j] && mp_obj_get_int(x, &v[j]) < 0))
+      return -EINVAL;
+  }
+  int64_t st = given[2] ? v[2] : 1;
+  if (st == 0 || st == INT64_MIN)
+    return -EINVAL; /* ValueError: slice step cannot be zero */
+  int64_t lo = given[0] ? v[0] : (st < 0 ? len_ - 1 : 0);
+  int64_t hi = given[1] ? v[1] : (st < 0 ? -1 : len_);
+  if (given[0]) {
+    if (lo < 0 && (lo += len_) < 0)
+      lo = st < 0 ? -1 : 0;
+    else if (lo >= len_)
+      lo = st < 0 ? len_ - 1 : len_;
+  }
+  if (given[1]) {
+    if (hi < 0 && (hi += len_) < 0)
+      hi = st < 0 ? -1 : 0;
+    else if (hi >= len_)
+      hi = st < 0 ? len_ - 1 : len_;
+  }
+  if (st < 0)
+    *len = hi < lo ? (lo - hi - 1) / -st + 1 : 0;
+  else
+    *len = lo < hi ? (hi - lo - 1) / st + 1 : 0;
+  *start = lo;
+  *step = st;
+  return 0;
+}
+
+/* l[start:stop:step], its assignment and its deletion. */
+static int list_slice(mp_obj *l, const char *m, const mp_obj *a, mp_obj **res) {
+  size_t n = (size_t)mp_obj_len(l);
+  int64_t start, step, len;
+  size_t want = IS(m, "set_slice") ? 4 : 3;
+  if (!nargs(a, want))
+    return -EINVAL;
+  int r = slice_indices(a, n, &start, &step, &len);
+  if (r < 0)
+    return r;
+  if (IS(m, "slice")) {
+    mp_obj *out = mp_obj_list();
+    for (int64_t j = 0; out && j < len; j++)
+      if (mp_obj_list_append(out, mp_obj_copy(mp__obj_list_at(l, (size_t)(start + j * step)))) < 0) {
+        mp_obj_free(out);
+        out = NULL;
+      }
+    *res = out;
+    return out ? 0 : -ENOMEM;
+  }
+  if (IS(m, "del_slice")) {
+    /* from the highest index down, so the others do not move */
+    for (int64_t j = 0; j < len; j++) {
+      int64_t at = step > 0 ? start + (len - 1 - j) * step : start + j * step;
+      mp_obj_free(mp__obj_list_take(l, (size_t)at));
+    }
+    return 0;
+  }
+  const mp_obj *items = arg(a, 3);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  size_t ni = (size_t)mp_obj_len(items);
+  if (step != 1 && (int64_t)ni != len)
+    return -EINVAL; /* ValueError: an extended slice takes as many items */
+  /* copy first: a failure must leave the list as it was */
+  mp_obj *copy = mp_obj_copy(items);
+  if (!copy)
+    return -ENOMEM;
+  if (step == 1) {
+    for (int64_t j = 0; j < len; j++)
+      mp_obj_free(mp__obj_list_take(l, (size_t)start));
+    for (size_t j = 0; j < ni; j++)
+      if ((r = mp__obj_list_insert(l, (size_t)start + j, mp__obj_list_take(copy, 0))) < 0)
+        break;
+  } else {
+    for (int64_t j = 0; j < len; j++)
+      mp__obj_list_replace(l, (size_t)(start + j * step), mp__obj_list_take(copy, 0));
+  }
+  mp_obj_free(copy);
+  return r;
+}
+
 static int call_list(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
   mp_obj *l = o->val;
   size_t n = (size_t)mp_obj_len(l), at;
@@ -923,6 +1105,48 @@ static int call_list(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
   int r;
   if (IS(m, "len"))
     return (int)n;
+  if (o->kind == K_LIST) {
+    if (IS(m, "slice") || IS(m, "set_slice") || IS(m, "del_slice"))
+      return list_slice(l, m, a, res);
+    if (IS(m, "clear")) {
+      mp__obj_clear(l);
+      return 0;
+    }
+    if (IS(m, "reverse")) {
+      mp__obj_list_reverse(l);
+      return 0;
+    }
+    if (IS(m, "sort")) {
+      int rev = 0;
+      if (!nargs(a, 1) || mp_obj_get_bool(arg(a, 0), &rev) < 0)
+        return -EINVAL;
+      return mp__obj_list_sort(l, rev);
+    }
+    if (IS(m, "imul")) {
+      if (!nargs(a, 1) || arg_int(a, 0, &i) < 0)
+        return -EINVAL;
+      if (i <= 0 || n == 0) {
+        mp__obj_clear(l);
+        return 0;
+      }
+      if ((uint64_t)i > MP_OBJ_MAX_ITEMS / n)
+        return -EMSGSIZE; /* it could never be sent again */
+      mp_obj *orig = mp_obj_copy(l);
+      if (!orig)
+        return -ENOMEM;
+      size_t grown = n;
+      for (int64_t k = 1; k < i; k++)
+        for (size_t j = 0; j < n; j++, grown++)
+          if ((r = mp_obj_list_append(l, mp_obj_copy(mp__obj_list_at(orig, j)))) < 0) {
+            while ((size_t)mp_obj_len(l) > n) /* back to how it was */
+              mp_obj_free(mp__obj_list_take(l, n));
+            mp_obj_free(orig);
+            return r;
+          }
+      mp_obj_free(orig);
+      return 0;
+    }
+  }
   if (IS(m, "copy"))
     return give(l, res);
   if (IS(m, "append"))
@@ -1015,6 +1239,10 @@ static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_
   int r;
   if (IS(m, "qsize"))
     return (int)mp_obj_len(o->val);
+  if (IS(m, "empty"))
+    return mp_obj_len(o->val) == 0;
+  if (IS(m, "full"))
+    return o->num > 0 && mp_obj_len(o->val) >= o->num;
   if (IS(m, "put")) {
     if (!nargs(a, 1))
       return -EINVAL;
@@ -1023,7 +1251,22 @@ static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_
         return r;
     if ((r = mp_obj_list_append(o->val, mp_obj_copy(arg(a, 0)))) < 0)
       return r;
+    if (o->kind == K_JQUEUE)
+      o->count++; /* one more unfinished task, with the item: never apart */
     wake_all(s);
+    return 0;
+  }
+  if (o->kind == K_JQUEUE && IS(m, "task_done")) {
+    if (o->count == 0)
+      return -EOVERFLOW; /* ValueError: task_done() called too many times */
+    if (--o->count == 0)
+      wake_all(s);
+    return 0;
+  }
+  if (o->kind == K_JQUEUE && IS(m, "join")) {
+    while (o->count > 0)
+      if ((r = srv_wait(s, o, d)) < 0)
+        return r;
     return 0;
   }
   if (IS(m, "get")) {
@@ -1154,7 +1397,8 @@ static int call_builtin(struct server *s, struct sobj *o, const char *m, const m
   case K_DICT: return call_dict(o, m, a, res);
   case K_LIST: return call_list(o, m, a, res);
   case K_NAMESPACE: return call_namespace(o, m, a, res);
-  case K_QUEUE: return call_queue(s, o, m, a, d, res);
+  case K_QUEUE:
+  case K_JQUEUE: return call_queue(s, o, m, a, d, res);
   case K_VALUE:
     if (IS(m, "get"))
       return give(o->val, res);
@@ -1235,6 +1479,7 @@ static int builtin_init(struct sobj *o, const mp_obj *a) {
     return o->val ? 0 : -ENOMEM;
   case K_NAMESPACE: o->val = mp_obj_dict(); return o->val ? 0 : -ENOMEM;
   case K_QUEUE:
+  case K_JQUEUE:
     if (na > 1 || (na == 1 && arg_int(a, 0, &o->num) < 0))
       return -EINVAL;
     o->val = mp_obj_list();
@@ -2745,13 +2990,36 @@ MP_EXPORT int mp_proxy_free(mp_proxy *p) {
   return 0;
 }
 
+static bool kind_fits(const mp_proxy *p, int kind);
+
+/* A typed call with an argument list (borrowed) of any length. */
+static int tcall_list(mp_proxy *p, int kind, const char *method, const mp_obj *args,
+                      double timeout, mp_obj **ret) {
+  if (!proxy_ok(p) || !kind_fits(p, kind))
+    return -EINVAL;
+  mp_obj *res = NULL;
+  int r = manager_call(p->m, MP__OP_CALL, p->id, method, args, timeout, ret ? &res : NULL);
+  if (r >= 0 && ret)
+    *ret = res;
+  return r;
+}
+
+/* Whether a proxy may make the typed calls of kind. */
+static bool kind_fits(const mp_proxy *p, int kind) {
+  return p->kind == kind ||
+         (kind == K_LOCK && (p->kind == K_RLOCK || p->kind == K_SEMAPHORE ||
+                             p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)) ||
+         (kind == K_QUEUE && p->kind == K_JQUEUE);
+}
+
 /* A typed call: check the proxy's kind, pass up to two borrowed arguments. */
 static int tcall(mp_proxy *p, int kind, const char *method, const mp_obj *a0, const mp_obj *a1,
                  double timeout, mp_obj **ret) {
   if (!proxy_ok(p))
     return -EINVAL;
   if (p->kind != kind && !(kind == K_LOCK && (p->kind == K_RLOCK || p->kind == K_SEMAPHORE ||
-                                              p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)))
+                                              p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)) &&
+      !(kind == K_QUEUE && p->kind == K_JQUEUE))
     return -EINVAL;
   if (!a0 && a1)
     return -EINVAL;
@@ -2962,6 +3230,158 @@ MP_EXPORT int mp_array_proxy_set(mp_proxy *a, int64_t i, const mp_obj *x) {
 }
 MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a) {
   return tcall(a, K_ARRAY, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_dict_proxy_values(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "values", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_popitem(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "popitem", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_setdefault(mp_proxy *d, const mp_obj *key, const mp_obj *dflt,
+                                       mp_obj **ret) {
+  NEED(key && dflt && ret);
+  return tcall(d, K_DICT, "setdefault", key, dflt, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_reversed(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "reversed", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_or(mp_proxy *d, const mp_obj *other, mp_obj **ret) {
+  NEED(other && ret);
+  if (mp_obj_type(other) != MP_OBJ_DICT)
+    return -EDOM;
+  return tcall(d, K_DICT, "or", other, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_ior(mp_proxy *d, const mp_obj *other) {
+  NEED(other);
+  if (mp_obj_type(other) != MP_OBJ_DICT && mp_obj_type(other) != MP_OBJ_LIST)
+    return -EDOM;
+  return tcall(d, K_DICT, "ior", other, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_next(mp_proxy *d, mp_dict_iter *it, mp_obj **key) {
+  NEED(it && key && it->pos >= 0);
+  if (it->len < 0) { /* the first step: the length iteration starts from */
+    ssize_t n = mp_dict_proxy_len(d);
+    if (n < 0)
+      return (int)n;
+    it->len = n;
+  }
+  mp_obj *args = mp_obj_listv(2, mp_obj_int(it->pos), mp_obj_int(it->len));
+  if (!args)
+    return -ENOMEM;
+  mp_obj *res = NULL;
+  int r = tcall_list(d, K_DICT, "next", args, MP_FOREVER, &res);
+  mp_obj_free(args);
+  if (r == 1) {
+    it->pos++;
+    *key = res;
+    return 1;
+  }
+  mp_obj_free(res);
+  return r;
+}
+MP_EXPORT int mp_manager_dict_fromkeys(mp_manager *m, const mp_obj *keys, const mp_obj *value,
+                                       mp_proxy **ret) {
+  if (!keys || !ret)
+    return -EINVAL;
+  if (mp_obj_type(keys) != MP_OBJ_LIST)
+    return -EDOM;
+  mp_obj *d = mp_obj_dict();
+  for (size_t i = 0; d && i < (size_t)mp_obj_len(keys); i++)
+    if (mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(keys, i)),
+                        value ? mp_obj_copy(value) : mp_obj_nil()) < 0) {
+      mp_obj_free(d);
+      d = NULL;
+    }
+  if (!d)
+    return -ENOMEM;
+  int r = mp_manager_dict(m, d, ret);
+  mp_obj_free(d);
+  return r;
+}
+
+/* [start, stop, step(, items)]: MP_SLICE_NONE travels as nil (omitted). */
+static mp_obj *slice_args(int64_t start, int64_t stop, int64_t step, const mp_obj *items) {
+  int64_t v[3] = {start, stop, step};
+  mp_obj *a = mp_obj_list();
+  if (!a)
+    return NULL;
+  for (int j = 0; j < 3; j++)
+    if (mp_obj_list_append(a, v[j] == MP_SLICE_NONE ? mp_obj_nil() : mp_obj_int(v[j])) < 0) {
+      mp_obj_free(a);
+      return NULL;
+    }
+  if (items && mp_obj_list_append(a, mp_obj_copy(items)) < 0) {
+    mp_obj_free(a);
+    return NULL;
+  }
+  return a;
+}
+MP_EXPORT int mp_list_proxy_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                  mp_obj **ret) {
+  NEED(ret);
+  mp_obj *a = slice_args(start, stop, step, NULL);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "slice", a, MP_FOREVER, ret);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_set_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                      const mp_obj *items) {
+  NEED(items);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  mp_obj *a = slice_args(start, stop, step, items);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "set_slice", a, MP_FOREVER, NULL);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_del_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step) {
+  mp_obj *a = slice_args(start, stop, step, NULL);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "del_slice", a, MP_FOREVER, NULL);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_imul(mp_proxy *l, int64_t n) {
+  return tcall_i(l, K_LIST, "imul", n, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_sort(mp_proxy *l, int reverse) {
+  mp_obj *rev = mp_obj_bool(reverse);
+  if (!rev)
+    return -ENOMEM;
+  int r = tcall(l, K_LIST, "sort", rev, NULL, MP_FOREVER, NULL);
+  mp_obj_free(rev);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_reverse(mp_proxy *l) {
+  return tcall(l, K_LIST, "reverse", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_clear(mp_proxy *l) {
+  return tcall(l, K_LIST, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_queue_proxy_empty(mp_proxy *q) {
+  return tcall(q, K_QUEUE, "empty", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_queue_proxy_full(mp_proxy *q) {
+  return tcall(q, K_QUEUE, "full", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_manager_joinable_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret) {
+  return create_int(m, "JoinableQueue", maxsize < 0 ? 0 : maxsize, ret);
+}
+MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q) {
+  return tcall(q, K_JQUEUE, "task_done", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout) {
+  return tcall(q, K_JQUEUE, "join", NULL, NULL, timeout, NULL);
 }
 
 /* ------------------------------------------------ 8. Listener and Client */

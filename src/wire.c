@@ -360,6 +360,105 @@ void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item) {
 
 mp_obj *mp__obj_list_at(const mp_obj *l, size_t i) { return l->u.l.v[i]; }
 
+/* Python's order of two values: numbers (bool, int, float) by value, str
+ * with str and bytes with bytes bytewise, lists item by item. Others (nil,
+ * dicts, mixed kinds) are unordered: -EDOM, Python's TypeError. */
+int mp__obj_compare(const mp_obj *a, const mp_obj *b, int *cmp) {
+  bool na = a->type == MP_OBJ_BOOL || a->type == MP_OBJ_INT || a->type == MP_OBJ_FLOAT;
+  bool nb = b->type == MP_OBJ_BOOL || b->type == MP_OBJ_INT || b->type == MP_OBJ_FLOAT;
+  if (na && nb) {
+    if (a->type != MP_OBJ_FLOAT && b->type != MP_OBJ_FLOAT) {
+      int64_t x = a->type == MP_OBJ_BOOL ? a->u.b : a->u.i;
+      int64_t y = b->type == MP_OBJ_BOOL ? b->u.b : b->u.i;
+      *cmp = (x > y) - (x < y);
+      return 0;
+    }
+    /* mixed with a float: by value as long doubles (exact for int64) */
+    long double x = a->type == MP_OBJ_FLOAT  ? a->u.f
+                    : a->type == MP_OBJ_BOOL ? a->u.b
+                                             : (long double)a->u.i;
+    long double y = b->type == MP_OBJ_FLOAT  ? b->u.f
+                    : b->type == MP_OBJ_BOOL ? b->u.b
+                                             : (long double)b->u.i;
+    if (x != x || y != y) { /* NaN: every comparison is false, as in Python */
+      *cmp = 0;
+      return 0;
+    }
+    *cmp = (x > y) - (x < y);
+    return 0;
+  }
+  if (a->type != b->type)
+    return -EDOM;
+  if (a->type == MP_OBJ_STR || a->type == MP_OBJ_BYTES) {
+    size_t n = a->u.s.n < b->u.s.n ? a->u.s.n : b->u.s.n;
+    int c = n ? memcmp(a->u.s.p, b->u.s.p, n) : 0;
+    *cmp = c ? (c > 0) - (c < 0) : (a->u.s.n > b->u.s.n) - (a->u.s.n < b->u.s.n);
+    return 0;
+  }
+  if (a->type == MP_OBJ_LIST) {
+    for (size_t i = 0; i < a->u.l.n && i < b->u.l.n; i++) {
+      if (mp_obj_equal(a->u.l.v[i], b->u.l.v[i]) == 1)
+        continue;
+      return mp__obj_compare(a->u.l.v[i], b->u.l.v[i], cmp);
+    }
+    *cmp = (a->u.l.n > b->u.l.n) - (a->u.l.n < b->u.l.n);
+    return 0;
+  }
+  return -EDOM;
+}
+
+/* Stable merge of v[lo..mid) and v[mid..hi) through tmp. */
+static int sort_merge(mp_obj **v, mp_obj **tmp, size_t lo, size_t mid, size_t hi, bool rev) {
+  size_t i = lo, j = mid, k = lo;
+  while (i < mid && j < hi) {
+    int c;
+    int r = mp__obj_compare(v[j], v[i], &c);
+    if (r < 0)
+      return r;
+    /* take the right one only when strictly before: equal items keep
+     * their order, also when reversed (Python's reverse=True) */
+    bool right_first = rev ? c > 0 : c < 0;
+    tmp[k++] = right_first ? v[j++] : v[i++];
+  }
+  while (i < mid)
+    tmp[k++] = v[i++];
+  while (j < hi)
+    tmp[k++] = v[j++];
+  memcpy(v + lo, tmp + lo, (hi - lo) * sizeof *v);
+  return 0;
+}
+
+int mp__obj_list_sort(mp_obj *l, bool reverse) {
+  size_t n = l->u.l.n;
+  if (n < 2)
+    return 0;
+  mp_obj **work = malloc(2 * n * sizeof *work);
+  if (!work)
+    return -ENOMEM;
+  mp_obj **v = work, **tmp = work + n;
+  memcpy(v, l->u.l.v, n * sizeof *v);
+  for (size_t w = 1; w < n; w *= 2)
+    for (size_t lo = 0; lo + w < n; lo += 2 * w) {
+      size_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+      int r = sort_merge(v, tmp, lo, lo + w, hi, reverse);
+      if (r < 0) {
+        free(work); /* the list is left as it was */
+        return r;
+      }
+    }
+  memcpy(l->u.l.v, v, n * sizeof *v);
+  free(work);
+  return 0;
+}
+
+void mp__obj_list_reverse(mp_obj *l) {
+  for (size_t i = 0, j = l->u.l.n; i + 1 < j; i++, j--) {
+    mp_obj *t = l->u.l.v[i];
+    l->u.l.v[i] = l->u.l.v[j - 1];
+    l->u.l.v[j - 1] = t;
+  }
+}
+
 MP_EXPORT int mp_obj_list_append(mp_obj *list, mp_obj *item) {
   if (!list || list->type != MP_OBJ_LIST) {
     mp_obj_free(item);

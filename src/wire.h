@@ -45,6 +45,14 @@ mp_obj *mp__obj_list_take(mp_obj *l, size_t i);
 void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item);
 /* Borrow item i of a list (no checks). */
 mp_obj *mp__obj_list_at(const mp_obj *l, size_t i);
+/* Python's order of a and b in *cmp (-1, 0, 1): 0, or -EDOM when they are
+ * not ordered (TypeError). */
+int mp__obj_compare(const mp_obj *a, const mp_obj *b, int *cmp);
+/* Sort list l stably (Python's list.sort). 0; -EDOM (items not ordered:
+ * the list is unchanged); -ENOMEM. */
+int mp__obj_list_sort(mp_obj *l, bool reverse);
+/* Reverse list l in place. */
+void mp__obj_list_reverse(mp_obj *l);
 /* Empty a list or dict. */
 void mp__obj_clear(mp_obj *o);
 /* Draw a new random secret for the dict indexes this process builds from

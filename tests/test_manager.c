@@ -1039,6 +1039,259 @@ static void test_manager_start_initializer(void **state) {
   mp_manager_free(m);
 }
 
+
+/* ---------------------------------------------------- more proxy methods */
+
+static mp_obj *ints(size_t n, const int64_t *v) {
+  mp_obj *l = mp_obj_list();
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(mp_obj_list_append(l, mp_obj_int(v[i])), 0);
+  return l;
+}
+
+static void check_list(mp_proxy *l, const char *want) {
+  mp_obj *all;
+  assert_int_equal(mp_list_proxy_copy(l, &all), 0);
+  check_repr(all, want);
+  mp_obj_free(all);
+}
+
+static void test_manager_list_slices_and_order(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  const int64_t v[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  mp_obj *init = ints(10, v), *got;
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, init, &l), 0);
+  mp_obj_free(init);
+  const int64_t N = MP_SLICE_NONE;
+  assert_int_equal(mp_list_proxy_slice(l, 2, 5, N, &got), 0);
+  check_repr(got, "[2, 3, 4]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, N, N, -3, &got), 0);
+  check_repr(got, "[9, 6, 3, 0]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, -2, N, N, &got), 0);
+  check_repr(got, "[8, 9]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, 100, -100, -4, &got), 0);
+  check_repr(got, "[9, 5, 1]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, 5, 2, N, &got), 0);
+  check_repr(got, "[]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, N, N, 0, &got), -EINVAL);
+  /* assignment: any length with step 1, the same length otherwise */
+  const int64_t ab[] = {-1, -2};
+  mp_obj *two = ints(2, ab);
+  assert_int_equal(mp_list_proxy_set_slice(l, 1, 8, N, two), 0);
+  check_list(l, "[0, -1, -2, 8, 9]");
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, 2, two), -EINVAL); /* 3 slots, 2 items */
+  assert_int_equal(mp_list_proxy_set_slice(l, 1, N, 2, two), 0);
+  check_list(l, "[0, -1, -2, -2, 9]");
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_list_proxy_set_slice(l, 0, 1, N, d), -EDOM);
+  mp_obj_free(d);
+  assert_int_equal(mp_list_proxy_set_slice(l, 5, 5, N, two), 0); /* insert at the end */
+  check_list(l, "[0, -1, -2, -2, 9, -1, -2]");
+  mp_obj_free(two);
+  assert_int_equal(mp_list_proxy_del_slice(l, N, N, 3), 0);
+  check_list(l, "[-1, -2, 9, -1]");
+  assert_int_equal(mp_list_proxy_del_slice(l, -1, 0, -1), 0);
+  check_list(l, "[-1]");
+  assert_int_equal(mp_list_proxy_del_slice(l, 0, 1, 0), -EINVAL);
+  /* *=, sort, reverse, clear */
+  const int64_t three[] = {3, 1, 2};
+  mp_obj *t = ints(3, three);
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, t), 0);
+  mp_obj_free(t);
+  assert_int_equal(mp_list_proxy_imul(l, 2), 0);
+  check_list(l, "[3, 1, 2, 3, 1, 2]");
+  assert_int_equal(mp_list_proxy_imul(l, MP_OBJ_MAX_ITEMS), -EMSGSIZE);
+  assert_int_equal(mp_list_proxy_len(l), 6);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "[1, 1, 2, 2, 3, 3]");
+  assert_int_equal(mp_list_proxy_sort(l, 1), 0);
+  check_list(l, "[3, 3, 2, 2, 1, 1]");
+  assert_int_equal(mp_list_proxy_reverse(l), 0);
+  check_list(l, "[1, 1, 2, 2, 3, 3]");
+  /* mixed numbers sort by value; a string among numbers is TypeError */
+  mp_obj *mixed = mp_obj_listv(4, mp_obj_float(2.5), mp_obj_int(-1), mp_obj_bool(1),
+                               mp_obj_float(-0.5));
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, mixed), 0);
+  mp_obj_free(mixed);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "[-1, -0.5, True, 2.5]");
+  mp_obj *sv = mp_obj_str("x");
+  assert_int_equal(mp_list_proxy_append(l, sv), 0);
+  mp_obj_free(sv);
+  assert_int_equal(mp_list_proxy_sort(l, 0), -EDOM);
+  check_list(l, "[-1, -0.5, True, 2.5, 'x']"); /* unchanged */
+  mp_obj *strs = mp_obj_listv(3, mp_obj_str("pear"), mp_obj_str("apple"), mp_obj_str("app"));
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, strs), 0);
+  mp_obj_free(strs);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "['app', 'apple', 'pear']");
+  assert_int_equal(mp_list_proxy_imul(l, 0), 0);
+  assert_int_equal(mp_list_proxy_len(l), 0);
+  init = mp_obj_int(1);
+  assert_int_equal(mp_list_proxy_append(l, init), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_list_proxy_clear(l), 0);
+  assert_int_equal(mp_list_proxy_len(l), 0);
+  mp_proxy *dp;
+  assert_int_equal(mp_manager_dict(m, NULL, &dp), 0);
+  assert_int_equal(mp_list_proxy_clear(dp), -EINVAL); /* a dict proxy */
+  mp_proxy_free(dp);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+}
+
+static mp_obj *pair_dict(const char *k1, int64_t v1, const char *k2, int64_t v2) {
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(d, mp_obj_str(k1), mp_obj_int(v1)), 0);
+  if (k2)
+    assert_int_equal(mp_obj_dict_set(d, mp_obj_str(k2), mp_obj_int(v2)), 0);
+  return d;
+}
+
+static void test_manager_dict_more_methods(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = pair_dict("a", 1, "b", 2), *got;
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, init, &d), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_dict_proxy_values(d, &got), 0);
+  check_repr(got, "[1, 2]");
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_reversed(d, &got), 0);
+  check_repr(got, "['b', 'a']");
+  mp_obj_free(got);
+  /* setdefault: the present value, or the default, set */
+  mp_obj *ka = mp_obj_str("a"), *kc = mp_obj_str("c"), *nine = mp_obj_int(9);
+  assert_int_equal(mp_dict_proxy_setdefault(d, ka, nine, &got), 0);
+  assert_int_equal(as_int(got), 1);
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_setdefault(d, kc, nine, &got), 0);
+  assert_int_equal(as_int(got), 9);
+  mp_obj_free(got);
+  /* | and |= */
+  mp_obj *other = pair_dict("a", 10, "z", 26);
+  assert_int_equal(mp_dict_proxy_or(d, other, &got), 0);
+  check_repr(got, "{'a': 10, 'b': 2, 'c': 9, 'z': 26}");
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_len(d), 3); /* unchanged */
+  assert_int_equal(mp_dict_proxy_or(d, ka, &got), -EDOM);
+  mp_obj *pairs = mp_obj_listv(1, mp_obj_listv(2, mp_obj_str("b"), mp_obj_int(20)));
+  assert_int_equal(mp_dict_proxy_ior(d, pairs), 0);
+  mp_obj_free(pairs);
+  mp_obj *badpairs = mp_obj_listv(2, mp_obj_listv(2, mp_obj_str("q"), mp_obj_int(1)),
+                                  mp_obj_listv(1, mp_obj_str("short")));
+  assert_int_equal(mp_dict_proxy_ior(d, badpairs), -EDOM);
+  mp_obj_free(badpairs);
+  assert_int_equal(mp_dict_proxy_ior(d, other), 0);
+  mp_obj_free(other);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'a': 10, 'b': 20, 'c': 9, 'z': 26}");
+  mp_obj_free(got);
+  /* popitem: last in, first out; KeyError when empty */
+  assert_int_equal(mp_dict_proxy_popitem(d, &got), 0);
+  check_repr(got, "['z', 26]");
+  mp_obj_free(got);
+  /* iteration: every key in order; a change of size is RuntimeError */
+  mp_dict_iter it = MP_DICT_ITER_INIT;
+  char keys[16] = "";
+  mp_obj *k;
+  int r;
+  while ((r = mp_dict_proxy_next(d, &it, &k)) == 1) {
+    const char *ks;
+    assert_int_equal(mp_obj_get_str(k, &ks, NULL), 0);
+    strcat(keys, ks);
+    mp_obj_free(k);
+  }
+  assert_int_equal(r, 0);
+  assert_string_equal(keys, "abc");
+  mp_dict_iter it2 = MP_DICT_ITER_INIT;
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), 1);
+  mp_obj_free(k);
+  assert_int_equal(mp_dict_proxy_set(d, kc, nine), 0); /* same size: goes on */
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), 1);
+  mp_obj_free(k);
+  assert_int_equal(mp_dict_proxy_del(d, ka), 0);
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), -ESTALE);
+  assert_int_equal(mp_dict_proxy_next(d, NULL, &k), -EINVAL);
+  assert_int_equal(mp_dict_proxy_clear(d), 0);
+  assert_int_equal(mp_dict_proxy_popitem(d, &got), -ENOENT);
+  mp_proxy_free(d);
+  /* fromkeys */
+  mp_obj *ks = mp_obj_listv(2, mp_obj_str("x"), mp_obj_str("y"));
+  assert_int_equal(mp_manager_dict_fromkeys(m, ks, nine, &d), 0);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'x': 9, 'y': 9}");
+  mp_obj_free(got);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_dict_fromkeys(m, ks, NULL, &d), 0);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'x': None, 'y': None}");
+  mp_obj_free(got);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_dict_fromkeys(m, ka, NULL, &d), -EDOM);
+  mp_obj_free(ks);
+  mp_obj_free(ka);
+  mp_obj_free(kc);
+  mp_obj_free(nine);
+  mp_manager_free(m);
+}
+
+/* A consumer child marks each item done; join returns only then. */
+static int jq_consumer(void *arg) {
+  mp_proxy *q = arg;
+  for (int i = 0; i < 3; i++) {
+    mp_obj *v;
+    CHILD_CHECK(mp_queue_proxy_get(q, 10, &v) == 0);
+    mp_obj_free(v);
+    tu_sleep(0.1);
+    CHILD_CHECK(mp_queue_proxy_task_done(q) == 0);
+  }
+  return 0;
+}
+
+static void test_manager_queue_full_empty_joinable(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *q, *jq;
+  assert_int_equal(mp_manager_queue(m, 2, &q), 0);
+  assert_int_equal(mp_queue_proxy_empty(q), 1);
+  assert_int_equal(mp_queue_proxy_full(q), 0);
+  mp_obj *v = mp_obj_int(1);
+  assert_int_equal(mp_queue_proxy_put(q, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_empty(q), 0);
+  assert_int_equal(mp_queue_proxy_full(q), 0);
+  assert_int_equal(mp_queue_proxy_put(q, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_full(q), 1);
+  assert_int_equal(mp_queue_proxy_task_done(q), -EINVAL); /* not joinable */
+  assert_int_equal(mp_queue_proxy_join(q, 0), -EINVAL);
+  assert_int_equal(mp_manager_joinable_queue(m, 0, &jq), 0);
+  assert_int_equal(mp_queue_proxy_task_done(jq), -EOVERFLOW);
+  assert_int_equal(mp_queue_proxy_join(jq, 0), 0); /* nothing unfinished */
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(mp_queue_proxy_put(jq, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_full(jq), 0); /* unbounded */
+  assert_int_equal(mp_queue_proxy_join(jq, 0.1), -ETIMEDOUT);
+  pid_t pid = tu_fork(jq_consumer, jq, 30);
+  double t0 = tu_now();
+  assert_int_equal(mp_queue_proxy_join(jq, 20), 0);
+  assert_true(tu_now() - t0 >= 0.25); /* three tasks of 0.1 s each */
+  assert_int_equal(mp_queue_proxy_qsize(jq), 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_queue_proxy_task_done(jq), -EOVERFLOW);
+  mp_obj_free(v);
+  mp_proxy_free(q);
+  mp_proxy_free(jq);
+  mp_manager_free(m);
+}
+
 /* --------------------------------------------------------------- security */
 
 static void test_manager_wrong_key_refused(void **state) {
@@ -2433,6 +2686,9 @@ int main(void) {
       cmocka_unit_test(test_manager_named_objects_shared),
       cmocka_unit_test(test_manager_publish_existing_object),
       cmocka_unit_test(test_manager_start_initializer),
+      cmocka_unit_test(test_manager_list_slices_and_order),
+      cmocka_unit_test(test_manager_dict_more_methods),
+      cmocka_unit_test(test_manager_queue_full_empty_joinable),
   };
   return TU_RUN("manager", tests);
 }

@@ -571,6 +571,55 @@ MP_EXPORT int mp_dict_proxy_update(mp_proxy *d, const mp_obj *other);
 /** @brief `d.clear()`. */
 MP_EXPORT int mp_dict_proxy_clear(mp_proxy *d);
 
+/** @brief `list(d.values())`, a new list. */
+MP_EXPORT int mp_dict_proxy_values(mp_proxy *d, mp_obj **ret);
+/** @brief `d.popitem()`: remove the entry set last and return it as a new
+ *         `[key, value]` list. @return 0; `-ENOENT` when the dict is empty
+ *         (KeyError); the common errors. */
+MP_EXPORT int mp_dict_proxy_popitem(mp_proxy *d, mp_obj **ret);
+/** @brief `d.setdefault(key, dflt)`: the value of @p key, after setting it
+ *         to @p dflt when absent (one step in the server). @return 0; the
+ *         common errors. */
+MP_EXPORT int mp_dict_proxy_setdefault(mp_proxy *d, const mp_obj *key, const mp_obj *dflt,
+                                       mp_obj **ret);
+/** @brief `list(reversed(d))`: the keys, last set first, a new list. */
+MP_EXPORT int mp_dict_proxy_reversed(mp_proxy *d, mp_obj **ret);
+/** @brief `d | other`: a new local dict, the shared dict's entries updated
+ *         by @p other's; the shared dict is unchanged. @return 0; `-EDOM`
+ *         when @p other is not a dict (TypeError). */
+MP_EXPORT int mp_dict_proxy_or(mp_proxy *d, const mp_obj *other, mp_obj **ret);
+/** @brief `d |= other`: update from a dict or a list of `[key, value]`
+ *         pairs, all checked before any entry changes. @return 0; `-EDOM`
+ *         for anything else (TypeError, ValueError). */
+MP_EXPORT int mp_dict_proxy_ior(mp_proxy *d, const mp_obj *other);
+
+/** The state of an iteration over a shared dict's keys: start it with
+ *  #MP_DICT_ITER_INIT. */
+typedef struct mp_dict_iter {
+  int64_t pos; /**< the next key's position */
+  int64_t len; /**< the dict's length when the iteration began; -1 before */
+} mp_dict_iter;
+/** A fresh #mp_dict_iter. */
+#define MP_DICT_ITER_INIT {0, -1}
+
+/**
+ * @brief The next key of `for key in d:`, in insertion order, one round
+ *        trip per key (Python's proxy iterates the same way).
+ * @param[out] key a new value, written only when 1 is returned.
+ * @return 1 with a key; 0 at the end (StopIteration); `-ESTALE` when the
+ *         dict's length changed since the iteration began (Python's
+ *         `RuntimeError: dictionary changed size during iteration`; start a
+ *         new one); `-EINVAL` for a NULL or bad @p it; the common errors.
+ */
+MP_EXPORT int mp_dict_proxy_next(mp_proxy *d, mp_dict_iter *it, mp_obj **key);
+
+/** @brief A new shared dict with each item of the list @p keys as a key,
+ *         each set to a copy of @p value (nil when NULL) (Python's
+ *         `Manager().dict(dict.fromkeys(keys, value))`). @return 0; `-EDOM`
+ *         when @p keys is not a list; as mp_manager_create(). */
+MP_EXPORT int mp_manager_dict_fromkeys(mp_manager *m, const mp_obj *keys, const mp_obj *value,
+                                       mp_proxy **ret);
+
 /* list (Python's ListProxy). Negative indexes count from the end. */
 
 /** @brief `l.append(v)`. */
@@ -597,6 +646,37 @@ MP_EXPORT ssize_t mp_list_proxy_count(mp_proxy *l, const mp_obj *v);
 /** @brief `l[:]`: a new local list with the contents. */
 MP_EXPORT int mp_list_proxy_copy(mp_proxy *l, mp_obj **ret);
 
+/** A slice bound or step left out (Python's `l[:3]`, `l[::2]`). */
+#define MP_SLICE_NONE INT64_MIN
+
+/** @brief `l[start:stop:step]`, a new local list, by Python's rules (any
+ *         bound is clipped; #MP_SLICE_NONE for an omitted one). @return 0;
+ *         `-EINVAL` for a step of 0 (ValueError); the common errors. */
+MP_EXPORT int mp_list_proxy_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                  mp_obj **ret);
+/** @brief `l[start:stop:step] = items` (a list): with step 1 (or omitted)
+ *         the slice is replaced by any number of items; an extended slice
+ *         takes exactly as many as it has. @return 0; `-EINVAL` for a step
+ *         of 0 or a wrong count (ValueError); `-EDOM` when @p items is not
+ *         a list (TypeError). */
+MP_EXPORT int mp_list_proxy_set_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                      const mp_obj *items);
+/** @brief `del l[start:stop:step]`. @return 0; `-EINVAL` for a step of 0. */
+MP_EXPORT int mp_list_proxy_del_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step);
+/** @brief `l *= n`: the items repeated @p n times in place (@p n <= 0
+ *         empties it). @return 0; `-EMSGSIZE` when the result would exceed
+ *         #MP_OBJ_MAX_ITEMS (the list is unchanged). */
+MP_EXPORT int mp_list_proxy_imul(mp_proxy *l, int64_t n);
+/** @brief `l.sort(reverse=...)`: stable; numbers by value, strings and
+ *         bytes bytewise, lists item by item. @return 0; `-EDOM` when two
+ *         items are not ordered (a string and a number, nil, dicts:
+ *         TypeError), the list then unchanged. */
+MP_EXPORT int mp_list_proxy_sort(mp_proxy *l, int reverse);
+/** @brief `l.reverse()`. */
+MP_EXPORT int mp_list_proxy_reverse(mp_proxy *l);
+/** @brief `l.clear()`. */
+MP_EXPORT int mp_list_proxy_clear(mp_proxy *l);
+
 /* Namespace (Python's NamespaceProxy). */
 
 /** @brief `ns.name = v`. */
@@ -616,6 +696,24 @@ MP_EXPORT int mp_queue_proxy_put(mp_proxy *q, const mp_obj *v, double timeout);
 MP_EXPORT int mp_queue_proxy_get(mp_proxy *q, double timeout, mp_obj **ret);
 /** @brief `q.qsize()`. @return the number of items. */
 MP_EXPORT ssize_t mp_queue_proxy_qsize(mp_proxy *q);
+
+/** @brief `q.empty()`. @return 1 or 0; the common errors. */
+MP_EXPORT int mp_queue_proxy_empty(mp_proxy *q);
+/** @brief `q.full()`: 1 when a bounded queue holds maxsize items, else 0. */
+MP_EXPORT int mp_queue_proxy_full(mp_proxy *q);
+
+/** @brief A new JoinableQueue (`Manager().JoinableQueue(maxsize)`): a Queue
+ *         (the mp_queue_proxy calls work on it) that counts unfinished
+ *         tasks: each put adds one, mp_queue_proxy_task_done() ends one.
+ *         @p maxsize <= 0 is unbounded. @return as mp_manager_create(). */
+MP_EXPORT int mp_manager_joinable_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret);
+/** @brief `q.task_done()`. @return 0; `-EOVERFLOW` when called more times
+ *         than items were put (ValueError); `-EINVAL` for a plain Queue. */
+MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q);
+/** @brief `q.join()`: wait until every item put has been marked done.
+ *         @return 0; `-ETIMEDOUT` at the deadline; `-EINVAL` for a plain
+ *         Queue; the common errors. */
+MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout);
 
 /* Lock, RLock, Semaphore, BoundedSemaphore, Condition (AcquirerProxy). */
 
