@@ -671,6 +671,8 @@ enum kind {
   K_VALUE,
   K_ARRAY,
   K_JQUEUE,
+  K_SET,
+  K_BARRIER,
 };
 
 static const char *const kind_names[] = {
@@ -678,7 +680,7 @@ static const char *const kind_names[] = {
     [K_QUEUE] = "Queue",         [K_LOCK] = "Lock",           [K_RLOCK] = "RLock",
     [K_EVENT] = "Event",         [K_SEMAPHORE] = "Semaphore", [K_BSEMAPHORE] = "BoundedSemaphore",
     [K_CONDITION] = "Condition", [K_VALUE] = "Value",         [K_ARRAY] = "Array",
-    [K_JQUEUE] = "JoinableQueue",
+    [K_JQUEUE] = "JoinableQueue", [K_SET] = "set", [K_BARRIER] = "Barrier",
 };
 #define N_KINDS ((int)(sizeof kind_names / sizeof kind_names[0]))
 
@@ -712,7 +714,8 @@ struct sobj {
   struct waiter *waiters;
   int busy; /* threads waiting on it */
   bool released;
-  bool named; /* published under a name: lives until the server ends */
+  bool named;  /* published under a name: lives until the server ends */
+  bool broken; /* a Barrier's: aborted, timed out or a party died */
 };
 
 struct client {
@@ -1390,6 +1393,107 @@ static int call_condition(struct server *s, struct sobj *o, const char *m, const
   return r;
 }
 
+static int call_set(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
+  mp_obj *d = o->val;
+  const mp_obj *x = arg(a, 0);
+  if (IS(m, "len"))
+    return (int)mp_obj_len(d);
+  if (IS(m, "clear")) {
+    mp__obj_clear(d);
+    return 0;
+  }
+  if (IS(m, "items"))
+    return call_dict(o, "keys", a, res);
+  if (IS(m, "pop")) {
+    ssize_t len = mp_obj_len(d);
+    if (len == 0)
+      return -ENOENT; /* KeyError: pop from an empty set */
+    mp__obj_dict_compact(d);
+    mp__obj_dict_remove(d, (size_t)len - 1, res, NULL);
+    return 0;
+  }
+  if (IS(m, "update")) {
+    if (!nargs(a, 1) || mp_obj_type(x) != MP_OBJ_LIST)
+      return -EDOM;
+    for (size_t i = 0; i < (size_t)mp_obj_len(x); i++) {
+      int r = mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(x, i)), mp_obj_nil());
+      if (r < 0)
+        return r;
+    }
+    return 0;
+  }
+  if (!IS(m, "add") && !IS(m, "discard") && !IS(m, "remove") && !IS(m, "contains"))
+    return -EOPNOTSUPP;
+  if (!nargs(a, 1))
+    return -EINVAL;
+  if (IS(m, "add"))
+    return mp__obj_dict_find(d, x) >= 0 ? 0 : mp_obj_dict_set(d, mp_obj_copy(x), mp_obj_nil());
+  ssize_t at = mp__obj_dict_find(d, x);
+  if (IS(m, "contains"))
+    return at >= 0;
+  if (at < 0)
+    return IS(m, "remove") ? -ENOENT : 0; /* remove: KeyError; discard: nothing */
+  mp__obj_dict_remove(d, (size_t)at, NULL, NULL);
+  return 0;
+}
+
+/* A Barrier: num parties arrived in the current cycle (generation owner),
+ * bound parties in all, count the last generation that tripped. A cycle
+ * ends by tripping (its parties get their arrival index) or by a reset
+ * (they get -ECANCELED). A party whose wait times out, or whose client dies
+ * while it waits, breaks the barrier, as Python's timeout does: the others
+ * get -ECANCELED (BrokenBarrierError) rather than wait for a party that
+ * will never come; reset() repairs it. */
+static int call_barrier(struct server *s, struct sobj *o, const char *m, const mp__deadline *d) {
+  if (IS(m, "parties"))
+    return (int)o->bound;
+  if (IS(m, "n_waiting"))
+    return (int)o->num;
+  if (IS(m, "broken"))
+    return o->broken;
+  if (IS(m, "abort") || IS(m, "reset")) {
+    if (IS(m, "reset")) {
+      if (o->num > 0)
+        o->owner++; /* the waiting cycle ends, not tripped */
+      o->broken = false;
+    } else {
+      o->broken = true;
+    }
+    o->num = 0;
+    wake_all(s);
+    return 0;
+  }
+  if (!IS(m, "wait"))
+    return -EOPNOTSUPP;
+  if (o->broken)
+    return -ECANCELED;
+  if (client_gone())
+    return -EPIPE; /* no arrival for a client that cannot learn of it */
+  uint64_t gen = o->owner;
+  int64_t idx = o->num++;
+  if (o->num == o->bound) {
+    o->count = (int64_t)gen;
+    o->owner++;
+    o->num = 0;
+    wake_all(s);
+    return (int)idx;
+  }
+  while (o->owner == gen && !o->broken) {
+    int r = srv_wait(s, o, d);
+    if (r < 0 && o->owner == gen && !o->broken) {
+      if (r == -ESRCH)
+        return r;
+      o->broken = true; /* timed out, or the client or server is going */
+      o->num = 0;
+      wake_all(s);
+      return r == -ETIMEDOUT ? -ECANCELED : r;
+    }
+  }
+  if (o->owner != gen && o->count == (int64_t)gen)
+    return (int)idx;
+  return -ECANCELED;
+}
+
 static int call_builtin(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
                         uint64_t me, const mp__deadline *d, mp_obj **res) {
   int r;
@@ -1397,6 +1501,8 @@ static int call_builtin(struct server *s, struct sobj *o, const char *m, const m
   case K_DICT: return call_dict(o, m, a, res);
   case K_LIST: return call_list(o, m, a, res);
   case K_NAMESPACE: return call_namespace(o, m, a, res);
+  case K_SET: return call_set(o, m, a, res);
+  case K_BARRIER: return call_barrier(s, o, m, d);
   case K_QUEUE:
   case K_JQUEUE: return call_queue(s, o, m, a, d, res);
   case K_VALUE:
@@ -1478,6 +1584,22 @@ static int builtin_init(struct sobj *o, const mp_obj *a) {
     o->val = mp_obj_copy(a0);
     return o->val ? 0 : -ENOMEM;
   case K_NAMESPACE: o->val = mp_obj_dict(); return o->val ? 0 : -ENOMEM;
+  case K_SET:
+    /* a dict whose keys are the items (values nil): hashing and order come
+     * with it */
+    if (na > 1 || (a0 && mp_obj_type(a0) != MP_OBJ_LIST))
+      return -EINVAL;
+    if (!(o->val = mp_obj_dict()))
+      return -ENOMEM;
+    for (size_t i = 0; a0 && i < (size_t)mp_obj_len(a0); i++)
+      if (mp_obj_dict_set(o->val, mp_obj_copy(mp__obj_list_at(a0, i)), mp_obj_nil()) < 0)
+        return -ENOMEM; /* srv_create frees val */
+    return 0;
+  case K_BARRIER:
+    if (na != 1 || arg_int(a, 0, &o->bound) < 0 || o->bound < 1 || o->bound > INT_MAX)
+      return -EINVAL;
+    o->count = -1; /* no cycle has tripped yet */
+    return 0;
   case K_QUEUE:
   case K_JQUEUE:
     if (na > 1 || (na == 1 && arg_int(a, 0, &o->num) < 0))
@@ -3382,6 +3504,72 @@ MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q) {
 }
 MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout) {
   return tcall(q, K_JQUEUE, "join", NULL, NULL, timeout, NULL);
+}
+
+MP_EXPORT int mp_manager_set(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  if (init && mp_obj_type(init) != MP_OBJ_LIST)
+    return -EDOM;
+  return create1(m, "set", init, ret);
+}
+MP_EXPORT int mp_set_proxy_add(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "add", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_discard(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "discard", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_remove(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "remove", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_contains(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "contains", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_set_proxy_len(mp_proxy *st) {
+  return tcall(st, K_SET, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_pop(mp_proxy *st, mp_obj **ret) {
+  NEED(ret);
+  return tcall(st, K_SET, "pop", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_set_proxy_clear(mp_proxy *st) {
+  return tcall(st, K_SET, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_items(mp_proxy *st, mp_obj **ret) {
+  NEED(ret);
+  return tcall(st, K_SET, "items", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_set_proxy_update(mp_proxy *st, const mp_obj *items) {
+  NEED(items);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  return tcall(st, K_SET, "update", items, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_manager_barrier(mp_manager *m, int parties, mp_proxy **ret) {
+  if (parties < 1)
+    return -EINVAL;
+  return create_int(m, "Barrier", parties, ret);
+}
+MP_EXPORT int mp_barrier_proxy_wait(mp_proxy *b, double timeout) {
+  return tcall(b, K_BARRIER, "wait", NULL, NULL, timeout, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_abort(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "abort", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_reset(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "reset", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_broken(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "broken", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_n_waiting(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "n_waiting", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "parties", NULL, NULL, MP_FOREVER, NULL);
 }
 
 /* ------------------------------------------------ 8. Listener and Client */

@@ -1292,6 +1292,126 @@ static void test_manager_queue_full_empty_joinable(void **state) {
   mp_manager_free(m);
 }
 
+
+static void test_manager_set(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_listv(3, mp_obj_int(1), mp_obj_str("a"), mp_obj_int(1)), *got;
+  mp_proxy *st;
+  assert_int_equal(mp_manager_set(m, init, &st), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_set_proxy_len(st), 2);
+  mp_obj *one = mp_obj_int(1), *two = mp_obj_int(2);
+  assert_int_equal(mp_set_proxy_contains(st, one), 1);
+  assert_int_equal(mp_set_proxy_contains(st, two), 0);
+  assert_int_equal(mp_set_proxy_add(st, two), 0);
+  assert_int_equal(mp_set_proxy_add(st, two), 0);
+  assert_int_equal(mp_set_proxy_len(st), 3);
+  assert_int_equal(mp_set_proxy_items(st, &got), 0);
+  check_repr(got, "[1, 'a', 2]");
+  mp_obj_free(got);
+  assert_int_equal(mp_set_proxy_remove(st, one), 0);
+  assert_int_equal(mp_set_proxy_remove(st, one), -ENOENT);
+  assert_int_equal(mp_set_proxy_discard(st, one), 0);
+  mp_obj *more = mp_obj_listv(2, mp_obj_int(2), mp_obj_int(3));
+  assert_int_equal(mp_set_proxy_update(st, more), 0);
+  assert_int_equal(mp_set_proxy_update(st, one), -EDOM);
+  mp_obj_free(more);
+  assert_int_equal(mp_set_proxy_pop(st, &got), 0);
+  check_repr(got, "3");
+  mp_obj_free(got);
+  assert_int_equal(mp_set_proxy_clear(st), 0);
+  assert_int_equal(mp_set_proxy_pop(st, &got), -ENOENT);
+  assert_int_equal(mp_manager_set(m, one, &st), -EDOM);
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  assert_int_equal(mp_set_proxy_add(l, one), -EINVAL); /* not a set */
+  mp_proxy_free(l);
+  mp_obj_free(one);
+  mp_obj_free(two);
+  mp_proxy_free(st);
+  mp_manager_free(m);
+}
+
+struct barrier_arg {
+  mp_proxy *b, *d;
+};
+
+/* A party: records its arrival index in d[index] = 1. */
+static int barrier_party(void *arg) {
+  struct barrier_arg *a = arg;
+  int r = mp_barrier_proxy_wait(a->b, 20);
+  CHILD_CHECK(r >= 0 && r < 3);
+  mp_obj *k = mp_obj_int(r), *v = mp_obj_int(1);
+  CHILD_CHECK(mp_dict_proxy_set(a->d, k, v) == 0);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  return 0;
+}
+
+static int barrier_waiter(void *arg) {
+  mp_proxy *b = arg;
+  mp_barrier_proxy_wait(b, MP_FOREVER);
+  return 99;
+}
+
+static void test_manager_barrier(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *b, *d;
+  assert_int_equal(mp_manager_barrier(m, 0, &b), -EINVAL);
+  assert_int_equal(mp_manager_barrier(m, 3, &b), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_barrier_proxy_parties(b), 3);
+  /* three parties, two cycles: every index once per cycle */
+  for (int cycle = 0; cycle < 2; cycle++) {
+    struct barrier_arg a = {b, d};
+    pid_t p1 = tu_fork(barrier_party, &a, 30), p2 = tu_fork(barrier_party, &a, 30);
+    int idx = mp_barrier_proxy_wait(b, 20); /* the parent is the third */
+    assert_true(idx >= 0 && idx < 3);
+    mp_obj *k = mp_obj_int(idx), *v = mp_obj_int(1);
+    assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+    mp_obj_free(k);
+    mp_obj_free(v);
+    assert_child_ok(p1);
+    assert_child_ok(p2);
+    assert_int_equal(mp_dict_proxy_len(d), 3); /* three distinct indexes */
+    assert_int_equal(mp_dict_proxy_clear(d), 0);
+  }
+  assert_int_equal(mp_barrier_proxy_n_waiting(b), 0);
+  assert_int_equal(mp_barrier_proxy_broken(b), 0);
+  /* a timeout breaks it for everyone */
+  double t0 = tu_now();
+  assert_int_equal(mp_barrier_proxy_wait(b, 0.2), -ECANCELED);
+  assert_true(tu_now() - t0 >= 0.15);
+  assert_int_equal(mp_barrier_proxy_broken(b), 1);
+  assert_int_equal(mp_barrier_proxy_wait(b, 1), -ECANCELED);
+  assert_int_equal(mp_barrier_proxy_reset(b), 0);
+  assert_int_equal(mp_barrier_proxy_broken(b), 0);
+  /* abort wakes a waiter */
+  pid_t w = tu_fork(barrier_waiter, b, 30);
+  for (int i = 0; i < 500 && mp_barrier_proxy_n_waiting(b) == 0; i++)
+    tu_sleep(0.01);
+  assert_int_equal(mp_barrier_proxy_n_waiting(b), 1);
+  assert_int_equal(mp_barrier_proxy_abort(b), 0);
+  assert_int_equal(tu_wait(w), 99);
+  assert_int_equal(mp_barrier_proxy_reset(b), 0);
+  /* a party killed while it waits breaks the barrier: no one waits for it */
+  w = tu_fork(barrier_waiter, b, 30);
+  for (int i = 0; i < 500 && mp_barrier_proxy_n_waiting(b) == 0; i++)
+    tu_sleep(0.01);
+  kill(w, SIGKILL);
+  waitpid(w, NULL, 0);
+  int broken = 0;
+  for (int i = 0; i < 500 && (broken = mp_barrier_proxy_broken(b)) == 0; i++)
+    tu_sleep(0.01);
+  assert_int_equal(broken, 1);
+  assert_int_equal(mp_barrier_proxy_wait(b, 5), -ECANCELED);
+  mp_proxy_free(d);
+  mp_proxy_free(b);
+  mp_manager_free(m);
+}
+
 /* --------------------------------------------------------------- security */
 
 static void test_manager_wrong_key_refused(void **state) {
@@ -2689,6 +2809,8 @@ int main(void) {
       cmocka_unit_test(test_manager_list_slices_and_order),
       cmocka_unit_test(test_manager_dict_more_methods),
       cmocka_unit_test(test_manager_queue_full_empty_joinable),
+      cmocka_unit_test(test_manager_set),
+      cmocka_unit_test(test_manager_barrier),
   };
   return TU_RUN("manager", tests);
 }

@@ -435,7 +435,8 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
  * @brief Create an object in the server by type name: a registered type or
  *        one of `dict`, `list`, `Namespace`, `Queue`, `Lock`, `RLock`,
  *        `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Value`,
- *        `Array` (their arguments as the typed creators below).
+ *        `Array`, `JoinableQueue`, `set`, `Barrier` (their arguments as the
+ *        typed creators below).
  * @param args the constructor's arguments, a list; NULL for none.
  * @return 0; `-ENOENT` for an unknown type; the constructor's error;
  *         the common errors.
@@ -714,6 +715,59 @@ MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q);
  *         @return 0; `-ETIMEDOUT` at the deadline; `-EINVAL` for a plain
  *         Queue; the common errors. */
 MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout);
+
+/* set (Python 3.14's SyncManager.set(); items as for dict keys). */
+
+/** @brief A new shared set (`Manager().set(items)`) of the items of the
+ *         list @p init (duplicates once), or empty when NULL. @return 0;
+ *         `-EDOM` when @p init is not a list; as mp_manager_create(). */
+MP_EXPORT int mp_manager_set(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+/** @brief `s.add(v)`. */
+MP_EXPORT int mp_set_proxy_add(mp_proxy *s, const mp_obj *v);
+/** @brief `s.discard(v)`: 0 also when absent. */
+MP_EXPORT int mp_set_proxy_discard(mp_proxy *s, const mp_obj *v);
+/** @brief `s.remove(v)`. @return 0; `-ENOENT` when absent (KeyError). */
+MP_EXPORT int mp_set_proxy_remove(mp_proxy *s, const mp_obj *v);
+/** @brief `v in s`. @return 1 or 0. */
+MP_EXPORT int mp_set_proxy_contains(mp_proxy *s, const mp_obj *v);
+/** @brief `len(s)`. */
+MP_EXPORT ssize_t mp_set_proxy_len(mp_proxy *s);
+/** @brief `s.pop()`: remove and return an item (the last added).
+ *         @return 0; `-ENOENT` when empty (KeyError). */
+MP_EXPORT int mp_set_proxy_pop(mp_proxy *s, mp_obj **ret);
+/** @brief `s.clear()`. */
+MP_EXPORT int mp_set_proxy_clear(mp_proxy *s);
+/** @brief `list(s)`: the items in the order they were added, a new list. */
+MP_EXPORT int mp_set_proxy_items(mp_proxy *s, mp_obj **ret);
+/** @brief `s.update(items)` from a local list. @return 0; `-EDOM` when
+ *         not a list. */
+MP_EXPORT int mp_set_proxy_update(mp_proxy *s, const mp_obj *items);
+
+/* Barrier (`Manager().Barrier(parties)`). */
+
+/** @brief A new Barrier of @p parties (>= 1, else `-EINVAL`). */
+MP_EXPORT int mp_manager_barrier(mp_manager *m, int parties, mp_proxy **ret);
+/**
+ * @brief `b.wait(timeout)`: wait until @p parties parties (any processes,
+ *        any clients) have called it.
+ * @return the party's arrival index, 0 .. parties-1, distinct within a
+ *         cycle; `-ECANCELED` when the barrier is or becomes broken
+ *         (Python's BrokenBarrierError): aborted, reset while waiting, or
+ *         a party's timeout passed (that party gets `-ECANCELED` too). A
+ *         party whose client dies while it waits breaks the barrier as a
+ *         timeout would, so the others do not wait for it forever.
+ */
+MP_EXPORT int mp_barrier_proxy_wait(mp_proxy *b, double timeout);
+/** @brief `b.abort()`: break it; waiters and later waits get `-ECANCELED`. */
+MP_EXPORT int mp_barrier_proxy_abort(mp_proxy *b);
+/** @brief `b.reset()`: empty and unbroken; parties waiting get `-ECANCELED`. */
+MP_EXPORT int mp_barrier_proxy_reset(mp_proxy *b);
+/** @brief `b.broken`. @return 1 or 0. */
+MP_EXPORT int mp_barrier_proxy_broken(mp_proxy *b);
+/** @brief `b.n_waiting`. @return the count. */
+MP_EXPORT int mp_barrier_proxy_n_waiting(mp_proxy *b);
+/** @brief `b.parties`. @return the count. */
+MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b);
 
 /* Lock, RLock, Semaphore, BoundedSemaphore, Condition (AcquirerProxy). */
 
