@@ -716,6 +716,8 @@ struct sobj {
   bool released;
   bool named;  /* published under a name: lives until the server ends */
   bool broken; /* a Barrier's: aborted, timed out or a party died */
+  bool orphan; /* released by its creator, kept while a container refers to it */
+  bool mark;   /* reachable (srv_collect) */
 };
 
 struct client {
@@ -752,6 +754,7 @@ struct server {
   size_t keylen;
   struct name_entry *names; /* named objects (mp_manager_register_object) */
   size_t n_names, cap_names;
+  size_t n_orphans; /* released objects containers may still refer to */
 };
 
 /* A name clients ask for (Python's BaseManager.register('get_queue', ...)):
@@ -1665,6 +1668,61 @@ static struct sobj *srv_find(struct server *s, int64_t id) {
   return s->objs[id - 1];
 }
 
+/* Free object i of the table (s->mu held). */
+static void srv_free_obj(struct server *s, size_t i) {
+  struct sobj *o = s->objs[i];
+  s->objs[i] = NULL;
+  o->released = true;
+  wake_all(s);
+  if (o->busy == 0)
+    obj_destroy(o);
+  /* otherwise the last waiter frees it (see srv_request) */
+}
+
+static void mark_ref(int64_t id, void *ctx) {
+  struct server *s = ctx;
+  struct sobj *t = srv_find(s, id);
+  if (t)
+    t->mark = true;
+}
+
+/* Proxies inside containers: an object its creator released stays while a
+ * container refers to it (an orphan). Free the orphans nothing reachable
+ * refers to: the roots are the objects not released (and named ones, which
+ * are never released); references are followed through orphans too. Runs
+ * after each call while orphans exist, whatever the call changed, so no
+ * container method needs to count references (s->mu held). */
+static void srv_collect(struct server *s) {
+  if (s->n_orphans == 0)
+    return;
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i])
+      s->objs[i]->mark = !s->objs[i]->orphan;
+  /* a reference marks its target; scan each marked object once per pass,
+   * until a pass marks nothing new */
+  bool *scanned = calloc(s->n_objs, sizeof *scanned);
+  if (!scanned)
+    return; /* try again after the next call */
+  for (bool more = true; more;) {
+    more = false;
+    for (size_t i = 0; i < s->n_objs; i++) {
+      struct sobj *o = s->objs[i];
+      if (!o || !o->mark || scanned[i])
+        continue;
+      scanned[i] = true;
+      more = true;
+      if (o->val)
+        mp__obj_each_ref(o->val, mark_ref, s);
+    }
+  }
+  free(scanned);
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i] && s->objs[i]->orphan && !s->objs[i]->mark) {
+      s->n_orphans--;
+      srv_free_obj(s, i);
+    }
+}
+
 /* Release object id for client me: only its creator may (see "Who may use
  * an object" in manager.h). */
 static int srv_release(struct server *s, int64_t id, uint64_t me) {
@@ -1673,17 +1731,13 @@ static int srv_release(struct server *s, int64_t id, uint64_t me) {
     return -ESRCH;
   if (o->holder != me)
     return -EPERM;
-  if (o->named) {
-    /* the name holds it for every client: the creator only lets go */
-    o->holder = 0;
-    return 0;
-  }
-  s->objs[id - 1] = NULL;
-  o->released = true;
-  wake_all(s);
-  if (o->busy == 0)
-    obj_destroy(o);
-  /* otherwise the last waiter frees it (see client_request) */
+  o->holder = 0;
+  if (o->named)
+    return 0; /* the name holds it for every client: the creator only lets go */
+  /* an orphan until srv_collect() finds no container that refers to it */
+  o->orphan = true;
+  s->n_orphans++;
+  srv_collect(s);
   return 0;
 }
 
@@ -1724,15 +1778,19 @@ static int srv_publish(struct server *s, const char *name, int64_t id) {
   return 0;
 }
 
-/* The object a name stands for, as [id, type name]. */
-static int srv_lookup(struct server *s, const char *name, mp_obj **res) {
-  ssize_t i = srv_name_find(s, name);
-  if (i < 0)
-    return -ENOENT;
-  struct sobj *o = srv_find(s, s->names[i].id);
+/* The object a name stands for, or with an empty name the object id (a
+ * reference read from a container), as [id, type name]. */
+static int srv_lookup(struct server *s, const char *name, int64_t id, mp_obj **res) {
+  if (*name) {
+    ssize_t i = srv_name_find(s, name);
+    if (i < 0)
+      return -ENOENT;
+    id = s->names[i].id;
+  }
+  struct sobj *o = srv_find(s, id);
   if (!o)
-    return -ESRCH; /* cannot happen: a named object is never released */
-  *res = mp_obj_listv(2, mp_obj_int(s->names[i].id), mp_obj_str(obj_type_name(o)));
+    return -ESRCH;
+  *res = mp_obj_listv(2, mp_obj_int(id), mp_obj_str(obj_type_name(o)));
   return *res ? 0 : -ENOMEM;
 }
 
@@ -1769,7 +1827,7 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
     wake_all(s);
     return 0;
   case SH_OP_OFFER: return sh_accept(c, id, args);
-  case MP__OP_LOOKUP: return srv_lookup(s, method, res);
+  case MP__OP_LOOKUP: return srv_lookup(s, method, id, res);
   case MP__OP_PUBLISH: return srv_publish(s, method, id);
   case MP__OP_CALL: break;
   default: return -EBADMSG;
@@ -1792,6 +1850,7 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   o->busy--;
   if (o->released && o->busy == 0)
     obj_destroy(o);
+  srv_collect(s); /* the call may have dropped the last reference to an orphan */
   return r;
 }
 
@@ -2972,35 +3031,58 @@ MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *a
   return 0;
 }
 
+static int proxy_from_lookup(mp_manager *m, mp_obj *rep, mp_proxy **ret);
+
 MP_EXPORT int mp_manager_get(mp_manager *m, const char *name, mp_proxy **ret) {
   if (!manager_ok(m) || !name || !*name || strlen(name) >= NAME_MAX_LEN || !ret)
     return -EINVAL;
+  mp_obj *rep = NULL;
+  int r = manager_call(m, MP__OP_LOOKUP, 0, name, NULL, MP_FOREVER, &rep);
+  if (r >= 0)
+    r = proxy_from_lookup(m, rep, ret);
+  mp_obj_free(rep);
+  return r < 0 ? r : 0;
+}
+
+MP_EXPORT mp_obj *mp_obj_proxy(mp_proxy *p) {
+  if (!proxy_ok(p))
+    return NULL;
+  return mp__obj_ref(p->id);
+}
+
+/* A proxy that does not own its object, from a LOOKUP reply [id, type]. */
+static int proxy_from_lookup(mp_manager *m, mp_obj *rep, mp_proxy **ret) {
+  int64_t v = 0;
+  const char *type = NULL;
+  if (mp_obj_type(rep) != MP_OBJ_LIST || !nargs(rep, 2) || arg_int(rep, 0, &v) < 0 ||
+      mp_obj_get_str(arg(rep, 1), &type, NULL) < 0 || strlen(type) >= sizeof((mp_proxy *)0)->type)
+    return -EBADMSG;
   mp_proxy *p = calloc(1, sizeof *p);
   if (!p)
     return -ENOMEM;
-  mp_obj *rep = NULL;
-  int r = manager_call(m, MP__OP_LOOKUP, 0, name, NULL, MP_FOREVER, &rep);
-  int64_t v = 0;
-  const char *type = NULL;
-  if (r >= 0 && (mp_obj_type(rep) != MP_OBJ_LIST || !nargs(rep, 2) || arg_int(rep, 0, &v) < 0 ||
-                 mp_obj_get_str(arg(rep, 1), &type, NULL) < 0 || strlen(type) >= sizeof p->type))
-    r = -EBADMSG;
-  if (r < 0) {
-    mp_obj_free(rep);
-    free(p);
-    return r;
-  }
   p->magic = PROXY_MAGIC;
   p->m = m;
   p->id = v;
-  p->creator = 0; /* the name holds the object: no proxy of it releases it */
+  p->creator = 0; /* a name or a container holds the object: no release */
   p->kind = find_kind(type);
   if (p->kind < 0)
     p->kind = K_CUSTOM;
   snprintf(p->type, sizeof p->type, "%s", type);
-  mp_obj_free(rep);
   *ret = p;
   return 0;
+}
+
+MP_EXPORT int mp_obj_get_proxy(mp_manager *m, const mp_obj *o, mp_proxy **ret) {
+  if (!manager_ok(m) || !o || !ret)
+    return -EINVAL;
+  if (mp_obj_type(o) != MP_OBJ_PROXY)
+    return -EDOM;
+  mp_obj *rep = NULL;
+  int r = manager_call(m, MP__OP_LOOKUP, mp__obj_ref_id(o), "", NULL, MP_FOREVER, &rep);
+  if (r >= 0)
+    r = proxy_from_lookup(m, rep, ret);
+  mp_obj_free(rep);
+  return r < 0 ? r : 0;
 }
 
 MP_EXPORT int mp_proxy_publish(mp_proxy *p, const char *name) {

@@ -97,6 +97,34 @@ MP_EXPORT mp_obj *mp_obj_int(int64_t v) {
   return o;
 }
 
+mp_obj *mp__obj_ref(int64_t id) {
+  mp_obj *o = obj_new(MP_OBJ_PROXY);
+  if (o)
+    o->u.i = id;
+  return o;
+}
+
+int64_t mp__obj_ref_id(const mp_obj *o) { return o->u.i; }
+
+/* Call fn(id, ctx) for every proxy reference in the tree o. */
+void mp__obj_each_ref(const mp_obj *o, void (*fn)(int64_t id, void *ctx), void *ctx) {
+  switch (o->type) {
+  case MP_OBJ_PROXY: fn(o->u.i, ctx); break;
+  case MP_OBJ_LIST:
+    for (size_t i = 0; i < o->u.l.n; i++)
+      mp__obj_each_ref(o->u.l.v[i], fn, ctx);
+    break;
+  case MP_OBJ_DICT:
+    for (size_t i = 0; i < o->u.d.n; i++)
+      if (o->u.d.v[i].key) { /* not a hole */
+        mp__obj_each_ref(o->u.d.v[i].key, fn, ctx);
+        mp__obj_each_ref(o->u.d.v[i].value, fn, ctx);
+      }
+    break;
+  default: break;
+  }
+}
+
 MP_EXPORT mp_obj *mp_obj_float(double v) {
   mp_obj *o = obj_new(MP_OBJ_FLOAT);
   if (o)
@@ -227,7 +255,8 @@ static bool obj_equal(const mp_obj *a, const mp_obj *b) {
   switch (a->type) {
   case MP_OBJ_NIL: return true;
   case MP_OBJ_BOOL: return a->u.b == b->u.b;
-  case MP_OBJ_INT: return a->u.i == b->u.i;
+  case MP_OBJ_INT:
+  case MP_OBJ_PROXY: return a->u.i == b->u.i;
   case MP_OBJ_FLOAT: return a->u.f == b->u.f;
   case MP_OBJ_STR:
   case MP_OBJ_BYTES: return a->u.s.n == b->u.s.n && !memcmp(a->u.s.p, b->u.s.p, a->u.s.n);
@@ -509,7 +538,8 @@ static uint64_t sip(const unsigned char *key, int type, const void *p, size_t n)
 static uint64_t obj_hash(const mp_obj *o, const unsigned char *key) {
   switch (o->type) {
   case MP_OBJ_BOOL: return sip(key, o->type, &o->u.b, sizeof o->u.b);
-  case MP_OBJ_INT: return sip(key, o->type, &o->u.i, sizeof o->u.i);
+  case MP_OBJ_INT:
+  case MP_OBJ_PROXY: return sip(key, o->type, &o->u.i, sizeof o->u.i);
   case MP_OBJ_FLOAT: {
     double f = o->u.f == 0 ? 0 : o->u.f; /* -0.0 == 0.0 */
     return sip(key, o->type, &f, sizeof f);
@@ -840,6 +870,7 @@ static void repr(struct out *w, const mp_obj *o) {
   case MP_OBJ_BOOL: put(w, o->u.b ? "True" : "False", o->u.b ? 4 : 5); break;
   case MP_OBJ_INT: putf(w, "%lld", (long long)o->u.i); break;
   case MP_OBJ_FLOAT: repr_float(w, o->u.f); break;
+  case MP_OBJ_PROXY: putf(w, "<proxy %lld>", (long long)o->u.i); break;
   case MP_OBJ_STR:
   case MP_OBJ_BYTES: repr_blob(w, o); break;
   case MP_OBJ_LIST:
@@ -890,6 +921,14 @@ static int pack(msgpack_packer *pk, const mp_obj *o, int depth, size_t *items) {
   case MP_OBJ_BOOL: r = o->u.b ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
   case MP_OBJ_INT: r = msgpack_pack_int64(pk, o->u.i); break;
   case MP_OBJ_FLOAT: r = msgpack_pack_double(pk, o->u.f); break;
+  case MP_OBJ_PROXY: {
+    /* fixext 8 of type MP__EXT_PROXY: the object id, big-endian */
+    unsigned char b[8];
+    for (int k = 0; k < 8; k++)
+      b[k] = (unsigned char)((uint64_t)o->u.i >> (56 - 8 * k));
+    r = msgpack_pack_ext(pk, 8, MP__EXT_PROXY) || msgpack_pack_ext_body(pk, b, 8);
+    break;
+  }
   case MP_OBJ_STR:
   case MP_OBJ_BYTES:
     if (o->u.s.n > MP_OBJ_MAX_MESSAGE)
@@ -1051,7 +1090,12 @@ int mp__wire_validate(const void *buf, size_t len, int max_depth) {
         container = true;
         map = c >= 0xde;
         break;
-      default: return -EBADMSG; /* 0xc1 (never used) and extension types */
+      case 0xd7: /* fixext 8: only a proxy reference, to an id > 0 */
+        if (left < 9 || p[0] != MP__EXT_PROXY || (p[1] & 0x80) || be(p + 1, 8) == 0)
+          return -EBADMSG;
+        skip = 9;
+        break;
+      default: return -EBADMSG; /* 0xc1 (never used) and other extension types */
       }
     }
     if (container) {
@@ -1084,6 +1128,11 @@ static mp_obj *convert(const msgpack_object *m) {
   case MSGPACK_OBJECT_FLOAT64: return mp_obj_float(m->via.f64);
   case MSGPACK_OBJECT_STR: return mp_obj_strn(m->via.str.ptr, m->via.str.size);
   case MSGPACK_OBJECT_BIN: return mp_obj_bytes(m->via.bin.ptr, m->via.bin.size);
+  case MSGPACK_OBJECT_EXT:
+    /* the validator let through only proxy references */
+    if (m->via.ext.type != MP__EXT_PROXY || m->via.ext.size != 8)
+      return NULL;
+    return mp__obj_ref((int64_t)be((const unsigned char *)m->via.ext.ptr, 8));
   case MSGPACK_OBJECT_ARRAY: {
     mp_obj *l = mp_obj_list();
     for (uint32_t i = 0; l && i < m->via.array.size; i++)

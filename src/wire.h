@@ -53,6 +53,16 @@ int mp__obj_compare(const mp_obj *a, const mp_obj *b, int *cmp);
 int mp__obj_list_sort(mp_obj *l, bool reverse);
 /* Reverse list l in place. */
 void mp__obj_list_reverse(mp_obj *l);
+/* A proxy reference (MP_OBJ_PROXY) travels as MessagePack fixext 8 of this
+ * type, holding the object id (> 0) big-endian; no other extension is
+ * accepted. */
+#define MP__EXT_PROXY 1
+/* A new proxy reference to object id; NULL when out of memory. */
+mp_obj *mp__obj_ref(int64_t id);
+/* The object id of a proxy reference (no checks). */
+int64_t mp__obj_ref_id(const mp_obj *o);
+/* Call fn(id, ctx) for every proxy reference in the tree o. */
+void mp__obj_each_ref(const mp_obj *o, void (*fn)(int64_t id, void *ctx), void *ctx);
 /* Empty a list or dict. */
 void mp__obj_clear(mp_obj *o);
 /* Draw a new random secret for the dict indexes this process builds from

@@ -1412,6 +1412,150 @@ static void test_manager_barrier(void **state) {
   mp_manager_free(m);
 }
 
+
+/* ------------------------------------------------- proxies inside containers */
+
+struct nested {
+  mp_manager *m;
+  mp_proxy *d;
+};
+
+/* A child reads the list stored in d['l'] and appends through it. */
+static int nested_child(void *arg) {
+  struct nested *a = arg;
+  mp_obj *k = mp_obj_str("l"), *ref = NULL;
+  CHILD_CHECK(mp_dict_proxy_get(a->d, k, &ref) == 0);
+  CHILD_CHECK(mp_obj_type(ref) == MP_OBJ_PROXY);
+  mp_proxy *inner;
+  CHILD_CHECK(mp_obj_get_proxy(a->m, ref, &inner) == 0);
+  mp_obj *v = mp_obj_str("from child");
+  CHILD_CHECK(mp_list_proxy_append(inner, v) == 0);
+  mp_obj_free(v);
+  mp_obj_free(ref);
+  mp_obj_free(k);
+  mp_proxy_free(inner); /* not the creator: the list stays */
+  return 0;
+}
+
+static void test_manager_proxies_inside_containers(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d, *l, *q, *outer;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  assert_int_equal(mp_manager_queue(m, 0, &q), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &outer), 0);
+  /* a dict of lists: d['l'] = l */
+  mp_obj *k = mp_obj_str("l"), *ref = mp_obj_proxy(l);
+  assert_non_null(ref);
+  assert_null(mp_obj_proxy(NULL));
+  assert_int_equal(mp_dict_proxy_set(d, k, ref), 0);
+  char buf[64];
+  assert_true(mp_obj_repr(ref, buf, sizeof buf) > 0);
+  assert_memory_equal(buf, "<proxy ", 7);
+  mp_obj_free(ref);
+  struct nested a = {m, d};
+  pid_t pid = tu_fork(nested_child, &a, 30);
+  assert_child_ok(pid);
+  check_list(l, "['from child']"); /* seen by the holder of the list itself */
+  /* a Queue proxy in a list: put through the reference, get through q */
+  ref = mp_obj_proxy(q);
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  mp_obj_free(ref);
+  mp_obj *got, *v = mp_obj_int(5);
+  assert_int_equal(mp_list_proxy_get(outer, 0, &got), 0);
+  mp_proxy *qq;
+  assert_int_equal(mp_obj_get_proxy(m, got, &qq), 0);
+  mp_obj_free(got);
+  const char *type;
+  assert_int_equal(mp_proxy_type(qq, &type), 0);
+  assert_string_equal(type, "Queue");
+  assert_int_equal(mp_queue_proxy_put(qq, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_get(q, 1, &got), 0);
+  assert_int_equal(as_int(got), 5);
+  mp_obj_free(got);
+  mp_proxy_free(qq);
+  /* errors */
+  assert_int_equal(mp_obj_get_proxy(m, v, &qq), -EDOM);
+  assert_int_equal(mp_obj_get_proxy(NULL, v, &qq), -EINVAL);
+  /* lifetime: the creator lets go of the list; d still holds it */
+  mp_proxy *again;
+  assert_int_equal(mp_proxy_free(l), 0);
+  assert_int_equal(mp_dict_proxy_get(d, k, &ref), 0);
+  assert_int_equal(mp_obj_get_proxy(m, ref, &again), 0);
+  assert_int_equal(mp_list_proxy_len(again), 1);
+  /* a list of dicts holding it too: two containers refer to it */
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  assert_int_equal(mp_dict_proxy_del(d, k), 0);
+  assert_int_equal(mp_list_proxy_len(again), 1); /* outer still refers */
+  assert_int_equal(mp_list_proxy_pop(outer, -1, &got), 0); /* the last reference leaves */
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_len(again), -ESRCH); /* freed */
+  assert_int_equal(mp_obj_get_proxy(m, ref, &qq), -ESRCH);
+  mp_obj_free(ref);
+  mp_proxy_free(again);
+  /* a chain: outer -> d2 -> l2; freed together when outer goes */
+  mp_proxy *d2, *l2;
+  assert_int_equal(mp_manager_dict(m, NULL, &d2), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &l2), 0);
+  ref = mp_obj_proxy(l2);
+  assert_int_equal(mp_dict_proxy_set(d2, k, ref), 0);
+  mp_obj_free(ref);
+  ref = mp_obj_proxy(d2);
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  mp_obj_free(ref);
+  ref = mp_obj_proxy(l2);
+  mp_proxy_free(d2);
+  mp_proxy_free(l2);
+  assert_int_equal(mp_obj_get_proxy(m, ref, &again), 0); /* alive through outer -> d2 */
+  assert_int_equal(mp_list_proxy_append(again, v), 0);
+  assert_int_equal(mp_proxy_free(outer), 0); /* the root goes: so do d2 and l2 */
+  assert_int_equal(mp_list_proxy_len(again), -ESRCH);
+  mp_proxy_free(again);
+  mp_obj_free(ref);
+  mp_obj_free(v);
+  mp_obj_free(k);
+  mp_proxy_free(q);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+static void test_manager_proxy_reference_wire(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  mp_obj *ref = mp_obj_proxy(l), *back;
+  void *buf;
+  size_t len;
+  assert_int_equal(mp_obj_encode(ref, &buf, &len), 0);
+  assert_int_equal(len, 10); /* fixext 8 */
+  assert_int_equal(mp_obj_decode(buf, len, &back), 0);
+  assert_int_equal(mp_obj_equal(ref, back), 1);
+  mp_obj_free(back);
+  unsigned char *b = buf;
+  b[1] = 2; /* another extension type */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  b[1] = 1;
+  memset(b + 2, 0, 8); /* id 0 */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  b[2] = 0x80; /* negative */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  free(buf);
+  mp_obj *i = mp_obj_int(1);
+  assert_int_equal(mp_obj_equal(ref, i), 0);
+  mp_obj_free(i);
+  /* a reference as a dict key works like any value */
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(d, mp_obj_copy(ref), mp_obj_int(1)), 0);
+  const mp_obj *found;
+  assert_int_equal(mp_obj_dict_get(d, ref, &found), 0);
+  mp_obj_free(d);
+  mp_obj_free(ref);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+}
+
 /* --------------------------------------------------------------- security */
 
 static void test_manager_wrong_key_refused(void **state) {
@@ -2811,6 +2955,8 @@ int main(void) {
       cmocka_unit_test(test_manager_queue_full_empty_joinable),
       cmocka_unit_test(test_manager_set),
       cmocka_unit_test(test_manager_barrier),
+      cmocka_unit_test(test_manager_proxies_inside_containers),
+      cmocka_unit_test(test_manager_proxy_reference_wire),
   };
   return TU_RUN("manager", tests);
 }

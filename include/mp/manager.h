@@ -8,7 +8,8 @@
  *
  * Values. What travels to and from a manager is an #mp_obj: nil, a boolean, a
  * 64-bit integer, a double, a string, bytes, or a list or dict of values,
- * nested. Values are plain trees in the calling process's memory
+ * nested, or a reference to a shared object (mp_obj_proxy(): a proxy
+ * stored inside a container). Values are plain trees in the calling process's memory
  * (`malloc`); on the wire they are MessagePack. Limits, checked on both sides:
  * a message is at most #MP_OBJ_MAX_MESSAGE bytes, nests at most
  * #MP_OBJ_MAX_DEPTH containers deep and holds at most #MP_OBJ_MAX_ITEMS values
@@ -79,7 +80,9 @@
  * its first call opens its own connection (the inherited one is left to the
  * parent). Objects live until the proxy that created them is freed in the
  * process that created them (proxies copied into children by fork do not
- * free the object), or until the server ends.
+ * free the object), or until the server ends; an object published by name
+ * lives until the server ends, and one a container of the server refers to
+ * (mp_obj_proxy()) lives until the last such container lets go.
  *
  * Errors common to the proxy calls: `-EINVAL` for a NULL or freed handle, a
  * proxy of the wrong type or a NaN timeout; `-EPIPE` when the server has gone
@@ -136,6 +139,8 @@ enum mp_obj_type {
   MP_OBJ_BYTES = 5, /**< `bytes` */
   MP_OBJ_LIST = 6,  /**< `list` */
   MP_OBJ_DICT = 7,  /**< `dict`: keys of any type, in insertion order */
+  MP_OBJ_PROXY = 8, /**< a reference to a shared object of a manager's
+                         server, stored in its containers (mp_obj_proxy()) */
 };
 
 /** The largest encoded message, in bytes. */
@@ -172,6 +177,35 @@ MP_EXPORT mp_obj *mp_obj_dict(void);
  * @return the list; NULL when out of memory or when any item is NULL.
  */
 MP_EXPORT mp_obj *mp_obj_listv(size_t n, ...);
+
+/** A proxy: one object in a manager's server. */
+typedef struct mp_proxy mp_proxy;
+/** A manager: the handle of a started, served or connected server. */
+typedef struct mp_manager mp_manager;
+
+/**
+ * @brief A new value that refers to the shared object of @p p (Python's
+ *        proxy stored in a managed container: `d['l'] = m.list()`).
+ *
+ * Stored in a dict, list, Queue, Value, Array or set of the same server, it
+ * is a reference, not a copy: whoever reads it gets a reference to the same
+ * object (mp_obj_get_proxy()), and a change through it is seen by every
+ * holder. The object lives while its creator's proxy, a name
+ * (mp_proxy_publish()) or any live container of the server refers to it:
+ * released by its creator, it is freed once the last container lets go.
+ * Only meaningful to the server @p p belongs to. Compared, hashed and
+ * printed (`<proxy 3>`) by object id; unordered for sorting.
+ * @return the value; NULL for a bad @p p or when out of memory.
+ */
+MP_EXPORT mp_obj *mp_obj_proxy(mp_proxy *p);
+/**
+ * @brief A proxy (of manager @p m) to the object a reference refers to, of
+ *        its type (the typed proxy calls work); freeing it never releases
+ *        the object. Blocks for one round trip.
+ * @return 0; `-EDOM` when @p o is not a reference; `-ESRCH` when the
+ *         object no longer exists; `-EINVAL`; the common errors.
+ */
+MP_EXPORT int mp_obj_get_proxy(mp_manager *m, const mp_obj *o, mp_proxy **ret);
 
 /** @brief Free a value and everything in it. @return 0; 0 for NULL. */
 MP_EXPORT int mp_obj_free(mp_obj *o);
@@ -254,10 +288,8 @@ MP_EXPORT int mp_obj_decode(const void *buf, size_t len, mp_obj **ret);
 
 /* ------------------------------------------------------------- managers */
 
-/** A manager: the handle of a started, served or connected server. */
-typedef struct mp_manager mp_manager;
-/** A proxy: one object in a manager's server. */
-typedef struct mp_proxy mp_proxy;
+/* mp_manager (the handle of a started, served or connected server) and
+ * mp_proxy (one object in a manager's server) are declared above. */
 
 /** Options for mp_manager_new(); zero fields mean the default. */
 typedef struct mp_manager_options {
