@@ -102,6 +102,8 @@ MP_EXPORT const char *mp_strerror(int code) {
     return "the address is not one of this machine's";
   case ECONNREFUSED:
     return "nobody listens at that address";
+  case ESTALE:
+    return "stale: the shared dict changed size during the iteration";
   case ENOSPC:
     return "no room: the manager's registered types are full, or /dev/shm is";
   default:

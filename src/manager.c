@@ -670,6 +670,9 @@ enum kind {
   K_CONDITION,
   K_VALUE,
   K_ARRAY,
+  K_JQUEUE,
+  K_SET,
+  K_BARRIER,
 };
 
 static const char *const kind_names[] = {
@@ -677,6 +680,7 @@ static const char *const kind_names[] = {
     [K_QUEUE] = "Queue",         [K_LOCK] = "Lock",           [K_RLOCK] = "RLock",
     [K_EVENT] = "Event",         [K_SEMAPHORE] = "Semaphore", [K_BSEMAPHORE] = "BoundedSemaphore",
     [K_CONDITION] = "Condition", [K_VALUE] = "Value",         [K_ARRAY] = "Array",
+    [K_JQUEUE] = "JoinableQueue", [K_SET] = "set", [K_BARRIER] = "Barrier",
 };
 #define N_KINDS ((int)(sizeof kind_names / sizeof kind_names[0]))
 
@@ -710,6 +714,10 @@ struct sobj {
   struct waiter *waiters;
   int busy; /* threads waiting on it */
   bool released;
+  bool named;  /* published under a name: lives until the server ends */
+  bool broken; /* a Barrier's: aborted, timed out or a party died */
+  bool orphan; /* released by its creator, kept while a container refers to it */
+  bool mark;   /* reachable (srv_collect) */
 };
 
 struct client {
@@ -744,6 +752,17 @@ struct server {
   int stop[2]; /* readable once stopping: wakes threads asleep on a shared channel */
   const void *key;
   size_t keylen;
+  struct name_entry *names; /* named objects (mp_manager_register_object) */
+  size_t n_names, cap_names;
+  size_t n_orphans; /* released objects containers may still refer to */
+};
+
+/* A name clients ask for (Python's BaseManager.register('get_queue', ...)):
+ * the object it names is created once and shared by every client. */
+#define NAME_MAX_LEN 64
+struct name_entry {
+  char name[NAME_MAX_LEN];
+  int64_t id;
 };
 
 static void obj_destroy(struct sobj *o) {
@@ -886,6 +905,97 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
       return -EINVAL;
     return mp_obj_dict_set(d, mp_obj_copy(k), mp_obj_copy(arg(a, 1)));
   }
+  if (IS(m, "popitem")) {
+    ssize_t len = mp_obj_len(d);
+    if (len == 0)
+      return -ENOENT; /* KeyError: popitem(): dictionary is empty */
+    mp__obj_dict_compact(d);
+    mp_obj *key, *val;
+    mp__obj_dict_remove(d, (size_t)len - 1, &key, &val); /* the last set: LIFO */
+    *res = mp_obj_listv(2, key, val);
+    return *res ? 0 : -ENOMEM;
+  }
+  if (IS(m, "setdefault")) {
+    if (!nargs(a, 2))
+      return -EINVAL;
+    ssize_t at = mp__obj_dict_find(d, k);
+    if (at < 0) {
+      int r = mp_obj_dict_set(d, mp_obj_copy(k), mp_obj_copy(arg(a, 1)));
+      return r < 0 ? r : give(arg(a, 1), res);
+    }
+    const mp_obj *v;
+    mp__obj_dict_entry(d, (size_t)at, NULL, &v);
+    return give(v, res);
+  }
+  if (IS(m, "reversed")) {
+    mp__obj_dict_compact(d);
+    mp_obj *l = mp_obj_list();
+    for (size_t i = (size_t)mp_obj_len(d); l && i-- > 0;) {
+      const mp_obj *key;
+      mp_obj_dict_item(d, i, &key, NULL);
+      if (mp_obj_list_append(l, mp_obj_copy(key)) < 0) {
+        mp_obj_free(l);
+        l = NULL;
+      }
+    }
+    *res = l;
+    return l ? 0 : -ENOMEM;
+  }
+  if (IS(m, "or")) {
+    /* d | other: a new dict, d's entries updated by other's */
+    if (!nargs(a, 1) || mp_obj_type(k) != MP_OBJ_DICT)
+      return -EDOM;
+    mp_obj *out = mp_obj_copy(d);
+    for (size_t i = 0; out && i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *key, *val;
+      mp_obj_dict_item(k, i, &key, &val);
+      if (mp_obj_dict_set(out, mp_obj_copy(key), mp_obj_copy(val)) < 0) {
+        mp_obj_free(out);
+        out = NULL;
+      }
+    }
+    *res = out;
+    return out ? 0 : -ENOMEM;
+  }
+  if (IS(m, "ior")) {
+    /* d |= other: a dict, or a list of [key, value] pairs; all checked
+     * before anything changes */
+    if (!nargs(a, 1))
+      return -EDOM;
+    if (mp_obj_type(k) == MP_OBJ_DICT)
+      return call_dict(o, "update", a, res);
+    if (mp_obj_type(k) != MP_OBJ_LIST)
+      return -EDOM;
+    for (size_t i = 0; i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *pair = mp__obj_list_at(k, i);
+      if (mp_obj_type(pair) != MP_OBJ_LIST || mp_obj_len(pair) != 2)
+        return -EDOM;
+    }
+    for (size_t i = 0; i < (size_t)mp_obj_len(k); i++) {
+      const mp_obj *pair = mp__obj_list_at(k, i);
+      int r = mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(pair, 0)),
+                              mp_obj_copy(mp__obj_list_at(pair, 1)));
+      if (r < 0)
+        return r;
+    }
+    return 0;
+  }
+  if (IS(m, "next")) {
+    /* iteration: [position, length when it began]; the key there, or 0 at
+     * the end; a dict whose length changed is Python's RuntimeError */
+    int64_t pos, len0;
+    if (!nargs(a, 2) || arg_int(a, 0, &pos) < 0 || arg_int(a, 1, &len0) < 0 || pos < 0)
+      return -EINVAL;
+    if (len0 != mp_obj_len(d))
+      return -ESTALE;
+    if (pos >= len0)
+      return 0;
+    mp__obj_dict_compact(d);
+    const mp_obj *key;
+    mp_obj_dict_item(d, (size_t)pos, &key, NULL);
+    int r = give(key, res);
+    return r < 0 ? r : 1;
+  }
   if (!nargs(a, 1))
     return IS(m, "get") || IS(m, "del") || IS(m, "pop") || IS(m, "contains") ? -EINVAL
                                                                              : -EOPNOTSUPP;
@@ -905,6 +1015,95 @@ static int call_dict(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
   return 0;
 }
 
+/* Python's slice indices (PySlice_AdjustIndices): arguments 0..2 of a are
+ * start, stop, step, each an int or nil (omitted). The slice's length. */
+static int slice_indices(const mp_obj *a, size_t n, int64_t *start, int64_t *step, int64_t *len) {
+  int64_t v[3], len_ = (int64_t)n;
+  bool given[3];
+  for (size_t j = 0; j < 3; j++) {
+    const mp_obj *x = arg(a, j);
+    given[j] = x && mp_obj_type(x) != MP_OBJ_NIL;
+    if (!x || (given[j] && mp_obj_get_int(x, &v[j]) < 0))
+      return -EINVAL;
+  }
+  int64_t st = given[2] ? v[2] : 1;
+  if (st == 0 || st == INT64_MIN)
+    return -EINVAL; /* ValueError: slice step cannot be zero */
+  int64_t lo = given[0] ? v[0] : (st < 0 ? len_ - 1 : 0);
+  int64_t hi = given[1] ? v[1] : (st < 0 ? -1 : len_);
+  if (given[0]) {
+    if (lo < 0 && (lo += len_) < 0)
+      lo = st < 0 ? -1 : 0;
+    else if (lo >= len_)
+      lo = st < 0 ? len_ - 1 : len_;
+  }
+  if (given[1]) {
+    if (hi < 0 && (hi += len_) < 0)
+      hi = st < 0 ? -1 : 0;
+    else if (hi >= len_)
+      hi = st < 0 ? len_ - 1 : len_;
+  }
+  if (st < 0)
+    *len = hi < lo ? (lo - hi - 1) / -st + 1 : 0;
+  else
+    *len = lo < hi ? (hi - lo - 1) / st + 1 : 0;
+  *start = lo;
+  *step = st;
+  return 0;
+}
+
+/* l[start:stop:step], its assignment and its deletion. */
+static int list_slice(mp_obj *l, const char *m, const mp_obj *a, mp_obj **res) {
+  size_t n = (size_t)mp_obj_len(l);
+  int64_t start, step, len;
+  size_t want = IS(m, "set_slice") ? 4 : 3;
+  if (!nargs(a, want))
+    return -EINVAL;
+  int r = slice_indices(a, n, &start, &step, &len);
+  if (r < 0)
+    return r;
+  if (IS(m, "slice")) {
+    mp_obj *out = mp_obj_list();
+    for (int64_t j = 0; out && j < len; j++)
+      if (mp_obj_list_append(out, mp_obj_copy(mp__obj_list_at(l, (size_t)(start + j * step)))) < 0) {
+        mp_obj_free(out);
+        out = NULL;
+      }
+    *res = out;
+    return out ? 0 : -ENOMEM;
+  }
+  if (IS(m, "del_slice")) {
+    /* from the highest index down, so the others do not move */
+    for (int64_t j = 0; j < len; j++) {
+      int64_t at = step > 0 ? start + (len - 1 - j) * step : start + j * step;
+      mp_obj_free(mp__obj_list_take(l, (size_t)at));
+    }
+    return 0;
+  }
+  const mp_obj *items = arg(a, 3);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  size_t ni = (size_t)mp_obj_len(items);
+  if (step != 1 && (int64_t)ni != len)
+    return -EINVAL; /* ValueError: an extended slice takes as many items */
+  /* copy first: a failure must leave the list as it was */
+  mp_obj *copy = mp_obj_copy(items);
+  if (!copy)
+    return -ENOMEM;
+  if (step == 1) {
+    for (int64_t j = 0; j < len; j++)
+      mp_obj_free(mp__obj_list_take(l, (size_t)start));
+    for (size_t j = 0; j < ni; j++)
+      if ((r = mp__obj_list_insert(l, (size_t)start + j, mp__obj_list_take(copy, 0))) < 0)
+        break;
+  } else {
+    for (int64_t j = 0; j < len; j++)
+      mp__obj_list_replace(l, (size_t)(start + j * step), mp__obj_list_take(copy, 0));
+  }
+  mp_obj_free(copy);
+  return r;
+}
+
 static int call_list(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
   mp_obj *l = o->val;
   size_t n = (size_t)mp_obj_len(l), at;
@@ -912,6 +1111,48 @@ static int call_list(struct sobj *o, const char *m, const mp_obj *a, mp_obj **re
   int r;
   if (IS(m, "len"))
     return (int)n;
+  if (o->kind == K_LIST) {
+    if (IS(m, "slice") || IS(m, "set_slice") || IS(m, "del_slice"))
+      return list_slice(l, m, a, res);
+    if (IS(m, "clear")) {
+      mp__obj_clear(l);
+      return 0;
+    }
+    if (IS(m, "reverse")) {
+      mp__obj_list_reverse(l);
+      return 0;
+    }
+    if (IS(m, "sort")) {
+      int rev = 0;
+      if (!nargs(a, 1) || mp_obj_get_bool(arg(a, 0), &rev) < 0)
+        return -EINVAL;
+      return mp__obj_list_sort(l, rev);
+    }
+    if (IS(m, "imul")) {
+      if (!nargs(a, 1) || arg_int(a, 0, &i) < 0)
+        return -EINVAL;
+      if (i <= 0 || n == 0) {
+        mp__obj_clear(l);
+        return 0;
+      }
+      if ((uint64_t)i > MP_OBJ_MAX_ITEMS / n)
+        return -EMSGSIZE; /* it could never be sent again */
+      mp_obj *orig = mp_obj_copy(l);
+      if (!orig)
+        return -ENOMEM;
+      size_t grown = n;
+      for (int64_t k = 1; k < i; k++)
+        for (size_t j = 0; j < n; j++, grown++)
+          if ((r = mp_obj_list_append(l, mp_obj_copy(mp__obj_list_at(orig, j)))) < 0) {
+            while ((size_t)mp_obj_len(l) > n) /* back to how it was */
+              mp_obj_free(mp__obj_list_take(l, n));
+            mp_obj_free(orig);
+            return r;
+          }
+      mp_obj_free(orig);
+      return 0;
+    }
+  }
   if (IS(m, "copy"))
     return give(l, res);
   if (IS(m, "append"))
@@ -1004,6 +1245,10 @@ static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_
   int r;
   if (IS(m, "qsize"))
     return (int)mp_obj_len(o->val);
+  if (IS(m, "empty"))
+    return mp_obj_len(o->val) == 0;
+  if (IS(m, "full"))
+    return o->num > 0 && mp_obj_len(o->val) >= o->num;
   if (IS(m, "put")) {
     if (!nargs(a, 1))
       return -EINVAL;
@@ -1012,7 +1257,22 @@ static int call_queue(struct server *s, struct sobj *o, const char *m, const mp_
         return r;
     if ((r = mp_obj_list_append(o->val, mp_obj_copy(arg(a, 0)))) < 0)
       return r;
+    if (o->kind == K_JQUEUE)
+      o->count++; /* one more unfinished task, with the item: never apart */
     wake_all(s);
+    return 0;
+  }
+  if (o->kind == K_JQUEUE && IS(m, "task_done")) {
+    if (o->count == 0)
+      return -EOVERFLOW; /* ValueError: task_done() called too many times */
+    if (--o->count == 0)
+      wake_all(s);
+    return 0;
+  }
+  if (o->kind == K_JQUEUE && IS(m, "join")) {
+    while (o->count > 0)
+      if ((r = srv_wait(s, o, d)) < 0)
+        return r;
     return 0;
   }
   if (IS(m, "get")) {
@@ -1136,6 +1396,107 @@ static int call_condition(struct server *s, struct sobj *o, const char *m, const
   return r;
 }
 
+static int call_set(struct sobj *o, const char *m, const mp_obj *a, mp_obj **res) {
+  mp_obj *d = o->val;
+  const mp_obj *x = arg(a, 0);
+  if (IS(m, "len"))
+    return (int)mp_obj_len(d);
+  if (IS(m, "clear")) {
+    mp__obj_clear(d);
+    return 0;
+  }
+  if (IS(m, "items"))
+    return call_dict(o, "keys", a, res);
+  if (IS(m, "pop")) {
+    ssize_t len = mp_obj_len(d);
+    if (len == 0)
+      return -ENOENT; /* KeyError: pop from an empty set */
+    mp__obj_dict_compact(d);
+    mp__obj_dict_remove(d, (size_t)len - 1, res, NULL);
+    return 0;
+  }
+  if (IS(m, "update")) {
+    if (!nargs(a, 1) || mp_obj_type(x) != MP_OBJ_LIST)
+      return -EDOM;
+    for (size_t i = 0; i < (size_t)mp_obj_len(x); i++) {
+      int r = mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(x, i)), mp_obj_nil());
+      if (r < 0)
+        return r;
+    }
+    return 0;
+  }
+  if (!IS(m, "add") && !IS(m, "discard") && !IS(m, "remove") && !IS(m, "contains"))
+    return -EOPNOTSUPP;
+  if (!nargs(a, 1))
+    return -EINVAL;
+  if (IS(m, "add"))
+    return mp__obj_dict_find(d, x) >= 0 ? 0 : mp_obj_dict_set(d, mp_obj_copy(x), mp_obj_nil());
+  ssize_t at = mp__obj_dict_find(d, x);
+  if (IS(m, "contains"))
+    return at >= 0;
+  if (at < 0)
+    return IS(m, "remove") ? -ENOENT : 0; /* remove: KeyError; discard: nothing */
+  mp__obj_dict_remove(d, (size_t)at, NULL, NULL);
+  return 0;
+}
+
+/* A Barrier: num parties arrived in the current cycle (generation owner),
+ * bound parties in all, count the last generation that tripped. A cycle
+ * ends by tripping (its parties get their arrival index) or by a reset
+ * (they get -ECANCELED). A party whose wait times out, or whose client dies
+ * while it waits, breaks the barrier, as Python's timeout does: the others
+ * get -ECANCELED (BrokenBarrierError) rather than wait for a party that
+ * will never come; reset() repairs it. */
+static int call_barrier(struct server *s, struct sobj *o, const char *m, const mp__deadline *d) {
+  if (IS(m, "parties"))
+    return (int)o->bound;
+  if (IS(m, "n_waiting"))
+    return (int)o->num;
+  if (IS(m, "broken"))
+    return o->broken;
+  if (IS(m, "abort") || IS(m, "reset")) {
+    if (IS(m, "reset")) {
+      if (o->num > 0)
+        o->owner++; /* the waiting cycle ends, not tripped */
+      o->broken = false;
+    } else {
+      o->broken = true;
+    }
+    o->num = 0;
+    wake_all(s);
+    return 0;
+  }
+  if (!IS(m, "wait"))
+    return -EOPNOTSUPP;
+  if (o->broken)
+    return -ECANCELED;
+  if (client_gone())
+    return -EPIPE; /* no arrival for a client that cannot learn of it */
+  uint64_t gen = o->owner;
+  int64_t idx = o->num++;
+  if (o->num == o->bound) {
+    o->count = (int64_t)gen;
+    o->owner++;
+    o->num = 0;
+    wake_all(s);
+    return (int)idx;
+  }
+  while (o->owner == gen && !o->broken) {
+    int r = srv_wait(s, o, d);
+    if (r < 0 && o->owner == gen && !o->broken) {
+      if (r == -ESRCH)
+        return r;
+      o->broken = true; /* timed out, or the client or server is going */
+      o->num = 0;
+      wake_all(s);
+      return r == -ETIMEDOUT ? -ECANCELED : r;
+    }
+  }
+  if (o->owner != gen && o->count == (int64_t)gen)
+    return (int)idx;
+  return -ECANCELED;
+}
+
 static int call_builtin(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
                         uint64_t me, const mp__deadline *d, mp_obj **res) {
   int r;
@@ -1143,7 +1504,10 @@ static int call_builtin(struct server *s, struct sobj *o, const char *m, const m
   case K_DICT: return call_dict(o, m, a, res);
   case K_LIST: return call_list(o, m, a, res);
   case K_NAMESPACE: return call_namespace(o, m, a, res);
-  case K_QUEUE: return call_queue(s, o, m, a, d, res);
+  case K_SET: return call_set(o, m, a, res);
+  case K_BARRIER: return call_barrier(s, o, m, d);
+  case K_QUEUE:
+  case K_JQUEUE: return call_queue(s, o, m, a, d, res);
   case K_VALUE:
     if (IS(m, "get"))
       return give(o->val, res);
@@ -1223,7 +1587,24 @@ static int builtin_init(struct sobj *o, const mp_obj *a) {
     o->val = mp_obj_copy(a0);
     return o->val ? 0 : -ENOMEM;
   case K_NAMESPACE: o->val = mp_obj_dict(); return o->val ? 0 : -ENOMEM;
+  case K_SET:
+    /* a dict whose keys are the items (values nil): hashing and order come
+     * with it */
+    if (na > 1 || (a0 && mp_obj_type(a0) != MP_OBJ_LIST))
+      return -EINVAL;
+    if (!(o->val = mp_obj_dict()))
+      return -ENOMEM;
+    for (size_t i = 0; a0 && i < (size_t)mp_obj_len(a0); i++)
+      if (mp_obj_dict_set(o->val, mp_obj_copy(mp__obj_list_at(a0, i)), mp_obj_nil()) < 0)
+        return -ENOMEM; /* srv_create frees val */
+    return 0;
+  case K_BARRIER:
+    if (na != 1 || arg_int(a, 0, &o->bound) < 0 || o->bound < 1 || o->bound > INT_MAX)
+      return -EINVAL;
+    o->count = -1; /* no cycle has tripped yet */
+    return 0;
   case K_QUEUE:
+  case K_JQUEUE:
     if (na > 1 || (na == 1 && arg_int(a, 0, &o->num) < 0))
       return -EINVAL;
     o->val = mp_obj_list();
@@ -1287,6 +1668,61 @@ static struct sobj *srv_find(struct server *s, int64_t id) {
   return s->objs[id - 1];
 }
 
+/* Free object i of the table (s->mu held). */
+static void srv_free_obj(struct server *s, size_t i) {
+  struct sobj *o = s->objs[i];
+  s->objs[i] = NULL;
+  o->released = true;
+  wake_all(s);
+  if (o->busy == 0)
+    obj_destroy(o);
+  /* otherwise the last waiter frees it (see srv_request) */
+}
+
+static void mark_ref(int64_t id, void *ctx) {
+  struct server *s = ctx;
+  struct sobj *t = srv_find(s, id);
+  if (t)
+    t->mark = true;
+}
+
+/* Proxies inside containers: an object its creator released stays while a
+ * container refers to it (an orphan). Free the orphans nothing reachable
+ * refers to: the roots are the objects not released (and named ones, which
+ * are never released); references are followed through orphans too. Runs
+ * after each call while orphans exist, whatever the call changed, so no
+ * container method needs to count references (s->mu held). */
+static void srv_collect(struct server *s) {
+  if (s->n_orphans == 0)
+    return;
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i])
+      s->objs[i]->mark = !s->objs[i]->orphan;
+  /* a reference marks its target; scan each marked object once per pass,
+   * until a pass marks nothing new */
+  bool *scanned = calloc(s->n_objs, sizeof *scanned);
+  if (!scanned)
+    return; /* try again after the next call */
+  for (bool more = true; more;) {
+    more = false;
+    for (size_t i = 0; i < s->n_objs; i++) {
+      struct sobj *o = s->objs[i];
+      if (!o || !o->mark || scanned[i])
+        continue;
+      scanned[i] = true;
+      more = true;
+      if (o->val)
+        mp__obj_each_ref(o->val, mark_ref, s);
+    }
+  }
+  free(scanned);
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i] && s->objs[i]->orphan && !s->objs[i]->mark) {
+      s->n_orphans--;
+      srv_free_obj(s, i);
+    }
+}
+
 /* Release object id for client me: only its creator may (see "Who may use
  * an object" in manager.h). */
 static int srv_release(struct server *s, int64_t id, uint64_t me) {
@@ -1295,13 +1731,67 @@ static int srv_release(struct server *s, int64_t id, uint64_t me) {
     return -ESRCH;
   if (o->holder != me)
     return -EPERM;
-  s->objs[id - 1] = NULL;
-  o->released = true;
-  wake_all(s);
-  if (o->busy == 0)
-    obj_destroy(o);
-  /* otherwise the last waiter frees it (see client_request) */
+  o->holder = 0;
+  if (o->named)
+    return 0; /* the name holds it for every client: the creator only lets go */
+  /* an orphan until srv_collect() finds no container that refers to it */
+  o->orphan = true;
+  s->n_orphans++;
+  srv_collect(s);
   return 0;
+}
+
+/* The type name an object was created with. */
+static const char *obj_type_name(const struct sobj *o) {
+  return o->kind == K_CUSTOM ? o->ct->name : kind_names[o->kind];
+}
+
+static ssize_t srv_name_find(struct server *s, const char *name) {
+  for (size_t i = 0; i < s->n_names; i++)
+    if (!strcmp(s->names[i].name, name))
+      return (ssize_t)i;
+  return -1;
+}
+
+/* Publish object id under name (s->mu held). From then on the object lives
+ * until the server ends (a release by its creator only lets go of it). */
+static int srv_publish(struct server *s, const char *name, int64_t id) {
+  struct sobj *o = srv_find(s, id);
+  if (!o)
+    return -ESRCH;
+  if (!*name || strlen(name) >= NAME_MAX_LEN)
+    return -EINVAL;
+  if (srv_name_find(s, name) >= 0)
+    return -EEXIST;
+  if (s->n_names == s->cap_names) {
+    size_t nc = s->cap_names ? s->cap_names * 2 : 16;
+    struct name_entry *v = realloc(s->names, nc * sizeof *v);
+    if (!v)
+      return -ENOMEM;
+    s->names = v;
+    s->cap_names = nc;
+  }
+  struct name_entry *e = &s->names[s->n_names++];
+  snprintf(e->name, sizeof e->name, "%s", name);
+  e->id = id;
+  o->named = true;
+  return 0;
+}
+
+/* The object a name stands for, or with an empty name the object id (a
+ * reference read from a container), as [id, type name]. */
+static int srv_lookup(struct server *s, const char *name, int64_t id, mp_obj **res) {
+  if (*name) {
+    ssize_t i = srv_name_find(s, name);
+    if (i < 0)
+      return -ENOENT;
+    id = s->names[i].id;
+  }
+  struct sobj *o = srv_find(s, id);
+  if (!o)
+    return -ESRCH;
+  *res = mp_obj_listv(2, mp_obj_int(id), mp_obj_str(obj_type_name(o)));
+  return *res ? 0 : -ENOMEM;
 }
 
 static int sh_accept(struct client *c, int64_t addr, const mp_obj *args);
@@ -1337,6 +1827,8 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
     wake_all(s);
     return 0;
   case SH_OP_OFFER: return sh_accept(c, id, args);
+  case MP__OP_LOOKUP: return srv_lookup(s, method, id, res);
+  case MP__OP_PUBLISH: return srv_publish(s, method, id);
   case MP__OP_CALL: break;
   default: return -EBADMSG;
   }
@@ -1358,6 +1850,7 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   o->busy--;
   if (o->released && o->busy == 0)
     obj_destroy(o);
+  srv_collect(s); /* the call may have dropped the last reference to an orphan */
   return r;
 }
 
@@ -1718,9 +2211,57 @@ static void srv_accept(struct server *s) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* An object to create under a name as the server starts
+ * (mp_manager_register_object), kept by the handle until then. */
+struct named_reg {
+  char name[NAME_MAX_LEN];
+  char type[64];
+  mp_obj *args; /* a list */
+};
+
+/* What a server is to do before it serves (from the handle). */
+struct serve_setup {
+  const struct named_reg *regs;
+  size_t n_regs;
+  mp_manager_initializer init;
+  void *init_arg;
+};
+
+static void serve_free(struct server *s) {
+  for (size_t i = 0; i < s->n_objs; i++)
+    if (s->objs[i])
+      obj_destroy(s->objs[i]);
+  free(s->objs);
+  free(s->names);
+}
+
+/* Run the initializer, then create the named objects, before any client
+ * can connect: every client finds every name. */
+static int serve_prepare(struct server *s, const struct serve_setup *su) {
+  if (su->init)
+    su->init(su->init_arg);
+  for (size_t i = 0; i < su->n_regs; i++) {
+    mp_obj *id = NULL;
+    int64_t v = 0;
+    int r = srv_create(s, su->regs[i].type, su->regs[i].args, &id);
+    if (r == 0)
+      r = mp_obj_get_int(id, &v);
+    mp_obj_free(id);
+    if (r == 0)
+      r = srv_publish(s, su->regs[i].name, v);
+    if (r < 0) {
+      MP__LOG(MP_LOG_ERROR, "manager: the named object '%s' (%s) could not be created: %s",
+              su->regs[i].name, su->regs[i].type, mp_strerror(r));
+      return r;
+    }
+  }
+  return 0;
+}
+
 /* Serve on lfd until a shutdown request; then end every client thread and
  * free every object. Returns 0 or a negative errno if it could not start. */
-static int serve(int lfd, const void *key, size_t keylen, int max_clients, int max_handshakes) {
+static int serve(int lfd, const void *key, size_t keylen, int max_clients, int max_handshakes,
+                 const struct serve_setup *su) {
   struct server s;
   memset(&s, 0, sizeof s);
   s.lfd = lfd;
@@ -1729,12 +2270,21 @@ static int serve(int lfd, const void *key, size_t keylen, int max_clients, int m
   s.max_clients = max_clients;
   s.max_handshakes = max_handshakes;
   mp__obj_hash_rekey(); /* this server's dicts hash with a key of its own */
-  if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0)
-    return -errno;
+  int pr = serve_prepare(&s, su);
+  if (pr < 0) {
+    serve_free(&s);
+    return pr;
+  }
+  if (pipe2(s.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+    int e = -errno;
+    serve_free(&s);
+    return e;
+  }
   if (pipe2(s.stop, O_CLOEXEC | O_NONBLOCK) < 0) {
     int e = -errno;
     close(s.wake[0]);
     close(s.wake[1]);
+    serve_free(&s);
     return e;
   }
   pthread_condattr_t ca;
@@ -1767,10 +2317,7 @@ static int serve(int lfd, const void *key, size_t keylen, int max_clients, int m
   while (s.live > 0)
     pthread_cond_wait(&s.cv, &s.mu);
   pthread_mutex_unlock(&s.mu);
-  for (size_t i = 0; i < s.n_objs; i++)
-    if (s.objs[i])
-      obj_destroy(s.objs[i]);
-  free(s.objs);
+  serve_free(&s);
   close(s.wake[0]);
   close(s.wake[1]);
   close(s.stop[0]);
@@ -1805,6 +2352,7 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
 
 /* ---------------------------------------------------------- 6. managers */
 
+
 #define MANAGER_MAGIC 0x6d704d47u /* "mpMG" */
 #define PROXY_MAGIC 0x6d705058u   /* "mpPX" */
 
@@ -1828,6 +2376,8 @@ struct mp_manager {
   bool no_sh;                      /* the socket path only (options.no_shared_channel) */
   bool abandoned;                  /* a call gave up its connection: the next reconnects */
   int max_clients, max_handshakes; /* the served server's bounds (options) */
+  struct named_reg *regs;          /* named objects the server will create */
+  size_t n_regs;
   /* mu serves the process whose pid is in mu_pid. A forked child finds its
    * parent's pid there (and mu perhaps held by a thread that does not exist
    * in the child): the first of its threads to exchange the pid for -pid
@@ -1939,7 +2489,7 @@ static int manager_connect(mp_manager *m, const mp__deadline *limit);
 static bool manager_ok(const mp_manager *m);
 static int sh_offer(mp_manager *m, const mp__deadline *d);
 
-MP_EXPORT int mp_manager_start(mp_manager *m) {
+static int manager_start(mp_manager *m, mp_manager_initializer init, void *init_arg) {
   if (!manager_ok(m))
     return -EINVAL;
   if (m->started || m->connected)
@@ -1988,7 +2538,8 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
     /* A log handler's descriptors and memory were the parent's: the server,
      * which closed them, logs to standard error at the same level. */
     mp__log_route_to_stderr();
-    serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
+    struct serve_setup su = {m->regs, m->n_regs, init, init_arg};
+    serve(lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes, &su);
     server_on_term(0);
   }
   close(m->lfd);
@@ -2008,6 +2559,56 @@ MP_EXPORT int mp_manager_start(mp_manager *m) {
   return 0;
 }
 
+MP_EXPORT int mp_manager_start(mp_manager *m) { return manager_start(m, NULL, NULL); }
+
+MP_EXPORT int mp_manager_start_with(mp_manager *m, mp_manager_initializer init, void *arg) {
+  if (!init)
+    return -EINVAL;
+  return manager_start(m, init, arg);
+}
+
+MP_EXPORT int mp_manager_register_object(mp_manager *m, const char *name, const char *type,
+                                         const mp_obj *args) {
+  if (!manager_ok(m) || !name || !*name || strlen(name) >= NAME_MAX_LEN || !type ||
+      strlen(type) >= sizeof m->regs[0].type || (args && mp_obj_type(args) != MP_OBJ_LIST))
+    return -EINVAL;
+  if (m->lfd >= 0 || m->started || m->connected)
+    return -EALREADY;
+  int kind = find_kind(type);
+  if (kind < 0 && !find_type(type))
+    return -ENOENT;
+  for (size_t i = 0; i < m->n_regs; i++)
+    if (!strcmp(m->regs[i].name, name))
+      return -EEXIST;
+  /* the server's constructors take a list, as from the wire */
+  mp_obj *a = args ? mp_obj_copy(args) : mp_obj_list();
+  if (!a)
+    return -ENOMEM;
+  if (kind > 0) {
+    /* refuse wrong arguments now rather than in the server */
+    struct sobj trial = {.kind = kind};
+    int r = builtin_init(&trial, a);
+    mp_obj_free(trial.val);
+    if (r < 0) {
+      mp_obj_free(a);
+      return r;
+    }
+  }
+  struct named_reg *v = realloc(m->regs, (m->n_regs + 1) * sizeof *v);
+  if (!v) {
+    mp_obj_free(a);
+    return -ENOMEM;
+  }
+  m->regs = v;
+  struct named_reg *e = &v[m->n_regs];
+  memset(e, 0, sizeof *e);
+  e->args = a;
+  snprintf(e->name, sizeof e->name, "%s", name);
+  snprintf(e->type, sizeof e->type, "%s", type);
+  m->n_regs++;
+  return 0;
+}
+
 MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
   if (!manager_ok(m))
     return -EINVAL;
@@ -2018,7 +2619,9 @@ MP_EXPORT int mp_manager_serve_forever(mp_manager *m) {
     if (r < 0)
       return r;
   }
-  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes);
+  struct serve_setup su = {m->regs, m->n_regs, NULL, NULL};
+  int r = serve(m->lfd, m->auth ? m->key : NULL, m->keylen, m->max_clients, m->max_handshakes,
+                &su);
   close(m->lfd);
   m->lfd = -1;
   remove_socket(m);
@@ -2375,6 +2978,9 @@ MP_EXPORT int mp_manager_free(mp_manager *m) {
     close(m->lfd);
     remove_socket(m);
   }
+  for (size_t i = 0; i < m->n_regs; i++)
+    mp_obj_free(m->regs[i].args);
+  free(m->regs);
   m->magic = 0;
   /* the key must not outlive the handle in freed memory */
   sodium_memzero(m->key, sizeof m->key);
@@ -2423,6 +3029,66 @@ MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *a
   snprintf(p->type, sizeof p->type, "%s", type);
   *ret = p;
   return 0;
+}
+
+static int proxy_from_lookup(mp_manager *m, mp_obj *rep, mp_proxy **ret);
+
+MP_EXPORT int mp_manager_get(mp_manager *m, const char *name, mp_proxy **ret) {
+  if (!manager_ok(m) || !name || !*name || strlen(name) >= NAME_MAX_LEN || !ret)
+    return -EINVAL;
+  mp_obj *rep = NULL;
+  int r = manager_call(m, MP__OP_LOOKUP, 0, name, NULL, MP_FOREVER, &rep);
+  if (r >= 0)
+    r = proxy_from_lookup(m, rep, ret);
+  mp_obj_free(rep);
+  return r < 0 ? r : 0;
+}
+
+MP_EXPORT mp_obj *mp_obj_proxy(mp_proxy *p) {
+  if (!proxy_ok(p))
+    return NULL;
+  return mp__obj_ref(p->id);
+}
+
+/* A proxy that does not own its object, from a LOOKUP reply [id, type]. */
+static int proxy_from_lookup(mp_manager *m, mp_obj *rep, mp_proxy **ret) {
+  int64_t v = 0;
+  const char *type = NULL;
+  if (mp_obj_type(rep) != MP_OBJ_LIST || !nargs(rep, 2) || arg_int(rep, 0, &v) < 0 ||
+      mp_obj_get_str(arg(rep, 1), &type, NULL) < 0 || strlen(type) >= sizeof((mp_proxy *)0)->type)
+    return -EBADMSG;
+  mp_proxy *p = calloc(1, sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  p->magic = PROXY_MAGIC;
+  p->m = m;
+  p->id = v;
+  p->creator = 0; /* a name or a container holds the object: no release */
+  p->kind = find_kind(type);
+  if (p->kind < 0)
+    p->kind = K_CUSTOM;
+  snprintf(p->type, sizeof p->type, "%s", type);
+  *ret = p;
+  return 0;
+}
+
+MP_EXPORT int mp_obj_get_proxy(mp_manager *m, const mp_obj *o, mp_proxy **ret) {
+  if (!manager_ok(m) || !o || !ret)
+    return -EINVAL;
+  if (mp_obj_type(o) != MP_OBJ_PROXY)
+    return -EDOM;
+  mp_obj *rep = NULL;
+  int r = manager_call(m, MP__OP_LOOKUP, mp__obj_ref_id(o), "", NULL, MP_FOREVER, &rep);
+  if (r >= 0)
+    r = proxy_from_lookup(m, rep, ret);
+  mp_obj_free(rep);
+  return r < 0 ? r : 0;
+}
+
+MP_EXPORT int mp_proxy_publish(mp_proxy *p, const char *name) {
+  if (!proxy_ok(p) || !name || !*name || strlen(name) >= NAME_MAX_LEN)
+    return -EINVAL;
+  return manager_call(p->m, MP__OP_PUBLISH, p->id, name, NULL, MP_FOREVER, NULL);
 }
 
 /* Create a built-in object with up to one argument (borrowed). */
@@ -2528,13 +3194,36 @@ MP_EXPORT int mp_proxy_free(mp_proxy *p) {
   return 0;
 }
 
+static bool kind_fits(const mp_proxy *p, int kind);
+
+/* A typed call with an argument list (borrowed) of any length. */
+static int tcall_list(mp_proxy *p, int kind, const char *method, const mp_obj *args,
+                      double timeout, mp_obj **ret) {
+  if (!proxy_ok(p) || !kind_fits(p, kind))
+    return -EINVAL;
+  mp_obj *res = NULL;
+  int r = manager_call(p->m, MP__OP_CALL, p->id, method, args, timeout, ret ? &res : NULL);
+  if (r >= 0 && ret)
+    *ret = res;
+  return r;
+}
+
+/* Whether a proxy may make the typed calls of kind. */
+static bool kind_fits(const mp_proxy *p, int kind) {
+  return p->kind == kind ||
+         (kind == K_LOCK && (p->kind == K_RLOCK || p->kind == K_SEMAPHORE ||
+                             p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)) ||
+         (kind == K_QUEUE && p->kind == K_JQUEUE);
+}
+
 /* A typed call: check the proxy's kind, pass up to two borrowed arguments. */
 static int tcall(mp_proxy *p, int kind, const char *method, const mp_obj *a0, const mp_obj *a1,
                  double timeout, mp_obj **ret) {
   if (!proxy_ok(p))
     return -EINVAL;
   if (p->kind != kind && !(kind == K_LOCK && (p->kind == K_RLOCK || p->kind == K_SEMAPHORE ||
-                                              p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)))
+                                              p->kind == K_BSEMAPHORE || p->kind == K_CONDITION)) &&
+      !(kind == K_QUEUE && p->kind == K_JQUEUE))
     return -EINVAL;
   if (!a0 && a1)
     return -EINVAL;
@@ -2745,6 +3434,224 @@ MP_EXPORT int mp_array_proxy_set(mp_proxy *a, int64_t i, const mp_obj *x) {
 }
 MP_EXPORT ssize_t mp_array_proxy_len(mp_proxy *a) {
   return tcall(a, K_ARRAY, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_dict_proxy_values(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "values", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_popitem(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "popitem", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_setdefault(mp_proxy *d, const mp_obj *key, const mp_obj *dflt,
+                                       mp_obj **ret) {
+  NEED(key && dflt && ret);
+  return tcall(d, K_DICT, "setdefault", key, dflt, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_reversed(mp_proxy *d, mp_obj **ret) {
+  NEED(ret);
+  return tcall(d, K_DICT, "reversed", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_or(mp_proxy *d, const mp_obj *other, mp_obj **ret) {
+  NEED(other && ret);
+  if (mp_obj_type(other) != MP_OBJ_DICT)
+    return -EDOM;
+  return tcall(d, K_DICT, "or", other, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_dict_proxy_ior(mp_proxy *d, const mp_obj *other) {
+  NEED(other);
+  if (mp_obj_type(other) != MP_OBJ_DICT && mp_obj_type(other) != MP_OBJ_LIST)
+    return -EDOM;
+  return tcall(d, K_DICT, "ior", other, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_dict_proxy_next(mp_proxy *d, mp_dict_iter *it, mp_obj **key) {
+  NEED(it && key && it->pos >= 0);
+  if (it->len < 0) { /* the first step: the length iteration starts from */
+    ssize_t n = mp_dict_proxy_len(d);
+    if (n < 0)
+      return (int)n;
+    it->len = n;
+  }
+  mp_obj *args = mp_obj_listv(2, mp_obj_int(it->pos), mp_obj_int(it->len));
+  if (!args)
+    return -ENOMEM;
+  mp_obj *res = NULL;
+  int r = tcall_list(d, K_DICT, "next", args, MP_FOREVER, &res);
+  mp_obj_free(args);
+  if (r == 1) {
+    it->pos++;
+    *key = res;
+    return 1;
+  }
+  mp_obj_free(res);
+  return r;
+}
+MP_EXPORT int mp_manager_dict_fromkeys(mp_manager *m, const mp_obj *keys, const mp_obj *value,
+                                       mp_proxy **ret) {
+  if (!keys || !ret)
+    return -EINVAL;
+  if (mp_obj_type(keys) != MP_OBJ_LIST)
+    return -EDOM;
+  mp_obj *d = mp_obj_dict();
+  for (size_t i = 0; d && i < (size_t)mp_obj_len(keys); i++)
+    if (mp_obj_dict_set(d, mp_obj_copy(mp__obj_list_at(keys, i)),
+                        value ? mp_obj_copy(value) : mp_obj_nil()) < 0) {
+      mp_obj_free(d);
+      d = NULL;
+    }
+  if (!d)
+    return -ENOMEM;
+  int r = mp_manager_dict(m, d, ret);
+  mp_obj_free(d);
+  return r;
+}
+
+/* [start, stop, step(, items)]: MP_SLICE_NONE travels as nil (omitted). */
+static mp_obj *slice_args(int64_t start, int64_t stop, int64_t step, const mp_obj *items) {
+  int64_t v[3] = {start, stop, step};
+  mp_obj *a = mp_obj_list();
+  if (!a)
+    return NULL;
+  for (int j = 0; j < 3; j++)
+    if (mp_obj_list_append(a, v[j] == MP_SLICE_NONE ? mp_obj_nil() : mp_obj_int(v[j])) < 0) {
+      mp_obj_free(a);
+      return NULL;
+    }
+  if (items && mp_obj_list_append(a, mp_obj_copy(items)) < 0) {
+    mp_obj_free(a);
+    return NULL;
+  }
+  return a;
+}
+MP_EXPORT int mp_list_proxy_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                  mp_obj **ret) {
+  NEED(ret);
+  mp_obj *a = slice_args(start, stop, step, NULL);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "slice", a, MP_FOREVER, ret);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_set_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                      const mp_obj *items) {
+  NEED(items);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  mp_obj *a = slice_args(start, stop, step, items);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "set_slice", a, MP_FOREVER, NULL);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_del_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step) {
+  mp_obj *a = slice_args(start, stop, step, NULL);
+  if (!a)
+    return -ENOMEM;
+  int r = tcall_list(l, K_LIST, "del_slice", a, MP_FOREVER, NULL);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_imul(mp_proxy *l, int64_t n) {
+  return tcall_i(l, K_LIST, "imul", n, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_sort(mp_proxy *l, int reverse) {
+  mp_obj *rev = mp_obj_bool(reverse);
+  if (!rev)
+    return -ENOMEM;
+  int r = tcall(l, K_LIST, "sort", rev, NULL, MP_FOREVER, NULL);
+  mp_obj_free(rev);
+  return r;
+}
+MP_EXPORT int mp_list_proxy_reverse(mp_proxy *l) {
+  return tcall(l, K_LIST, "reverse", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_list_proxy_clear(mp_proxy *l) {
+  return tcall(l, K_LIST, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_queue_proxy_empty(mp_proxy *q) {
+  return tcall(q, K_QUEUE, "empty", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_queue_proxy_full(mp_proxy *q) {
+  return tcall(q, K_QUEUE, "full", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_manager_joinable_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret) {
+  return create_int(m, "JoinableQueue", maxsize < 0 ? 0 : maxsize, ret);
+}
+MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q) {
+  return tcall(q, K_JQUEUE, "task_done", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout) {
+  return tcall(q, K_JQUEUE, "join", NULL, NULL, timeout, NULL);
+}
+
+MP_EXPORT int mp_manager_set(mp_manager *m, const mp_obj *init, mp_proxy **ret) {
+  if (init && mp_obj_type(init) != MP_OBJ_LIST)
+    return -EDOM;
+  return create1(m, "set", init, ret);
+}
+MP_EXPORT int mp_set_proxy_add(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "add", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_discard(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "discard", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_remove(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "remove", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_contains(mp_proxy *st, const mp_obj *v) {
+  NEED(v);
+  return tcall(st, K_SET, "contains", v, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT ssize_t mp_set_proxy_len(mp_proxy *st) {
+  return tcall(st, K_SET, "len", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_pop(mp_proxy *st, mp_obj **ret) {
+  NEED(ret);
+  return tcall(st, K_SET, "pop", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_set_proxy_clear(mp_proxy *st) {
+  return tcall(st, K_SET, "clear", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_set_proxy_items(mp_proxy *st, mp_obj **ret) {
+  NEED(ret);
+  return tcall(st, K_SET, "items", NULL, NULL, MP_FOREVER, ret);
+}
+MP_EXPORT int mp_set_proxy_update(mp_proxy *st, const mp_obj *items) {
+  NEED(items);
+  if (mp_obj_type(items) != MP_OBJ_LIST)
+    return -EDOM;
+  return tcall(st, K_SET, "update", items, NULL, MP_FOREVER, NULL);
+}
+
+MP_EXPORT int mp_manager_barrier(mp_manager *m, int parties, mp_proxy **ret) {
+  if (parties < 1)
+    return -EINVAL;
+  return create_int(m, "Barrier", parties, ret);
+}
+MP_EXPORT int mp_barrier_proxy_wait(mp_proxy *b, double timeout) {
+  return tcall(b, K_BARRIER, "wait", NULL, NULL, timeout, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_abort(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "abort", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_reset(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "reset", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_broken(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "broken", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_n_waiting(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "n_waiting", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b) {
+  return tcall(b, K_BARRIER, "parties", NULL, NULL, MP_FOREVER, NULL);
 }
 
 /* ------------------------------------------------ 8. Listener and Client */

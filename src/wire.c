@@ -97,6 +97,34 @@ MP_EXPORT mp_obj *mp_obj_int(int64_t v) {
   return o;
 }
 
+mp_obj *mp__obj_ref(int64_t id) {
+  mp_obj *o = obj_new(MP_OBJ_PROXY);
+  if (o)
+    o->u.i = id;
+  return o;
+}
+
+int64_t mp__obj_ref_id(const mp_obj *o) { return o->u.i; }
+
+/* Call fn(id, ctx) for every proxy reference in the tree o. */
+void mp__obj_each_ref(const mp_obj *o, void (*fn)(int64_t id, void *ctx), void *ctx) {
+  switch (o->type) {
+  case MP_OBJ_PROXY: fn(o->u.i, ctx); break;
+  case MP_OBJ_LIST:
+    for (size_t i = 0; i < o->u.l.n; i++)
+      mp__obj_each_ref(o->u.l.v[i], fn, ctx);
+    break;
+  case MP_OBJ_DICT:
+    for (size_t i = 0; i < o->u.d.n; i++)
+      if (o->u.d.v[i].key) { /* not a hole */
+        mp__obj_each_ref(o->u.d.v[i].key, fn, ctx);
+        mp__obj_each_ref(o->u.d.v[i].value, fn, ctx);
+      }
+    break;
+  default: break;
+  }
+}
+
 MP_EXPORT mp_obj *mp_obj_float(double v) {
   mp_obj *o = obj_new(MP_OBJ_FLOAT);
   if (o)
@@ -227,7 +255,8 @@ static bool obj_equal(const mp_obj *a, const mp_obj *b) {
   switch (a->type) {
   case MP_OBJ_NIL: return true;
   case MP_OBJ_BOOL: return a->u.b == b->u.b;
-  case MP_OBJ_INT: return a->u.i == b->u.i;
+  case MP_OBJ_INT:
+  case MP_OBJ_PROXY: return a->u.i == b->u.i;
   case MP_OBJ_FLOAT: return a->u.f == b->u.f;
   case MP_OBJ_STR:
   case MP_OBJ_BYTES: return a->u.s.n == b->u.s.n && !memcmp(a->u.s.p, b->u.s.p, a->u.s.n);
@@ -360,6 +389,105 @@ void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item) {
 
 mp_obj *mp__obj_list_at(const mp_obj *l, size_t i) { return l->u.l.v[i]; }
 
+/* Python's order of two values: numbers (bool, int, float) by value, str
+ * with str and bytes with bytes bytewise, lists item by item. Others (nil,
+ * dicts, mixed kinds) are unordered: -EDOM, Python's TypeError. */
+int mp__obj_compare(const mp_obj *a, const mp_obj *b, int *cmp) {
+  bool na = a->type == MP_OBJ_BOOL || a->type == MP_OBJ_INT || a->type == MP_OBJ_FLOAT;
+  bool nb = b->type == MP_OBJ_BOOL || b->type == MP_OBJ_INT || b->type == MP_OBJ_FLOAT;
+  if (na && nb) {
+    if (a->type != MP_OBJ_FLOAT && b->type != MP_OBJ_FLOAT) {
+      int64_t x = a->type == MP_OBJ_BOOL ? a->u.b : a->u.i;
+      int64_t y = b->type == MP_OBJ_BOOL ? b->u.b : b->u.i;
+      *cmp = (x > y) - (x < y);
+      return 0;
+    }
+    /* mixed with a float: by value as long doubles (exact for int64) */
+    long double x = a->type == MP_OBJ_FLOAT  ? a->u.f
+                    : a->type == MP_OBJ_BOOL ? a->u.b
+                                             : (long double)a->u.i;
+    long double y = b->type == MP_OBJ_FLOAT  ? b->u.f
+                    : b->type == MP_OBJ_BOOL ? b->u.b
+                                             : (long double)b->u.i;
+    if (x != x || y != y) { /* NaN: every comparison is false, as in Python */
+      *cmp = 0;
+      return 0;
+    }
+    *cmp = (x > y) - (x < y);
+    return 0;
+  }
+  if (a->type != b->type)
+    return -EDOM;
+  if (a->type == MP_OBJ_STR || a->type == MP_OBJ_BYTES) {
+    size_t n = a->u.s.n < b->u.s.n ? a->u.s.n : b->u.s.n;
+    int c = n ? memcmp(a->u.s.p, b->u.s.p, n) : 0;
+    *cmp = c ? (c > 0) - (c < 0) : (a->u.s.n > b->u.s.n) - (a->u.s.n < b->u.s.n);
+    return 0;
+  }
+  if (a->type == MP_OBJ_LIST) {
+    for (size_t i = 0; i < a->u.l.n && i < b->u.l.n; i++) {
+      if (mp_obj_equal(a->u.l.v[i], b->u.l.v[i]) == 1)
+        continue;
+      return mp__obj_compare(a->u.l.v[i], b->u.l.v[i], cmp);
+    }
+    *cmp = (a->u.l.n > b->u.l.n) - (a->u.l.n < b->u.l.n);
+    return 0;
+  }
+  return -EDOM;
+}
+
+/* Stable merge of v[lo..mid) and v[mid..hi) through tmp. */
+static int sort_merge(mp_obj **v, mp_obj **tmp, size_t lo, size_t mid, size_t hi, bool rev) {
+  size_t i = lo, j = mid, k = lo;
+  while (i < mid && j < hi) {
+    int c;
+    int r = mp__obj_compare(v[j], v[i], &c);
+    if (r < 0)
+      return r;
+    /* take the right one only when strictly before: equal items keep
+     * their order, also when reversed (Python's reverse=True) */
+    bool right_first = rev ? c > 0 : c < 0;
+    tmp[k++] = right_first ? v[j++] : v[i++];
+  }
+  while (i < mid)
+    tmp[k++] = v[i++];
+  while (j < hi)
+    tmp[k++] = v[j++];
+  memcpy(v + lo, tmp + lo, (hi - lo) * sizeof *v);
+  return 0;
+}
+
+int mp__obj_list_sort(mp_obj *l, bool reverse) {
+  size_t n = l->u.l.n;
+  if (n < 2)
+    return 0;
+  mp_obj **work = malloc(2 * n * sizeof *work);
+  if (!work)
+    return -ENOMEM;
+  mp_obj **v = work, **tmp = work + n;
+  memcpy(v, l->u.l.v, n * sizeof *v);
+  for (size_t w = 1; w < n; w *= 2)
+    for (size_t lo = 0; lo + w < n; lo += 2 * w) {
+      size_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+      int r = sort_merge(v, tmp, lo, lo + w, hi, reverse);
+      if (r < 0) {
+        free(work); /* the list is left as it was */
+        return r;
+      }
+    }
+  memcpy(l->u.l.v, v, n * sizeof *v);
+  free(work);
+  return 0;
+}
+
+void mp__obj_list_reverse(mp_obj *l) {
+  for (size_t i = 0, j = l->u.l.n; i + 1 < j; i++, j--) {
+    mp_obj *t = l->u.l.v[i];
+    l->u.l.v[i] = l->u.l.v[j - 1];
+    l->u.l.v[j - 1] = t;
+  }
+}
+
 MP_EXPORT int mp_obj_list_append(mp_obj *list, mp_obj *item) {
   if (!list || list->type != MP_OBJ_LIST) {
     mp_obj_free(item);
@@ -410,7 +538,8 @@ static uint64_t sip(const unsigned char *key, int type, const void *p, size_t n)
 static uint64_t obj_hash(const mp_obj *o, const unsigned char *key) {
   switch (o->type) {
   case MP_OBJ_BOOL: return sip(key, o->type, &o->u.b, sizeof o->u.b);
-  case MP_OBJ_INT: return sip(key, o->type, &o->u.i, sizeof o->u.i);
+  case MP_OBJ_INT:
+  case MP_OBJ_PROXY: return sip(key, o->type, &o->u.i, sizeof o->u.i);
   case MP_OBJ_FLOAT: {
     double f = o->u.f == 0 ? 0 : o->u.f; /* -0.0 == 0.0 */
     return sip(key, o->type, &f, sizeof f);
@@ -741,6 +870,7 @@ static void repr(struct out *w, const mp_obj *o) {
   case MP_OBJ_BOOL: put(w, o->u.b ? "True" : "False", o->u.b ? 4 : 5); break;
   case MP_OBJ_INT: putf(w, "%lld", (long long)o->u.i); break;
   case MP_OBJ_FLOAT: repr_float(w, o->u.f); break;
+  case MP_OBJ_PROXY: putf(w, "<proxy %lld>", (long long)o->u.i); break;
   case MP_OBJ_STR:
   case MP_OBJ_BYTES: repr_blob(w, o); break;
   case MP_OBJ_LIST:
@@ -791,6 +921,14 @@ static int pack(msgpack_packer *pk, const mp_obj *o, int depth, size_t *items) {
   case MP_OBJ_BOOL: r = o->u.b ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
   case MP_OBJ_INT: r = msgpack_pack_int64(pk, o->u.i); break;
   case MP_OBJ_FLOAT: r = msgpack_pack_double(pk, o->u.f); break;
+  case MP_OBJ_PROXY: {
+    /* fixext 8 of type MP__EXT_PROXY: the object id, big-endian */
+    unsigned char b[8];
+    for (int k = 0; k < 8; k++)
+      b[k] = (unsigned char)((uint64_t)o->u.i >> (56 - 8 * k));
+    r = msgpack_pack_ext(pk, 8, MP__EXT_PROXY) || msgpack_pack_ext_body(pk, b, 8);
+    break;
+  }
   case MP_OBJ_STR:
   case MP_OBJ_BYTES:
     if (o->u.s.n > MP_OBJ_MAX_MESSAGE)
@@ -952,7 +1090,12 @@ int mp__wire_validate(const void *buf, size_t len, int max_depth) {
         container = true;
         map = c >= 0xde;
         break;
-      default: return -EBADMSG; /* 0xc1 (never used) and extension types */
+      case 0xd7: /* fixext 8: only a proxy reference, to an id > 0 */
+        if (left < 9 || p[0] != MP__EXT_PROXY || (p[1] & 0x80) || be(p + 1, 8) == 0)
+          return -EBADMSG;
+        skip = 9;
+        break;
+      default: return -EBADMSG; /* 0xc1 (never used) and other extension types */
       }
     }
     if (container) {
@@ -985,6 +1128,11 @@ static mp_obj *convert(const msgpack_object *m) {
   case MSGPACK_OBJECT_FLOAT64: return mp_obj_float(m->via.f64);
   case MSGPACK_OBJECT_STR: return mp_obj_strn(m->via.str.ptr, m->via.str.size);
   case MSGPACK_OBJECT_BIN: return mp_obj_bytes(m->via.bin.ptr, m->via.bin.size);
+  case MSGPACK_OBJECT_EXT:
+    /* the validator let through only proxy references */
+    if (m->via.ext.type != MP__EXT_PROXY || m->via.ext.size != 8)
+      return NULL;
+    return mp__obj_ref((int64_t)be((const unsigned char *)m->via.ext.ptr, 8));
   case MSGPACK_OBJECT_ARRAY: {
     mp_obj *l = mp_obj_list();
     for (uint32_t i = 0; l && i < m->via.array.size; i++)

@@ -45,6 +45,24 @@ mp_obj *mp__obj_list_take(mp_obj *l, size_t i);
 void mp__obj_list_replace(mp_obj *l, size_t i, mp_obj *item);
 /* Borrow item i of a list (no checks). */
 mp_obj *mp__obj_list_at(const mp_obj *l, size_t i);
+/* Python's order of a and b in *cmp (-1, 0, 1): 0, or -EDOM when they are
+ * not ordered (TypeError). */
+int mp__obj_compare(const mp_obj *a, const mp_obj *b, int *cmp);
+/* Sort list l stably (Python's list.sort). 0; -EDOM (items not ordered:
+ * the list is unchanged); -ENOMEM. */
+int mp__obj_list_sort(mp_obj *l, bool reverse);
+/* Reverse list l in place. */
+void mp__obj_list_reverse(mp_obj *l);
+/* A proxy reference (MP_OBJ_PROXY) travels as MessagePack fixext 8 of this
+ * type, holding the object id (> 0) big-endian; no other extension is
+ * accepted. */
+#define MP__EXT_PROXY 1
+/* A new proxy reference to object id; NULL when out of memory. */
+mp_obj *mp__obj_ref(int64_t id);
+/* The object id of a proxy reference (no checks). */
+int64_t mp__obj_ref_id(const mp_obj *o);
+/* Call fn(id, ctx) for every proxy reference in the tree o. */
+void mp__obj_each_ref(const mp_obj *o, void (*fn)(int64_t id, void *ctx), void *ctx);
 /* Empty a list or dict. */
 void mp__obj_clear(mp_obj *o);
 /* Draw a new random secret for the dict indexes this process builds from
@@ -86,10 +104,20 @@ int mp__hs_parse_verdict(const void *buf, size_t len);
 int mp__random_bytes(void *buf, size_t n);
 
 /* Manager requests and replies (manager.c), encoded as frames:
- *   request  [op, target, name, args, timeout]  target: object id or type name
- *   reply    [status, value]
- * args is borrowed (NULL sends an empty list). */
-enum { MP__OP_CREATE = 1, MP__OP_CALL = 2, MP__OP_RELEASE = 3, MP__OP_SHUTDOWN = 4 };
+ *   request  [op, target, name, args, timeout]  target: object id (0 for
+ *            none); name: the type (CREATE), method (CALL) or object name
+ *            (LOOKUP, PUBLISH)
+ *   reply    [status, value]  LOOKUP's value: [id, type name]
+ * args is borrowed (NULL sends an empty list). Op 5 is manager.c's
+ * SH_OP_OFFER. */
+enum {
+  MP__OP_CREATE = 1,
+  MP__OP_CALL = 2,
+  MP__OP_RELEASE = 3,
+  MP__OP_SHUTDOWN = 4,
+  MP__OP_LOOKUP = 6,  /* the object published under name */
+  MP__OP_PUBLISH = 7, /* publish object target under name */
+};
 int mp__encode_request(int op, int64_t id, const char *name, const mp_obj *args, double timeout,
                        char **buf, size_t *len);
 int mp__encode_reply(int status, const mp_obj *value, char **buf, size_t *len);

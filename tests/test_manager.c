@@ -882,6 +882,680 @@ static void test_manager_custom_type(void **state) {
   mp_manager_free(m);
 }
 
+
+/* ------------------------------------------------------------ named objects */
+
+/* A child of the starter: its own connection asks for the names and works
+ * on the same objects the parent sees. */
+static int named_child(void *arg) {
+  mp_manager *m = arg;
+  mp_proxy *d, *q;
+  CHILD_CHECK(mp_manager_get(m, "table", &d) == 0);
+  CHILD_CHECK(mp_manager_get(m, "get_queue", &q) == 0);
+  mp_obj *k = mp_obj_str("from child"), *v = mp_obj_int(42);
+  CHILD_CHECK(mp_dict_proxy_set(d, k, v) == 0);
+  CHILD_CHECK(mp_queue_proxy_put(q, v, 5) == 0);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  mp_proxy_free(d); /* must not release the named object */
+  mp_proxy_free(q);
+  return 0;
+}
+
+static void test_manager_named_objects_shared(void **state) {
+  (void)state;
+  mp_manager_options o = {.address = "127.0.0.1:0", .authkey = "named", .authkey_len = 5};
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(&o, &m), 0);
+  mp_obj *init = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(init, mp_obj_str("a"), mp_obj_int(1)), 0);
+  mp_obj *args = mp_obj_listv(1, init);
+  assert_int_equal(mp_manager_register_object(m, "table", "dict", args), 0);
+  mp_obj_free(args);
+  assert_int_equal(mp_manager_register_object(m, "get_queue", "Queue", NULL), 0);
+  /* registration errors */
+  assert_int_equal(mp_manager_register_object(m, "table", "list", NULL), -EEXIST);
+  assert_int_equal(mp_manager_register_object(m, "x", "NoSuchType", NULL), -ENOENT);
+  args = mp_obj_listv(1, mp_obj_str("not a dict"));
+  assert_int_equal(mp_manager_register_object(m, "x", "dict", args), -EINVAL);
+  mp_obj_free(args);
+  assert_int_equal(mp_manager_register_object(m, "", "dict", NULL), -EINVAL);
+  assert_int_equal(mp_manager_register_object(NULL, "x", "dict", NULL), -EINVAL);
+  char longname[80];
+  memset(longname, 'n', sizeof longname - 1);
+  longname[sizeof longname - 1] = 0;
+  assert_int_equal(mp_manager_register_object(m, longname, "dict", NULL), -EINVAL);
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(mp_manager_register_object(m, "late", "dict", NULL), -EALREADY);
+
+  pid_t pid = tu_fork(named_child, m, 30);
+  assert_child_ok(pid);
+
+  /* the parent and a separate connection see the child's changes */
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager *c;
+  o.address = addr;
+  assert_int_equal(mp_manager_new(&o, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  mp_proxy *d, *q, *d2;
+  assert_int_equal(mp_manager_get(m, "table", &d), 0);
+  assert_int_equal(mp_manager_get(c, "table", &d2), 0);
+  const char *type;
+  assert_int_equal(mp_proxy_type(d2, &type), 0);
+  assert_string_equal(type, "dict");
+  mp_obj *all;
+  assert_int_equal(mp_dict_proxy_copy(d2, &all), 0);
+  check_repr(all, "{'a': 1, 'from child': 42}");
+  mp_obj_free(all);
+  assert_int_equal(mp_manager_get(c, "get_queue", &q), 0);
+  mp_obj *got;
+  assert_int_equal(mp_queue_proxy_get(q, 5, &got), 0);
+  assert_int_equal(as_int(got), 42);
+  mp_obj_free(got);
+  /* typed calls check the kind the server reported */
+  assert_int_equal(mp_queue_proxy_qsize(d), -EINVAL);
+  assert_int_equal(mp_manager_get(c, "nothing here", &q), -ENOENT);
+  assert_int_equal(mp_manager_get(c, "", &q), -EINVAL);
+  assert_int_equal(mp_manager_get(c, longname, &q), -EINVAL);
+  /* a change through one handle is seen through the other */
+  mp_obj *k = mp_obj_str("b"), *v = mp_obj_int(2);
+  assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+  assert_int_equal(mp_dict_proxy_contains(d2, k), 1);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  mp_proxy_free(d);
+  mp_proxy_free(d2);
+  mp_proxy_free(q);
+  mp_manager_free(c);
+  mp_manager_free(m);
+}
+
+/* An existing object published by name; its creator's free no longer
+ * releases it. */
+static void test_manager_publish_existing_object(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *l, *l2, *other;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  mp_obj *v = mp_obj_int(7);
+  assert_int_equal(mp_list_proxy_append(l, v), 0);
+  assert_int_equal(mp_proxy_publish(l, "numbers"), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &other), 0);
+  assert_int_equal(mp_proxy_publish(other, "numbers"), -EEXIST);
+  assert_int_equal(mp_proxy_publish(other, ""), -EINVAL);
+  assert_int_equal(mp_proxy_publish(NULL, "x"), -EINVAL);
+  mp_proxy_free(other);
+  assert_int_equal(mp_proxy_free(l), 0); /* the creator lets go; the name keeps it */
+  assert_int_equal(mp_manager_get(m, "numbers", &l2), 0);
+  assert_int_equal(mp_list_proxy_count(l2, v), 1);
+  mp_obj_free(v);
+  mp_proxy_free(l2);
+  mp_manager_free(m);
+}
+
+/* start(initializer): runs once, in the server, before any client. */
+static int init_runs;
+static pid_t init_pid;
+static void count_init(void *arg) {
+  init_runs += *(int *)arg;
+  init_pid = getpid();
+}
+static int probe_new(const mp_obj *args, void **self) {
+  (void)args;
+  *self = NULL;
+  return 0;
+}
+static int probe_get(void *self, const mp_obj *args, mp_obj **res) {
+  (void)self;
+  (void)args;
+  *res = mp_obj_listv(2, mp_obj_int(init_runs), mp_obj_int(init_pid));
+  return *res ? 0 : -ENOMEM;
+}
+static const mp_manager_method_def probe_methods[] = {{"get", probe_get}};
+
+static void test_manager_start_initializer(void **state) {
+  (void)state;
+  int r = mp_manager_register("InitProbe", probe_new, NULL, probe_methods, 1);
+  assert_true(r == 0 || r == -EEXIST);
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  assert_int_equal(mp_manager_start_with(m, NULL, NULL), -EINVAL);
+  int one = 1;
+  assert_int_equal(mp_manager_start_with(m, count_init, &one), 0);
+  assert_int_equal(mp_manager_start_with(m, count_init, &one), -EALREADY);
+  mp_proxy *p;
+  assert_int_equal(mp_manager_create(m, "InitProbe", NULL, &p), 0);
+  mp_obj *res;
+  assert_int_equal(mp_proxy_call(p, "get", NULL, MP_FOREVER, &res), 0);
+  const mp_obj *runs, *pid;
+  assert_int_equal(mp_obj_list_get(res, 0, &runs), 0);
+  assert_int_equal(mp_obj_list_get(res, 1, &pid), 0);
+  assert_int_equal(as_int(runs), 1);
+  assert_int_equal(as_int(pid), mp_manager_pid(m));
+  mp_obj_free(res);
+  assert_int_equal(init_runs, 0); /* it ran in the server, not here */
+  mp_proxy_free(p);
+  mp_manager_free(m);
+}
+
+
+/* ---------------------------------------------------- more proxy methods */
+
+static mp_obj *ints(size_t n, const int64_t *v) {
+  mp_obj *l = mp_obj_list();
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(mp_obj_list_append(l, mp_obj_int(v[i])), 0);
+  return l;
+}
+
+static void check_list(mp_proxy *l, const char *want) {
+  mp_obj *all;
+  assert_int_equal(mp_list_proxy_copy(l, &all), 0);
+  check_repr(all, want);
+  mp_obj_free(all);
+}
+
+static void test_manager_list_slices_and_order(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  const int64_t v[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  mp_obj *init = ints(10, v), *got;
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, init, &l), 0);
+  mp_obj_free(init);
+  const int64_t N = MP_SLICE_NONE;
+  assert_int_equal(mp_list_proxy_slice(l, 2, 5, N, &got), 0);
+  check_repr(got, "[2, 3, 4]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, N, N, -3, &got), 0);
+  check_repr(got, "[9, 6, 3, 0]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, -2, N, N, &got), 0);
+  check_repr(got, "[8, 9]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, 100, -100, -4, &got), 0);
+  check_repr(got, "[9, 5, 1]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, 5, 2, N, &got), 0);
+  check_repr(got, "[]");
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_slice(l, N, N, 0, &got), -EINVAL);
+  /* assignment: any length with step 1, the same length otherwise */
+  const int64_t ab[] = {-1, -2};
+  mp_obj *two = ints(2, ab);
+  assert_int_equal(mp_list_proxy_set_slice(l, 1, 8, N, two), 0);
+  check_list(l, "[0, -1, -2, 8, 9]");
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, 2, two), -EINVAL); /* 3 slots, 2 items */
+  assert_int_equal(mp_list_proxy_set_slice(l, 1, N, 2, two), 0);
+  check_list(l, "[0, -1, -2, -2, 9]");
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_list_proxy_set_slice(l, 0, 1, N, d), -EDOM);
+  mp_obj_free(d);
+  assert_int_equal(mp_list_proxy_set_slice(l, 5, 5, N, two), 0); /* insert at the end */
+  check_list(l, "[0, -1, -2, -2, 9, -1, -2]");
+  mp_obj_free(two);
+  assert_int_equal(mp_list_proxy_del_slice(l, N, N, 3), 0);
+  check_list(l, "[-1, -2, 9, -1]");
+  assert_int_equal(mp_list_proxy_del_slice(l, -1, 0, -1), 0);
+  check_list(l, "[-1]");
+  assert_int_equal(mp_list_proxy_del_slice(l, 0, 1, 0), -EINVAL);
+  /* *=, sort, reverse, clear */
+  const int64_t three[] = {3, 1, 2};
+  mp_obj *t = ints(3, three);
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, t), 0);
+  mp_obj_free(t);
+  assert_int_equal(mp_list_proxy_imul(l, 2), 0);
+  check_list(l, "[3, 1, 2, 3, 1, 2]");
+  assert_int_equal(mp_list_proxy_imul(l, MP_OBJ_MAX_ITEMS), -EMSGSIZE);
+  assert_int_equal(mp_list_proxy_len(l), 6);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "[1, 1, 2, 2, 3, 3]");
+  assert_int_equal(mp_list_proxy_sort(l, 1), 0);
+  check_list(l, "[3, 3, 2, 2, 1, 1]");
+  assert_int_equal(mp_list_proxy_reverse(l), 0);
+  check_list(l, "[1, 1, 2, 2, 3, 3]");
+  /* mixed numbers sort by value; a string among numbers is TypeError */
+  mp_obj *mixed = mp_obj_listv(4, mp_obj_float(2.5), mp_obj_int(-1), mp_obj_bool(1),
+                               mp_obj_float(-0.5));
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, mixed), 0);
+  mp_obj_free(mixed);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "[-1, -0.5, True, 2.5]");
+  mp_obj *sv = mp_obj_str("x");
+  assert_int_equal(mp_list_proxy_append(l, sv), 0);
+  mp_obj_free(sv);
+  assert_int_equal(mp_list_proxy_sort(l, 0), -EDOM);
+  check_list(l, "[-1, -0.5, True, 2.5, 'x']"); /* unchanged */
+  mp_obj *strs = mp_obj_listv(3, mp_obj_str("pear"), mp_obj_str("apple"), mp_obj_str("app"));
+  assert_int_equal(mp_list_proxy_set_slice(l, N, N, N, strs), 0);
+  mp_obj_free(strs);
+  assert_int_equal(mp_list_proxy_sort(l, 0), 0);
+  check_list(l, "['app', 'apple', 'pear']");
+  assert_int_equal(mp_list_proxy_imul(l, 0), 0);
+  assert_int_equal(mp_list_proxy_len(l), 0);
+  init = mp_obj_int(1);
+  assert_int_equal(mp_list_proxy_append(l, init), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_list_proxy_clear(l), 0);
+  assert_int_equal(mp_list_proxy_len(l), 0);
+  mp_proxy *dp;
+  assert_int_equal(mp_manager_dict(m, NULL, &dp), 0);
+  assert_int_equal(mp_list_proxy_clear(dp), -EINVAL); /* a dict proxy */
+  mp_proxy_free(dp);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+}
+
+static mp_obj *pair_dict(const char *k1, int64_t v1, const char *k2, int64_t v2) {
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(d, mp_obj_str(k1), mp_obj_int(v1)), 0);
+  if (k2)
+    assert_int_equal(mp_obj_dict_set(d, mp_obj_str(k2), mp_obj_int(v2)), 0);
+  return d;
+}
+
+static void test_manager_dict_more_methods(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = pair_dict("a", 1, "b", 2), *got;
+  mp_proxy *d;
+  assert_int_equal(mp_manager_dict(m, init, &d), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_dict_proxy_values(d, &got), 0);
+  check_repr(got, "[1, 2]");
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_reversed(d, &got), 0);
+  check_repr(got, "['b', 'a']");
+  mp_obj_free(got);
+  /* setdefault: the present value, or the default, set */
+  mp_obj *ka = mp_obj_str("a"), *kc = mp_obj_str("c"), *nine = mp_obj_int(9);
+  assert_int_equal(mp_dict_proxy_setdefault(d, ka, nine, &got), 0);
+  assert_int_equal(as_int(got), 1);
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_setdefault(d, kc, nine, &got), 0);
+  assert_int_equal(as_int(got), 9);
+  mp_obj_free(got);
+  /* | and |= */
+  mp_obj *other = pair_dict("a", 10, "z", 26);
+  assert_int_equal(mp_dict_proxy_or(d, other, &got), 0);
+  check_repr(got, "{'a': 10, 'b': 2, 'c': 9, 'z': 26}");
+  mp_obj_free(got);
+  assert_int_equal(mp_dict_proxy_len(d), 3); /* unchanged */
+  assert_int_equal(mp_dict_proxy_or(d, ka, &got), -EDOM);
+  mp_obj *pairs = mp_obj_listv(1, mp_obj_listv(2, mp_obj_str("b"), mp_obj_int(20)));
+  assert_int_equal(mp_dict_proxy_ior(d, pairs), 0);
+  mp_obj_free(pairs);
+  mp_obj *badpairs = mp_obj_listv(2, mp_obj_listv(2, mp_obj_str("q"), mp_obj_int(1)),
+                                  mp_obj_listv(1, mp_obj_str("short")));
+  assert_int_equal(mp_dict_proxy_ior(d, badpairs), -EDOM);
+  mp_obj_free(badpairs);
+  assert_int_equal(mp_dict_proxy_ior(d, other), 0);
+  mp_obj_free(other);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'a': 10, 'b': 20, 'c': 9, 'z': 26}");
+  mp_obj_free(got);
+  /* popitem: last in, first out; KeyError when empty */
+  assert_int_equal(mp_dict_proxy_popitem(d, &got), 0);
+  check_repr(got, "['z', 26]");
+  mp_obj_free(got);
+  /* iteration: every key in order; a change of size is RuntimeError */
+  mp_dict_iter it = MP_DICT_ITER_INIT;
+  char keys[16] = "";
+  mp_obj *k;
+  int r;
+  while ((r = mp_dict_proxy_next(d, &it, &k)) == 1) {
+    const char *ks;
+    assert_int_equal(mp_obj_get_str(k, &ks, NULL), 0);
+    strcat(keys, ks);
+    mp_obj_free(k);
+  }
+  assert_int_equal(r, 0);
+  assert_string_equal(keys, "abc");
+  mp_dict_iter it2 = MP_DICT_ITER_INIT;
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), 1);
+  mp_obj_free(k);
+  assert_int_equal(mp_dict_proxy_set(d, kc, nine), 0); /* same size: goes on */
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), 1);
+  mp_obj_free(k);
+  assert_int_equal(mp_dict_proxy_del(d, ka), 0);
+  assert_int_equal(mp_dict_proxy_next(d, &it2, &k), -ESTALE);
+  assert_int_equal(mp_dict_proxy_next(d, NULL, &k), -EINVAL);
+  assert_int_equal(mp_dict_proxy_clear(d), 0);
+  assert_int_equal(mp_dict_proxy_popitem(d, &got), -ENOENT);
+  mp_proxy_free(d);
+  /* fromkeys */
+  mp_obj *ks = mp_obj_listv(2, mp_obj_str("x"), mp_obj_str("y"));
+  assert_int_equal(mp_manager_dict_fromkeys(m, ks, nine, &d), 0);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'x': 9, 'y': 9}");
+  mp_obj_free(got);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_dict_fromkeys(m, ks, NULL, &d), 0);
+  assert_int_equal(mp_dict_proxy_copy(d, &got), 0);
+  check_repr(got, "{'x': None, 'y': None}");
+  mp_obj_free(got);
+  mp_proxy_free(d);
+  assert_int_equal(mp_manager_dict_fromkeys(m, ka, NULL, &d), -EDOM);
+  mp_obj_free(ks);
+  mp_obj_free(ka);
+  mp_obj_free(kc);
+  mp_obj_free(nine);
+  mp_manager_free(m);
+}
+
+/* A consumer child marks each item done; join returns only then. */
+static int jq_consumer(void *arg) {
+  mp_proxy *q = arg;
+  for (int i = 0; i < 3; i++) {
+    mp_obj *v;
+    CHILD_CHECK(mp_queue_proxy_get(q, 10, &v) == 0);
+    mp_obj_free(v);
+    tu_sleep(0.1);
+    CHILD_CHECK(mp_queue_proxy_task_done(q) == 0);
+  }
+  return 0;
+}
+
+static void test_manager_queue_full_empty_joinable(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *q, *jq;
+  assert_int_equal(mp_manager_queue(m, 2, &q), 0);
+  assert_int_equal(mp_queue_proxy_empty(q), 1);
+  assert_int_equal(mp_queue_proxy_full(q), 0);
+  mp_obj *v = mp_obj_int(1);
+  assert_int_equal(mp_queue_proxy_put(q, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_empty(q), 0);
+  assert_int_equal(mp_queue_proxy_full(q), 0);
+  assert_int_equal(mp_queue_proxy_put(q, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_full(q), 1);
+  assert_int_equal(mp_queue_proxy_task_done(q), -EINVAL); /* not joinable */
+  assert_int_equal(mp_queue_proxy_join(q, 0), -EINVAL);
+  assert_int_equal(mp_manager_joinable_queue(m, 0, &jq), 0);
+  assert_int_equal(mp_queue_proxy_task_done(jq), -EOVERFLOW);
+  assert_int_equal(mp_queue_proxy_join(jq, 0), 0); /* nothing unfinished */
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(mp_queue_proxy_put(jq, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_full(jq), 0); /* unbounded */
+  assert_int_equal(mp_queue_proxy_join(jq, 0.1), -ETIMEDOUT);
+  pid_t pid = tu_fork(jq_consumer, jq, 30);
+  double t0 = tu_now();
+  assert_int_equal(mp_queue_proxy_join(jq, 20), 0);
+  assert_true(tu_now() - t0 >= 0.25); /* three tasks of 0.1 s each */
+  assert_int_equal(mp_queue_proxy_qsize(jq), 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_queue_proxy_task_done(jq), -EOVERFLOW);
+  mp_obj_free(v);
+  mp_proxy_free(q);
+  mp_proxy_free(jq);
+  mp_manager_free(m);
+}
+
+
+static void test_manager_set(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_obj *init = mp_obj_listv(3, mp_obj_int(1), mp_obj_str("a"), mp_obj_int(1)), *got;
+  mp_proxy *st;
+  assert_int_equal(mp_manager_set(m, init, &st), 0);
+  mp_obj_free(init);
+  assert_int_equal(mp_set_proxy_len(st), 2);
+  mp_obj *one = mp_obj_int(1), *two = mp_obj_int(2);
+  assert_int_equal(mp_set_proxy_contains(st, one), 1);
+  assert_int_equal(mp_set_proxy_contains(st, two), 0);
+  assert_int_equal(mp_set_proxy_add(st, two), 0);
+  assert_int_equal(mp_set_proxy_add(st, two), 0);
+  assert_int_equal(mp_set_proxy_len(st), 3);
+  assert_int_equal(mp_set_proxy_items(st, &got), 0);
+  check_repr(got, "[1, 'a', 2]");
+  mp_obj_free(got);
+  assert_int_equal(mp_set_proxy_remove(st, one), 0);
+  assert_int_equal(mp_set_proxy_remove(st, one), -ENOENT);
+  assert_int_equal(mp_set_proxy_discard(st, one), 0);
+  mp_obj *more = mp_obj_listv(2, mp_obj_int(2), mp_obj_int(3));
+  assert_int_equal(mp_set_proxy_update(st, more), 0);
+  assert_int_equal(mp_set_proxy_update(st, one), -EDOM);
+  mp_obj_free(more);
+  assert_int_equal(mp_set_proxy_pop(st, &got), 0);
+  check_repr(got, "3");
+  mp_obj_free(got);
+  assert_int_equal(mp_set_proxy_clear(st), 0);
+  assert_int_equal(mp_set_proxy_pop(st, &got), -ENOENT);
+  assert_int_equal(mp_manager_set(m, one, &st), -EDOM);
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  assert_int_equal(mp_set_proxy_add(l, one), -EINVAL); /* not a set */
+  mp_proxy_free(l);
+  mp_obj_free(one);
+  mp_obj_free(two);
+  mp_proxy_free(st);
+  mp_manager_free(m);
+}
+
+struct barrier_arg {
+  mp_proxy *b, *d;
+};
+
+/* A party: records its arrival index in d[index] = 1. */
+static int barrier_party(void *arg) {
+  struct barrier_arg *a = arg;
+  int r = mp_barrier_proxy_wait(a->b, 20);
+  CHILD_CHECK(r >= 0 && r < 3);
+  mp_obj *k = mp_obj_int(r), *v = mp_obj_int(1);
+  CHILD_CHECK(mp_dict_proxy_set(a->d, k, v) == 0);
+  mp_obj_free(k);
+  mp_obj_free(v);
+  return 0;
+}
+
+static int barrier_waiter(void *arg) {
+  mp_proxy *b = arg;
+  mp_barrier_proxy_wait(b, MP_FOREVER);
+  return 99;
+}
+
+static void test_manager_barrier(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *b, *d;
+  assert_int_equal(mp_manager_barrier(m, 0, &b), -EINVAL);
+  assert_int_equal(mp_manager_barrier(m, 3, &b), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_barrier_proxy_parties(b), 3);
+  /* three parties, two cycles: every index once per cycle */
+  for (int cycle = 0; cycle < 2; cycle++) {
+    struct barrier_arg a = {b, d};
+    pid_t p1 = tu_fork(barrier_party, &a, 30), p2 = tu_fork(barrier_party, &a, 30);
+    int idx = mp_barrier_proxy_wait(b, 20); /* the parent is the third */
+    assert_true(idx >= 0 && idx < 3);
+    mp_obj *k = mp_obj_int(idx), *v = mp_obj_int(1);
+    assert_int_equal(mp_dict_proxy_set(d, k, v), 0);
+    mp_obj_free(k);
+    mp_obj_free(v);
+    assert_child_ok(p1);
+    assert_child_ok(p2);
+    assert_int_equal(mp_dict_proxy_len(d), 3); /* three distinct indexes */
+    assert_int_equal(mp_dict_proxy_clear(d), 0);
+  }
+  assert_int_equal(mp_barrier_proxy_n_waiting(b), 0);
+  assert_int_equal(mp_barrier_proxy_broken(b), 0);
+  /* a timeout breaks it for everyone */
+  double t0 = tu_now();
+  assert_int_equal(mp_barrier_proxy_wait(b, 0.2), -ECANCELED);
+  assert_true(tu_now() - t0 >= 0.15);
+  assert_int_equal(mp_barrier_proxy_broken(b), 1);
+  assert_int_equal(mp_barrier_proxy_wait(b, 1), -ECANCELED);
+  assert_int_equal(mp_barrier_proxy_reset(b), 0);
+  assert_int_equal(mp_barrier_proxy_broken(b), 0);
+  /* abort wakes a waiter */
+  pid_t w = tu_fork(barrier_waiter, b, 30);
+  for (int i = 0; i < 500 && mp_barrier_proxy_n_waiting(b) == 0; i++)
+    tu_sleep(0.01);
+  assert_int_equal(mp_barrier_proxy_n_waiting(b), 1);
+  assert_int_equal(mp_barrier_proxy_abort(b), 0);
+  assert_int_equal(tu_wait(w), 99);
+  assert_int_equal(mp_barrier_proxy_reset(b), 0);
+  /* a party killed while it waits breaks the barrier: no one waits for it */
+  w = tu_fork(barrier_waiter, b, 30);
+  for (int i = 0; i < 500 && mp_barrier_proxy_n_waiting(b) == 0; i++)
+    tu_sleep(0.01);
+  kill(w, SIGKILL);
+  waitpid(w, NULL, 0);
+  int broken = 0;
+  for (int i = 0; i < 500 && (broken = mp_barrier_proxy_broken(b)) == 0; i++)
+    tu_sleep(0.01);
+  assert_int_equal(broken, 1);
+  assert_int_equal(mp_barrier_proxy_wait(b, 5), -ECANCELED);
+  mp_proxy_free(d);
+  mp_proxy_free(b);
+  mp_manager_free(m);
+}
+
+
+/* ------------------------------------------------- proxies inside containers */
+
+struct nested {
+  mp_manager *m;
+  mp_proxy *d;
+};
+
+/* A child reads the list stored in d['l'] and appends through it. */
+static int nested_child(void *arg) {
+  struct nested *a = arg;
+  mp_obj *k = mp_obj_str("l"), *ref = NULL;
+  CHILD_CHECK(mp_dict_proxy_get(a->d, k, &ref) == 0);
+  CHILD_CHECK(mp_obj_type(ref) == MP_OBJ_PROXY);
+  mp_proxy *inner;
+  CHILD_CHECK(mp_obj_get_proxy(a->m, ref, &inner) == 0);
+  mp_obj *v = mp_obj_str("from child");
+  CHILD_CHECK(mp_list_proxy_append(inner, v) == 0);
+  mp_obj_free(v);
+  mp_obj_free(ref);
+  mp_obj_free(k);
+  mp_proxy_free(inner); /* not the creator: the list stays */
+  return 0;
+}
+
+static void test_manager_proxies_inside_containers(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *d, *l, *q, *outer;
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  assert_int_equal(mp_manager_queue(m, 0, &q), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &outer), 0);
+  /* a dict of lists: d['l'] = l */
+  mp_obj *k = mp_obj_str("l"), *ref = mp_obj_proxy(l);
+  assert_non_null(ref);
+  assert_null(mp_obj_proxy(NULL));
+  assert_int_equal(mp_dict_proxy_set(d, k, ref), 0);
+  char buf[64];
+  assert_true(mp_obj_repr(ref, buf, sizeof buf) > 0);
+  assert_memory_equal(buf, "<proxy ", 7);
+  mp_obj_free(ref);
+  struct nested a = {m, d};
+  pid_t pid = tu_fork(nested_child, &a, 30);
+  assert_child_ok(pid);
+  check_list(l, "['from child']"); /* seen by the holder of the list itself */
+  /* a Queue proxy in a list: put through the reference, get through q */
+  ref = mp_obj_proxy(q);
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  mp_obj_free(ref);
+  mp_obj *got, *v = mp_obj_int(5);
+  assert_int_equal(mp_list_proxy_get(outer, 0, &got), 0);
+  mp_proxy *qq;
+  assert_int_equal(mp_obj_get_proxy(m, got, &qq), 0);
+  mp_obj_free(got);
+  const char *type;
+  assert_int_equal(mp_proxy_type(qq, &type), 0);
+  assert_string_equal(type, "Queue");
+  assert_int_equal(mp_queue_proxy_put(qq, v, 1), 0);
+  assert_int_equal(mp_queue_proxy_get(q, 1, &got), 0);
+  assert_int_equal(as_int(got), 5);
+  mp_obj_free(got);
+  mp_proxy_free(qq);
+  /* errors */
+  assert_int_equal(mp_obj_get_proxy(m, v, &qq), -EDOM);
+  assert_int_equal(mp_obj_get_proxy(NULL, v, &qq), -EINVAL);
+  /* lifetime: the creator lets go of the list; d still holds it */
+  mp_proxy *again;
+  assert_int_equal(mp_proxy_free(l), 0);
+  assert_int_equal(mp_dict_proxy_get(d, k, &ref), 0);
+  assert_int_equal(mp_obj_get_proxy(m, ref, &again), 0);
+  assert_int_equal(mp_list_proxy_len(again), 1);
+  /* a list of dicts holding it too: two containers refer to it */
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  assert_int_equal(mp_dict_proxy_del(d, k), 0);
+  assert_int_equal(mp_list_proxy_len(again), 1); /* outer still refers */
+  assert_int_equal(mp_list_proxy_pop(outer, -1, &got), 0); /* the last reference leaves */
+  mp_obj_free(got);
+  assert_int_equal(mp_list_proxy_len(again), -ESRCH); /* freed */
+  assert_int_equal(mp_obj_get_proxy(m, ref, &qq), -ESRCH);
+  mp_obj_free(ref);
+  mp_proxy_free(again);
+  /* a chain: outer -> d2 -> l2; freed together when outer goes */
+  mp_proxy *d2, *l2;
+  assert_int_equal(mp_manager_dict(m, NULL, &d2), 0);
+  assert_int_equal(mp_manager_list(m, NULL, &l2), 0);
+  ref = mp_obj_proxy(l2);
+  assert_int_equal(mp_dict_proxy_set(d2, k, ref), 0);
+  mp_obj_free(ref);
+  ref = mp_obj_proxy(d2);
+  assert_int_equal(mp_list_proxy_append(outer, ref), 0);
+  mp_obj_free(ref);
+  ref = mp_obj_proxy(l2);
+  mp_proxy_free(d2);
+  mp_proxy_free(l2);
+  assert_int_equal(mp_obj_get_proxy(m, ref, &again), 0); /* alive through outer -> d2 */
+  assert_int_equal(mp_list_proxy_append(again, v), 0);
+  assert_int_equal(mp_proxy_free(outer), 0); /* the root goes: so do d2 and l2 */
+  assert_int_equal(mp_list_proxy_len(again), -ESRCH);
+  mp_proxy_free(again);
+  mp_obj_free(ref);
+  mp_obj_free(v);
+  mp_obj_free(k);
+  mp_proxy_free(q);
+  mp_proxy_free(d);
+  mp_manager_free(m);
+}
+
+static void test_manager_proxy_reference_wire(void **state) {
+  (void)state;
+  mp_manager *m = start();
+  mp_proxy *l;
+  assert_int_equal(mp_manager_list(m, NULL, &l), 0);
+  mp_obj *ref = mp_obj_proxy(l), *back;
+  void *buf;
+  size_t len;
+  assert_int_equal(mp_obj_encode(ref, &buf, &len), 0);
+  assert_int_equal(len, 10); /* fixext 8 */
+  assert_int_equal(mp_obj_decode(buf, len, &back), 0);
+  assert_int_equal(mp_obj_equal(ref, back), 1);
+  mp_obj_free(back);
+  unsigned char *b = buf;
+  b[1] = 2; /* another extension type */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  b[1] = 1;
+  memset(b + 2, 0, 8); /* id 0 */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  b[2] = 0x80; /* negative */
+  assert_int_equal(mp_obj_decode(buf, len, &back), -EBADMSG);
+  free(buf);
+  mp_obj *i = mp_obj_int(1);
+  assert_int_equal(mp_obj_equal(ref, i), 0);
+  mp_obj_free(i);
+  /* a reference as a dict key works like any value */
+  mp_obj *d = mp_obj_dict();
+  assert_int_equal(mp_obj_dict_set(d, mp_obj_copy(ref), mp_obj_int(1)), 0);
+  const mp_obj *found;
+  assert_int_equal(mp_obj_dict_get(d, ref, &found), 0);
+  mp_obj_free(d);
+  mp_obj_free(ref);
+  mp_proxy_free(l);
+  mp_manager_free(m);
+}
+
 /* --------------------------------------------------------------- security */
 
 static void test_manager_wrong_key_refused(void **state) {
@@ -2273,6 +2947,16 @@ int main(void) {
       cmocka_unit_test(test_manager_dict_index),
       cmocka_unit_test(test_manager_dict_proxy_removals),
       cmocka_unit_test(test_manager_notify_skips_dead_waiter),
+      cmocka_unit_test(test_manager_named_objects_shared),
+      cmocka_unit_test(test_manager_publish_existing_object),
+      cmocka_unit_test(test_manager_start_initializer),
+      cmocka_unit_test(test_manager_list_slices_and_order),
+      cmocka_unit_test(test_manager_dict_more_methods),
+      cmocka_unit_test(test_manager_queue_full_empty_joinable),
+      cmocka_unit_test(test_manager_set),
+      cmocka_unit_test(test_manager_barrier),
+      cmocka_unit_test(test_manager_proxies_inside_containers),
+      cmocka_unit_test(test_manager_proxy_reference_wire),
   };
   return TU_RUN("manager", tests);
 }

@@ -6,7 +6,9 @@
  * arming before mp_manager_start() (the server inherits the arming) and
  * muting the test process right after. Each test then checks what the
  * survivors see: the data, the locks, the channel's block freed, and that
- * every call ends within a bound.
+ * every call ends within a bound. The same for clients of a named
+ * JoinableQueue: a client killed between its get and its task_done leaves
+ * the task unfinished, never finished twice or lost.
  */
 #include "crashutil.h"
 
@@ -314,6 +316,98 @@ static void test_manager_crash_server_reply_published(void **state) {
   server_gone(m, base);
 }
 
+
+/* ------------------------------------------------- named objects, tasks */
+
+/* A server holding a JoinableQueue under the name "jobs", one item in it. */
+static mp_manager *start_with_jobs(mp_proxy **jobs) {
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  assert_int_equal(mp_manager_register_object(m, "jobs", "JoinableQueue", NULL), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  assert_int_equal(mp_manager_get(m, "jobs", jobs), 0);
+  mp_obj *v = mp_obj_int(7);
+  assert_int_equal(mp_queue_proxy_put(*jobs, v, 1.0), 0);
+  mp_obj_free(v);
+  return m;
+}
+
+/* Asks for "jobs" (request 1), takes the item (2), marks it done (3). */
+static int child_take_job(void *arg) {
+  mp_manager *m = arg;
+  mp_proxy *q;
+  CHILD_CHECK(mp_manager_get(m, "jobs", &q) == 0);
+  mp_obj *v = NULL;
+  CHILD_CHECK(mp_queue_proxy_get(q, 5.0, &v) == 0);
+  mp_queue_proxy_task_done(q);
+  return 99;
+}
+
+static void test_manager_crash_client_task_done_written(void **state) {
+  (void)state;
+  mp_proxy *q;
+  mp_manager *m = start_with_jobs(&q);
+  pid_t c = cu_fork_armed("manager.sh.request.written", 3, child_take_job, m, 30);
+  cu_assert_killed_at(c);
+  /* the get was carried out, the task_done never published: the task is
+   * still unfinished, and the named queue still serves */
+  assert_int_equal(mp_queue_proxy_qsize(q), 0);
+  assert_int_equal(mp_queue_proxy_join(q, 0.2), -ETIMEDOUT);
+  assert_int_equal(mp_queue_proxy_task_done(q), 0);
+  assert_int_equal(mp_queue_proxy_join(q, 5.0), 0);
+  assert_int_equal(mp_queue_proxy_task_done(q), -EOVERFLOW); /* nothing counted twice */
+  mp_proxy_free(q);
+  mp_manager_free(m);
+}
+
+static void test_manager_crash_client_task_done_published(void **state) {
+  (void)state;
+  mp_proxy *q;
+  mp_manager *m = start_with_jobs(&q);
+  pid_t c = cu_fork_armed("manager.sh.request.published", 3, child_take_job, m, 30);
+  cu_assert_killed_at(c);
+  /* published: carried out all the same, once */
+  assert_int_equal(mp_queue_proxy_join(q, 5.0), 0);
+  assert_int_equal(mp_queue_proxy_task_done(q), -EOVERFLOW);
+  mp_proxy_free(q);
+  mp_manager_free(m);
+}
+
+/* Asks for "jobs", then waits in a get on it (the queue is empty). */
+static int child_wait_job(void *arg) {
+  mp_manager *m = arg;
+  mp_proxy *q;
+  if (mp_manager_get(m, "jobs", &q) < 0)
+    return 98;
+  mp_obj *v = NULL;
+  mp_queue_proxy_get(q, MP_FOREVER, &v);
+  return 99;
+}
+
+static void test_manager_crash_client_asleep_on_named_queue(void **state) {
+  (void)state;
+  mp_proxy *q;
+  mp_manager *m = start_with_jobs(&q);
+  mp_obj *got = NULL;
+  assert_int_equal(mp_queue_proxy_get(q, 1.0, &got), 0); /* empty it */
+  mp_obj_free(got);
+  pid_t c = cu_fork_armed("manager.sh.wait.client_asleep", 1, child_wait_job, m, 30);
+  cu_assert_killed_at(c);
+  /* the dead client's get takes nothing; the unfinished count is the
+   * parent's one put */
+  mp_obj *v = mp_obj_int(42);
+  assert_int_equal(mp_queue_proxy_put(q, v, 1.0), 0);
+  assert_int_equal(mp_queue_proxy_get(q, 5.0, &got), 0);
+  assert_int_equal(mp_obj_equal(v, got), 1);
+  mp_obj_free(got);
+  mp_obj_free(v);
+  assert_int_equal(mp_queue_proxy_task_done(q), 0);
+  assert_int_equal(mp_queue_proxy_task_done(q), 0);
+  assert_int_equal(mp_queue_proxy_join(q, 5.0), 0);
+  mp_proxy_free(q);
+  mp_manager_free(m);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   if (!mp__crash_enabled()) {
@@ -330,6 +424,9 @@ int main(void) {
       cmocka_unit_test(test_manager_crash_server_asleep),
       cmocka_unit_test(test_manager_crash_server_reply_written),
       cmocka_unit_test(test_manager_crash_server_reply_published),
+      cmocka_unit_test(test_manager_crash_client_task_done_written),
+      cmocka_unit_test(test_manager_crash_client_task_done_published),
+      cmocka_unit_test(test_manager_crash_client_asleep_on_named_queue),
   };
   return TU_RUN("manager_crash", tests);
 }

@@ -8,7 +8,8 @@
  *
  * Values. What travels to and from a manager is an #mp_obj: nil, a boolean, a
  * 64-bit integer, a double, a string, bytes, or a list or dict of values,
- * nested. Values are plain trees in the calling process's memory
+ * nested, or a reference to a shared object (mp_obj_proxy(): a proxy
+ * stored inside a container). Values are plain trees in the calling process's memory
  * (`malloc`); on the wire they are MessagePack. Limits, checked on both sides:
  * a message is at most #MP_OBJ_MAX_MESSAGE bytes, nests at most
  * #MP_OBJ_MAX_DEPTH containers deep and holds at most #MP_OBJ_MAX_ITEMS values
@@ -79,7 +80,9 @@
  * its first call opens its own connection (the inherited one is left to the
  * parent). Objects live until the proxy that created them is freed in the
  * process that created them (proxies copied into children by fork do not
- * free the object), or until the server ends.
+ * free the object), or until the server ends; an object published by name
+ * lives until the server ends, and one a container of the server refers to
+ * (mp_obj_proxy()) lives until the last such container lets go.
  *
  * Errors common to the proxy calls: `-EINVAL` for a NULL or freed handle, a
  * proxy of the wrong type or a NaN timeout; `-EPIPE` when the server has gone
@@ -136,6 +139,8 @@ enum mp_obj_type {
   MP_OBJ_BYTES = 5, /**< `bytes` */
   MP_OBJ_LIST = 6,  /**< `list` */
   MP_OBJ_DICT = 7,  /**< `dict`: keys of any type, in insertion order */
+  MP_OBJ_PROXY = 8, /**< a reference to a shared object of a manager's
+                         server, stored in its containers (mp_obj_proxy()) */
 };
 
 /** The largest encoded message, in bytes. */
@@ -172,6 +177,35 @@ MP_EXPORT mp_obj *mp_obj_dict(void);
  * @return the list; NULL when out of memory or when any item is NULL.
  */
 MP_EXPORT mp_obj *mp_obj_listv(size_t n, ...);
+
+/** A proxy: one object in a manager's server. */
+typedef struct mp_proxy mp_proxy;
+/** A manager: the handle of a started, served or connected server. */
+typedef struct mp_manager mp_manager;
+
+/**
+ * @brief A new value that refers to the shared object of @p p (Python's
+ *        proxy stored in a managed container: `d['l'] = m.list()`).
+ *
+ * Stored in a dict, list, Queue, Value, Array or set of the same server, it
+ * is a reference, not a copy: whoever reads it gets a reference to the same
+ * object (mp_obj_get_proxy()), and a change through it is seen by every
+ * holder. The object lives while its creator's proxy, a name
+ * (mp_proxy_publish()) or any live container of the server refers to it:
+ * released by its creator, it is freed once the last container lets go.
+ * Only meaningful to the server @p p belongs to. Compared, hashed and
+ * printed (`<proxy 3>`) by object id; unordered for sorting.
+ * @return the value; NULL for a bad @p p or when out of memory.
+ */
+MP_EXPORT mp_obj *mp_obj_proxy(mp_proxy *p);
+/**
+ * @brief A proxy (of manager @p m) to the object a reference refers to, of
+ *        its type (the typed proxy calls work); freeing it never releases
+ *        the object. Blocks for one round trip.
+ * @return 0; `-EDOM` when @p o is not a reference; `-ESRCH` when the
+ *         object no longer exists; `-EINVAL`; the common errors.
+ */
+MP_EXPORT int mp_obj_get_proxy(mp_manager *m, const mp_obj *o, mp_proxy **ret);
 
 /** @brief Free a value and everything in it. @return 0; 0 for NULL. */
 MP_EXPORT int mp_obj_free(mp_obj *o);
@@ -254,10 +288,8 @@ MP_EXPORT int mp_obj_decode(const void *buf, size_t len, mp_obj **ret);
 
 /* ------------------------------------------------------------- managers */
 
-/** A manager: the handle of a started, served or connected server. */
-typedef struct mp_manager mp_manager;
-/** A proxy: one object in a manager's server. */
-typedef struct mp_proxy mp_proxy;
+/* mp_manager (the handle of a started, served or connected server) and
+ * mp_proxy (one object in a manager's server) are declared above. */
 
 /** Options for mp_manager_new(); zero fields mean the default. */
 typedef struct mp_manager_options {
@@ -321,6 +353,22 @@ MP_EXPORT int mp_manager_listen(mp_manager *m);
  *         mp_manager_listen(); `-EAGAIN`/`-ENOMEM` when fork fails.
  */
 MP_EXPORT int mp_manager_start(mp_manager *m);
+
+/** A function run once in a started server before it serves (Python's
+ *  `start(initializer, initargs)`). */
+typedef void (*mp_manager_initializer)(void *arg);
+
+/**
+ * @brief mp_manager_start() that first runs @p init(@p arg) once in the
+ *        server process, before the named objects are created and before
+ *        any client is served (Python's `start(initializer, initargs)`).
+ *
+ * @p init runs in the forked server (a copy of the caller's memory: what it
+ * changes is the server's); @p arg is passed as is. It must return: the
+ * starter's mp_manager_start_with() waits for the server's first answer.
+ * @return as mp_manager_start(); `-EINVAL` for a NULL @p init.
+ */
+MP_EXPORT int mp_manager_start_with(mp_manager *m, mp_manager_initializer init, void *arg);
 
 /**
  * @brief Serve in the calling process until a client calls
@@ -419,13 +467,61 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
  * @brief Create an object in the server by type name: a registered type or
  *        one of `dict`, `list`, `Namespace`, `Queue`, `Lock`, `RLock`,
  *        `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Value`,
- *        `Array` (their arguments as the typed creators below).
+ *        `Array`, `JoinableQueue`, `set`, `Barrier` (their arguments as the
+ *        typed creators below).
  * @param args the constructor's arguments, a list; NULL for none.
  * @return 0; `-ENOENT` for an unknown type; the constructor's error;
  *         the common errors.
  */
 MP_EXPORT int mp_manager_create(mp_manager *m, const char *type, const mp_obj *args,
                                 mp_proxy **ret);
+
+/**
+ * @brief Give the server an object every client can ask for by name
+ *        (Python's `BaseManager.register('get_queue', callable=lambda:
+ *        queue)` on the server side).
+ *
+ * The server creates the object once, as it starts (mp_manager_start(),
+ * mp_manager_serve_forever()), from @p type and @p args as
+ * mp_manager_create() would, before it takes any client; every client's
+ * mp_manager_get(@p name) then reaches that same object. It lives until
+ * the server ends. Call before the server listens.
+ * @param name 1..63 bytes. @param type a built-in type name or one
+ *        registered with mp_manager_register(). @param args a list or NULL;
+ *        copied.
+ * @return 0; `-EEXIST` when @p name is registered on this handle;
+ *         `-ENOENT` for an unknown type; `-EINVAL` for bad names or
+ *         arguments a built-in type refuses; `-EALREADY` once listening,
+ *         started or connected; `-ENOMEM`. Not thread-safe (set up first).
+ */
+MP_EXPORT int mp_manager_register_object(mp_manager *m, const char *name, const char *type,
+                                         const mp_obj *args);
+
+/**
+ * @brief A proxy to the object the server holds under @p name (Python's
+ *        `m.get_queue()` after `register('get_queue')` and connect()).
+ *
+ * Every call, from any client, reaches the same object; its typed proxy
+ * calls (mp_queue_proxy_put() on a `Queue` ...) work on it. Freeing this
+ * proxy never releases the object (the name holds it until the server
+ * ends). Blocks for one round trip.
+ * @return 0; `-ENOENT` when no object has that name (KeyError); `-EINVAL`
+ *         for a NULL, empty or longer than 63 bytes @p name; the common
+ *         errors.
+ */
+MP_EXPORT int mp_manager_get(mp_manager *m, const char *name, mp_proxy **ret);
+
+/**
+ * @brief Publish the object of @p p under @p name, so that any client's
+ *        mp_manager_get(@p name) reaches it (an existing object registered
+ *        by name, as `register('name', callable=lambda: obj)`).
+ *
+ * From then on the object lives until the server ends: its creator's
+ * mp_proxy_free() no longer releases it. Blocks for one round trip.
+ * @return 0; `-EEXIST` when the name is taken (the old object stays);
+ *         `-EINVAL` for a bad name; the common errors.
+ */
+MP_EXPORT int mp_proxy_publish(mp_proxy *p, const char *name);
 
 /** @brief A new shared dict (Python's `Manager().dict()`), a copy of
  *         @p init (a dict) or empty when NULL. @return as mp_manager_create(). */
@@ -508,6 +604,55 @@ MP_EXPORT int mp_dict_proxy_update(mp_proxy *d, const mp_obj *other);
 /** @brief `d.clear()`. */
 MP_EXPORT int mp_dict_proxy_clear(mp_proxy *d);
 
+/** @brief `list(d.values())`, a new list. */
+MP_EXPORT int mp_dict_proxy_values(mp_proxy *d, mp_obj **ret);
+/** @brief `d.popitem()`: remove the entry set last and return it as a new
+ *         `[key, value]` list. @return 0; `-ENOENT` when the dict is empty
+ *         (KeyError); the common errors. */
+MP_EXPORT int mp_dict_proxy_popitem(mp_proxy *d, mp_obj **ret);
+/** @brief `d.setdefault(key, dflt)`: the value of @p key, after setting it
+ *         to @p dflt when absent (one step in the server). @return 0; the
+ *         common errors. */
+MP_EXPORT int mp_dict_proxy_setdefault(mp_proxy *d, const mp_obj *key, const mp_obj *dflt,
+                                       mp_obj **ret);
+/** @brief `list(reversed(d))`: the keys, last set first, a new list. */
+MP_EXPORT int mp_dict_proxy_reversed(mp_proxy *d, mp_obj **ret);
+/** @brief `d | other`: a new local dict, the shared dict's entries updated
+ *         by @p other's; the shared dict is unchanged. @return 0; `-EDOM`
+ *         when @p other is not a dict (TypeError). */
+MP_EXPORT int mp_dict_proxy_or(mp_proxy *d, const mp_obj *other, mp_obj **ret);
+/** @brief `d |= other`: update from a dict or a list of `[key, value]`
+ *         pairs, all checked before any entry changes. @return 0; `-EDOM`
+ *         for anything else (TypeError, ValueError). */
+MP_EXPORT int mp_dict_proxy_ior(mp_proxy *d, const mp_obj *other);
+
+/** The state of an iteration over a shared dict's keys: start it with
+ *  #MP_DICT_ITER_INIT. */
+typedef struct mp_dict_iter {
+  int64_t pos; /**< the next key's position */
+  int64_t len; /**< the dict's length when the iteration began; -1 before */
+} mp_dict_iter;
+/** A fresh #mp_dict_iter. */
+#define MP_DICT_ITER_INIT {0, -1}
+
+/**
+ * @brief The next key of `for key in d:`, in insertion order, one round
+ *        trip per key (Python's proxy iterates the same way).
+ * @param[out] key a new value, written only when 1 is returned.
+ * @return 1 with a key; 0 at the end (StopIteration); `-ESTALE` when the
+ *         dict's length changed since the iteration began (Python's
+ *         `RuntimeError: dictionary changed size during iteration`; start a
+ *         new one); `-EINVAL` for a NULL or bad @p it; the common errors.
+ */
+MP_EXPORT int mp_dict_proxy_next(mp_proxy *d, mp_dict_iter *it, mp_obj **key);
+
+/** @brief A new shared dict with each item of the list @p keys as a key,
+ *         each set to a copy of @p value (nil when NULL) (Python's
+ *         `Manager().dict(dict.fromkeys(keys, value))`). @return 0; `-EDOM`
+ *         when @p keys is not a list; as mp_manager_create(). */
+MP_EXPORT int mp_manager_dict_fromkeys(mp_manager *m, const mp_obj *keys, const mp_obj *value,
+                                       mp_proxy **ret);
+
 /* list (Python's ListProxy). Negative indexes count from the end. */
 
 /** @brief `l.append(v)`. */
@@ -534,6 +679,37 @@ MP_EXPORT ssize_t mp_list_proxy_count(mp_proxy *l, const mp_obj *v);
 /** @brief `l[:]`: a new local list with the contents. */
 MP_EXPORT int mp_list_proxy_copy(mp_proxy *l, mp_obj **ret);
 
+/** A slice bound or step left out (Python's `l[:3]`, `l[::2]`). */
+#define MP_SLICE_NONE INT64_MIN
+
+/** @brief `l[start:stop:step]`, a new local list, by Python's rules (any
+ *         bound is clipped; #MP_SLICE_NONE for an omitted one). @return 0;
+ *         `-EINVAL` for a step of 0 (ValueError); the common errors. */
+MP_EXPORT int mp_list_proxy_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                  mp_obj **ret);
+/** @brief `l[start:stop:step] = items` (a list): with step 1 (or omitted)
+ *         the slice is replaced by any number of items; an extended slice
+ *         takes exactly as many as it has. @return 0; `-EINVAL` for a step
+ *         of 0 or a wrong count (ValueError); `-EDOM` when @p items is not
+ *         a list (TypeError). */
+MP_EXPORT int mp_list_proxy_set_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step,
+                                      const mp_obj *items);
+/** @brief `del l[start:stop:step]`. @return 0; `-EINVAL` for a step of 0. */
+MP_EXPORT int mp_list_proxy_del_slice(mp_proxy *l, int64_t start, int64_t stop, int64_t step);
+/** @brief `l *= n`: the items repeated @p n times in place (@p n <= 0
+ *         empties it). @return 0; `-EMSGSIZE` when the result would exceed
+ *         #MP_OBJ_MAX_ITEMS (the list is unchanged). */
+MP_EXPORT int mp_list_proxy_imul(mp_proxy *l, int64_t n);
+/** @brief `l.sort(reverse=...)`: stable; numbers by value, strings and
+ *         bytes bytewise, lists item by item. @return 0; `-EDOM` when two
+ *         items are not ordered (a string and a number, nil, dicts:
+ *         TypeError), the list then unchanged. */
+MP_EXPORT int mp_list_proxy_sort(mp_proxy *l, int reverse);
+/** @brief `l.reverse()`. */
+MP_EXPORT int mp_list_proxy_reverse(mp_proxy *l);
+/** @brief `l.clear()`. */
+MP_EXPORT int mp_list_proxy_clear(mp_proxy *l);
+
 /* Namespace (Python's NamespaceProxy). */
 
 /** @brief `ns.name = v`. */
@@ -553,6 +729,77 @@ MP_EXPORT int mp_queue_proxy_put(mp_proxy *q, const mp_obj *v, double timeout);
 MP_EXPORT int mp_queue_proxy_get(mp_proxy *q, double timeout, mp_obj **ret);
 /** @brief `q.qsize()`. @return the number of items. */
 MP_EXPORT ssize_t mp_queue_proxy_qsize(mp_proxy *q);
+
+/** @brief `q.empty()`. @return 1 or 0; the common errors. */
+MP_EXPORT int mp_queue_proxy_empty(mp_proxy *q);
+/** @brief `q.full()`: 1 when a bounded queue holds maxsize items, else 0. */
+MP_EXPORT int mp_queue_proxy_full(mp_proxy *q);
+
+/** @brief A new JoinableQueue (`Manager().JoinableQueue(maxsize)`): a Queue
+ *         (the mp_queue_proxy calls work on it) that counts unfinished
+ *         tasks: each put adds one, mp_queue_proxy_task_done() ends one.
+ *         @p maxsize <= 0 is unbounded. @return as mp_manager_create(). */
+MP_EXPORT int mp_manager_joinable_queue(mp_manager *m, int64_t maxsize, mp_proxy **ret);
+/** @brief `q.task_done()`. @return 0; `-EOVERFLOW` when called more times
+ *         than items were put (ValueError); `-EINVAL` for a plain Queue. */
+MP_EXPORT int mp_queue_proxy_task_done(mp_proxy *q);
+/** @brief `q.join()`: wait until every item put has been marked done.
+ *         @return 0; `-ETIMEDOUT` at the deadline; `-EINVAL` for a plain
+ *         Queue; the common errors. */
+MP_EXPORT int mp_queue_proxy_join(mp_proxy *q, double timeout);
+
+/* set (Python 3.14's SyncManager.set(); items as for dict keys). */
+
+/** @brief A new shared set (`Manager().set(items)`) of the items of the
+ *         list @p init (duplicates once), or empty when NULL. @return 0;
+ *         `-EDOM` when @p init is not a list; as mp_manager_create(). */
+MP_EXPORT int mp_manager_set(mp_manager *m, const mp_obj *init, mp_proxy **ret);
+/** @brief `s.add(v)`. */
+MP_EXPORT int mp_set_proxy_add(mp_proxy *s, const mp_obj *v);
+/** @brief `s.discard(v)`: 0 also when absent. */
+MP_EXPORT int mp_set_proxy_discard(mp_proxy *s, const mp_obj *v);
+/** @brief `s.remove(v)`. @return 0; `-ENOENT` when absent (KeyError). */
+MP_EXPORT int mp_set_proxy_remove(mp_proxy *s, const mp_obj *v);
+/** @brief `v in s`. @return 1 or 0. */
+MP_EXPORT int mp_set_proxy_contains(mp_proxy *s, const mp_obj *v);
+/** @brief `len(s)`. */
+MP_EXPORT ssize_t mp_set_proxy_len(mp_proxy *s);
+/** @brief `s.pop()`: remove and return an item (the last added).
+ *         @return 0; `-ENOENT` when empty (KeyError). */
+MP_EXPORT int mp_set_proxy_pop(mp_proxy *s, mp_obj **ret);
+/** @brief `s.clear()`. */
+MP_EXPORT int mp_set_proxy_clear(mp_proxy *s);
+/** @brief `list(s)`: the items in the order they were added, a new list. */
+MP_EXPORT int mp_set_proxy_items(mp_proxy *s, mp_obj **ret);
+/** @brief `s.update(items)` from a local list. @return 0; `-EDOM` when
+ *         not a list. */
+MP_EXPORT int mp_set_proxy_update(mp_proxy *s, const mp_obj *items);
+
+/* Barrier (`Manager().Barrier(parties)`). */
+
+/** @brief A new Barrier of @p parties (>= 1, else `-EINVAL`). */
+MP_EXPORT int mp_manager_barrier(mp_manager *m, int parties, mp_proxy **ret);
+/**
+ * @brief `b.wait(timeout)`: wait until @p parties parties (any processes,
+ *        any clients) have called it.
+ * @return the party's arrival index, 0 .. parties-1, distinct within a
+ *         cycle; `-ECANCELED` when the barrier is or becomes broken
+ *         (Python's BrokenBarrierError): aborted, reset while waiting, or
+ *         a party's timeout passed (that party gets `-ECANCELED` too). A
+ *         party whose client dies while it waits breaks the barrier as a
+ *         timeout would, so the others do not wait for it forever.
+ */
+MP_EXPORT int mp_barrier_proxy_wait(mp_proxy *b, double timeout);
+/** @brief `b.abort()`: break it; waiters and later waits get `-ECANCELED`. */
+MP_EXPORT int mp_barrier_proxy_abort(mp_proxy *b);
+/** @brief `b.reset()`: empty and unbroken; parties waiting get `-ECANCELED`. */
+MP_EXPORT int mp_barrier_proxy_reset(mp_proxy *b);
+/** @brief `b.broken`. @return 1 or 0. */
+MP_EXPORT int mp_barrier_proxy_broken(mp_proxy *b);
+/** @brief `b.n_waiting`. @return the count. */
+MP_EXPORT int mp_barrier_proxy_n_waiting(mp_proxy *b);
+/** @brief `b.parties`. @return the count. */
+MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b);
 
 /* Lock, RLock, Semaphore, BoundedSemaphore, Condition (AcquirerProxy). */
 
