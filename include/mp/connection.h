@@ -191,7 +191,9 @@ MP_EXPORT int mp_connection_close(mp_connection *conn);
  *         records were already out, the receiver drops them; on a stream
  *         connection the rest of the begun part is sent, marked dropped,
  *         before the next message); `-EPIPE` when
- *         every copy of the other end is closed (no SIGPIPE); `-EBADF` on a
+ *         every copy of the other end is closed (no SIGPIPE); `-EPROTO` on a
+ *         connection speaking Python's wire after a send that timed out
+ *         with part of its message out (#MP_CONNECTION_PYTHON); `-EBADF` on a
  *         receive-only end; `-EINVAL` for NULL @p conn, NULL @p buf with a
  *         non-zero @p len, a length above `SSIZE_MAX` or a NaN timeout;
  *         `-ENOBUFS`/`-ENOMEM` when the kernel is out of memory.
