@@ -1881,6 +1881,7 @@ MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
      * now, for start, serve and connect alike (mp/process.h) */
     int r = mp__process_authkey_copy(m->key, sizeof m->key, &m->keylen);
     if (r < 0) {
+      sodium_memzero(m->key, sizeof m->key);
       free(m);
       return r;
     }

@@ -24,41 +24,62 @@
  * checks it, and answers with a message of the same size (another pattern).
  * Exit codes: 0 done, 3 AuthenticationError, 4 a wrong message, 5 other. In
  * listen mode it prints the address it listens at, then accepts once. */
-static const char peer_py[] = "import signal, sys\n"
-                              "signal.alarm(120)\n"
-                              "from multiprocessing import AuthenticationError\n"
-                              "from multiprocessing.connection import Listener, Client\n"
-                              "mode, addr, key, sizes = sys.argv[1:5]\n"
-                              "key = None if key == '-' else bytes.fromhex(key[1:])\n"
-                              "sizes = [int(x) for x in sizes.split(',') if x]\n"
-                              "def parse(a):\n"
-                              "    if a.startswith('unix:@'): return '\\0' + a[6:]\n"
-                              "    if a.startswith('unix:'): return a[5:]\n"
-                              "    h, p = a.rsplit(':', 1)\n"
-                              "    return (h, int(p))\n"
-                              "def pattern(n, seed):\n"
-                              "    b = bytes(((i * 7 + seed) & 255) for i in range(256))\n"
-                              "    return (b * (n // 256 + 1))[:n]\n"
-                              "try:\n"
-                              "    if mode == 'listen':\n"
-                              "        l = Listener(parse(addr), authkey=key)\n"
-                              "        a = l.address\n"
-                              "        if isinstance(a, tuple): a = '%s:%d' % a\n"
-                              "        else: a = addr\n"
-                              "        print(a, flush=True)\n"
-                              "        c = l.accept()\n"
-                              "    else:\n"
-                              "        c = Client(parse(addr), authkey=key)\n"
-                              "    for n in sizes:\n"
-                              "        m = c.recv_bytes()\n"
-                              "        if m != pattern(n, n % 251): sys.exit(4)\n"
-                              "        c.send_bytes(pattern(n, (n + 1) % 251))\n"
-                              "    c.close()\n"
-                              "except AuthenticationError:\n"
-                              "    sys.exit(3)\n"
-                              "except EOFError:\n"
-                              "    sys.exit(6)\n"
-                              "sys.exit(0)\n";
+/* clang-format off */
+static const char peer_py[] =
+    "import hmac, os, signal, sys\n"
+    "signal.alarm(120)\n"
+    "from multiprocessing import AuthenticationError\n"
+    "from multiprocessing.connection import Listener, Client\n"
+    "mode, addr, key, sizes = sys.argv[1:5]\n"
+    "key = None if key == '-' else bytes.fromhex(key[1:])\n"
+    "sizes = [int(x) for x in sizes.split(',') if x]\n"
+    "def parse(a):\n"
+    "    if a.startswith('unix:@'): return '\\0' + a[6:]\n"
+    "    if a.startswith('unix:'): return a[5:]\n"
+    "    h, p = a.rsplit(':', 1)\n"
+    "    return (h, int(p))\n"
+    "def answer312(c, key):\n"
+    "    m = c.recv_bytes(256)\n"
+    "    if not m.startswith(b'#CHALLENGE#{sha256}'): sys.exit(5)\n"
+    "    m = m[11:]\n"
+    "    c.send_bytes(b'{sha256}' + hmac.new(key, m, 'sha256').digest())\n"
+    "    if c.recv_bytes(256) != b'#WELCOME#': raise AuthenticationError()\n"
+    "def deliver312(c, key):\n"
+    "    m = b'{sha256}' + os.urandom(40)\n"
+    "    c.send_bytes(b'#CHALLENGE#' + m)\n"
+    "    r = c.recv_bytes(256)\n"
+    "    if r != b'{sha256}' + hmac.new(key, m, 'sha256').digest():\n"
+    "        c.send_bytes(b'#FAILURE#')\n"
+    "        raise AuthenticationError()\n"
+    "    c.send_bytes(b'#WELCOME#')\n"
+    "def pattern(n, seed):\n"
+    "    b = bytes(((i * 7 + seed) & 255) for i in range(256))\n"
+    "    return (b * (n // 256 + 1))[:n]\n"
+    "try:\n"
+    "    if mode.startswith('listen'):\n"
+    "        l = Listener(parse(addr), authkey=None if mode == 'listen312' else key)\n"
+    "        a = l.address\n"
+    "        if isinstance(a, tuple): a = '%s:%d' % a\n"
+    "        else: a = addr\n"
+    "        print(a, flush=True)\n"
+    "        c = l.accept()\n"
+    "        if mode == 'listen312': deliver312(c, key); answer312(c, key)\n"
+    "    elif mode == 'connect312':\n"
+    "        c = Client(parse(addr))\n"
+    "        answer312(c, key); deliver312(c, key)\n"
+    "    else:\n"
+    "        c = Client(parse(addr), authkey=key)\n"
+    "    for n in sizes:\n"
+    "        m = c.recv_bytes()\n"
+    "        if m != pattern(n, n % 251): sys.exit(4)\n"
+    "        c.send_bytes(pattern(n, (n + 1) % 251))\n"
+    "    c.close()\n"
+    "except AuthenticationError:\n"
+    "    sys.exit(3)\n"
+    "except EOFError:\n"
+    "    sys.exit(6)\n"
+    "sys.exit(0)\n";
+/* clang-format on */
 
 #define MIB3 (3u << 20)
 static const size_t sizes[] = {0, 1, 100000, MIB3};
@@ -146,12 +167,13 @@ static void hexkey(char *out, const char *key) {
   out[1 + 2 * i] = 0;
 }
 
-/* Python's Listener, our Client. */
-static void py_listens(const char *addr, const char *pykey, const char *ckey, int want_r,
-                       int want_exit) {
+/* Python's Listener, our Client; mode "listen", or "listen312" for Python
+ * 3.12's handshake done by hand. */
+static void py_listens_as(const char *mode, const char *addr, const char *pykey, const char *ckey,
+                          int want_r, int want_exit) {
   char hk[128], a[256];
   hexkey(hk, pykey);
-  struct peer p = peer_start("listen", addr, hk, want_r == 0 ? sizes_arg : "");
+  struct peer p = peer_start(mode, addr, hk, want_r == 0 ? sizes_arg : "");
   peer_address(&p, a, sizeof a);
   mp_connection *c = NULL;
   int r = mp_client_connect_python(a, ckey, ckey ? strlen(ckey) : 0, 60, &c);
@@ -165,15 +187,20 @@ static void py_listens(const char *addr, const char *pykey, const char *ckey, in
     unlink(addr + 5); /* Python's Listener leaves it when it raised */
 }
 
-/* Our Listener, Python's Client. */
-static void py_connects(const char *addr, const char *ckey, const char *pykey, int want_r,
-                        int want_exit) {
+static void py_listens(const char *addr, const char *pykey, const char *ckey, int want_r,
+                       int want_exit) {
+  py_listens_as("listen", addr, pykey, ckey, want_r, want_exit);
+}
+
+/* Our Listener, Python's Client (mode "connect", or "connect312"). */
+static void py_connects_as(const char *mode, const char *addr, const char *ckey, const char *pykey,
+                           int want_r, int want_exit) {
   mp_listener *l;
   assert_int_equal(mp_listener_new_python(addr, ckey, ckey ? strlen(ckey) : 0, &l), 0);
   char a[256], hk[128];
   assert_true(mp_listener_address(l, a, sizeof a) > 0);
   hexkey(hk, pykey);
-  struct peer p = peer_start("connect", a, hk, want_r == 0 ? sizes_arg : "");
+  struct peer p = peer_start(mode, a, hk, want_r == 0 ? sizes_arg : "");
   mp_connection *c = NULL;
   int r = mp_listener_accept(l, 60, &c);
   assert_int_equal(r, want_r);
@@ -183,6 +210,11 @@ static void py_connects(const char *addr, const char *ckey, const char *pykey, i
   }
   assert_int_equal(peer_end(&p), want_exit);
   assert_int_equal(mp_listener_close(l), 0);
+}
+
+static void py_connects(const char *addr, const char *ckey, const char *pykey, int want_r,
+                        int want_exit) {
+  py_connects_as("connect", addr, ckey, pykey, want_r, want_exit);
 }
 
 static char upath[108], apath[108];
@@ -223,12 +255,24 @@ static void test_python_wire_wrong_key_refused_both_ways(void **state) {
   py_connects(upath, "", "x", -EACCES, 3);
 }
 
+/* The python3 here may be 3.11, whose handshake is HMAC-MD5; 3.12 and later
+ * challenge with "{sha256}" and answer ours with "{sha256}" and HMAC-SHA256
+ * of the whole message. The peer does that by hand, with Python's hmac. */
+static void test_python_wire_sha256_handshake(void **state) {
+  (void)state;
+  py_listens_as("listen312", "127.0.0.1:0", "k", "k", 0, 0);
+  py_connects_as("connect312", upath, "k", "k", 0, 0);
+  py_listens_as("listen312", "127.0.0.1:0", "k", "j", -EACCES, 3);
+  py_connects_as("connect312", upath, "k", "j", -EACCES, 3);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_python_wire_python_listener_c_client, setup),
       cmocka_unit_test_setup(test_python_wire_c_listener_python_client, setup),
       cmocka_unit_test_setup(test_python_wire_wrong_key_refused_both_ways, setup),
+      cmocka_unit_test_setup(test_python_wire_sha256_handshake, setup),
   };
   return TU_RUN("python_wire", tests);
 }

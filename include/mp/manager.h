@@ -306,7 +306,7 @@ typedef struct mp_manager_options {
  *        nothing is started or connected yet.
  * @return 0; `-EINVAL` for a bad address or key length, a negative
  *         #mp_manager_options.max_clients or max_handshakes, or NULL @p ret;
- *         `-ENOMEM`.
+ *         `-ENOMEM`; with no key, the errors of mp_process_authkey().
  */
 MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret);
 
@@ -730,7 +730,9 @@ MP_EXPORT int mp_listener_new_python(const char *address, const void *authkey, s
  * answer) and sends it `#WELCOME#` or `#FAILURE#`. With NULL no handshake
  * runs. The connection speaks Python's framing (#MP_CONNECTION_PYTHON).
  * Note that a Python listener made with `authkey=b''` runs no handshake:
- * connect to it with NULL.
+ * connect to it with NULL. A client with a key facing a listener without
+ * one waits for a challenge that never comes: `-ETIMEDOUT` at the deadline
+ * (Python's `Client` waits forever there).
  * @return 0; `-EACCES` when either side's key is refused (or the listener
  *         sends something that is not Python's handshake); otherwise as
  *         mp_client_connect().
