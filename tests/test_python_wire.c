@@ -171,7 +171,7 @@ static void hexkey(char *out, const char *key) {
  * 3.12's handshake done by hand. */
 static void py_listens_as(const char *mode, const char *addr, const char *pykey, const char *ckey,
                           int want_r, int want_exit) {
-  char hk[128], a[256];
+  char hk[512], a[256];
   hexkey(hk, pykey);
   struct peer p = peer_start(mode, addr, hk, want_r == 0 ? sizes_arg : "");
   peer_address(&p, a, sizeof a);
@@ -197,7 +197,7 @@ static void py_connects_as(const char *mode, const char *addr, const char *ckey,
                            int want_r, int want_exit) {
   mp_listener *l;
   assert_int_equal(mp_listener_new_python(addr, ckey, ckey ? strlen(ckey) : 0, &l), 0);
-  char a[256], hk[128];
+  char a[256], hk[512];
   assert_true(mp_listener_address(l, a, sizeof a) > 0);
   hexkey(hk, pykey);
   struct peer p = peer_start(mode, a, hk, want_r == 0 ? sizes_arg : "");
@@ -219,6 +219,11 @@ static void py_connects(const char *addr, const char *ckey, const char *pykey, i
 
 static char upath[108], apath[108];
 
+/* HMAC hashes a key longer than the digest's 64-byte block first */
+static const char long_key[] =
+    "a key of a hundred bytes and more, longer than the sixty-four bytes "
+    "of an MD5 or SHA-256 block, 0123456789";
+
 static int setup(void **state) {
   (void)state;
   snprintf(upath, sizeof upath, "unix:/tmp/mp-pywire-%d", (int)getpid());
@@ -232,6 +237,7 @@ static void test_python_wire_python_listener_c_client(void **state) {
   py_listens(upath, "s3cret key", "s3cret key", 0, 0);
   py_listens(apath, "s3cret key", "s3cret key", 0, 0);
   py_listens("127.0.0.1:0", NULL, NULL, 0, 0); /* no authentication */
+  py_listens(upath, long_key, long_key, 0, 0); /* longer than MD5's block */
 }
 
 static void test_python_wire_c_listener_python_client(void **state) {
@@ -242,6 +248,7 @@ static void test_python_wire_c_listener_python_client(void **state) {
   py_connects("127.0.0.1:0", NULL, NULL, 0, 0);
   /* an empty key is a key: Python's Client(authkey=b'') proves it */
   py_connects(upath, "", "", 0, 0);
+  py_connects("127.0.0.1:0", long_key, long_key, 0, 0);
 }
 
 static void test_python_wire_wrong_key_refused_both_ways(void **state) {
