@@ -811,16 +811,18 @@ static int authkey_make_locked(void) {
 }
 
 /* Before any fork (libmp's or the program's own): the child must inherit the
- * parent's key, so make it now. The lock is taken and released here, so
- * the child never inherits it held by a thread that does not exist there. */
+ * parent's key, so make it now. The lock is held across the fork and
+ * released on both sides, so the child never inherits it held by a thread
+ * that does not exist there. */
 static void authkey_prepare_fork(void) {
   pthread_mutex_lock(&authkey_mu);
   authkey_make_locked(); /* failing, the child makes its own on first use */
-  pthread_mutex_unlock(&authkey_mu);
 }
 
+static void authkey_after_fork(void) { pthread_mutex_unlock(&authkey_mu); }
+
 __attribute__((constructor)) static void authkey_hook(void) {
-  pthread_atfork(authkey_prepare_fork, NULL, NULL);
+  pthread_atfork(authkey_prepare_fork, authkey_after_fork, authkey_after_fork);
 }
 
 int mp__process_authkey_copy(void *buf, size_t cap, size_t *len) {
