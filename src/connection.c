@@ -10,6 +10,7 @@
  *   4. sending
  *   5. receiving, and the begun large message
  *   6. stream connections (TCP, Unix SOCK_STREAM)
+ *   6b. Python's wire (MP_CONNECTION_PYTHON)
  *   7. file descriptors and connections in transit
  *   8. wait
  *
@@ -75,6 +76,18 @@
  * connection unusable: -EPROTO, since a stream cannot find the next message.
  * Descriptors do not cross a stream: fd passing is -EOPNOTSUPP there.
  *
+ * Python's wire (section 6b). A stream connection made with
+ * MP_CONNECTION_PYTHON speaks multiprocessing.connection's framing instead,
+ * so that a Python program is the peer: a message is a 4-byte big-endian
+ * signed length and the bytes, or, above 0x7fffffff bytes, the length -1 and
+ * then an 8-byte big-endian length (Python 3.8 and later; earlier ones had
+ * only the 4-byte form, which is what we send for every message below 2 GiB).
+ * There are no records and no trailers, so nothing marks a message its sender
+ * abandoned: a send that times out after its first byte went out leaves the
+ * connection unable to send (-EPROTO from then on; a Python sender cannot time
+ * out, so Python has no better answer). Receiving keeps what arrived of a
+ * message in the handle across a timeout, as in stream mode.
+ *
  * What a SIGKILL leaves (crash points in brackets). Nothing shared is in
  * memory: the kernel keeps the socket, and a process's handle dies with it.
  *   sender, between records of a message [connection.send.record_sent]:
@@ -120,6 +133,7 @@
 #define REC_WORD(kind) ((REC_MAGIC << 8) | (uint32_t)(kind))
 enum { K_FOREIGN = 0, K_FIRST = 1, K_MORE = 2, K_FD = 3 };
 #define FD_CONNECTION 0x100u
+#define FD_PYTHON 0x200u /* with FD_CONNECTION: it speaks Python's wire */
 
 struct rec_hdr {
   uint32_t word;   /* REC_WORD(kind) */
@@ -183,6 +197,8 @@ struct mp_connection {
   int fd;
   bool readable, writable;
   bool stream; /* a byte stream: section 6 */
+  bool py;     /* and Python's framing on it: section 6b */
+  bool py_torn; /* a send timed out in the middle of a message (6b) */
   _Atomic size_t chunk;
   struct partial part;
   struct taken taken;
@@ -202,6 +218,11 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
                            const mp__deadline *d);
 static int stream_poll(mp_connection *c, const mp__deadline *d);
 static ssize_t stream_peek_size(mp_connection *c, const mp__deadline *d);
+/* Python's wire (section 6b). */
+static int py_send(mp_connection *c, const char *p, size_t len, const mp__deadline *d);
+static ssize_t py_recv(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
+                       const mp__deadline *d);
+static ssize_t py_peek_size(mp_connection *c, const mp__deadline *d);
 
 static size_t chunk_for(int fd) {
   size_t chunk = MP_CONNECTION_ATOMIC_MAX;
@@ -339,8 +360,10 @@ fail:
 }
 
 MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret) {
-  if (!ret || (flags & ~(MP_CONNECTION_READABLE | MP_CONNECTION_WRITABLE)))
+  if (!ret || (flags & ~(MP_CONNECTION_READABLE | MP_CONNECTION_WRITABLE | MP_CONNECTION_PYTHON)))
     return -EINVAL;
+  bool py = flags & MP_CONNECTION_PYTHON;
+  flags &= ~MP_CONNECTION_PYTHON;
   if (flags == 0)
     flags = MP_CONNECTION_READABLE | MP_CONNECTION_WRITABLE;
   if (fd < 0 || fcntl(fd, F_GETFD) < 0)
@@ -354,8 +377,8 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret) {
     return -errno;
   bool stream =
       type == SOCK_STREAM && (domain == AF_UNIX || domain == AF_INET || domain == AF_INET6);
-  if (!stream && (type != SOCK_SEQPACKET || domain != AF_UNIX))
-    return -EPROTOTYPE;
+  if (!stream && (type != SOCK_SEQPACKET || domain != AF_UNIX || py))
+    return -EPROTOTYPE; /* Python's framing needs a byte stream */
   if (stream) {
     /* a listening or unconnected socket has no peer */
     struct sockaddr_storage ss;
@@ -367,6 +390,7 @@ MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret) {
   int r = conn_make(fd, flags & MP_CONNECTION_READABLE, flags & MP_CONNECTION_WRITABLE, stream, &c);
   if (r < 0)
     return r;
+  c->py = py;
   int fl = fcntl(fd, F_GETFD);
   if (fl >= 0 && !(fl & FD_CLOEXEC))
     fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
@@ -645,6 +669,8 @@ MP_EXPORT int mp_connection_send(mp_connection *c, const void *buf, size_t len, 
   mp__deadline d;
   if (mp__deadline_init(&d, timeout) < 0)
     return -EINVAL;
+  if (c->py)
+    return py_send(c, buf, len, &d);
   if (c->stream)
     return stream_send(c, buf, len, &d);
   return send_message(c, buf, len, &d);
@@ -743,6 +769,8 @@ static bool part_alive(mp_connection *c) {
  * stored in *out. */
 static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
                             const mp__deadline *d) {
+  if (c->py)
+    return py_recv(c, buf, cap, alloc, out, d);
   if (c->stream)
     return stream_recv(c, buf, cap, alloc, out, d);
   struct partial *pt = &c->part;
@@ -867,6 +895,8 @@ MP_EXPORT ssize_t mp_connection_peek_size(mp_connection *c, double timeout) {
   int r = recv_begin(c, &d, timeout);
   if (r < 0)
     return r;
+  if (c->py)
+    return py_peek_size(c, &d);
   if (c->stream)
     return stream_peek_size(c, &d);
   if (part_alive(c))
@@ -1368,6 +1398,151 @@ static ssize_t stream_peek_size(mp_connection *c, const mp__deadline *d) {
   }
 }
 
+/* ----------------------------------------------------- 6b. Python's wire */
+
+/* Python's length word for "an 8-byte length follows" (3.8 and later). */
+#define PY_LONG 0xffffffffu
+#define PY_SHORT_MAX ((size_t)0x7fffffff)
+
+static int py_send(mp_connection *c, const char *p, size_t len, const mp__deadline *d) {
+  if (c->py_torn)
+    return -EPROTO;
+  unsigned char h[12];
+  size_t hl = 4;
+  if (len > PY_SHORT_MAX) {
+    put32(h, PY_LONG);
+    put64(h + 4, len);
+    hl = 12;
+  } else {
+    put32(h, (uint32_t)len);
+  }
+  /* one sendmsg for header and bytes: no Nagle delay between them on TCP */
+  struct iovec iov[2] = {{h, hl}, {(void *)p, len}};
+  size_t done;
+  int r = stream_write(c, iov, 2, &done, d);
+  if (r < 0 && done > 0)
+    c->py_torn = true; /* the peer would read our next bytes as this message's */
+  return r;
+}
+
+/* Parse the header at the front of the read-ahead, reading until it is
+ * whole. *hl is its length (4 or 12), *total the message's. */
+static int py_header(mp_connection *c, size_t *hl, size_t *total, const mp__deadline *d) {
+  int r = rx_fill(c, 4, d);
+  if (r < 0)
+    return r;
+  const unsigned char *p = (const unsigned char *)c->rx.buf + c->rx.off;
+  uint32_t w = get32(p);
+  if (w != PY_LONG) {
+    if (w > PY_SHORT_MAX)
+      return -EPROTO; /* a negative length */
+    *hl = 4;
+    *total = w;
+    return 0;
+  }
+  if ((r = rx_fill(c, 12, d)) < 0)
+    return r;
+  p = (const unsigned char *)c->rx.buf + c->rx.off;
+  uint64_t v = get64(p + 4);
+  if (v > SSIZE_MAX)
+    return -EPROTO;
+  *hl = 12;
+  *total = (size_t)v;
+  return 0;
+}
+
+/* A message being skipped (-ENOMEM) is c->rx.rec_left bytes still to drop;
+ * a message being received is c->part. */
+static ssize_t py_recv(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
+                       const mp__deadline *d) {
+  struct partial *pt = &c->part;
+  struct stream_rx *rx = &c->rx;
+  if (!alloc && pt->buf) {
+    /* continue a message begun by an earlier receive, in the caller's buffer */
+    if (pt->total > cap)
+      return -EMSGSIZE;
+    memcpy(buf, pt->buf, pt->got);
+    free(pt->buf);
+    pt->buf = buf;
+    pt->owned = false;
+  }
+  ssize_t ret;
+  for (;;) {
+    if (pt->buf) {
+      if (pt->got == pt->total) {
+        ret = (ssize_t)pt->total;
+        if (alloc)
+          *out = pt->buf;
+        pt->buf = NULL;
+        return ret;
+      }
+      ssize_t n = rx_payload(c, pt->buf + pt->got, pt->total - pt->got, d);
+      if (n < 0) {
+        ret = n;
+        break;
+      }
+      pt->got += (size_t)n;
+      continue;
+    }
+    if (rx->rec_left > 0) {
+      ssize_t n = rx_payload(c, NULL, rx->rec_left, d);
+      if (n < 0) {
+        ret = n;
+        break;
+      }
+      rx->rec_left -= (size_t)n;
+      continue;
+    }
+    size_t hl, total;
+    int r = py_header(c, &hl, &total, d);
+    if (r < 0) {
+      ret = r;
+      break;
+    }
+    if (!alloc && total > cap) {
+      ret = -EMSGSIZE; /* nothing consumed */
+      break;
+    }
+    rx_consume(rx, hl);
+    char *dst = alloc ? malloc(total ? total : 1) : buf;
+    if (!dst) {
+      rx->rec_left = total; /* skipped: see mp_connection_recv_alloc() */
+      ret = -ENOMEM;
+      break;
+    }
+    *pt = (struct partial){dst, total, 0, 0, alloc};
+  }
+  if (ret == -EPIPE) {
+    rx_eof(c);
+  } else if (pt->buf) {
+    size_t left = pt->total - pt->got;
+    part_keep(c);
+    if (!pt->buf)
+      rx->rec_left = left; /* could not keep it: skip its rest, stay in step */
+  }
+  return ret;
+}
+
+static ssize_t py_peek_size(mp_connection *c, const mp__deadline *d) {
+  if (c->part.buf)
+    return (ssize_t)c->part.total;
+  struct stream_rx *rx = &c->rx;
+  while (rx->rec_left > 0) {
+    ssize_t n = rx_payload(c, NULL, rx->rec_left, d);
+    if (n < 0) {
+      if (n == -EPIPE)
+        rx_eof(c);
+      return n;
+    }
+    rx->rec_left -= (size_t)n;
+  }
+  size_t hl, total;
+  int r = py_header(c, &hl, &total, d);
+  if (r == -EPIPE)
+    rx_eof(c);
+  return r < 0 ? r : (ssize_t)total;
+}
+
 /* ------------------------------------------ 7. descriptors and connections */
 
 static int send_fd(mp_connection *c, int fd, uint64_t what, double timeout) {
@@ -1394,7 +1569,7 @@ MP_EXPORT int mp_connection_send_connection(mp_connection *c, mp_connection *wha
   if (!conn_ok(c) || !conn_ok(what))
     return -EINVAL;
   uint64_t v = FD_CONNECTION | (what->readable ? MP_CONNECTION_READABLE : 0) |
-               (what->writable ? MP_CONNECTION_WRITABLE : 0);
+               (what->writable ? MP_CONNECTION_WRITABLE : 0) | (what->py ? FD_PYTHON : 0);
   return send_fd(c, what->fd, v, timeout);
 }
 
@@ -1458,6 +1633,8 @@ MP_EXPORT int mp_connection_recv_connection(mp_connection *c, mp_connection **re
                 type == SOCK_STREAM, ret);
   if (r < 0)
     close(fd);
+  else
+    (*ret)->py = type == SOCK_STREAM && (what & FD_PYTHON);
   return r;
 }
 

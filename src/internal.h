@@ -164,6 +164,9 @@ pid_t mp__tid_slow(void);
  * cleared in every child by the same fork handler as the tid: libmp's one pid
  * cache (sys.c), used by every area. */
 pid_t mp__pid(void);
+/* A copy of this process's authentication key (process.c), made first if
+ * need be: 0, -EMSGSIZE when longer than cap, or -errno of getrandom(). */
+int mp__process_authkey_copy(void *buf, size_t cap, size_t *len);
 static inline pid_t mp__tid(void) {
   pid_t t = mp__cached_tid;
   return MP__LIKELY(t != 0) ? t : mp__tid_slow();

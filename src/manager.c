@@ -57,6 +57,7 @@
 
 #include "crash.h"
 #include "internal.h"
+#include "pyauth.h"
 #include "wire.h"
 
 /* ------------------------------------------------ 1. addresses and sockets */
@@ -70,20 +71,30 @@ struct addr {
 #define KEY_MAX 1024
 #define ADDR_MAX 256
 
-/* Parse "unix:/path", "/path" or "host:port" ("[v6]:port"). */
+/* Parse "unix:/path", "/path", "unix:@name" or "@name" (Linux's abstract
+ * namespace: a name with no file, Python's '\0name'), or "host:port"
+ * ("[v6]:port"). */
 static int addr_parse(const char *s, struct addr *a) {
   memset(a, 0, sizeof *a);
   if (!s || !*s)
     return -EINVAL;
-  if (!strncmp(s, "unix:", 5) || s[0] == '/') {
-    const char *path = s[0] == '/' ? s : s + 5;
+  if (!strncmp(s, "unix:", 5) || s[0] == '/' || s[0] == '@') {
+    const char *path = strncmp(s, "unix:", 5) ? s : s + 5;
     struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
     size_t n = strlen(path);
-    if (n == 0 || n >= sizeof un->sun_path)
+    if (n == 0 || n >= sizeof un->sun_path || (path[0] == '@' && n == 1))
       return -EINVAL;
     un->sun_family = AF_UNIX;
-    memcpy(un->sun_path, path, n + 1);
-    a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    if (path[0] == '@') {
+      /* abstract: a NUL, then the name's bytes, counted by the length (the
+       * kernel takes every byte up to it as the name, so no NUL after) */
+      un->sun_path[0] = 0;
+      memcpy(un->sun_path + 1, path + 1, n - 1);
+      a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    } else {
+      memcpy(un->sun_path, path, n + 1);
+      a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    }
     a->family = AF_UNIX;
     return 0;
   }
@@ -116,7 +127,12 @@ static int addr_parse(const char *s, struct addr *a) {
 static ssize_t addr_format(const struct addr *a, char *buf, size_t cap) {
   char tmp[ADDR_MAX + 16];
   if (a->family == AF_UNIX) {
-    snprintf(tmp, sizeof tmp, "unix:%s", ((const struct sockaddr_un *)&a->ss)->sun_path);
+    const char *path = ((const struct sockaddr_un *)&a->ss)->sun_path;
+    if (path[0])
+      snprintf(tmp, sizeof tmp, "unix:%s", path);
+    else /* abstract (addr_parse() made it: the name ends at a->len) */
+      snprintf(tmp, sizeof tmp, "unix:@%.*s",
+               (int)(a->len - offsetof(struct sockaddr_un, sun_path) - 1), path + 1);
   } else {
     char host[INET6_ADDRSTRLEN];
     const void *in;
@@ -141,6 +157,8 @@ static ssize_t addr_format(const struct addr *a, char *buf, size_t cap) {
   return (ssize_t)n;
 }
 
+/* A Unix socket's file, or "" for an abstract name (which has no file to
+ * chmod or unlink: unlink("") fails harmlessly). */
 static const char *addr_path(const struct addr *a) {
   return ((const struct sockaddr_un *)&a->ss)->sun_path;
 }
@@ -162,7 +180,7 @@ static int listen_at(struct addr *a, int type) {
       r = -errno;
     if (r == 0 && bind(fd, (struct sockaddr *)&a->ss, a->len) < 0)
       r = -errno;
-    if (r == 0 && chmod(addr_path(a), 0600) < 0)
+    if (r == 0 && addr_path(a)[0] && chmod(addr_path(a), 0600) < 0)
       r = -errno;
   } else {
     int one = 1;
@@ -2409,7 +2427,15 @@ MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret) {
     m->keylen = o.authkey_len;
     m->auth = true;
   } else if (!o.no_auth) {
-    m->keylen = 32; /* made at start, or none for connect/serve */
+    /* Python's BaseManager(authkey=None): current_process().authkey, copied
+     * now, for start, serve and connect alike (mp/process.h) */
+    int r = mp__process_authkey_copy(m->key, sizeof m->key, &m->keylen);
+    if (r < 0) {
+      sodium_memzero(m->key, sizeof m->key);
+      free(m);
+      return r;
+    }
+    m->auth = true;
   }
   m->no_sh = o.no_shared_channel != 0;
   if (o.max_clients < 0 || o.max_handshakes < 0) {
@@ -3679,6 +3705,16 @@ MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b) {
  * All of it is this process's private memory: a kill leaves the sockets to
  * the kernel, and the clients see end of file (mp_client_connect() gives
  * -EACCES) [connection.listener.accepted, connection.listener.challenged].
+ *
+ * Python mode (mp_listener_new_python(), mp_client_connect_python()): the
+ * sockets are streams, Unix ones included (Python's AF_UNIX is
+ * SOCK_STREAM), the connections speak Python's framing
+ * (MP_CONNECTION_PYTHON) and the handshake is Python's (pyauth.c), in the
+ * same steps and order: the listener challenges first.
+ *   HS_DONE       no key: nothing is sent (Python's Listener sends nothing)
+ *   HS_ANSWER     "#CHALLENGE#{sha256}..." sent; wait for the MAC
+ *   HS_CHALLENGE  "#WELCOME#" sent; wait for the client's challenge
+ *   HS_VERDICT    our MAC sent; wait for "#WELCOME#"
  */
 
 #include "crash.h" /* here, beside its only users in this file */
@@ -3692,6 +3728,7 @@ struct pending {
   mp_connection *c;
   int step;
   uint8_t nonce[MP__NONCE_LEN];
+  uint8_t chal[MP__PY_CHAL_LEN]; /* Python mode: the challenge sent */
   mp__deadline until;
 };
 
@@ -3702,6 +3739,7 @@ struct mp_listener {
   uint8_t key[KEY_MAX];
   size_t keylen;
   bool auth;
+  bool py;              /* Python's wire and handshake */
   struct pending *pend; /* the handshakes under way, and those done */
   size_t npend;
 };
@@ -3709,8 +3747,8 @@ struct mp_listener {
 #define LISTENER_MAGIC 0x6d704c53u /* "mpLS" */
 #define LISTENER_DEAD 0x6d70dead
 
-static int listener_type(const struct addr *a) {
-  return a->family == AF_UNIX ? SOCK_SEQPACKET : SOCK_STREAM;
+static int listener_type(const struct addr *a, bool py) {
+  return a->family == AF_UNIX && !py ? SOCK_SEQPACKET : SOCK_STREAM;
 }
 
 /* "*:port": every address, IPv6 and IPv4 on one socket ([::] without
@@ -3757,9 +3795,9 @@ static int listen_any(const char *port, struct addr *a) {
   return fd;
 }
 
-MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
-                              mp_listener **ret) {
-  if (!address || !ret || (authkey && (keylen == 0 || keylen > KEY_MAX)))
+static int listener_new(const char *address, const void *authkey, size_t keylen, bool py,
+                        mp_listener **ret) {
+  if (!address || !ret || (authkey && keylen > KEY_MAX))
     return -EINVAL;
   mp_listener *l = mp__handle_new(sizeof *l);
   if (!l)
@@ -3772,7 +3810,7 @@ MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t k
   } else {
     r = addr_parse(address, &l->addr);
     if (r == 0)
-      r = listen_at(&l->addr, listener_type(&l->addr) | SOCK_NONBLOCK);
+      r = listen_at(&l->addr, listener_type(&l->addr, py) | SOCK_NONBLOCK);
   }
   if (r < 0) {
     l->magic = LISTENER_DEAD;
@@ -3785,9 +3823,20 @@ MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t k
     l->keylen = keylen;
     l->auth = true;
   }
+  l->py = py;
   l->magic = LISTENER_MAGIC;
   *ret = l;
   return 0;
+}
+
+MP_EXPORT int mp_listener_new(const char *address, const void *authkey, size_t keylen,
+                              mp_listener **ret) {
+  return listener_new(address, authkey, keylen, false, ret);
+}
+
+MP_EXPORT int mp_listener_new_python(const char *address, const void *authkey, size_t keylen,
+                                     mp_listener **ret) {
+  return listener_new(address, authkey, keylen, true, ret);
 }
 
 /* Take the next connection waiting on the listening socket and start its
@@ -3810,7 +3859,7 @@ static int pending_add(mp_listener *l, int *err) {
   }
   struct pending *p = &l->pend[l->npend];
   *p = (struct pending){.step = HS_DONE};
-  int r = mp_connection_from_fd(fd, 0, &p->c);
+  int r = mp_connection_from_fd(fd, l->py ? MP_CONNECTION_PYTHON : 0, &p->c);
   if (r < 0) {
     close(fd);
     *err = r;
@@ -3818,15 +3867,21 @@ static int pending_add(mp_listener *l, int *err) {
   }
   mp__deadline_init(&p->until, LISTENER_HS_TIMEOUT);
   uint8_t msg[MP__HS_MAGIC_LEN + MP__NONCE_LEN];
-  if (!l->auth) {
+  if (l->py) {
+    if (l->auth && (r = mp__py_challenge(p->chal)) == 0) {
+      r = mp_connection_send(p->c, p->chal, sizeof p->chal, MP_NOWAIT);
+      p->step = HS_ANSWER;
+    }
+  } else if (!l->auth) {
     r = mp_connection_send(p->c, MP__HS_OPEN, MP__HS_MAGIC_LEN, MP_NOWAIT);
   } else if ((r = mp__random_bytes(p->nonce, sizeof p->nonce)) == 0) {
     memcpy(msg, MP__HS_AUTH, MP__HS_MAGIC_LEN);
     memcpy(msg + MP__HS_MAGIC_LEN, p->nonce, MP__NONCE_LEN);
     r = mp_connection_send(p->c, msg, sizeof msg, MP_NOWAIT);
     p->step = HS_ANSWER;
-    MP__CRASH(CONN_LISTENER_CHALLENGED);
   }
+  if (p->step == HS_ANSWER)
+    MP__CRASH(CONN_LISTENER_CHALLENGED); /* either kind of challenge sent */
   if (r < 0) {
     mp_connection_close(p->c);
     *err = r == -ETIMEDOUT ? -EACCES : r;
@@ -3836,10 +3891,54 @@ static int pending_add(mp_listener *l, int *err) {
   return 1;
 }
 
+/* pending_step() in Python mode: Python's messages (see above). */
+static int pending_step_py(mp_listener *l, struct pending *p) {
+  uint8_t msg[MP__PY_MAX];
+  while (p->step != HS_DONE) {
+    ssize_t n = mp_connection_recv(p->c, msg, sizeof msg, MP_NOWAIT);
+    if (n == -ETIMEDOUT)
+      return 0;
+    if (n == -EMSGSIZE || n == -EPROTO)
+      return -EACCES; /* Python too refuses more than 256 bytes here */
+    if (n < 0)
+      return (int)n;
+    int r = 0;
+    switch (p->step) {
+    case HS_ANSWER:
+      if (mp__py_verify(l->key, l->keylen, p->chal, msg, (size_t)n) < 0) {
+        mp_connection_send(p->c, MP__PY_FAILURE, MP__PY_FAILURE_LEN, MP_NOWAIT);
+        return -EACCES;
+      }
+      r = mp_connection_send(p->c, MP__PY_WELCOME, MP__PY_WELCOME_LEN, MP_NOWAIT);
+      p->step = HS_CHALLENGE;
+      break;
+    case HS_CHALLENGE: {
+      uint8_t mac[64];
+      size_t ml;
+      r = mp__py_answer(l->key, l->keylen, msg, (size_t)n, mac, &ml);
+      if (r == 0)
+        r = mp_connection_send(p->c, mac, ml, MP_NOWAIT);
+      p->step = HS_VERDICT;
+      break;
+    }
+    default: /* HS_VERDICT */
+      if (n != MP__PY_WELCOME_LEN || memcmp(msg, MP__PY_WELCOME, MP__PY_WELCOME_LEN))
+        return -EACCES;
+      p->step = HS_DONE;
+      break;
+    }
+    if (r < 0)
+      return r == -ETIMEDOUT ? -EACCES : r;
+  }
+  return 0;
+}
+
 /* Take the handshake of p as far as the messages that have arrived allow,
  * without waiting. 0 when it waits for more or is done (HS_DONE), or the
  * error that ends it. */
 static int pending_step(mp_listener *l, struct pending *p) {
+  if (l->py)
+    return pending_step_py(l, p);
   uint8_t msg[MP__HS_MAX];
   while (p->step != HS_DONE) {
     ssize_t n = mp_connection_recv(p->c, msg, sizeof msg, MP_NOWAIT);
@@ -3966,9 +4065,34 @@ MP_EXPORT int mp_listener_close(mp_listener *l) {
   return 0;
 }
 
-MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
-                                double timeout, mp_connection **ret) {
-  if (!address || !ret || (authkey && (keylen == 0 || keylen > KEY_MAX)))
+/* Python's Client(): answer the listener's challenge, then challenge it
+ * (answer_challenge(), deliver_challenge()); the messages of pyauth.c. */
+static int hs_client_py(mp_connection *c, const void *key, size_t keylen, const mp__deadline *d) {
+  uint8_t msg[MP__PY_MAX], mac[64], chal[MP__PY_CHAL_LEN];
+  size_t ml;
+  ssize_t n = conn_io_recv(c, msg, sizeof msg, d);
+  if (n < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  int r = mp__py_answer(key, keylen, msg, (size_t)n, mac, &ml);
+  if (r < 0 || (r = conn_io_send(c, mac, ml, d)) < 0)
+    return r;
+  if ((n = conn_io_recv(c, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG || n == -EPIPE ? -EACCES : (int)n;
+  if (n != MP__PY_WELCOME_LEN || memcmp(msg, MP__PY_WELCOME, MP__PY_WELCOME_LEN))
+    return -EACCES;
+  if ((r = mp__py_challenge(chal)) < 0 || (r = conn_io_send(c, chal, sizeof chal, d)) < 0)
+    return r;
+  if ((n = conn_io_recv(c, msg, sizeof msg, d)) < 0)
+    return n == -EBADMSG ? -EACCES : (int)n;
+  bool ok = mp__py_verify(key, keylen, chal, msg, (size_t)n) == 0;
+  r = ok ? conn_io_send(c, MP__PY_WELCOME, MP__PY_WELCOME_LEN, d)
+         : conn_io_send(c, MP__PY_FAILURE, MP__PY_FAILURE_LEN, d);
+  return ok ? r : -EACCES;
+}
+
+static int client_connect(const char *address, const void *authkey, size_t keylen, bool py,
+                          double timeout, mp_connection **ret) {
+  if (!address || !ret || (authkey && keylen > KEY_MAX))
     return -EINVAL;
   mp__deadline d;
   if (mp__deadline_init(&d, timeout) < 0)
@@ -3977,21 +4101,35 @@ MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t
   int r = addr_parse(address, &a);
   if (r < 0)
     return r;
-  int fd = connect_to(&a, listener_type(&a), &d);
+  int fd = connect_to(&a, listener_type(&a, py), &d);
   if (fd < 0)
     return fd;
   mp_connection *c;
-  r = mp_connection_from_fd(fd, 0, &c);
+  r = mp_connection_from_fd(fd, py ? MP_CONNECTION_PYTHON : 0, &c);
   if (r < 0) {
     close(fd);
     return r;
   }
-  struct hs_io io = {conn_io_send, conn_io_recv, c};
-  r = hs_client(&io, authkey, keylen, &d);
+  if (py) {
+    r = authkey ? hs_client_py(c, authkey, keylen, &d) : 0;
+  } else {
+    struct hs_io io = {conn_io_send, conn_io_recv, c};
+    r = hs_client(&io, authkey, keylen, &d);
+  }
   if (r < 0) {
     mp_connection_close(c);
     return r == -EPIPE ? -EACCES : r;
   }
   *ret = c;
   return 0;
+}
+
+MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
+                                double timeout, mp_connection **ret) {
+  return client_connect(address, authkey, keylen, false, timeout, ret);
+}
+
+MP_EXPORT int mp_client_connect_python(const char *address, const void *authkey, size_t keylen,
+                                       double timeout, mp_connection **ret) {
+  return client_connect(address, authkey, keylen, true, timeout, ret);
 }

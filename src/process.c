@@ -69,6 +69,7 @@
 
 #include "crash.h"
 #include "internal.h"
+#include "wire.h" /* mp__random_bytes */
 
 /* ------------------------------------------------------------ 1. the handle */
 
@@ -779,4 +780,85 @@ MP_EXPORT int mp_cpu_count(void) {
   }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (int)n : 1;
+}
+
+/* ------------------------------------------------ the authentication key */
+
+/* This process's key (Python's current_process().authkey). Private memory:
+ * a fork copies it, which is how a child inherits it. It is made before the
+ * first fork (the atfork handler below) or at first use, whichever comes
+ * first, so that a child never makes a key of its own where its parent had
+ * none yet. authkey_mu serialises making, setting and copying; the pointer
+ * mp_process_authkey() hands out is documented as not safe against a
+ * concurrent set. */
+static unsigned char authkey[MP_PROCESS_AUTHKEY_MAX];
+static size_t authkey_len;
+static bool authkey_made;
+static pthread_mutex_t authkey_mu = PTHREAD_MUTEX_INITIALIZER;
+
+#define AUTHKEY_DEFAULT_LEN 32 /* as Python's os.urandom(32) */
+
+/* Make the key if there is none yet; authkey_mu held. */
+static int authkey_make_locked(void) {
+  if (authkey_made)
+    return 0;
+  int r = mp__random_bytes(authkey, AUTHKEY_DEFAULT_LEN);
+  if (r < 0)
+    return r;
+  authkey_len = AUTHKEY_DEFAULT_LEN;
+  authkey_made = true;
+  return 0;
+}
+
+/* Before any fork (libmp's or the program's own): the child must inherit the
+ * parent's key, so make it now. The lock is held across the fork and
+ * released on both sides, so the child never inherits it held by a thread
+ * that does not exist there. */
+static void authkey_prepare_fork(void) {
+  pthread_mutex_lock(&authkey_mu);
+  authkey_make_locked(); /* failing, the child makes its own on first use */
+}
+
+static void authkey_after_fork(void) { pthread_mutex_unlock(&authkey_mu); }
+
+__attribute__((constructor)) static void authkey_hook(void) {
+  pthread_atfork(authkey_prepare_fork, authkey_after_fork, authkey_after_fork);
+}
+
+int mp__process_authkey_copy(void *buf, size_t cap, size_t *len) {
+  pthread_mutex_lock(&authkey_mu);
+  int r = authkey_make_locked();
+  if (r == 0 && authkey_len > cap)
+    r = -EMSGSIZE;
+  if (r == 0) {
+    memcpy(buf, authkey, authkey_len);
+    *len = authkey_len;
+  }
+  pthread_mutex_unlock(&authkey_mu);
+  return r;
+}
+
+MP_EXPORT int mp_process_authkey(const void **key, size_t *len) {
+  if (!key || !len)
+    return -EINVAL;
+  pthread_mutex_lock(&authkey_mu);
+  int r = authkey_make_locked();
+  if (r == 0) {
+    *key = authkey;
+    *len = authkey_len;
+  }
+  pthread_mutex_unlock(&authkey_mu);
+  return r;
+}
+
+MP_EXPORT int mp_process_set_authkey(const void *key, size_t len) {
+  if ((!key && len) || len > MP_PROCESS_AUTHKEY_MAX)
+    return -EINVAL;
+  pthread_mutex_lock(&authkey_mu);
+  if (len)
+    memcpy(authkey, key, len);
+  authkey_len = len;
+  authkey_made = true;
+  pthread_mutex_unlock(&authkey_mu);
+  return 0;
 }

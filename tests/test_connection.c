@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -989,7 +990,9 @@ static void test_connection_from_fd(void **state) {
   assert_null(c);
 
   assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0); /* no CLOEXEC */
-  assert_int_equal(mp_connection_from_fd(sv[0], 4, &c), -EINVAL);
+  assert_int_equal(mp_connection_from_fd(sv[0], 8, &c), -EINVAL);
+  /* Python's framing needs a byte stream */
+  assert_int_equal(mp_connection_from_fd(sv[0], MP_CONNECTION_PYTHON, &c), -EPROTOTYPE);
   assert_int_equal(mp_connection_from_fd(sv[0], 0, NULL), -EINVAL);
   mp_connection *a = NULL, *b = NULL;
   assert_int_equal(mp_connection_from_fd(sv[0], 0, &a), 0);
@@ -2240,6 +2243,241 @@ static void test_connection_listener_every_address(void **state) {
   assert_int_equal(mp_listener_new("*:x", NULL, 0, &l), -EINVAL);
 }
 
+/* ------------------------------------------------------ Python's wire */
+
+static void raw_read(int fd, void *buf, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+    assert_true(r > 0);
+    got += (size_t)r;
+  }
+}
+
+/* The framing is Python's Connection's, byte for byte, both ways. */
+static void test_connection_python_framing(void **state) {
+  (void)state;
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  mp_connection *a;
+  assert_int_equal(mp_connection_from_fd(sv[0], MP_CONNECTION_PYTHON, &a), 0);
+  unsigned char raw[32];
+  /* ours: a 4-byte big-endian length, then the bytes */
+  assert_int_equal(mp_connection_send(a, "abc", 3, 5), 0);
+  raw_read(sv[1], raw, 7);
+  assert_memory_equal(raw, "\0\0\0\3abc", 7);
+  assert_int_equal(mp_connection_send(a, NULL, 0, 5), 0);
+  raw_read(sv[1], raw, 4);
+  assert_memory_equal(raw, "\0\0\0\0", 4);
+  /* theirs: both forms of the length, the long one being -1 and 8 bytes */
+  char buf[16];
+  assert_int_equal(write(sv[1], "\0\0\0\2hi", 6), 6);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), 2);
+  assert_memory_equal(buf, "hi", 2);
+  assert_int_equal(write(sv[1], "\377\377\377\377\0\0\0\0\0\0\0\5hello", 17), 17);
+  assert_int_equal(mp_connection_peek_size(a, 5), 5);
+  assert_int_equal(mp_connection_recv(a, buf, 4, 5), -EMSGSIZE); /* it stays */
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), 5);
+  assert_memory_equal(buf, "hello", 5);
+  /* a message cut by a timeout goes on in the next receive */
+  assert_int_equal(write(sv[1], "\0\0\0\01212345", 9), 9);
+  assert_int_equal(mp_connection_poll(a, 0), 1);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 0.05), -ETIMEDOUT);
+  assert_int_equal(write(sv[1], "67890", 5), 5);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), 10);
+  assert_memory_equal(buf, "1234567890", 10);
+  void *m = NULL;
+  assert_int_equal(write(sv[1], "\0\0\0\1z", 5), 5);
+  assert_int_equal(mp_connection_recv_alloc(a, &m, 5), 1);
+  assert_memory_equal(m, "z", 1);
+  free(m);
+  /* no descriptors on Python's wire */
+  assert_int_equal(mp_connection_send_fd(a, 0, 1), -EOPNOTSUPP);
+  /* a connection sent keeps speaking Python's wire */
+  mp_connection *p1, *p2, *b;
+  assert_int_equal(mp_pipe_new(1, &p1, &p2), 0);
+  assert_int_equal(mp_connection_send_connection(p1, a, 5), 0);
+  assert_int_equal(mp_connection_recv_connection(p2, &b, 5), 0);
+  assert_int_equal(mp_connection_send(b, "xy", 2, 5), 0);
+  raw_read(sv[1], raw, 6);
+  assert_memory_equal(raw, "\0\0\0\2xy", 6);
+  assert_int_equal(mp_connection_close(b), 0);
+  assert_int_equal(mp_connection_close(p1), 0);
+  assert_int_equal(mp_connection_close(p2), 0);
+  /* a negative length is not Python's framing */
+  assert_int_equal(write(sv[1], "\200\0\0\0", 4), 4);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), -EPROTO);
+  assert_int_equal(mp_connection_close(a), 0);
+  close(sv[1]);
+
+  /* end of file */
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  assert_int_equal(mp_connection_from_fd(sv[0], MP_CONNECTION_PYTHON, &a), 0);
+  assert_int_equal(write(sv[1], "\0\0\0\3ab", 6), 6);
+  close(sv[1]);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), -EPIPE);
+  assert_int_equal(mp_connection_close(a), 0);
+}
+
+/* A send that times out in the middle of its message cannot be marked
+ * abandoned on Python's wire: later sends say so rather than desynchronise
+ * the peer. */
+static void test_connection_python_torn_send(void **state) {
+  (void)state;
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  mp_connection *a;
+  assert_int_equal(mp_connection_from_fd(sv[0], MP_CONNECTION_PYTHON, &a), 0);
+  size_t n = 8u << 20; /* far more than the socket buffers hold */
+  char *big = calloc(1, n);
+  assert_non_null(big);
+  assert_int_equal(mp_connection_send(a, big, n, 0.1), -ETIMEDOUT);
+  assert_int_equal(mp_connection_send(a, "x", 1, 1), -EPROTO);
+  /* receiving still works */
+  char buf[4];
+  assert_int_equal(write(sv[1], "\0\0\0\1q", 5), 5);
+  assert_int_equal(mp_connection_recv(a, buf, sizeof buf, 5), 1);
+  free(big);
+  assert_int_equal(mp_connection_close(a), 0);
+  close(sv[1]);
+}
+
+struct py_cli {
+  char addr[128];
+  const char *key;
+  size_t keylen;
+  int want;
+};
+
+static int py_client_child(void *arg) {
+  struct py_cli *x = arg;
+  mp_connection *c;
+  int r = mp_client_connect_python(x->addr, x->key, x->keylen, 20, &c);
+  CHILD_CHECK(r == x->want);
+  if (r < 0)
+    return 0;
+  char buf[8];
+  CHILD_CHECK(mp_connection_recv(c, buf, sizeof buf, 20) == 4);
+  CHILD_CHECK(memcmp(buf, "ping", 4) == 0);
+  CHILD_CHECK(mp_connection_send(c, "pong", 4, 20) == 0);
+  mp_connection_close(c);
+  return 0;
+}
+
+static void py_round(const char *address, const char *lkey, size_t llen, const char *ckey,
+                     size_t clen, int want) {
+  mp_listener *l;
+  assert_int_equal(mp_listener_new_python(address, lkey, llen, &l), 0);
+  struct py_cli x = {.key = ckey, .keylen = clen, .want = want};
+  assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
+  pid_t pid = tu_fork(py_client_child, &x, 30);
+  mp_connection *c = NULL;
+  assert_int_equal(mp_listener_accept(l, 20, &c), want);
+  if (want == 0) {
+    char buf[8];
+    assert_int_equal(mp_connection_send(c, "ping", 4, 20), 0);
+    assert_int_equal(mp_connection_recv(c, buf, sizeof buf, 20), 4);
+    assert_memory_equal(buf, "pong", 4);
+    assert_int_equal(mp_connection_close(c), 0);
+  }
+  assert_child_ok(pid);
+  assert_int_equal(mp_listener_close(l), 0);
+}
+
+/* libmp to libmp in Python mode: our challenges are Python 3.12's
+ * ("{sha256}"), and so are the answers to them. */
+static void test_connection_python_listener_client(void **state) {
+  (void)state;
+  char path[64];
+  snprintf(path, sizeof path, "unix:/tmp/mp-pyl-%d", (int)getpid());
+  py_round("127.0.0.1:0", "key", 3, "key", 3, 0);
+  py_round(path, "key", 3, "key", 3, 0);
+  py_round(path, NULL, 0, NULL, 0, 0);
+  py_round(path, "", 0, "", 0, 0);
+  py_round("127.0.0.1:0", "key", 3, "kez", 3, -EACCES);
+  py_round(path, "", 0, "k", 1, -EACCES);
+}
+
+/* An empty key is a key: a client must prove it, and one without a key is
+ * refused (Python's authkey=b'' against None). */
+static int empty_key_child(void *arg) {
+  struct py_cli *x = arg;
+  mp_connection *c;
+  int r = mp_client_connect(x->addr, x->key, x->keylen, 20, &c);
+  CHILD_CHECK(r == x->want);
+  if (r == 0)
+    mp_connection_close(c);
+  return 0;
+}
+
+static void test_connection_listener_empty_key(void **state) {
+  (void)state;
+  mp_listener *l;
+  assert_int_equal(mp_listener_new("127.0.0.1:0", "", 0, &l), 0);
+  struct py_cli x = {.key = "", .keylen = 0, .want = 0};
+  assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
+  mp_connection *c;
+  pid_t pid = tu_fork(empty_key_child, &x, 30);
+  assert_int_equal(mp_listener_accept(l, 20, &c), 0);
+  assert_int_equal(mp_connection_close(c), 0);
+  assert_child_ok(pid);
+  /* no key: the client refuses a listener that wants one, and leaves */
+  x.key = NULL;
+  x.want = -EACCES;
+  pid = tu_fork(empty_key_child, &x, 30);
+  assert_int_equal(mp_listener_accept(l, 20, &c), -EPIPE);
+  assert_child_ok(pid);
+  /* another key */
+  x.key = "k";
+  x.keylen = 1;
+  pid = tu_fork(empty_key_child, &x, 30);
+  assert_int_equal(mp_listener_accept(l, 20, &c), -EACCES);
+  assert_child_ok(pid);
+  assert_int_equal(mp_listener_close(l), 0);
+  /* and a listener with no key refuses a client with the empty key */
+  assert_int_equal(mp_listener_new("127.0.0.1:0", NULL, 0, &l), 0);
+  assert_true(mp_listener_address(l, x.addr, sizeof x.addr) > 0);
+  x.key = "";
+  x.keylen = 0;
+  pid = tu_fork(empty_key_child, &x, 30); /* the child checks its -EACCES */
+  int r = mp_listener_accept(l, 20, &c);
+  if (r == 0)
+    mp_connection_close(c); /* it was open; the client left after */
+  assert_child_ok(pid);
+  assert_int_equal(mp_listener_close(l), 0);
+}
+
+/* Linux's abstract namespace: "unix:@name" or "@name", no file. */
+static void test_connection_listener_abstract_address(void **state) {
+  (void)state;
+  char name[64], addr[128], got[128];
+  snprintf(name, sizeof name, "mp-abstract-%d", (int)getpid());
+  snprintf(addr, sizeof addr, "unix:@%s", name);
+  mp_listener *l, *l2;
+  assert_int_equal(mp_listener_new(addr, "k", 1, &l), 0);
+  assert_int_equal(mp_listener_address(l, got, sizeof got), (ssize_t)strlen(addr));
+  assert_string_equal(got, addr);
+  struct stat st;
+  assert_int_equal(stat(name, &st), -1); /* no file, here or anywhere */
+  assert_int_equal(stat(addr + 5, &st), -1);
+  char at[80];
+  snprintf(at, sizeof at, "@%s", name);
+  assert_int_equal(mp_listener_new(at, NULL, 0, &l2), -EADDRINUSE);
+  struct py_cli x = {.key = "k", .keylen = 1, .want = 0};
+  snprintf(x.addr, sizeof x.addr, "%s", at);
+  pid_t pid = tu_fork(empty_key_child, &x, 30);
+  mp_connection *c;
+  assert_int_equal(mp_listener_accept(l, 20, &c), 0);
+  assert_int_equal(mp_connection_close(c), 0);
+  assert_child_ok(pid);
+  assert_int_equal(mp_listener_close(l), 0);
+  /* the name is free again once closed */
+  assert_int_equal(mp_listener_new(at, NULL, 0, &l2), 0);
+  assert_int_equal(mp_listener_close(l2), 0);
+  assert_int_equal(mp_listener_new("unix:@", NULL, 0, &l), -EINVAL);
+  assert_int_equal(mp_listener_new("@", NULL, 0, &l), -EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_connection_pipe_new_and_accessors),
@@ -2293,6 +2531,11 @@ int main(void) {
       cmocka_unit_test(test_connection_listener_accept_nowait),
       cmocka_unit_test(test_connection_listener_double_close),
       cmocka_unit_test(test_connection_listener_every_address),
+      cmocka_unit_test(test_connection_python_framing),
+      cmocka_unit_test(test_connection_python_torn_send),
+      cmocka_unit_test(test_connection_python_listener_client),
+      cmocka_unit_test(test_connection_listener_empty_key),
+      cmocka_unit_test(test_connection_listener_abstract_address),
   };
   /* MP_TEST_FILTER=pattern runs only the matching tests (to repeat one) */
   if (getenv("MP_TEST_FILTER"))

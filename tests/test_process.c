@@ -1528,16 +1528,159 @@ static int mode_atexit_main(void) {
   return 0; /* exit(): B, then A */
 }
 
+/* ------------------------------------------------ the authentication key */
+
+/* A fresh program (exec'd, so no key is made yet) forks with plain fork()
+ * before asking for its key: the child must still have the parent's. */
+static int mode_authkey_fork(void) {
+  int fds[2];
+  if (pipe(fds) < 0)
+    return 2;
+  pid_t c = fork();
+  if (c == 0) {
+    const void *k;
+    size_t n;
+    if (mp_process_authkey(&k, &n) < 0 || n != 32)
+      _exit(3);
+    _exit(write(fds[1], k, n) == 32 ? 0 : 4);
+  }
+  const void *k;
+  size_t n;
+  if (mp_process_authkey(&k, &n) < 0 || n != 32)
+    return 5;
+  char theirs[32];
+  if (read(fds[0], theirs, sizeof theirs) != 32)
+    return 6;
+  if (tu_wait(c) != 0)
+    return 7;
+  return memcmp(k, theirs, 32) == 0 ? 0 : 8;
+}
+
+static void test_process_authkey_inherited_by_plain_fork(void **state) {
+  (void)state;
+  pid_t c = fork();
+  if (c == 0) {
+    execl("/proc/self/exe", self_path, "--authkey-fork", (char *)NULL);
+    _exit(127);
+  }
+  assert_int_equal(tu_wait(c), 0);
+}
+
+/* A child reports whether its key is the bytes in arg ("len:bytes"). */
+static int key_is(void *arg) {
+  const char *want = arg;
+  size_t wl = strlen(want);
+  const void *k;
+  size_t n;
+  CHILD_CHECK(mp_process_authkey(&k, &n) == 0);
+  CHILD_CHECK(n == wl && (n == 0 || memcmp(k, want, n) == 0));
+  return 0;
+}
+
+static int key_is_parents(void *arg) {
+  const unsigned char *want = arg;
+  const void *k;
+  size_t n;
+  CHILD_CHECK(mp_process_authkey(&k, &n) == 0);
+  CHILD_CHECK(n == 32 && memcmp(k, want, 32) == 0);
+  return 0;
+}
+
+static void test_process_authkey(void **state) {
+  (void)state;
+  const void *k, *k2;
+  size_t n = 0, n2 = 0;
+  assert_int_equal(mp_process_authkey(NULL, &n), -EINVAL);
+  assert_int_equal(mp_process_authkey(&k, NULL), -EINVAL);
+  assert_int_equal(mp_process_authkey(&k, &n), 0);
+  assert_int_equal(n, 32); /* Python's os.urandom(32) */
+  assert_int_equal(mp_process_authkey(&k2, &n2), 0);
+  assert_int_equal(n2, 32);
+  unsigned char mine[32], zero[32] = {0};
+  memcpy(mine, k, 32);
+  assert_memory_equal(k2, mine, 32); /* made once */
+  assert_memory_not_equal(mine, zero, 32);
+  /* a child started now has it */
+  join_expect(start(key_is_parents, mine, NULL), 0);
+
+  /* set: children started afterwards inherit the new key */
+  assert_int_equal(mp_process_set_authkey(NULL, 3), -EINVAL);
+  static const char big[MP_PROCESS_AUTHKEY_MAX + 1];
+  assert_int_equal(mp_process_set_authkey(big, sizeof big), -EINVAL);
+  assert_int_equal(mp_process_authkey(&k, &n), 0);
+  assert_int_equal(n, 32);
+  assert_memory_equal(k, mine, 32); /* refused sets change nothing */
+  assert_int_equal(mp_process_set_authkey("abc", 3), 0);
+  assert_int_equal(mp_process_authkey(&k, &n), 0);
+  assert_int_equal(n, 3);
+  assert_memory_equal(k, "abc", 3);
+  join_expect(start(key_is, "abc", NULL), 0);
+  /* an empty key is a key */
+  assert_int_equal(mp_process_set_authkey(NULL, 0), 0);
+  assert_int_equal(mp_process_authkey(&k, &n), 0);
+  assert_int_equal(n, 0);
+  join_expect(start(key_is, "", NULL), 0);
+  assert_int_equal(mp_process_set_authkey(mine, 32), 0);
+}
+
+/* Python's BaseManager(authkey=None) uses current_process().authkey: a
+ * manager made with no key proves this process's key, and a client made
+ * with no key in a child (which inherited it) gets in, one with another key
+ * does not. */
+static int connect_default_key(void *arg) {
+  mp_manager_options o = {.address = arg};
+  mp_manager *c;
+  CHILD_CHECK(mp_manager_new(&o, &c) == 0);
+  CHILD_CHECK(mp_manager_connect(c) == 0);
+  mp_manager_free(c);
+  return 0;
+}
+
+static void test_process_authkey_is_the_managers_default(void **state) {
+  (void)state;
+  assert_int_equal(mp_process_set_authkey("family key", 10), 0);
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  /* a later change does not reach a manager already made (Python copies) */
+  assert_int_equal(mp_process_set_authkey("changed", 7), 0);
+  assert_int_equal(mp_manager_start(m), 0);
+  char addr[256];
+  assert_true(mp_manager_address(m, addr, sizeof addr) > 0);
+  mp_manager *c;
+  mp_manager_options right = {.address = addr, .authkey = "family key", .authkey_len = 10};
+  assert_int_equal(mp_manager_new(&right, &c), 0);
+  assert_int_equal(mp_manager_connect(c), 0);
+  mp_manager_free(c);
+  /* the process's key now is "changed": refused */
+  mp_manager_options dflt = {.address = addr};
+  assert_int_equal(mp_manager_new(&dflt, &c), 0);
+  assert_int_equal(mp_manager_connect(c), -EACCES);
+  mp_manager_free(c);
+  /* a child started with "family key" connects with no key given */
+  assert_int_equal(mp_process_set_authkey("family key", 10), 0);
+  join_expect(start(connect_default_key, addr, NULL), 0);
+  mp_manager_options none = {.address = addr, .no_auth = 1};
+  assert_int_equal(mp_manager_new(&none, &c), 0);
+  assert_int_equal(mp_manager_connect(c), -EACCES);
+  mp_manager_free(c);
+  mp_manager_free(m);
+}
+
 int main(int argc, char **argv) {
   self_path = argv[0];
   if (argc > 1 && strcmp(argv[1], "--atexit-main") == 0)
     return mode_atexit_main();
+  if (argc > 1 && strcmp(argv[1], "--authkey-fork") == 0)
+    return mode_authkey_fork();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_process_interrupt_sends_sigint),
       cmocka_unit_test(test_process_parent_handle_and_orphan_join),
       cmocka_unit_test(test_process_child_exit_handlers),
       cmocka_unit_test(test_process_main_exit_handlers),
       cmocka_unit_test(test_process_exit_codes),
+      cmocka_unit_test(test_process_authkey_inherited_by_plain_fork),
+      cmocka_unit_test(test_process_authkey),
+      cmocka_unit_test(test_process_authkey_is_the_managers_default),
       cmocka_unit_test(test_process_signal_exit_codes),
       cmocka_unit_test(test_process_join_timeouts),
       cmocka_unit_test(test_process_join_signals_neither_end_nor_stretch),

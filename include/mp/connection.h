@@ -60,6 +60,27 @@
  * descriptor; bytes that are not libmp's framing give `-EPROTO` and leave the
  * connection unusable.
  *
+ * Talking to Python. A stream connection may speak Python's own wire
+ * instead of libmp's, so that the peer is a Python program using
+ * `multiprocessing.connection` (its `Connection.send_bytes()` and
+ * `recv_bytes()`; pickled objects are the Python side's business: send the
+ * bytes of `pickle.dumps()`, or a format both sides parse). Such a connection
+ * comes from mp_listener_new_python() and mp_client_connect_python() (which
+ * also run Python's authentication handshake), or from
+ * mp_connection_from_fd() with #MP_CONNECTION_PYTHON on a connected stream
+ * socket. The framing is Python's: a 4-byte big-endian length and the bytes;
+ * above 0x7fffffff bytes, the length -1 and an 8-byte big-endian length
+ * (Python 3.8 and later read it; earlier versions only take messages below
+ * 2 GiB). The semantics stay libmp's (any size, -EMSGSIZE keeps the message,
+ * a timed-out receive keeps what arrived), with one difference: Python's
+ * framing cannot mark a message as abandoned, so a send that times out after
+ * part of its message went out leaves the connection unable to send: every
+ * later send gives `-EPROTO` (receiving still works). Bytes whose length word
+ * is negative (but -1) give `-EPROTO`. Descriptors cannot cross
+ * (`-EOPNOTSUPP`). Such a connection sent with
+ * mp_connection_send_connection() arrives speaking Python's wire too. The
+ * default, libmp's own wire, is unchanged.
+ *
  * Signals never end a call early: an interrupted wait resumes against the
  * same deadline. Errors common to every call: `-EINVAL` for a NULL handle or
  * a bad argument.
@@ -91,6 +112,10 @@ typedef struct mp_connection mp_connection;
 #define MP_CONNECTION_READABLE 1
 /** mp_connection_from_fd() flag: the connection may send. */
 #define MP_CONNECTION_WRITABLE 2
+/** mp_connection_from_fd() flag: speak Python's
+ *  `multiprocessing.connection` wire on a stream socket instead of libmp's
+ *  (see "Talking to Python" in the file comment). */
+#define MP_CONNECTION_PYTHON 4
 
 /**
  * @brief Make a pipe: two connected ends (Python's `Pipe(duplex)`).
@@ -122,13 +147,16 @@ MP_EXPORT int mp_pipe_new(int duplex, mp_connection **conn1, mp_connection **con
  *           mp_connection_close()) and it is made close-on-exec. On failure
  *           the caller still owns it.
  * @param flags #MP_CONNECTION_READABLE, #MP_CONNECTION_WRITABLE, both, or 0
- *              for both.
+ *              for both; or'ed with #MP_CONNECTION_PYTHON for Python's wire
+ *              (a stream socket only, no handshake is run: the caller runs
+ *              Python's or none, as Python's `Connection(fd)` does).
  * @param[out] ret written only on success.
  * @return 0; `-EBADF` for a closed descriptor; `-ENOTSOCK` when @p fd is not
  *         a socket; `-EPROTOTYPE` when it is another kind of socket (neither
  *         Unix `SOCK_SEQPACKET` nor `SOCK_STREAM` of Unix, IPv4 or IPv6);
  *         `-ENOTCONN` for a stream socket that is not connected (a listening
- *         one included); `-EINVAL` for unknown flags or NULL @p ret;
+ *         one included); `-EPROTOTYPE` also for #MP_CONNECTION_PYTHON on a
+ *         `SOCK_SEQPACKET` socket; `-EINVAL` for unknown flags or NULL @p ret;
  *         `-ENOMEM`.
  */
 MP_EXPORT int mp_connection_from_fd(int fd, int flags, mp_connection **ret);
@@ -163,7 +191,9 @@ MP_EXPORT int mp_connection_close(mp_connection *conn);
  *         records were already out, the receiver drops them; on a stream
  *         connection the rest of the begun part is sent, marked dropped,
  *         before the next message); `-EPIPE` when
- *         every copy of the other end is closed (no SIGPIPE); `-EBADF` on a
+ *         every copy of the other end is closed (no SIGPIPE); `-EPROTO` on a
+ *         connection speaking Python's wire after a send that timed out
+ *         with part of its message out (#MP_CONNECTION_PYTHON); `-EBADF` on a
  *         receive-only end; `-EINVAL` for NULL @p conn, NULL @p buf with a
  *         non-zero @p len, a length above `SSIZE_MAX` or a NaN timeout;
  *         `-ENOBUFS`/`-ENOMEM` when the kernel is out of memory.

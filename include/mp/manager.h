@@ -44,9 +44,10 @@
  * the server sends 32 random bytes, the client answers with their HMAC under
  * the key, then the client challenges the server the same way; only then is
  * anything else the client sends parsed. A client with the wrong key gets
- * `-EACCES` and the server serves on. mp_manager_start() with no key makes a
- * random 32-byte key, known to the starting process and the children it forks
- * afterwards (Python's process authkey). Received bytes never choose code to
+ * `-EACCES` and the server serves on. A manager made with no key uses a copy
+ * of the process's key (mp_process_authkey(): 32 random bytes, shared by the
+ * children the program forks), as Python's manager uses
+ * `current_process().authkey`. Received bytes never choose code to
  * run: requests name a built-in type or a type registered with
  * mp_manager_register() and one of its listed methods. The key proves
  * identity; it does not encrypt: use TCP only on networks you trust, or
@@ -298,14 +299,18 @@ typedef struct mp_manager_options {
    *  any string starting with `/` for a Unix socket. NULL: a Unix socket in
    *  a new private directory (mp_manager_start() and serve only). */
   const char *address;
-  /** The authentication key; NULL: mp_manager_start() makes a random one,
-   *  mp_manager_connect() and the served server use none unless
-   *  #authkey_len is given. */
+  /** The authentication key; NULL: a copy of this process's key, taken by
+   *  mp_manager_new() (mp_process_authkey(): random in a program's first
+   *  process, inherited by its children), for starting, serving and
+   *  connecting alike, as Python's `BaseManager(authkey=None)` uses
+   *  `current_process().authkey`; none when #no_auth is set. */
   const void *authkey;
   /** Its length in bytes (1..1024 when #authkey is set). */
   size_t authkey_len;
-  /** Non-zero: no authentication even for mp_manager_start() (only for a
-   *  Unix socket, whose permissions then are the only protection). */
+  /** Non-zero, with a NULL #authkey: no authentication, for starting and
+   *  serving (only for a Unix socket, whose permissions then are the only
+   *  protection) and for connecting to such a server (a client with a key,
+   *  the process's included, refuses an open server). */
   int no_auth;
   /** Non-zero: always carry requests over the socket. By default a client
    *  whose process shares the family heap with the server (the server of
@@ -333,7 +338,7 @@ typedef struct mp_manager_options {
  *        nothing is started or connected yet.
  * @return 0; `-EINVAL` for a bad address or key length, a negative
  *         #mp_manager_options.max_clients or max_handshakes, or NULL @p ret;
- *         `-ENOMEM`.
+ *         `-ENOMEM`; with no key, the errors of mp_process_authkey().
  */
 MP_EXPORT int mp_manager_new(const mp_manager_options *opts, mp_manager **ret);
 
@@ -857,14 +862,25 @@ typedef struct mp_listener mp_listener;
  *
  * @p address is `"unix:/path"` or `"/path"` for a Unix socket
  * (`SOCK_SEQPACKET`, a pipe's framing, descriptors can be passed), made
- * with mode 0600, whose path must not exist; or `"host:port"` /
+ * with mode 0600, whose path must not exist; `"unix:@name"` or `"@name"`
+ * for a Unix socket in Linux's abstract namespace (Python's `"\0name"`: the
+ * name is the bytes after the `@`; it has no file, so nothing to remove and
+ * no permissions: any process of the network namespace may connect, so give
+ * it a key; a file path starting with `@` is spelled `"unix:./@x"`); or
+ * `"host:port"` /
  * `"[v6]:port"` for TCP, where port 0 lets the kernel choose one
  * (mp_listener_address() tells it); `"*:port"` listens on every address,
  * IPv6 and IPv4 alike (`[::]`, or `0.0.0.0` without IPv6). Accepted
  * connections are ordinary
  * #mp_connection handles; over TCP they are stream connections (see
  * mp/connection.h: the same message semantics, no descriptor passing).
- * @param authkey NULL for none; else 1..1024 bytes (@p keylen).
+ * @param authkey NULL for no authentication, as Python's `authkey=None`
+ *                (Listener and Client never default to the process's key:
+ *                pass mp_process_authkey()'s to use it); else 0..1024 bytes
+ *                (@p keylen): an empty key (non-NULL, 0 bytes) is a key like
+ *                any other, and a client must prove it (Python's `Client`
+ *                with `authkey=b''` does; Python's `Listener` treats `b''`
+ *                as no key, a quirk not copied).
  * @return 0; `-EADDRINUSE`; `-EINVAL` for a malformed address or key;
  *         `-ENOMEM`; socket errors (`-EADDRNOTAVAIL`; `-EACCES` for a
  *         privileged port or a directory that cannot be written).
@@ -911,13 +927,65 @@ MP_EXPORT int mp_listener_close(mp_listener *l);
  * @p address as for mp_listener_new(); a TCP address gives a stream
  * connection. Both sides must have the same key, or both none: a client with
  * a key refuses a listener without one. The connect and the handshake share
- * one deadline, @p timeout seconds.
+ * one deadline, @p timeout seconds. An empty key (non-NULL, @p keylen 0)
+ * is a key, distinct from none.
  * @return 0; `-EACCES` when a key is refused (either way); `-ECONNREFUSED`
  *         (TCP or Unix) or `-ENOENT` (Unix) when nothing listens;
  *         `-ETIMEDOUT`; `-EINVAL` for a malformed address or key.
  */
 MP_EXPORT int mp_client_connect(const char *address, const void *authkey, size_t keylen,
                                 double timeout, mp_connection **ret);
+
+/**
+ * @brief mp_listener_new() for Python peers: accepted connections speak
+ *        Python's `multiprocessing.connection` wire, so a Python program's
+ *        `Client(address, authkey=key)` connects to it.
+ *
+ * The differences from mp_listener_new(): Unix sockets are `SOCK_STREAM`
+ * (as Python's `AF_UNIX` family; `"@name"` is Python's `"\0name"`), and
+ * every accepted connection is a stream connection with Python's framing
+ * (#MP_CONNECTION_PYTHON, see "Talking to Python" in mp/connection.h). With
+ * a key (empty included), each connection runs Python's handshake, in
+ * Python's order and words: the listener sends `#CHALLENGE#` and a random
+ * message, checks the client's HMAC of it and answers `#WELCOME#` or
+ * `#FAILURE#`, then answers the client's challenge the same way. It
+ * challenges as Python 3.12 does (`{sha256}`-prefixed message, HMAC-SHA256
+ * answer) and accepts the raw HMAC-MD5 answer of Python 3.11 and older, so
+ * both generations connect (tested against the python3 found at test
+ * time). With NULL no handshake runs (Python's `authkey=None`). A libmp
+ * mp_client_connect_python() connects too; a plain mp_client_connect() does
+ * not (-EACCES or a timeout), nor the other way round.
+ *
+ * Accepting, timeouts and errors are those of mp_listener_accept(), which
+ * serves both kinds of listener: `-EACCES` when the client's key is wrong
+ * (it is sent `#FAILURE#`) or it does not speak the handshake within 5 s.
+ * @return as mp_listener_new().
+ */
+MP_EXPORT int mp_listener_new_python(const char *address, const void *authkey, size_t keylen,
+                                     mp_listener **ret);
+
+/**
+ * @brief mp_client_connect() to a Python listener (Python's
+ *        `multiprocessing.connection.Listener`) or to
+ *        mp_listener_new_python().
+ *
+ * Connects a stream socket (`SOCK_STREAM` for Unix addresses too) and, with
+ * a key, runs Python's `Client` handshake: answers the listener's challenge
+ * (raw HMAC-MD5 for Python 3.11 and older, `{sha256}`-prefixed HMAC-SHA256
+ * for 3.12 and later, as the challenge asks), waits for `#WELCOME#`, then
+ * challenges the listener (as 3.12 does, accepting a 3.11 listener's MD5
+ * answer) and sends it `#WELCOME#` or `#FAILURE#`. With NULL no handshake
+ * runs. The connection speaks Python's framing (#MP_CONNECTION_PYTHON).
+ * Note that a Python listener made with `authkey=b''` runs no handshake:
+ * connect to it with NULL. A client with a key facing a listener without
+ * one waits for a challenge that never comes: `-ETIMEDOUT` at the deadline
+ * (Python's `Client` waits forever there).
+ * @return 0; `-EACCES` when either side's key is refused (or the listener
+ *         sends something that is not Python's handshake); otherwise as
+ *         mp_client_connect().
+ */
+MP_EXPORT int mp_client_connect_python(const char *address, const void *authkey, size_t keylen,
+                                       double timeout, mp_connection **ret);
 
 #ifdef __cplusplus
 }

@@ -240,6 +240,56 @@ MP_EXPORT int mp_process_atexit(void (*fn)(void *arg), void *arg);
  */
 MP_EXPORT int mp_process_active_children(mp_process **out, size_t cap);
 
+/** The longest authentication key mp_process_set_authkey() takes, in bytes
+ *  (the same bound as the keys of Listener, Client and Manager). */
+#define MP_PROCESS_AUTHKEY_MAX 1024
+
+/**
+ * @brief This process's authentication key (Python's
+ *        `current_process().authkey`).
+ *
+ * The first process of a program gets 32 random bytes (from the kernel's
+ * getrandom(), as libsodium's randombytes_buf() takes them on Linux), made
+ * on first use; a child inherits the key its parent has when it forks it:
+ * mp_process_start(), a pool's workers, the server of mp_manager_start(), and
+ * a plain fork() too (libmp makes the key before any fork, from a
+ * pthread_atfork() handler). So every process of a family shares one key
+ * unless one of them sets its own.
+ *
+ * Which calls use it, as in Python 3: mp_manager_new() takes a copy when
+ * #mp_manager_options.authkey is NULL (and no_auth is not set), for
+ * starting, serving and connecting alike (Python's `BaseManager(authkey=None)`).
+ * mp_listener_new() and mp_client_connect() do not: a NULL key there means
+ * no authentication, as Python's `Listener(authkey=None)` and
+ * `Client(authkey=None)`; pass this key to them to use it.
+ *
+ * @param[out] key the key's bytes, in this process's private memory, valid
+ *             until the next mp_process_set_authkey(); written only on
+ *             success.
+ * @param[out] len its length (0 for an empty key); written only on success.
+ * @return 0; `-EINVAL` for a NULL output; `-errno` of getrandom() when the
+ *         kernel gives no random bytes (then no key is made, and a later
+ *         call tries again).
+ * Thread safety: safe, but not at the same time as
+ * mp_process_set_authkey(), which rewrites the bytes returned here.
+ */
+MP_EXPORT int mp_process_authkey(const void **key, size_t *len);
+
+/**
+ * @brief Set this process's authentication key (Python's
+ *        `current_process().authkey = key`).
+ *
+ * Copies the bytes. Children forked from now on inherit the new key; those
+ * already running keep theirs; managers already made keep their copy.
+ * @param key the bytes; may be NULL when @p len is 0 (an empty key, which is
+ *            a key: Python's `b''`).
+ * @param len 0..#MP_PROCESS_AUTHKEY_MAX.
+ * @return 0; `-EINVAL` for NULL @p key with a non-zero @p len or a length
+ *         above #MP_PROCESS_AUTHKEY_MAX (the key is unchanged).
+ * Thread safety: see mp_process_authkey().
+ */
+MP_EXPORT int mp_process_set_authkey(const void *key, size_t len);
+
 /**
  * @brief CPUs this process may run on (its affinity mask), at least 1.
  * @return the count.
