@@ -24,6 +24,11 @@
  * uses no CPU. LIFO and priority queues keep each message in a heap block of
  * its own.
  *
+ * Zero-copy: a FIFO queue also carries family-heap blocks by reference
+ * (mp_queue_put_block(), mp_queue_get_block()): only the block's address
+ * travels, so a message of any size costs what a small one does, and the
+ * block's ownership passes with it.
+ *
  * Messages keep their boundaries and, in a FIFO queue, each producer's order.
  *
  * Crash semantics: a producer or consumer killed at any point, SIGKILL
