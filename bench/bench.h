@@ -516,12 +516,13 @@ static inline double bench_stream_run(bench_chan ch, size_t len, long n) {
 
 /* ------------------------------------------------------------ many to many */
 
-#define BENCH_MPMC_SIDES 2 /* producers, and consumers */
+#define BENCH_MPMC_SIDES 2 /* producers, and consumers, of the queue-mpmc rows */
+#define BENCH_MPMC_MAX 8   /* the most of each that bench_mpmc_run_k() takes */
 
 typedef struct bench_mpmc_tally {
-  _Alignas(64) long count[BENCH_MPMC_SIDES]; /* messages of each producer */
-  uint64_t sum[BENCH_MPMC_SIDES];            /* and the sums of their seq and seq^2 */
-  uint64_t sumsq[BENCH_MPMC_SIDES];
+  _Alignas(64) long count[BENCH_MPMC_MAX]; /* messages of each producer */
+  uint64_t sum[BENCH_MPMC_MAX];            /* and the sums of their seq and seq^2 */
+  uint64_t sumsq[BENCH_MPMC_MAX];
   int64_t end_ns; /* the receipt of this consumer's last message */
 } bench_mpmc_tally;
 
@@ -530,8 +531,9 @@ typedef struct bench_mpmc {
   bench_chan ch;
   bench_msgs *m;
   long per_producer;
+  int sides;
   _Atomic uint32_t producers_done;
-  bench_mpmc_tally tally[BENCH_MPMC_SIDES];
+  bench_mpmc_tally tally[BENCH_MPMC_MAX];
 } bench_mpmc;
 
 static inline int bench_mpmc_producer(void *arg, int index) {
@@ -546,15 +548,15 @@ static inline int bench_mpmc_producer(void *arg, int index) {
 static inline int bench_mpmc_consumer(void *arg, int index) {
   bench_mpmc *s = arg;
   bench_mpmc_tally *t = &s->tally[index];
-  long next[BENCH_MPMC_SIDES] = {0}; /* the lowest seq still possible from each producer */
-  bench_pin_nth_cpu(index);
+  long next[BENCH_MPMC_MAX] = {0}; /* the lowest seq still possible from each producer */
+  bench_pin_nth_cpu(index + (s->sides == 1)); /* one pair: on two CPUs, as one-to-one */
   bench_gate_arrive(&s->gate);
   for (;;) {
     uint64_t stamp = bench_msg_take(s->m, s->ch);
     uint64_t p = stamp >> 56, seq = stamp & BENCH_SEQ_MASK;
     if (p == BENCH_END_MARK)
       break;
-    if (p >= BENCH_MPMC_SIDES || seq < (uint64_t)next[p] || seq >= (uint64_t)s->per_producer)
+    if (p >= (uint64_t)s->sides || seq < (uint64_t)next[p] || seq >= (uint64_t)s->per_producer)
       bench_die("consumer %d: stamp %#llx out of order or unknown", index,
                 (unsigned long long)stamp);
     next[p] = (long)seq + 1;
@@ -566,38 +568,42 @@ static inline int bench_mpmc_consumer(void *arg, int index) {
   return 0;
 }
 
-/* BENCH_MPMC_SIDES producers and as many consumers share ch; each producer
- * sends n / BENCH_MPMC_SIDES messages; after the producers end, one end marker
- * per consumer stops them. Producer k and consumer k run on the k-th CPU.
+/* `sides` producers and as many consumers share ch (bench_mpmc_run: two of
+ * each); each producer sends n / sides messages; after the producers end, one end marker
+ * per consumer stops them. Producer k and consumer k run on the k-th CPU (modulo the CPUs), but a single
+ * consumer runs on the second CPU, so that one pair does not share one.
  * Returns messages per second from the opening of the start gate to the last
  * message received. Checks that each consumer saw each producer's messages in
  * order and that every message arrived exactly once (count, sum, sum of
  * squares of the sequence numbers). */
-static inline double bench_mpmc_run(bench_chan ch, size_t len, long n) {
+static inline double bench_mpmc_run_k(bench_chan ch, size_t len, long n, int sides) {
+  if (sides < 1 || sides > BENCH_MPMC_MAX)
+    bench_die("1 to %d producers and consumers, not %d", BENCH_MPMC_MAX, sides);
   bench_msgs m;
   bench_msgs_init(&m, len);
   bench_mpmc *s = bench_shared(sizeof *s);
   s->ch = ch;
   s->m = &m;
-  s->per_producer = n / BENCH_MPMC_SIDES;
-  pid_t prod[BENCH_MPMC_SIDES], cons[BENCH_MPMC_SIDES];
-  for (int k = 0; k < BENCH_MPMC_SIDES; k++) {
+  s->per_producer = n / sides;
+  s->sides = sides;
+  pid_t prod[BENCH_MPMC_MAX], cons[BENCH_MPMC_MAX];
+  for (int k = 0; k < sides; k++) {
     cons[k] = bench_fork(bench_mpmc_consumer, s, k);
     prod[k] = bench_fork(bench_mpmc_producer, s, k);
   }
-  int64_t t0 = bench_gate_open(&s->gate, 2 * BENCH_MPMC_SIDES);
-  for (int k = 0; k < BENCH_MPMC_SIDES; k++)
+  int64_t t0 = bench_gate_open(&s->gate, 2 * sides);
+  for (int k = 0; k < sides; k++)
     bench_reap(prod[k]);
-  for (int k = 0; k < BENCH_MPMC_SIDES; k++)
+  for (int k = 0; k < sides; k++)
     ch.put(ch.tx, bench_msg_make(&m, bench_stamp(BENCH_END_MARK, 0)), len);
-  for (int k = 0; k < BENCH_MPMC_SIDES; k++)
+  for (int k = 0; k < sides; k++)
     bench_reap(cons[k]);
   int64_t end = 0;
   uint64_t pn = (uint64_t)s->per_producer;
-  for (int p = 0; p < BENCH_MPMC_SIDES; p++) {
+  for (int p = 0; p < sides; p++) {
     long count = 0;
     uint64_t sum = 0, sumsq = 0;
-    for (int k = 0; k < BENCH_MPMC_SIDES; k++) {
+    for (int k = 0; k < sides; k++) {
       count += s->tally[k].count[p];
       sum += s->tally[k].sum[p];
       sumsq += s->tally[k].sumsq[p];
@@ -611,10 +617,14 @@ static inline double bench_mpmc_run(bench_chan ch, size_t len, long n) {
       bench_die("producer %d: %ld messages arrived (expected %ld) or some twice", p, count,
                 s->per_producer);
   }
-  for (int k = 0; k < BENCH_MPMC_SIDES; k++)
+  for (int k = 0; k < sides; k++)
     end = s->tally[k].end_ns > end ? s->tally[k].end_ns : end;
   munmap(s, sizeof *s);
-  return (double)(pn * BENCH_MPMC_SIDES) / ((double)(end - t0) / 1e9);
+  return (double)(pn * sides) / ((double)(end - t0) / 1e9);
+}
+
+static inline double bench_mpmc_run(bench_chan ch, size_t len, long n) {
+  return bench_mpmc_run_k(ch, len, n, BENCH_MPMC_SIDES);
 }
 
 /* ------------------------------------------------------------ ping-pong */

@@ -8,6 +8,9 @@
  *   libmp-manager unix-socket N  the same with no_shared_channel: every
  *                                request through the socket
  *   libmp-manager tcp N          one client, TCP on 127.0.0.1
+ *   libmp-manager clients N K    K client processes at once (Unix, 1 to
+ *                                64), total round trips per second
+ *                                (bench/scaling)
  *   libmp-manager 2clients N     two client processes at once (Unix), total
  */
 #include <mp.h>
@@ -33,9 +36,13 @@ static void run(mp_proxy *d, long n) {
 
 int main(int argc, char **argv) {
   if (argc < 2 || (strcmp(argv[1], "unix") && strcmp(argv[1], "unix-socket") &&
-                   strcmp(argv[1], "tcp") && strcmp(argv[1], "2clients")))
-    bench_die("usage: libmp-manager unix|unix-socket|tcp|2clients [N]");
+                   strcmp(argv[1], "tcp") && strcmp(argv[1], "2clients") &&
+                   strcmp(argv[1], "clients")))
+    bench_die("usage: libmp-manager unix|unix-socket|tcp|2clients [N] | clients N K");
   long n = bench_count(argc, argv, 2, 20000);
+  int nclients = !strcmp(argv[1], "clients") ? (int)bench_count(argc, argv, 3, 2) : 2;
+  if (nclients > 64)
+    bench_die("at most 64 clients");
   mp_manager_options o = {.address = !strcmp(argv[1], "tcp") ? "127.0.0.1:0" : NULL,
                           .no_shared_channel = !strcmp(argv[1], "unix-socket")};
   mp_manager *m;
@@ -45,7 +52,7 @@ int main(int argc, char **argv) {
   BENCH_CHECK_MP(mp_manager_dict(m, NULL, &d));
   run(d, n / 10); /* warm-up, and the connection of this process */
   double ops;
-  if (strcmp(argv[1], "2clients")) {
+  if (strcmp(argv[1], "2clients") && strcmp(argv[1], "clients")) {
     int64_t t0 = bench_now_ns();
     run(d, n);
     ops = 2.0 * (double)n / ((double)(bench_now_ns() - t0) / 1e9);
@@ -54,8 +61,8 @@ int main(int argc, char **argv) {
     int go[2];
     if (pipe(go) < 0)
       bench_die("pipe");
-    pid_t pids[2];
-    for (int c = 0; c < 2; c++) {
+    pid_t pids[64];
+    for (int c = 0; c < nclients; c++) {
       pids[c] = fork();
       if (pids[c] == 0) {
         mp_proxy *dd;
@@ -70,15 +77,15 @@ int main(int argc, char **argv) {
       }
     }
     close(go[0]);
-    usleep(300000); /* both connected and warm */
+    usleep(300000 + 20000 * (useconds_t)nclients); /* all connected and warm */
     int64_t t0 = bench_now_ns();
     close(go[1]);
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < nclients; c++) {
       int st;
       if (waitpid(pids[c], &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
         bench_die("client %d failed", c);
     }
-    ops = 4.0 * (double)n / ((double)(bench_now_ns() - t0) / 1e9);
+    ops = 2.0 * nclients * (double)n / ((double)(bench_now_ns() - t0) / 1e9);
   }
   bench_result(ops);
   mp_proxy_free(d);

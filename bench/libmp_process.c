@@ -4,8 +4,11 @@
  *
  *   libmp-process N   microseconds per mp_process_new + start + join + free
  *                     of a process whose target returns at once
+ *   libmp-process alive M N   the same while M other libmp processes are
+ *                     alive (asleep on an Event), for bench/scaling
  */
 #include <mp.h>
+#include <stdlib.h>
 
 #include "bench.h"
 
@@ -25,13 +28,43 @@ static void one(void) {
   BENCH_CHECK_MP(mp_process_free(p));
 }
 
+static int sleeper(void *arg) {
+  return mp_event_wait(arg, MP_FOREVER) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+  long alive = 0;
+  mp_event *ev = NULL;
+  mp_process **others = NULL;
+  if (argc > 1 && !strcmp(argv[1], "alive")) {
+    alive = bench_count(argc, argv, 2, 10);
+    argv += 2;
+    argc -= 2;
+    BENCH_CHECK_MP(mp_event_new(&ev));
+    others = calloc((size_t)alive, sizeof *others);
+    if (!others)
+      bench_die("out of memory");
+    for (long i = 0; i < alive; i++) {
+      BENCH_CHECK_MP(mp_process_new(sleeper, ev, NULL, &others[i]));
+      BENCH_CHECK_MP(mp_process_start(others[i]));
+    }
+  }
   long n = bench_count(argc, argv, 1, 500);
   for (long i = 0; i < n / 10 + 1; i++) /* warm-up */
     one();
   int64_t t0 = bench_now_ns();
   for (long i = 0; i < n; i++)
     one();
-  bench_result((double)(bench_now_ns() - t0) / 1e3 / (double)n);
+  double us = (double)(bench_now_ns() - t0) / 1e3 / (double)n;
+  if (ev) {
+    BENCH_CHECK_MP(mp_event_set(ev));
+    for (long i = 0; i < alive; i++) {
+      BENCH_CHECK_MP(mp_process_join(others[i], MP_FOREVER));
+      BENCH_CHECK_MP(mp_process_free(others[i]));
+    }
+    free(others);
+    BENCH_CHECK_MP(mp_event_free(ev));
+  }
+  bench_result(us);
   return 0;
 }

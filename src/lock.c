@@ -169,7 +169,28 @@ static inline bool is_mine(mp_lock *l) {
  * waiter steals the line from a holder that would otherwise re-acquire at
  * once. The sleep goes through mp__robust_mutex_lock(), whose slices bound the
  * cost of a wake-up lost to a killed unlocker (see there). */
+/* Spin a little before sleeping, as glibc's adaptive mutex does (and glibc's
+ * robust mutexes do not): a contended lock whose holder is about to release
+ * it is then taken without the holder paying a FUTEX_WAKE and the waiter a
+ * sleep and a wake-up on another CPU. Only reads of the futex word, and a
+ * trylock once it shows no holder: a free word, or an OWNER_DIED one, which
+ * the trylock turns into EOWNERDEAD as before, so owner-death recovery is
+ * untouched. Returns the last trylock's result (EBUSY when it spun out). */
+static int spin_then_try(pthread_mutex_t *m) {
+  int r = EBUSY;
+  for (int i = 0; i < MP__SPIN_LIMIT && r == EBUSY; i++) {
+    mp__cpu_relax();
+    /* relaxed: a hint; the trylock's own atomic operation decides */
+    unsigned w = __atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
+    if ((w & FUTEX_TID_MASK) == 0)
+      r = pthread_mutex_trylock(m);
+  }
+  return r;
+}
+
 static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
+  if (r == EBUSY && !d->nowait)
+    r = spin_then_try(m);
   if (r == EBUSY)
     r = d->nowait ? ETIMEDOUT : -mp__robust_mutex_lock(m, d);
   switch (r) {

@@ -3,7 +3,7 @@
  * Queues: FIFO rings of bytes, LIFO and priority lists, all in the family heap.
  *
  * Map of this file:
- *   1. the FIFO protocol (read this first)
+ *   1. the FIFO protocol (read this first); 1b. zero-copy blocks
  *   2. the LIFO / priority protocol
  *   3. layout
  *   4. small tools: waits with one deadline, robust mutexes, sleeper registries
@@ -165,6 +165,67 @@
  *     nobody sleeps in one longer than 0.1 s at a time.
  *
  * ---------------------------------------------------------------------------
+ * 1b. Blocks: zero-copy messages (FIFO queues only). mp_queue_put_block()
+ * hands a family-heap block over by reference: its record (kind BLOCK) holds
+ * only the block's address and length (16 bytes of payload), and
+ * mp_queue_get_block() returns that same block, whatever its size. The other
+ * gets copy a BLOCK record's bytes out and free the block; get_block of a
+ * MSG or streamed message copies it into a fresh heap block.
+ *
+ * Ownership moves in three stages, and at every instant exactly one party
+ * owns the block: the producer until its commit of tail, the queue (the
+ * record) until a consumer's commit of head, then that consumer. The two
+ * commits are the existing single atomic steps; what makes a kill around them
+ * harmless is one hand-over record per side, written only by the holder of
+ * that side's mutex and read by the next holder when it repairs (EOWNERDEAD):
+ *   prod side: pblk (the block being put, NULL when none) and pblk_pos
+ *     (tail.pos when it was recorded);
+ *   cons side: cblk (a block being taken or a heap copy being filled),
+ *     cblk_pos (head.pos of its record) and cblk_copy (1: cblk is a copy that
+ *     nobody else knows, 0: it is the record's block).
+ * pblk_pos and cblk_pos/cblk_copy are written before the address, so a
+ * non-NULL address always comes with its own position.
+ * Repairs (fifo_prod_repair, fifo_cons_repair; idempotent, like the rest)
+ * first take the heap's mutex once (heap_settle()): a holder killed inside
+ * the heap step that writes cblk (heap.alloc.*, heap.free.*) leaves the word
+ * as the heap's journal will have it only after that journal is replayed.
+ *   pblk set, tail.pos == pblk_pos: the put did not happen and its caller is
+ *     dead: free the block (mp__heap_free_from: freed and pblk cleared in one
+ *     journaled heap step). pblk set, tail moved: the record is committed,
+ *     the queue owns the block: clear pblk.
+ *   cblk set, cblk_copy: free the copy (the message, if head did not move,
+ *     stays first in the queue). cblk set, not a copy, head.pos == cblk_pos:
+ *     the record is still at the head: clear cblk, the next get takes it.
+ *     Head moved: the dead consumer took the message ("a consumer died
+ *     holding it", as for copied messages): free the block, never deliver it.
+ *
+ * A SIGKILL at each step [crash point]:
+ *   put_block, pblk recorded [queue.block.put.recorded] or the record written
+ *     [queue.block.put.written]: not put; the repair frees the block.
+ *   put_block, committed [queue.block.put.committed]: put; the repair clears
+ *     pblk; the message is delivered once.
+ *   put_block, pblk cleared, prod_mutex held [queue.block.put.cleared]: put;
+ *     only the mutex needs its repair.
+ *   get of a BLOCK record, cblk recorded, head not moved
+ *     [queue.block.get.recorded]: the message stays first, delivered to the
+ *     next consumer, its block untouched.
+ *   get of a BLOCK record, head committed [queue.get.committed]: the dead
+ *     consumer took the message; the repair frees its block. A copying get
+ *     that dies inside its own free of the block leaves the heap's journal to
+ *     decide (heap.free.*): cblk still names the block, or it is freed and
+ *     cblk cleared; the repair finishes either.
+ *   get_block of a copied message, the heap copy allocated and recorded
+ *     [queue.block.copy.allocated] (the heap records it in cblk in the
+ *     allocation's own journaled step, heap.alloc.*), or filled
+ *     [queue.get.copied]: the repair frees the copy; the message stays.
+ *   get_block, cblk cleared [queue.block.get.handed]: the block is the
+ *     caller's. From here on it is a heap block like any other: a process
+ *     that dies holding heap blocks leaks them (heap.c), and so does a
+ *     consumer killed after its get_block returned. That is the one place a
+ *     block leaks; no block is ever delivered twice or freed twice.
+ *   mp_queue_free() frees the blocks of the BLOCK records still queued.
+ *
+ * ---------------------------------------------------------------------------
  * 2. LIFO and priority queues: an array of records (priority, sequence, heap
  * block of the payload, length) in a heap block, a stack (LIFO) or a binary
  * min-heap on (priority, sequence) (priority), under one robust mutex. Every
@@ -239,9 +300,12 @@
 #define MSG_ONE ((uint64_t)1 << MSG_SHIFT)
 #define MSG_MASK ((uint32_t)0x3fffffff)
 
-enum { K_MSG = 1, K_BEGIN, K_MORE, K_END, K_ABORT };
+enum { K_MSG = 1, K_BEGIN, K_MORE, K_END, K_ABORT, K_BLOCK };
 
-enum take_mode { TAKE_BUF, TAKE_ALLOC, TAKE_PEEK };
+/* A BLOCK record's payload: the block's address and length (section 1b). */
+#define BLOCK_PAYLOAD 16
+
+enum take_mode { TAKE_BUF, TAKE_ALLOC, TAKE_PEEK, TAKE_BLOCK };
 
 /* Registered sleepers that may die asleep: (tid << 32 | pid) per slot. */
 struct reg {
@@ -254,9 +318,16 @@ struct reg {
 struct fifo {
   _Alignas(64) pthread_mutex_t prod_mutex;
   uint64_t head_cache; /* a recent head: prod_mutex holder only */
+  /* put_block's hand-over record (section 1b): prod_mutex holder only */
+  void *pblk;
+  uint64_t pblk_pos;
   _Alignas(64) _Atomic uint64_t tail;
   _Alignas(64) pthread_mutex_t cons_mutex;
   uint64_t tail_cache; /* a recent tail, never behind head: cons_mutex holder only */
+  /* a get's hand-over record (section 1b): cons_mutex holder only */
+  void *cblk;
+  uint64_t cblk_pos;
+  uint64_t cblk_copy;
   _Alignas(64) _Atomic uint64_t head;
   _Alignas(64) _Atomic uint32_t done; /* tasks done, mod 2^30 */
 };
@@ -594,6 +665,39 @@ static uint64_t hdr_read(mp_queue *q, uint32_t pos) {
   return h;
 }
 
+/* The hand-over records of section 1b. Read only by a later holder of the
+ * same mutex (ordered by the mutex, or by the kernel's EOWNERDEAD hand-over
+ * of a dead holder's mutex), so release stores suffice; the signal fences
+ * keep the compiler from reordering them with the steps they bracket, which
+ * is what a kill can observe. */
+static inline void hand_set(uint64_t *w, uint64_t v) {
+  atomic_signal_fence(memory_order_seq_cst);
+  __atomic_store_n(w, v, __ATOMIC_RELEASE);
+  atomic_signal_fence(memory_order_seq_cst);
+}
+static inline void hand_set_ptr(void **w, void *v) {
+  atomic_signal_fence(memory_order_seq_cst);
+  __atomic_store_n(w, v, __ATOMIC_RELEASE);
+  atomic_signal_fence(memory_order_seq_cst);
+}
+static inline void *hand_ptr(void **w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
+
+/* Before a repair reads a hand-over word: the dead holder may have died inside
+ * the heap's journaled step that writes it (mp__heap_alloc_into,
+ * mp__heap_free_from). Taking the heap's mutex once replays or keeps that
+ * step, so the word then says what the heap says. */
+static void heap_settle(void) {
+  mp_heap_stats st;
+  (void)mp_heap_stats_get(&st);
+}
+
+/* Free the block *w names and clear *w in one journaled heap step; a word
+ * that names no live block (only a stray write can make one) is cleared. */
+static void hand_free(void **w) {
+  if (mp__heap_free_from(w) < 0)
+    hand_set_ptr(w, NULL);
+}
+
 /* Commit a new tail. Fails (false, *t updated) only when the queue was closed
  * meanwhile. */
 static bool tail_commit(mp_queue *q, uint64_t *t, uint64_t nt) {
@@ -622,6 +726,15 @@ static void fifo_prod_repair(mp_queue *q) {
   MP__LOG(MP_LOG_INFO, "queue: a producer died inside a put; its half-put message (if any) "
                        "was dropped and the queue repaired");
   atomic_fetch_and(&s->space_sleepers, ~1u);
+  /* A put_block under way (section 1b): not committed, its block dies with
+   * its caller; committed, it is the queue's. */
+  heap_settle();
+  if (MP__UNLIKELY(hand_ptr(&s->u.f.pblk) != NULL)) {
+    if (pos_of(atomic_load(&s->u.f.tail)) == (uint32_t)s->u.f.pblk_pos)
+      hand_free(&s->u.f.pblk);
+    else
+      hand_set_ptr(&s->u.f.pblk, NULL);
+  }
   abort_stream(q);
   /* The dead one may have committed without waking anyone. */
   atomic_fetch_add(&s->data_word, 1);
@@ -784,6 +897,44 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
   return r;
 }
 
+/* Hand a heap block over by reference (section 1b). On failure the block is
+ * still the caller's. */
+static int fifo_put_block(mp_queue *q, void *blk, size_t len, wctx *w) {
+  struct fifo *f = &q->s->u.f;
+  int r = mutex_take(&f->prod_mutex, w, not_full, q);
+  if (r < 0)
+    return r;
+  if (MP__UNLIKELY(r == 1))
+    fifo_prod_repair(q);
+  const uint64_t rec = rec_size(BLOCK_PAYLOAD);
+  /* relaxed: only this holder moves tail; close's bit is re-checked by the
+   * compare-and-swap that commits */
+  uint64_t t = atomic_load_explicit(&f->tail, memory_order_relaxed);
+  r = (t & CLOSED) ? -EPIPE : prod_wait(q, rec, true, w, &t);
+  if (r == 0 && (t & CLOSED))
+    r = -EPIPE;
+  if (r == 0) {
+    hand_set(&f->pblk_pos, pos_of(t));
+    hand_set_ptr(&f->pblk, blk);
+    MP__CRASH(QUEUE_BLOCK_PUT_RECORDED);
+    uint64_t pl[2] = {(uint64_t)(uintptr_t)blk, len};
+    hdr_write(q, pos_of(t), K_BLOCK, BLOCK_PAYLOAD);
+    ring_write(q, pos_of(t) + HDR, pl, sizeof pl);
+    MP__CRASH(QUEUE_BLOCK_PUT_WRITTEN);
+    bool ok = tail_commit(q, &t, advance(t, rec) + MSG_ONE);
+    if (ok)
+      MP__CRASH(QUEUE_BLOCK_PUT_COMMITTED);
+    hand_set_ptr(&f->pblk, NULL);
+    MP__CRASH(QUEUE_BLOCK_PUT_CLEARED);
+    if (ok)
+      wake_data(q);
+    else
+      r = -EPIPE;
+  }
+  pthread_mutex_unlock(&f->prod_mutex);
+  return r;
+}
+
 /* ------------------------------------------------------------ 6. FIFO consumers */
 
 /* With cons_mutex just taken from a holder that died (EOWNERDEAD). */
@@ -792,6 +943,18 @@ static void fifo_cons_repair(mp_queue *q) {
   MP__LOG(MP_LOG_INFO, "queue: a consumer died inside a get; the message it had not taken "
                        "stays first in the queue");
   atomic_fetch_and(&s->data_sleepers, ~1u);
+  /* A get under way with a block in hand (section 1b). */
+  struct fifo *f = &s->u.f;
+  heap_settle();
+  if (MP__UNLIKELY(hand_ptr(&f->cblk) != NULL)) {
+    /* relaxed: the dead holder's words, ordered by the mutex hand-over */
+    bool moved = pos_of(atomic_load_explicit(&f->head, memory_order_relaxed)) !=
+                 (uint32_t)f->cblk_pos;
+    if (f->cblk_copy || moved)
+      hand_free(&f->cblk);
+    else
+      hand_set_ptr(&f->cblk, NULL);
+  }
   s->u.f.tail_cache = atomic_load(&s->u.f.tail);
   /* The dead one may have committed without waking a producer. */
   atomic_fetch_add(&s->space_word, 1);
@@ -897,7 +1060,9 @@ static int cons_front(mp_queue *q, wctx *w, uint64_t *hp, uint64_t *hdrp) {
     uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
     if (rec_size(len) > fifo_used(t, h))
       return -EIO; /* a record past the tail: the ring was overwritten */
-    if (kind == K_MSG || kind == K_BEGIN) {
+    if (kind == K_BLOCK && len != BLOCK_PAYLOAD)
+      return -EIO;
+    if (kind == K_MSG || kind == K_BEGIN || kind == K_BLOCK) {
       *hp = h;
       *hdrp = hdr;
       return 0;
@@ -941,6 +1106,57 @@ static bool skip_aborted(mp_queue *q, uint64_t h) {
   return false;
 }
 
+/* With cons_mutex held: the block taken by get_block is the caller's. */
+static void hand_over(struct fifo *f) {
+  hand_set_ptr(&f->cblk, NULL);
+  MP__CRASH(QUEUE_BLOCK_GET_HANDED);
+}
+
+/* With cons_mutex held and a BLOCK record at head h (section 1b): hand its
+ * block over (TAKE_BLOCK), or copy it out and free it. */
+static ssize_t take_block_rec(mp_queue *q, uint64_t h, void *buf, size_t cap, void **out,
+                              size_t *outlen, enum take_mode mode) {
+  struct fifo *f = &q->s->u.f;
+  uint64_t pl[2];
+  ring_read(q, pos_of(h) + HDR, pl, sizeof pl);
+  char *blk = (char *)(uintptr_t)pl[0];
+  size_t len = (size_t)pl[1];
+  if (!mp_heap_contains(blk) || (len && !mp_heap_contains(blk + len - 1)))
+    return -EIO; /* the ring was overwritten: put_block checked both */
+  if (mode == TAKE_PEEK) {
+    *outlen = len;
+    return 0;
+  }
+  char *dst = buf;
+  if (mode == TAKE_ALLOC) {
+    dst = malloc(len ? len : 1);
+    if (!dst)
+      return -ENOMEM;
+  } else if (mode == TAKE_BUF && len > cap) {
+    return -EMSGSIZE;
+  }
+  hand_set(&f->cblk_pos, pos_of(h));
+  hand_set(&f->cblk_copy, 0);
+  hand_set_ptr(&f->cblk, blk);
+  MP__CRASH(QUEUE_BLOCK_GET_RECORDED);
+  if (mode != TAKE_BLOCK && len)
+    memcpy(dst, blk, len);
+  head_commit(q, advance(h, rec_size(BLOCK_PAYLOAD)) + MSG_ONE);
+  if (mode == TAKE_BLOCK) {
+    hand_over(f);
+    *out = blk;
+    *outlen = len;
+    return 0;
+  }
+  hand_free(&f->cblk);
+  if (mode == TAKE_ALLOC) {
+    *out = dst;
+    *outlen = len;
+    return 0;
+  }
+  return (ssize_t)len;
+}
+
 static ssize_t fifo_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
                          enum take_mode mode, wctx *w) {
   struct fifo *f = &q->s->u.f;
@@ -959,6 +1175,10 @@ again:;
     goto out;
   }
   uint32_t kind = (uint32_t)(hdr >> 32), clen = (uint32_t)hdr;
+  if (kind == K_BLOCK) {
+    res = take_block_rec(q, h, buf, cap, out, outlen, mode);
+    goto out;
+  }
   uint32_t dpos = pos_of(h) + HDR;
   uint64_t total = clen;
   if (kind == K_BEGIN) {
@@ -983,6 +1203,17 @@ again:;
       res = -ENOMEM;
       goto out;
     }
+  } else if (mode == TAKE_BLOCK) {
+    /* A copy in a heap block, recorded in cblk by the heap's own journaled
+     * step: a kill from here on leaves the repair to free it (section 1b). */
+    hand_set(&f->cblk_pos, pos_of(h));
+    hand_set(&f->cblk_copy, 1);
+    dst = mp__heap_alloc_into(total ? total : 1, &f->cblk);
+    if (!dst) {
+      res = -ENOMEM;
+      goto out;
+    }
+    MP__CRASH(QUEUE_BLOCK_COPY_ALLOCATED);
   } else {
     if (total > cap) {
       res = -EMSGSIZE;
@@ -1007,6 +1238,8 @@ again:;
         head_commit(q, advance(h, HDR));
         if (mode == TAKE_ALLOC)
           free(dst);
+        else if (mode == TAKE_BLOCK)
+          hand_free(&f->cblk);
         dst = NULL;
         goto again;
       }
@@ -1026,7 +1259,9 @@ again:;
       head_commit(q, nh);
     }
   }
-  if (mode == TAKE_ALLOC) {
+  if (mode == TAKE_ALLOC || mode == TAKE_BLOCK) {
+    if (mode == TAKE_BLOCK)
+      hand_over(f);
     *out = dst;
     *outlen = total;
     dst = NULL;
@@ -1038,6 +1273,8 @@ again:;
 out:
   if (mode == TAKE_ALLOC)
     free(dst);
+  else if (mode == TAKE_BLOCK && dst)
+    hand_free(&f->cblk);
   MP__CRASH(QUEUE_GET_FINISHED);
   pthread_mutex_unlock(&f->cons_mutex);
   return res;
@@ -1506,6 +1743,18 @@ MP_EXPORT int mp_queue_put_priority(mp_queue *q, int64_t priority, const void *m
   return (int)closed_code(q, list_put(q, priority, msg, len, &w));
 }
 
+MP_EXPORT int mp_queue_put_block(mp_queue *q, void *block, size_t len, double timeout) {
+  if (!mp__tag_ok(q, MP__TAG_QUEUE) || isnan(timeout) || !block || !mp_heap_contains(block) ||
+      (len && !mp_heap_contains((char *)block + len - 1)))
+    return -EINVAL;
+  if (len > (size_t)SSIZE_MAX)
+    return -EMSGSIZE;
+  if (q->order != MP_QUEUE_FIFO)
+    return -EINVAL;
+  wctx w = {.timeout = timeout};
+  return (int)closed_code(q, fifo_put_block(q, block, len, &w));
+}
+
 static ssize_t take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
                     enum take_mode mode, double timeout) {
   if (!mp__tag_ok(q, MP__TAG_QUEUE) || isnan(timeout))
@@ -1526,6 +1775,12 @@ MP_EXPORT int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double ti
   if (!msg || !len)
     return -EINVAL;
   return (int)take(q, NULL, 0, msg, len, TAKE_ALLOC, timeout);
+}
+
+MP_EXPORT int mp_queue_get_block(mp_queue *q, void **block, size_t *len, double timeout) {
+  if (!block || !len || !mp__tag_ok(q, MP__TAG_QUEUE) || q->order != MP_QUEUE_FIFO)
+    return -EINVAL;
+  return (int)take(q, NULL, 0, block, len, TAKE_BLOCK, timeout);
 }
 
 MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout) {
@@ -1661,6 +1916,25 @@ MP_EXPORT int mp_queue_join(mp_queue *q, double timeout) {
   return join(q, &w);
 }
 
+/* mp_queue_free() of a FIFO queue, past its claim: the blocks of the BLOCK
+ * records still queued belong to the queue (section 1b). */
+static void free_queued_blocks(mp_queue *q) {
+  struct fifo *f = &q->s->u.f;
+  uint64_t h = atomic_load(&f->head), t = atomic_load(&f->tail);
+  for (uint32_t p = pos_of(h); p != pos_of(t);) {
+    uint64_t hdr = hdr_read(q, p);
+    uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
+    if (rec_size(len) > pos_of(t) - p)
+      break; /* overwritten: leave the rest */
+    if (kind == K_BLOCK && len == BLOCK_PAYLOAD) {
+      uint64_t pl[2];
+      ring_read(q, p + HDR, pl, sizeof pl);
+      mp_heap_free((void *)(uintptr_t)pl[0]); /* -EINVAL for a stray word: ignored */
+    }
+    p += (uint32_t)rec_size(len);
+  }
+}
+
 /* Take a mutex for free(): 0 when taken (repaired if its holder died), -EBUSY
  * when someone alive holds it. */
 static int free_lock(mp_queue *q, pthread_mutex_t *m) {
@@ -1724,6 +1998,7 @@ MP_EXPORT int mp_queue_free(mp_queue *q) {
     }
     pthread_mutex_unlock(&f->cons_mutex);
     pthread_mutex_unlock(&f->prod_mutex);
+    free_queued_blocks(q);
     pthread_mutex_destroy(&f->cons_mutex);
     pthread_mutex_destroy(&f->prod_mutex);
   } else {

@@ -353,6 +353,42 @@ static int die_holding_plain(void *p) {
   return 0;
 }
 
+/* Waits on a Lock another process holds; the holder is killed meanwhile. */
+static int wait_for_dead_holder(void *p) {
+  struct held *h = p;
+  atomic_store(&h->state, 2);
+  int r = mp_lock_acquire(h->lock, 10);
+  CHILD_CHECK(r == -EOWNERDEAD);
+  CHILD_CHECK(mp_lock_release(h->lock) == 0);
+  return 0;
+}
+
+/* A waiter already inside acquire (spinning, then asleep) when the holder
+ * dies takes the lock over with -EOWNERDEAD, many times over: the spin before
+ * sleeping reads the futex word and must treat OWNER_DIED as a way in. */
+static void test_lock_waiting_acquirer_takes_over_from_dead_holder(void **state) {
+  (void)state;
+  for (int round = 0; round < 20; round++) {
+    struct held *h = mp_heap_calloc(1, sizeof *h);
+    assert_int_equal(mp_lock_new(&h->lock), 0);
+    pid_t holder = tu_fork(die_holding_plain, h, 30);
+    while (atomic_load(&h->state) != 1)
+      tu_sleep(0.0005);
+    pid_t waiter = tu_fork(wait_for_dead_holder, h, 30);
+    while (atomic_load(&h->state) != 2)
+      tu_sleep(0.0005);
+    if (round % 2)
+      tu_sleep(0.05); /* odd rounds: the waiter has gone to sleep */
+    kill(holder, SIGKILL);
+    assert_int_equal(tu_wait(holder), 1000 + SIGKILL);
+    assert_child_ok(waiter);
+    assert_int_equal(mp_lock_acquire(h->lock, 0), 0);
+    assert_int_equal(mp_lock_release(h->lock), 0);
+    assert_int_equal(mp_lock_free(h->lock), 0);
+    mp_heap_free(h);
+  }
+}
+
 static void test_lock_free_after_holder_died(void **state) {
   (void)state;
   struct held *h = mp_heap_calloc(1, sizeof *h);
@@ -386,6 +422,7 @@ int main(void) {
       cmocka_unit_test(test_lock_holder_is_the_process_of_the_holding_thread),
       cmocka_unit_test(test_lock_owner_death_reported_and_recovered),
       cmocka_unit_test(test_lock_free_after_holder_died),
+      cmocka_unit_test(test_lock_waiting_acquirer_takes_over_from_dead_holder),
       cmocka_unit_test(test_lock_strerror_owner_dead),
   };
   return TU_RUN("lock", tests);

@@ -1279,6 +1279,198 @@ static void test_queue_shutdown_immediate_and_join(void **state) {
   assert_int_equal(mp_queue_free(plain), 0);
 }
 
+
+/* ------------------------------------------------------------ zero-copy blocks */
+
+static size_t heap_blocks(void) {
+  mp_heap_stats st;
+  assert_int_equal(mp_heap_stats_get(&st), 0);
+  return st.blocks;
+}
+
+/* A block put by reference comes back as the same block, with its bytes,
+ * whatever its size, and the queue keeps no block of its own for it. */
+static void test_queue_block_roundtrip_same_block(void **state) {
+  (void)state;
+  mp_queue *q;
+  assert_int_equal(mp_simple_queue_new(&q), 0);
+  size_t base = heap_blocks();
+  size_t sizes[] = {0, 8, 4096, (size_t)1 << 20};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    char *b = mp_heap_alloc(sizes[i] ? sizes[i] : 1);
+    assert_non_null(b);
+    if (sizes[i] >= MSG_MIN)
+      msg_fill(b, 7, (uint32_t)i, sizes[i]);
+    assert_int_equal(mp_queue_put_block(q, b, sizes[i], MP_FOREVER), 0);
+    assert_int_equal(mp_queue_qsize(q), 1);
+    size_t pl = 0;
+    assert_int_equal(mp_queue_peek_size(q, &pl, 0), 0);
+    assert_int_equal(pl, sizes[i]);
+    void *got = NULL;
+    size_t len = 1;
+    assert_int_equal(mp_queue_get_block(q, &got, &len, MP_FOREVER), 0);
+    assert_ptr_equal(got, b);
+    assert_int_equal(len, sizes[i]);
+    uint32_t pr, sq;
+    if (sizes[i] >= MSG_MIN)
+      assert_true(msg_check(got, len, &pr, &sq) && sq == i);
+    assert_int_equal(mp_heap_free(got), 0);
+  }
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp_queue_free(q), 0);
+}
+
+/* The other gets copy a block's message out and free the block; get_block
+ * copies a plain or streamed message into a new heap block. Blocks and
+ * copies interleave in one FIFO order. */
+static void test_queue_block_mixes_with_copies(void **state) {
+  (void)state;
+  mp_queue_options o = {.ring_size = 4096};
+  mp_queue *q;
+  assert_int_equal(mp_queue_new(0, &o, &q), 0);
+  size_t base = heap_blocks();
+  char *b1 = mp_heap_alloc(300), *b2 = mp_heap_alloc(300), *b3 = mp_heap_alloc(300);
+  assert_true(b1 && b2 && b3);
+  msg_fill(b1, 1, 1, 300);
+  msg_fill(b2, 1, 2, 300);
+  msg_fill(b3, 1, 3, 300);
+  static char big[20000], small[100];
+  msg_fill(small, 1, 4, sizeof small);
+  assert_int_equal(mp_queue_put_block(q, b1, 300, 0), 0);
+  assert_int_equal(mp_queue_put_block(q, b2, 300, 0), 0);
+  assert_int_equal(mp_queue_put_block(q, b3, 300, 0), 0);
+  assert_int_equal(mp_queue_put(q, small, sizeof small, 0), 0);
+  char buf[400];
+  uint32_t pr, sq;
+  /* too small a buffer: -EMSGSIZE, the block stays first */
+  assert_int_equal(mp_queue_get(q, buf, 100, 0), -EMSGSIZE);
+  assert_int_equal(mp_queue_get(q, buf, sizeof buf, 0), 300);
+  assert_true(msg_check(buf, 300, &pr, &sq) && sq == 1);
+  void *m = NULL;
+  size_t len = 0;
+  assert_int_equal(mp_queue_get_alloc(q, &m, &len, 0), 0);
+  assert_true(len == 300 && msg_check(m, len, &pr, &sq) && sq == 2);
+  assert_int_equal(mp_heap_contains(m), 0); /* a malloc'd copy */
+  free(m);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 0), 0);
+  assert_ptr_equal(m, b3);
+  assert_int_equal(mp_heap_free(m), 0);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 0), 0);
+  assert_true(mp_heap_contains(m) && len == sizeof small);
+  assert_true(msg_check(m, len, &pr, &sq) && sq == 4);
+  assert_int_equal(mp_heap_free(m), 0);
+  assert_int_equal(heap_blocks(), base);
+  /* a streamed message (5x the ring) into a heap block, read by a child's put */
+  msg_fill(big, 2, 9, sizeof big);
+  pid_t c = fork();
+  assert_true(c >= 0);
+  if (c == 0) {
+    alarm(30);
+    _exit(mp_queue_put(q, big, sizeof big, MP_FOREVER) == 0 ? 0 : 1);
+  }
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 30), 0);
+  assert_true(len == sizeof big && msg_check(m, len, &pr, &sq) && sq == 9);
+  assert_int_equal(mp_heap_free(m), 0);
+  assert_child_ok(c);
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp_queue_free(q), 0);
+}
+
+/* Blocks allocated in one process are taken in another by pointer: a child
+ * allocates and puts, the parent gets the very addresses. */
+static void test_queue_block_across_processes(void **state) {
+  (void)state;
+  mp_queue *q, *addrs;
+  assert_int_equal(mp_joinable_queue_new(4, &q), 0);
+  assert_int_equal(mp_simple_queue_new(&addrs), 0);
+  size_t base = heap_blocks();
+  pid_t c = fork();
+  assert_true(c >= 0);
+  if (c == 0) {
+    alarm(30);
+    for (uint32_t i = 0; i < 100; i++) {
+      size_t n = 64 + i * 1000;
+      char *b = mp_heap_alloc(n);
+      CHILD_CHECK(b != NULL);
+      msg_fill(b, 3, i, n);
+      CHILD_CHECK(mp_queue_put(addrs, &b, sizeof b, MP_FOREVER) == 0);
+      CHILD_CHECK(mp_queue_put_block(q, b, n, MP_FOREVER) == 0);
+    }
+    _exit(0);
+  }
+  for (uint32_t i = 0; i < 100; i++) {
+    void *m = NULL, *sent = NULL;
+    size_t len = 0;
+    assert_int_equal(mp_queue_get_block(q, &m, &len, 30), 0);
+    assert_int_equal(mp_queue_get(addrs, &sent, sizeof sent, 30), sizeof sent);
+    assert_ptr_equal(m, sent);
+    uint32_t pr, sq;
+    assert_true(msg_check(m, len, &pr, &sq) && pr == 3 && sq == i);
+    assert_int_equal(mp_heap_free(m), 0);
+    assert_int_equal(mp_queue_task_done(q), 0);
+  }
+  assert_child_ok(c);
+  assert_int_equal(mp_queue_join(q, 0), 0);
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp_queue_free(q), 0);
+  assert_int_equal(mp_queue_free(addrs), 0);
+}
+
+/* Bad input, full, closed and the list kinds: -EINVAL/-ETIMEDOUT/-EPIPE, and
+ * the block stays the caller's (freeing it succeeds exactly once). A queue
+ * freed with blocks in it frees them. */
+static void test_queue_block_errors_and_free(void **state) {
+  (void)state;
+  mp_queue *q, *lifo, *prio;
+  assert_int_equal(mp_lifo_queue_new(0, &lifo), 0);
+  assert_int_equal(mp_priority_queue_new(0, &prio), 0);
+  size_t base = heap_blocks();
+  assert_int_equal(mp_queue_new(1, NULL, &q), 0);
+  char *b = mp_heap_alloc(64), *b2 = mp_heap_alloc(64);
+  char stack[64];
+  void *m = NULL;
+  size_t len = 0;
+  assert_int_equal(mp_queue_put_block(NULL, b, 64, 0), -EINVAL);
+  assert_int_equal(mp_queue_put_block(q, NULL, 0, 0), -EINVAL);
+  assert_int_equal(mp_queue_put_block(q, stack, sizeof stack, 0), -EINVAL);
+  assert_int_equal(mp_queue_put_block(q, b, (size_t)1 << 62, 0), -EINVAL);
+  assert_int_equal(mp_queue_put_block(q, b, 64, NAN), -EINVAL);
+  assert_int_equal(mp_queue_put_block(lifo, b, 64, 0), -EINVAL);
+  assert_int_equal(mp_queue_put_block(prio, b, 64, 0), -EINVAL);
+  assert_int_equal(mp_queue_get_block(lifo, &m, &len, 0), -EINVAL);
+  assert_int_equal(mp_queue_get_block(q, NULL, &len, 0), -EINVAL);
+  assert_int_equal(mp_queue_get_block(q, &m, NULL, 0), -EINVAL);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, NAN), -EINVAL);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 0), -ETIMEDOUT);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 0.05), -ETIMEDOUT);
+  assert_int_equal(mp_queue_put_block(q, b, 64, 0), 0);
+  /* maxsize 1: full */
+  assert_int_equal(mp_queue_put_block(q, b2, 64, 0), -ETIMEDOUT);
+  assert_int_equal(mp_queue_put_block(q, b2, 64, 0.05), -ETIMEDOUT);
+  assert_int_equal(mp_queue_close(q), 0);
+  assert_int_equal(mp_queue_put_block(q, b2, 64, 0), -EPIPE);
+  assert_int_equal(mp_heap_free(b2), 0); /* still ours */
+  assert_int_equal(mp_heap_free(b2), -EINVAL);
+  /* freeing the queue frees b, which it owns */
+  assert_int_equal(mp_queue_free(q), 0);
+  assert_int_equal(mp_heap_free(b), -EINVAL);
+  assert_int_equal(heap_blocks(), base);
+  /* shutdown(immediate) drops queued blocks too */
+  assert_int_equal(mp_queue_new(0, NULL, &q), 0);
+  base = heap_blocks();
+  b = mp_heap_alloc(1000);
+  assert_int_equal(mp_queue_put_block(q, b, 1000, 0), 0);
+  assert_int_equal(mp_queue_shutdown(q, 1), 0);
+  assert_int_equal(mp_queue_get_block(q, &m, &len, 0), -ESHUTDOWN);
+  b2 = mp_heap_alloc(8);
+  assert_int_equal(mp_queue_put_block(q, b2, 8, 0), -ESHUTDOWN);
+  assert_int_equal(heap_blocks(), base + 1); /* the refused block, ours */
+  assert_int_equal(mp_heap_free(b2), 0);
+  assert_int_equal(mp_queue_free(q), 0);
+  assert_int_equal(mp_queue_free(lifo), 0);
+  assert_int_equal(mp_queue_free(prio), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_shutdown_every_kind),
@@ -1306,6 +1498,10 @@ int main(void) {
       cmocka_unit_test(test_queue_handle_sent_through_a_queue),
       cmocka_unit_test(test_queue_free_busy_and_memory),
       cmocka_unit_test(test_queue_free_busy_while_joining),
+      cmocka_unit_test(test_queue_block_roundtrip_same_block),
+      cmocka_unit_test(test_queue_block_mixes_with_copies),
+      cmocka_unit_test(test_queue_block_across_processes),
+      cmocka_unit_test(test_queue_block_errors_and_free),
   };
   return TU_RUN("queue", tests);
 }

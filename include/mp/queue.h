@@ -24,6 +24,11 @@
  * uses no CPU. LIFO and priority queues keep each message in a heap block of
  * its own.
  *
+ * Zero-copy: a FIFO queue also carries family-heap blocks by reference
+ * (mp_queue_put_block(), mp_queue_get_block()): only the block's address
+ * travels, so a message of any size costs what a small one does, and the
+ * block's ownership passes with it.
+ *
  * Messages keep their boundaries and, in a FIFO queue, each producer's order.
  *
  * Crash semantics: a producer or consumer killed at any point, SIGKILL
@@ -206,6 +211,65 @@ MP_EXPORT ssize_t mp_queue_get(mp_queue *q, void *buf, size_t cap, double timeou
  *         NULL or freed queue, NULL @p msg or @p len, or a NaN timeout.
  */
 MP_EXPORT int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double timeout);
+
+/**
+ * @brief Put a family-heap block into a FIFO queue by reference: zero-copy.
+ *
+ * Only the block's address and length enter the ring (a 24-byte record), so
+ * a put costs the same for 8 bytes as for 1 GiB. The call passes ownership:
+ * once it returns 0 the block belongs to the queue, then to the consumer that
+ * takes it; the caller must neither touch nor free it. On any failure it is
+ * still the caller's. Consumers take it with mp_queue_get_block() (the same
+ * block, no copy), or with mp_queue_get() / mp_queue_get_alloc() (a copy; the
+ * queue frees the block). mp_queue_free() frees the blocks still queued.
+ *
+ * Crash safety: a producer killed inside this call before the put took effect
+ * has its block freed by the next producer (or whoever repairs the queue);
+ * after it took effect, the message is delivered once. A consumer killed after
+ * taking the message but before its get returned has the block freed by the
+ * next consumer. No block is delivered twice or freed twice. A block is leaked
+ * only by a process that dies while it owns the block outside the queue
+ * (before calling put, or after get_block returned), as with any heap block.
+ *
+ * Waits for room, counts against @p maxsize, orders and closes as
+ * mp_queue_put().
+ * @param block a block from mp_heap_alloc() (or mp_heap_calloc() or
+ *        mp_heap_realloc()) of at least @p len bytes, not freed, and put only
+ *        once; the queue checks only that it lies inside the family heap.
+ * @param len the message's length (0 is an empty message).
+ * @return 0 when the message is in the queue; `-ETIMEDOUT` when there was no
+ *         room in time; `-EPIPE` when the queue is closed (`-ESHUTDOWN` after
+ *         mp_queue_shutdown()); `-EINVAL` for a NULL or freed queue, a LIFO or
+ *         priority queue (only FIFO queues, JoinableQueue and SimpleQueue
+ *         included, carry blocks), NULL @p block, a @p block or @p len that
+ *         reaches outside the family heap, or a NaN timeout; `-EMSGSIZE` for
+ *         a length above `SSIZE_MAX`.
+ * Thread and process safety: safe, from any process of the family.
+ */
+MP_EXPORT int mp_queue_put_block(mp_queue *q, void *block, size_t len, double timeout);
+
+/**
+ * @brief Take the next message of a FIFO queue as a family-heap block.
+ *
+ * A message put with mp_queue_put_block() comes back as that very block, with
+ * no copy; any other message is copied into a new heap block. Waits, times
+ * out and closes as mp_queue_get().
+ * @param[out] block the block, written only on success: the caller owns it
+ *        and frees it with mp_heap_free() (or puts it again); never NULL,
+ *        also for an empty message. It is valid in every process of the
+ *        family, so it can be passed on by pointer.
+ * @param[out] len the message's length, written only on success.
+ * @return 0; `-ETIMEDOUT` when no message came in time; `-EPIPE` when the
+ *         queue is closed and drained (`-ESHUTDOWN` after mp_queue_shutdown());
+ *         `-ENOMEM` when a copied message finds no room in the family heap
+ *         (it stays in the queue); `-EINVAL` for a NULL or freed queue, a LIFO
+ *         or priority queue, NULL @p block or @p len, or a NaN timeout;
+ *         `-EIO` as mp_queue_get().
+ * Crash safety: see mp_queue_put_block(); a consumer killed before it took
+ * the message leaves it first in the queue, whole.
+ * Thread and process safety: safe.
+ */
+MP_EXPORT int mp_queue_get_block(mp_queue *q, void **block, size_t *len, double timeout);
 
 /**
  * @brief The length of the message the next get would take, without taking it.
