@@ -57,6 +57,7 @@
 
 #include "crash.h"
 #include "internal.h"
+#include "mp/pool.h"
 #include "pyauth.h"
 #include "wire.h"
 
@@ -691,6 +692,7 @@ enum kind {
   K_JQUEUE,
   K_SET,
   K_BARRIER,
+  K_POOL,
 };
 
 static const char *const kind_names[] = {
@@ -699,6 +701,7 @@ static const char *const kind_names[] = {
     [K_EVENT] = "Event",         [K_SEMAPHORE] = "Semaphore", [K_BSEMAPHORE] = "BoundedSemaphore",
     [K_CONDITION] = "Condition", [K_VALUE] = "Value",         [K_ARRAY] = "Array",
     [K_JQUEUE] = "JoinableQueue", [K_SET] = "set", [K_BARRIER] = "Barrier",
+    [K_POOL] = "Pool",
 };
 #define N_KINDS ((int)(sizeof kind_names / sizeof kind_names[0]))
 
@@ -713,6 +716,21 @@ struct custom_type {
 #define MAX_TYPES 64
 static struct custom_type types[MAX_TYPES];
 static size_t n_types;
+
+/* Functions a managed Pool runs (mp_manager_register_function): a client
+ * cannot send code, so it names one of these. The table is filled before
+ * the server starts, so the pool's workers (forks of the server) hold the
+ * same entries at the same addresses: an entry's address is the task's
+ * ctx. */
+struct pool_func {
+  char name[64];
+  mp_manager_function fn;
+  void *ctx;
+};
+
+#define MAX_FUNCS 64
+static struct pool_func funcs[MAX_FUNCS];
+static size_t n_funcs;
 
 struct waiter {
   struct waiter *next;
@@ -786,6 +804,8 @@ struct name_entry {
 static void obj_destroy(struct sobj *o) {
   if (o->kind == K_CUSTOM && o->ct->dtor)
     o->ct->dtor(o->self);
+  if (o->kind == K_POOL && o->self)
+    mp_pool_free(o->self); /* terminates: its workers are killed */
   mp_obj_free(o->val);
   free(o);
 }
@@ -1515,6 +1535,229 @@ static int call_barrier(struct server *s, struct sobj *o, const char *m, const m
   return -ECANCELED;
 }
 
+/* ---- managed Pool (K_POOL): tasks run a registered function by name */
+
+/* Put a task's result (nil for NULL) in its output, encoded. */
+static int pool_put(mp_pool_out *out, const mp_obj *v) {
+  mp_obj *nil = v ? NULL : mp_obj_nil();
+  void *buf;
+  size_t len;
+  int r = (v || nil) ? mp_obj_encode(v ? v : nil, &buf, &len) : -ENOMEM;
+  mp_obj_free(nil);
+  if (r < 0)
+    return r;
+  r = mp_pool_out_set(out, buf, len);
+  free(buf);
+  return r;
+}
+
+/* In a worker: an apply task. arg is the encoded argument list; ctx the
+ * struct pool_func (valid: the worker is a fork of the server). */
+static int pool_task_apply(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  const struct pool_func *f = ctx;
+  mp_obj *args, *res = NULL;
+  int r = mp_obj_decode(arg, len, &args);
+  if (r < 0)
+    return r;
+  r = f->fn(args, &res, f->ctx);
+  mp_obj_free(args);
+  if (r >= 0) {
+    int w = pool_put(out, res);
+    r = w < 0 ? w : r;
+  }
+  mp_obj_free(res);
+  return r;
+}
+
+/* In a worker: a map chunk. arg is the encoded list of its items; each
+ * item is called as fn([item]) (Python's map calls f(item)); the result is
+ * the list of their results. The first failure fails the chunk. */
+static int pool_task_chunk(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  const struct pool_func *f = ctx;
+  mp_obj *items, *results = mp_obj_list();
+  int r = results ? mp_obj_decode(arg, len, &items) : -ENOMEM;
+  if (r < 0) {
+    mp_obj_free(results);
+    return r;
+  }
+  for (size_t i = 0; r >= 0 && i < (size_t)mp_obj_len(items); i++) {
+    mp_obj *one = mp_obj_listv(1, mp_obj_copy(mp__obj_list_at(items, i))), *res = NULL;
+    r = one ? f->fn(one, &res, f->ctx) : -ENOMEM;
+    mp_obj_free(one);
+    if (r >= 0)
+      r = mp_obj_list_append(results, res ? res : mp_obj_nil());
+    else
+      mp_obj_free(res);
+  }
+  if (r >= 0)
+    r = pool_put(out, results);
+  mp_obj_free(items);
+  mp_obj_free(results);
+  return r < 0 ? r : 0;
+}
+
+static const struct pool_func *find_func(const char *name) {
+  for (size_t i = 0; i < n_funcs; i++)
+    if (!strcmp(funcs[i].name, name))
+      return &funcs[i];
+  return NULL;
+}
+
+/* How often a request waiting on its pool tasks looks at its client and at
+ * a shutdown. */
+#define POOL_WAIT_SLICE 0.2
+
+/* Wait until the n results are ready, with s->mu let go (the tasks run in
+ * other processes; other clients go on meanwhile; the caller's busy count
+ * keeps the pool). 0; -ETIMEDOUT at the deadline; -EPIPE when the client
+ * is gone or the server stops: the tasks still run, their results are
+ * dropped by the caller's mp_async_result_free(). */
+static int pool_wait(struct server *s, mp_async_result **ars, size_t n, const mp__deadline *d) {
+  pthread_mutex_unlock(&s->mu);
+  int r = 0;
+  for (size_t i = 0; i < n && r == 0;) {
+    double left = deadline_left(d);
+    (void)mp_async_result_wait(ars[i], left < POOL_WAIT_SLICE ? left : POOL_WAIT_SLICE);
+    if (mp_async_result_ready(ars[i]) == 1) {
+      i++;
+      continue;
+    }
+    pthread_mutex_lock(&s->mu);
+    bool stopping = s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    if (stopping || client_gone())
+      r = -EPIPE;
+    else if (d->nowait || mp__deadline_passed(d))
+      r = -ETIMEDOUT;
+  }
+  pthread_mutex_lock(&s->mu);
+  return r;
+}
+
+static void pool_free_results(mp_async_result **ars, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    mp_async_result_free(ars[i]); /* allowed before ready: the pool drops it */
+  free(ars);
+}
+
+/* The result of a ready task, decoded, in *res (a task without one: nil). */
+static int pool_take(mp_async_result *ar, mp_obj **res) {
+  const void *data;
+  size_t len;
+  int r = mp_async_result_data(ar, &data, &len);
+  if (r < 0)
+    return r;
+  if (!data) {
+    *res = mp_obj_nil();
+    return *res ? 0 : -ENOMEM;
+  }
+  return mp_obj_decode(data, len, res);
+}
+
+static int pool_apply(struct server *s, mp_pool *pool, const struct pool_func *f,
+                      const mp_obj *args, const mp__deadline *d, mp_obj **res) {
+  void *buf;
+  size_t len;
+  int r = mp_obj_encode(args, &buf, &len);
+  if (r < 0)
+    return r;
+  mp_async_result *ar;
+  r = mp_pool_apply_async(pool, pool_task_apply, buf, len, (void *)f, NULL, &ar);
+  free(buf);
+  if (r < 0)
+    return r;
+  if ((r = pool_wait(s, &ar, 1, d)) == 0 && (r = mp_async_result_get(ar, 0)) >= 0) {
+    mp_obj *v;
+    int t = pool_take(ar, &v);
+    if (t < 0)
+      r = t;
+    else
+      *res = v;
+  }
+  mp_async_result_free(ar);
+  return r;
+}
+
+static int pool_map(struct server *s, mp_pool *pool, const struct pool_func *f,
+                    const mp_obj *items, int64_t chunksize, const mp__deadline *d, mp_obj **res) {
+  size_t n = (size_t)mp_obj_len(items);
+  if (chunksize == 0) { /* Python's default: about four chunks a worker */
+    int w = mp_pool_worker_pids(pool, NULL, 0);
+    size_t per = 4 * (size_t)(w > 0 ? w : 1);
+    chunksize = (int64_t)((n + per - 1) / per);
+    if (chunksize == 0)
+      chunksize = 1;
+  }
+  size_t cs = (size_t)chunksize, nch = (n + cs - 1) / cs;
+  mp_obj *out = mp_obj_list();
+  mp_async_result **ars = calloc(nch ? nch : 1, sizeof *ars);
+  int r = out && ars ? 0 : -ENOMEM;
+  size_t sent = 0;
+  for (; r == 0 && sent < nch; sent++) {
+    mp_obj *chunk = mp_obj_list();
+    r = chunk ? 0 : -ENOMEM;
+    for (size_t i = sent * cs; r == 0 && i < n && i < (sent + 1) * cs; i++) {
+      mp_obj *c = mp_obj_copy(mp__obj_list_at(items, i));
+      r = c ? mp_obj_list_append(chunk, c) : -ENOMEM;
+    }
+    void *buf = NULL;
+    size_t len;
+    if (r == 0)
+      r = mp_obj_encode(chunk, &buf, &len);
+    mp_obj_free(chunk);
+    if (r == 0)
+      r = mp_pool_apply_async(pool, pool_task_chunk, buf, len, (void *)f, NULL, &ars[sent]);
+    free(buf);
+    if (r < 0)
+      break;
+  }
+  if (r == 0)
+    r = pool_wait(s, ars, nch, d);
+  /* the first failing chunk in order is the map's failure (Python raises
+   * the first error) */
+  for (size_t i = 0; r == 0 && i < nch; i++) {
+    mp_obj *part;
+    if ((r = mp_async_result_get(ars[i], 0)) < 0 || (r = pool_take(ars[i], &part)) < 0)
+      break;
+    if (mp_obj_type(part) != MP_OBJ_LIST)
+      r = -EBADMSG;
+    while (r == 0 && mp_obj_len(part) > 0)
+      r = mp_obj_list_append(out, mp__obj_list_take(part, 0));
+    mp_obj_free(part);
+  }
+  if (ars)
+    pool_free_results(ars, sent);
+  if (r < 0) {
+    mp_obj_free(out);
+    return r;
+  }
+  *res = out;
+  return 0;
+}
+
+/* The methods of a managed Pool. */
+static int call_pool(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
+                     const mp__deadline *d, mp_obj **res) {
+  mp_pool *pool = o->self;
+  if (IS(m, "close"))
+    return mp_pool_close(pool);
+  if (IS(m, "terminate"))
+    return mp_pool_terminate(pool);
+  bool apply = IS(m, "apply");
+  if (!apply && !IS(m, "map"))
+    return -EOPNOTSUPP;
+  const char *name;
+  int64_t cs = 0;
+  const mp_obj *list = arg(a, 1);
+  if (!nargs(a, apply ? 2 : 3) || mp_obj_get_str(arg(a, 0), &name, NULL) < 0 ||
+      mp_obj_type(list) != MP_OBJ_LIST || (!apply && (arg_int(a, 2, &cs) < 0 || cs < 0)))
+    return -EINVAL;
+  const struct pool_func *f = find_func(name);
+  if (!f)
+    return -ENOENT;
+  return apply ? pool_apply(s, pool, f, list, d, res) : pool_map(s, pool, f, list, cs, d, res);
+}
+
 static int call_builtin(struct server *s, struct sobj *o, const char *m, const mp_obj *a,
                         uint64_t me, const mp__deadline *d, mp_obj **res) {
   int r;
@@ -1524,6 +1767,7 @@ static int call_builtin(struct server *s, struct sobj *o, const char *m, const m
   case K_NAMESPACE: return call_namespace(o, m, a, res);
   case K_SET: return call_set(o, m, a, res);
   case K_BARRIER: return call_barrier(s, o, m, d);
+  case K_POOL: return call_pool(s, o, m, a, d, res);
   case K_QUEUE:
   case K_JQUEUE: return call_queue(s, o, m, a, d, res);
   case K_VALUE:
@@ -1639,6 +1883,16 @@ static int builtin_init(struct sobj *o, const mp_obj *a) {
       return -EINVAL;
     o->bound = o->num;
     return 0;
+  case K_POOL: {
+    int64_t n = 0;
+    if (na > 1 || (na == 1 && arg_int(a, 0, &n) < 0) || n < 0 || n > INT_MAX)
+      return -EINVAL;
+    mp_pool *pool;
+    int r = mp_pool_new((int)n, NULL, &pool);
+    if (r == 0)
+      o->self = pool;
+    return r;
+  }
   default: return na == 0 ? 0 : -EINVAL;
   }
 }
@@ -1672,6 +1926,8 @@ static int srv_create(struct server *s, const char *type, const mp_obj *a, mp_ob
     r = (*res = mp_obj_int((int64_t)s->n_objs + 1)) ? 0 : -ENOMEM;
   if (r < 0) {
     o->ct = o->kind == K_CUSTOM ? NULL : o->ct; /* no destructor for a failed ctor */
+    if (o->kind == K_POOL && o->self)
+      mp_pool_free(o->self);
     mp_obj_free(o->val);
     free(o);
     return r;
@@ -2368,6 +2624,21 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
   return 0;
 }
 
+MP_EXPORT int mp_manager_register_function(const char *name, mp_manager_function fn,
+                                           void *ctx) {
+  if (!name || !*name || strlen(name) >= sizeof funcs[0].name || !fn)
+    return -EINVAL;
+  if (find_func(name))
+    return -EEXIST;
+  if (n_funcs == MAX_FUNCS)
+    return -ENOSPC;
+  struct pool_func *f = &funcs[n_funcs++];
+  snprintf(f->name, sizeof f->name, "%s", name);
+  f->fn = fn;
+  f->ctx = ctx;
+  return 0;
+}
+
 /* ---------------------------------------------------------- 6. managers */
 
 
@@ -2611,9 +2882,15 @@ MP_EXPORT int mp_manager_register_object(mp_manager *m, const char *name, const 
   if (!a)
     return -ENOMEM;
   if (kind > 0) {
-    /* refuse wrong arguments now rather than in the server */
+    /* refuse wrong arguments now rather than in the server (a Pool's own
+     * check: a trial would start a pool here) */
     struct sobj trial = {.kind = kind};
-    int r = builtin_init(&trial, a);
+    int64_t np = 0;
+    size_t na = (size_t)mp_obj_len(a);
+    int r = kind != K_POOL ? builtin_init(&trial, a)
+            : na > 1 || (na == 1 && (arg_int(a, 0, &np) < 0 || np < 0 || np > INT_MAX))
+                ? -EINVAL
+                : 0;
     mp_obj_free(trial.val);
     if (r < 0) {
       mp_obj_free(a);
@@ -3661,6 +3938,48 @@ MP_EXPORT int mp_manager_barrier(mp_manager *m, int parties, mp_proxy **ret) {
     return -EINVAL;
   return create_int(m, "Barrier", parties, ret);
 }
+MP_EXPORT int mp_manager_pool(mp_manager *m, int processes, mp_proxy **ret) {
+  if (processes < 0)
+    return -EINVAL;
+  return create_int(m, "Pool", processes, ret);
+}
+
+/* apply and map: [name, list] (+ chunksize), the list copied */
+static int pool_call(mp_proxy *p, const char *method, const char *name, const mp_obj *list,
+                     const mp_obj *extra, double timeout, mp_obj **ret) {
+  if (!name || (list && mp_obj_type(list) != MP_OBJ_LIST))
+    return -EINVAL;
+  mp_obj *a = mp_obj_listv(2, mp_obj_str(name), list ? mp_obj_copy(list) : mp_obj_list());
+  if (!a || (extra && mp_obj_list_append(a, mp_obj_copy(extra)) < 0)) {
+    mp_obj_free(a);
+    return -ENOMEM;
+  }
+  int r = tcall_list(p, K_POOL, method, a, timeout, ret);
+  mp_obj_free(a);
+  return r;
+}
+MP_EXPORT int mp_pool_proxy_apply(mp_proxy *p, const char *name, const mp_obj *args,
+                                  double timeout, mp_obj **ret) {
+  return pool_call(p, "apply", name, args, NULL, timeout, ret);
+}
+MP_EXPORT int mp_pool_proxy_map(mp_proxy *p, const char *name, const mp_obj *items,
+                                size_t chunksize, double timeout, mp_obj **ret) {
+  if (!items || chunksize > INT64_MAX)
+    return -EINVAL;
+  mp_obj *cs = mp_obj_int((int64_t)chunksize);
+  if (!cs)
+    return -ENOMEM;
+  int r = pool_call(p, "map", name, items, cs, timeout, ret);
+  mp_obj_free(cs);
+  return r;
+}
+MP_EXPORT int mp_pool_proxy_close(mp_proxy *p) {
+  return tcall(p, K_POOL, "close", NULL, NULL, MP_FOREVER, NULL);
+}
+MP_EXPORT int mp_pool_proxy_terminate(mp_proxy *p) {
+  return tcall(p, K_POOL, "terminate", NULL, NULL, MP_FOREVER, NULL);
+}
+
 MP_EXPORT int mp_barrier_proxy_wait(mp_proxy *b, double timeout) {
   return tcall(b, K_BARRIER, "wait", NULL, NULL, timeout, NULL);
 }

@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <poll.h>
 #include <fcntl.h>
 #include <mp.h>
@@ -1412,6 +1413,304 @@ static void test_manager_barrier(void **state) {
   mp_manager_free(m);
 }
 
+
+/* ------------------------------------------------------------ managed Pool */
+
+static int pool_scale = 3; /* a function's ctx: a global, valid in the workers */
+
+/* f(x) = x * x */
+static int pf_square(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)ctx;
+  const mp_obj *x;
+  int64_t v;
+  if (mp_obj_list_get(args, 0, &x) < 0 || mp_obj_get_int(x, &v) < 0)
+    return -EINVAL;
+  *res = mp_obj_int(v * v);
+  return 0;
+}
+
+/* f(a, b) = (a + b) * *ctx, with status 5 */
+static int pf_add_scaled(const mp_obj *args, mp_obj **res, void *ctx) {
+  const mp_obj *a, *b;
+  int64_t x, y;
+  if (mp_obj_list_get(args, 0, &a) < 0 || mp_obj_list_get(args, 1, &b) < 0 ||
+      mp_obj_get_int(a, &x) < 0 || mp_obj_get_int(b, &y) < 0)
+    return -EINVAL;
+  *res = mp_obj_int((x + y) * *(int *)ctx);
+  return 5;
+}
+
+/* the worker's pid, no result status */
+static int pf_pid(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)args, (void)ctx;
+  *res = mp_obj_int(getpid());
+  return 0;
+}
+
+/* fails with -EDOM for x == 3, else gives x */
+static int pf_fail3(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)ctx;
+  const mp_obj *x;
+  int64_t v;
+  if (mp_obj_list_get(args, 0, &x) < 0 || mp_obj_get_int(x, &v) < 0)
+    return -EINVAL;
+  if (v == 3)
+    return -EDOM;
+  *res = mp_obj_int(v);
+  return 0;
+}
+
+/* kills its worker for x == 3 (or no argument), else gives x */
+static int pf_die3(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)ctx;
+  const mp_obj *x;
+  int64_t v = 3;
+  if (mp_obj_list_get(args, 0, &x) == 0)
+    mp_obj_get_int(x, &v);
+  if (v == 3)
+    raise(SIGKILL);
+  *res = mp_obj_int(v);
+  return 0;
+}
+
+/* sleeps args[0] seconds; gives nil */
+static int pf_sleep(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)res, (void)ctx;
+  const mp_obj *x;
+  double t;
+  if (mp_obj_list_get(args, 0, &x) < 0 || mp_obj_get_float(x, &t) < 0)
+    return -EINVAL;
+  tu_sleep(t);
+  return 0;
+}
+
+/* Registration is process-wide and must precede start(): every pool test
+ * registers (again: -EEXIST after the first). */
+static void pool_register(void) {
+  static const struct {
+    const char *name;
+    mp_manager_function fn;
+  } fs[] = {{"square", pf_square}, {"add_scaled", pf_add_scaled}, {"pid", pf_pid},
+            {"fail3", pf_fail3},   {"die3", pf_die3},             {"sleep", pf_sleep}};
+  for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
+    int r = mp_manager_register_function(fs[i].name, fs[i].fn, &pool_scale);
+    assert_true(r == 0 || r == -EEXIST);
+  }
+}
+
+static mp_obj *int_list(int64_t from, int64_t to) {
+  mp_obj *l = mp_obj_list();
+  for (int64_t i = from; i < to; i++)
+    mp_obj_list_append(l, mp_obj_int(i));
+  return l;
+}
+
+static int pool_apply_int(mp_proxy *p, const char *fn, mp_obj *args, double timeout, int64_t *v) {
+  mp_obj *res = NULL;
+  int r = mp_pool_proxy_apply(p, fn, args, timeout, &res);
+  mp_obj_free(args);
+  if (r >= 0 && (mp_obj_get_int(res, v) < 0))
+    r = -999;
+  mp_obj_free(res);
+  return r;
+}
+
+/* A map of square over 0..n-1 gives i*i in order. */
+static bool map_squares_ok(mp_proxy *p, int64_t n, size_t chunksize) {
+  mp_obj *items = int_list(0, n), *res = NULL;
+  int r = mp_pool_proxy_map(p, "square", items, chunksize, 30, &res);
+  mp_obj_free(items);
+  bool ok = r == 0 && mp_obj_len(res) == n;
+  for (int64_t i = 0; ok && i < n; i++) {
+    const mp_obj *x;
+    int64_t v;
+    ok = mp_obj_list_get(res, i, &x) == 0 && mp_obj_get_int(x, &v) == 0 && v == i * i;
+  }
+  mp_obj_free(res);
+  return ok;
+}
+
+struct pool_client {
+  mp_proxy *pool;
+  pid_t server;
+};
+
+/* A client process: apply and map through the pool; the work runs in
+ * workers, neither here nor in the server. */
+static int pool_client_main(void *arg) {
+  struct pool_client *c = arg;
+  int64_t v;
+  CHILD_CHECK(pool_apply_int(c->pool, "square", mp_obj_listv(1, mp_obj_int(7)), 30, &v) == 0);
+  CHILD_CHECK(v == 49);
+  CHILD_CHECK(pool_apply_int(c->pool, "add_scaled",
+                             mp_obj_listv(2, mp_obj_int(2), mp_obj_int(4)), 30, &v) == 5);
+  CHILD_CHECK(v == 18);
+  CHILD_CHECK(pool_apply_int(c->pool, "pid", NULL, 30, &v) == 0);
+  CHILD_CHECK(v > 0 && v != getpid() && v != c->server);
+  CHILD_CHECK(map_squares_ok(c->pool, 50, 3));
+  CHILD_CHECK(map_squares_ok(c->pool, 50, 0));
+  CHILD_CHECK(map_squares_ok(c->pool, 50, 100));
+  CHILD_CHECK(map_squares_ok(c->pool, 0, 0));
+  return 0;
+}
+
+static void test_manager_pool_apply_map(void **state) {
+  (void)state;
+  pool_register();
+  mp_manager *m = start();
+  mp_proxy *pool, *d;
+  assert_int_equal(mp_manager_pool(m, -1, &pool), -EINVAL);
+  assert_int_equal(mp_manager_pool(m, 2, &pool), 0);
+  const char *type;
+  assert_int_equal(mp_proxy_type(pool, &type), 0);
+  assert_string_equal(type, "Pool");
+  struct pool_client c = {pool, mp_manager_pid(m)};
+  pid_t kids[3];
+  for (int i = 0; i < 3; i++)
+    kids[i] = tu_fork(pool_client_main, &c, 60);
+  assert_int_equal(pool_client_main(&c), 0);
+  for (int i = 0; i < 3; i++)
+    assert_child_ok(kids[i]);
+  /* 0 processes: the CPU count */
+  mp_proxy *p0;
+  assert_int_equal(mp_manager_pool(m, 0, &p0), 0);
+  assert_true(map_squares_ok(p0, 20, 1));
+  assert_int_equal(mp_proxy_free(p0), 0);
+  /* only Pool proxies take the Pool calls; arguments are lists */
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  mp_obj *nil = mp_obj_nil(), *res = NULL;
+  assert_int_equal(mp_pool_proxy_apply(d, "square", NULL, 5, &res), -EINVAL);
+  assert_int_equal(mp_pool_proxy_apply(pool, NULL, NULL, 5, &res), -EINVAL);
+  assert_int_equal(mp_pool_proxy_apply(pool, "square", nil, 5, &res), -EINVAL);
+  assert_int_equal(mp_pool_proxy_map(pool, "square", NULL, 0, 5, &res), -EINVAL);
+  assert_int_equal(mp_pool_proxy_map(pool, "square", nil, 0, 5, &res), -EINVAL);
+  assert_null(res);
+  mp_obj_free(nil);
+  mp_proxy_free(d);
+  assert_int_equal(mp_proxy_free(pool), 0);
+  mp_manager_free(m);
+}
+
+static void test_manager_pool_registration(void **state) {
+  (void)state;
+  pool_register();
+  assert_int_equal(mp_manager_register_function("square", pf_square, NULL), -EEXIST);
+  assert_int_equal(mp_manager_register_function(NULL, pf_square, NULL), -EINVAL);
+  assert_int_equal(mp_manager_register_function("", pf_square, NULL), -EINVAL);
+  assert_int_equal(mp_manager_register_function("x", NULL, NULL), -EINVAL);
+  char longname[80];
+  memset(longname, 'a', sizeof longname - 1);
+  longname[sizeof longname - 1] = 0;
+  assert_int_equal(mp_manager_register_function(longname, pf_square, NULL), -EINVAL);
+  /* a Pool published by name: any client reaches the same pool */
+  mp_manager *m;
+  assert_int_equal(mp_manager_new(NULL, &m), 0);
+  mp_obj *bad = mp_obj_listv(1, mp_obj_int(-2)), *two = mp_obj_listv(1, mp_obj_int(2));
+  assert_int_equal(mp_manager_register_object(m, "pool", "Pool", bad), -EINVAL);
+  assert_int_equal(mp_manager_register_object(m, "pool", "Pool", two), 0);
+  mp_obj_free(bad);
+  mp_obj_free(two);
+  assert_int_equal(mp_manager_start(m), 0);
+  mp_proxy *p;
+  assert_int_equal(mp_manager_get(m, "pool", &p), 0);
+  int64_t v;
+  assert_int_equal(pool_apply_int(p, "square", mp_obj_listv(1, mp_obj_int(9)), 30, &v), 0);
+  assert_int_equal(v, 81);
+  mp_proxy_free(p);
+  mp_manager_free(m);
+}
+
+static void test_manager_pool_errors(void **state) {
+  (void)state;
+  pool_register();
+  mp_manager *m = start();
+  mp_proxy *pool;
+  assert_int_equal(mp_manager_pool(m, 2, &pool), 0);
+  mp_obj *res = NULL, *items = int_list(0, 10);
+  /* an unknown name */
+  assert_int_equal(mp_pool_proxy_apply(pool, "nope", NULL, 10, &res), -ENOENT);
+  assert_int_equal(mp_pool_proxy_map(pool, "nope", items, 0, 10, &res), -ENOENT);
+  /* a failing function: its status; in a map, the map's status */
+  mp_obj *three = mp_obj_listv(1, mp_obj_int(3));
+  assert_int_equal(mp_pool_proxy_apply(pool, "fail3", three, 10, &res), -EDOM);
+  assert_int_equal(mp_pool_proxy_map(pool, "fail3", items, 2, 10, &res), -EDOM);
+  assert_null(res);
+  /* a function that kills its worker: -ECONNABORTED, and the pool serves on */
+  assert_int_equal(mp_pool_proxy_apply(pool, "die3", three, 30, &res), -ECONNABORTED);
+  assert_null(res);
+  int64_t v;
+  assert_int_equal(pool_apply_int(pool, "square", mp_obj_listv(1, mp_obj_int(5)), 30, &v), 0);
+  assert_int_equal(v, 25);
+  assert_int_equal(mp_pool_proxy_map(pool, "die3", items, 1, 30, &res), -ECONNABORTED);
+  assert_true(map_squares_ok(pool, 30, 2));
+  mp_obj *four = int_list(4, 8);
+  assert_int_equal(mp_pool_proxy_map(pool, "die3", four, 1, 30, &res), 0);
+  assert_int_equal(mp_obj_len(res), 4);
+  mp_obj_free(res);
+  mp_obj_free(four);
+  /* close: no more tasks; terminate after close is fine */
+  assert_int_equal(mp_pool_proxy_close(pool), 0);
+  assert_int_equal(mp_pool_proxy_apply(pool, "square", three, 10, NULL), -EPIPE);
+  assert_int_equal(mp_pool_proxy_terminate(pool), 0);
+  assert_int_equal(mp_pool_proxy_map(pool, "square", items, 0, 10, NULL), -EPIPE);
+  mp_obj_free(three);
+  mp_obj_free(items);
+  mp_proxy_free(pool);
+  mp_manager_free(m);
+}
+
+struct pool_sleep {
+  mp_proxy *pool;
+  double secs;
+};
+
+static int pool_sleep_op(void *ctx, double timeout) {
+  struct pool_sleep *ps = ctx;
+  mp_obj *a = mp_obj_listv(1, mp_obj_float(ps->secs));
+  int r = mp_pool_proxy_apply(ps->pool, "sleep", a, timeout, NULL);
+  mp_obj_free(a);
+  return r;
+}
+
+static int pool_map_sleep_op(void *ctx, double timeout) {
+  struct pool_sleep *ps = ctx;
+  mp_obj *a = mp_obj_listv(2, mp_obj_float(0), mp_obj_float(ps->secs));
+  int r = mp_pool_proxy_map(ps->pool, "sleep", a, 1, timeout, NULL);
+  mp_obj_free(a);
+  return r;
+}
+
+/* A waiter of a terminated pool: its task ends with -ESHUTDOWN. */
+static int pool_terminated_waiter(void *arg) {
+  struct pool_sleep ps = {arg, 20};
+  return -pool_sleep_op(&ps, 30);
+}
+
+static void test_manager_pool_timeouts(void **state) {
+  (void)state;
+  pool_register();
+  mp_manager *m = start();
+  mp_proxy *pool;
+  assert_int_equal(mp_manager_pool(m, 4, &pool), 0);
+  struct pool_sleep ps = {pool, 2.0};
+  assert_int_equal(pool_sleep_op(&ps, NAN), -EINVAL);
+  check_timeouts(pool_sleep_op, &ps, -ETIMEDOUT);
+  check_timeouts(pool_map_sleep_op, &ps, -ETIMEDOUT);
+  /* a task that ends in time: its result, also with no timeout */
+  ps.secs = 0.05;
+  assert_int_equal(pool_sleep_op(&ps, MP_FOREVER), 0);
+  assert_int_equal(pool_sleep_op(&ps, 20), 0);
+  assert_int_equal(pool_map_sleep_op(&ps, 20), 0);
+  /* terminate ends a waiting call at once */
+  pid_t w = tu_fork(pool_terminated_waiter, pool, 60);
+  tu_sleep(0.5);
+  double t0 = tu_now();
+  assert_int_equal(mp_pool_proxy_terminate(pool), 0);
+  assert_int_equal(tu_wait(w), ESHUTDOWN);
+  assert_true(tu_now() - t0 < 10);
+  mp_proxy_free(pool);
+  mp_manager_free(m);
+}
 
 /* ------------------------------------------------- proxies inside containers */
 
@@ -2958,6 +3257,10 @@ int main(void) {
       cmocka_unit_test(test_manager_barrier),
       cmocka_unit_test(test_manager_proxies_inside_containers),
       cmocka_unit_test(test_manager_proxy_reference_wire),
+      cmocka_unit_test(test_manager_pool_apply_map),
+      cmocka_unit_test(test_manager_pool_registration),
+      cmocka_unit_test(test_manager_pool_errors),
+      cmocka_unit_test(test_manager_pool_timeouts),
   };
   return TU_RUN("manager", tests);
 }

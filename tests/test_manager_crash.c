@@ -408,6 +408,89 @@ static void test_manager_crash_client_asleep_on_named_queue(void **state) {
   mp_manager_free(m);
 }
 
+/* ------------------------------------------------------------ managed Pool */
+
+/* sleeps args[0] seconds, gives it back */
+static int pf_nap(const mp_obj *args, mp_obj **res, void *ctx) {
+  (void)ctx;
+  const mp_obj *x;
+  double t;
+  if (mp_obj_list_get(args, 0, &x) < 0 || mp_obj_get_float(x, &t) < 0)
+    return -EINVAL;
+  tu_sleep(t);
+  *res = mp_obj_float(t);
+  return 0;
+}
+
+static int pool_map_naps(mp_proxy *pool, double each, int n, mp_obj **res) {
+  mp_obj *items = mp_obj_list();
+  for (int i = 0; i < n; i++)
+    mp_obj_list_append(items, mp_obj_float(each));
+  int r = mp_pool_proxy_map(pool, "nap", items, 1, 30, res);
+  mp_obj_free(items);
+  return r;
+}
+
+static int pool_mapper(void *arg) {
+  pool_map_naps(arg, 1.0, 4, NULL); /* killed while it waits */
+  return 0;
+}
+
+/* A live client whose map keeps both workers busy for 1.5 s. */
+static int pool_long_client(void *arg) {
+  mp_obj *res = NULL;
+  CHILD_CHECK(pool_map_naps(arg, 1.5, 2, &res) == 0);
+  CHILD_CHECK(mp_obj_len(res) == 2);
+  mp_obj_free(res);
+  return 0;
+}
+
+static int pool_other_client(void *arg) {
+  mp_obj *res = NULL;
+  CHILD_CHECK(pool_map_naps(arg, 0.01, 6, &res) == 0);
+  CHILD_CHECK(mp_obj_len(res) == 6);
+  mp_obj_free(res);
+  return 0;
+}
+
+/* A client killed while its map runs: its tasks may run, their results are
+ * dropped; the server, the pool and the other clients go on. */
+static void test_manager_crash_client_killed_in_pool_map(void **state) {
+  (void)state;
+  int r = mp_manager_register_function("nap", pf_nap, NULL);
+  assert_true(r == 0 || r == -EEXIST);
+  mp_manager *m = start();
+  mp_proxy *pool, *d;
+  assert_int_equal(mp_manager_pool(m, 2, &pool), 0);
+  assert_int_equal(mp_manager_dict(m, NULL, &d), 0);
+  pid_t l = tu_fork(pool_long_client, pool, 60);
+  tu_sleep(0.3); /* l's naps hold both workers */
+  pid_t c = tu_fork(pool_mapper, pool, 60);
+  tu_sleep(0.3); /* c's map is waiting: its four naps queued */
+  kill(c, SIGKILL);
+  assert_int_equal(tu_wait(c), 1000 + SIGKILL);
+  /* the server answers at once, while l still waits for its map (a thread
+   * waits on the pool without the server's lock) */
+  double t0 = tu_now();
+  assert_int_equal(dict_set(d, 1, 2), 0);
+  assert_int_equal(dict_has(d, 1), 1);
+  assert_true(tu_now() - t0 < 0.5);
+  /* other clients' maps complete (behind the dead client's tasks) */
+  pid_t o = tu_fork(pool_other_client, pool, 60);
+  mp_obj *res = NULL;
+  t0 = tu_now();
+  assert_int_equal(pool_map_naps(pool, 0.01, 3, &res), 0);
+  assert_int_equal(mp_obj_len(res), 3);
+  assert_true(tu_now() - t0 < 10);
+  mp_obj_free(res);
+  assert_child_ok(o);
+  assert_child_ok(l);
+  mp_proxy_free(d);
+  mp_proxy_free(pool);
+  assert_int_equal(mp_manager_shutdown(m), 0);
+  mp_manager_free(m);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   if (!mp__crash_enabled()) {
@@ -427,6 +510,7 @@ int main(void) {
       cmocka_unit_test(test_manager_crash_client_task_done_written),
       cmocka_unit_test(test_manager_crash_client_task_done_published),
       cmocka_unit_test(test_manager_crash_client_asleep_on_named_queue),
+      cmocka_unit_test(test_manager_crash_client_killed_in_pool_map),
   };
   return TU_RUN("manager_crash", tests);
 }

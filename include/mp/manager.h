@@ -468,11 +468,36 @@ MP_EXPORT int mp_manager_register(const char *name, mp_manager_constructor ctor,
                                   mp_manager_destructor dtor, const mp_manager_method_def *methods,
                                   size_t n);
 
+/** A function a managed Pool runs (see mp_manager_pool()): read the
+ *  arguments (a list), store a new value in `*result` (or leave it NULL for
+ *  nil) and return a non-negative status, or return a negative errno, which
+ *  the caller receives. Runs in a pool worker, a fork of the server. */
+typedef int (*mp_manager_function)(const mp_obj *args, mp_obj **result, void *ctx);
+
+/**
+ * @brief Register a function the server's managed Pools can run, by name
+ *        (a client cannot send code: it names a function of the server
+ *        program), for every server this process starts or serves
+ *        afterwards.
+ *
+ * Register before mp_manager_start() (the server is forked and inherits
+ * the table) or mp_manager_serve_forever(); a remote server needs the same
+ * registration compiled into it. @p name is copied; @p ctx is passed to
+ * every call as is, so it must be meaningful in a pool worker (a global,
+ * or memory that existed when the server started). Process-wide, like
+ * mp_manager_register(); not thread-safe against a concurrent start.
+ * @param name 1..63 bytes.
+ * @return 0; `-EEXIST` when the name is taken; `-ENOSPC` after 64
+ *         functions; `-EINVAL` for a NULL, empty or too long name or a NULL
+ *         @p fn.
+ */
+MP_EXPORT int mp_manager_register_function(const char *name, mp_manager_function fn, void *ctx);
+
 /**
  * @brief Create an object in the server by type name: a registered type or
  *        one of `dict`, `list`, `Namespace`, `Queue`, `Lock`, `RLock`,
  *        `Event`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Value`,
- *        `Array`, `JoinableQueue`, `set`, `Barrier` (their arguments as the
+ *        `Array`, `JoinableQueue`, `set`, `Barrier`, `Pool` (their arguments as the
  *        typed creators below).
  * @param args the constructor's arguments, a list; NULL for none.
  * @return 0; `-ENOENT` for an unknown type; the constructor's error;
@@ -805,6 +830,74 @@ MP_EXPORT int mp_barrier_proxy_broken(mp_proxy *b);
 MP_EXPORT int mp_barrier_proxy_n_waiting(mp_proxy *b);
 /** @brief `b.parties`. @return the count. */
 MP_EXPORT int mp_barrier_proxy_parties(mp_proxy *b);
+
+/* Pool (`Manager().Pool(processes)`): a pool of worker processes living
+ * in the server, running functions registered there by name. */
+
+/**
+ * @brief A new Pool of @p processes workers in the server (0: the server's
+ *        CPU count, at most 1024), as Python's `Manager().Pool(n)`.
+ *
+ * The workers are forks of the server: they run the functions registered
+ * with mp_manager_register_function() before the server started. A task's
+ * arguments and result travel encoded as values. A worker that dies fails
+ * only its task (`-ECONNABORTED`) and is replaced; the pool goes on. The
+ * pool ends (its workers are killed) when its creator frees the proxy (or
+ * exits), or with the server. Blocks for one round trip.
+ * @return 0; `-EINVAL` for a negative or too large @p processes; `-EAGAIN`,
+ *         `-EMFILE` when the server cannot start a worker; the common
+ *         errors.
+ */
+MP_EXPORT int mp_manager_pool(mp_manager *m, int processes, mp_proxy **ret);
+/**
+ * @brief `pool.apply(f, args)`: run the function registered as @p name with
+ *        @p args in a worker and wait for its result.
+ *
+ * Blocks until the result, for at most @p timeout seconds (house rule:
+ * #MP_FOREVER waits, 0 or negative looks once, NaN is `-EINVAL`). Another
+ * client's calls go on meanwhile. When the caller gives up (a timeout, or
+ * its process dies) the task still runs; its result is dropped. Safe from
+ * several threads (calls on one connection take turns) and from forked
+ * children (they connect anew).
+ * @param args a list (the arguments), or NULL for none; borrowed.
+ * @param[out] ret the function's result (nil when it gave none); may be
+ *        NULL; written only on success.
+ * @return the function's non-negative status; its negative status;
+ *         `-ENOENT` when no function has that name; `-ECONNABORTED` when
+ *         the worker died running it; `-ETIMEDOUT`; `-EPIPE` after
+ *         mp_pool_proxy_close() or mp_pool_proxy_terminate();
+ *         `-ESHUTDOWN` when terminated while it ran; `-EINVAL` for a NULL
+ *         @p name, a non-list @p args or a proxy that is not a Pool; the
+ *         common errors.
+ */
+MP_EXPORT int mp_pool_proxy_apply(mp_proxy *p, const char *name, const mp_obj *args,
+                                  double timeout, mp_obj **ret);
+/**
+ * @brief `pool.map(f, items, chunksize)`: call the function registered as
+ *        @p name once per item, with the one-item list `[item]` as its
+ *        arguments, in the workers, and gather the results in item order.
+ *
+ * The items are sent in chunks of @p chunksize (0: Python's default, about
+ * four chunks per worker); a chunk is one task. Blocking, timeout, threads
+ * and fork as mp_pool_proxy_apply(); the timeout covers the whole map.
+ * @param items a list; borrowed.
+ * @param[out] ret a new list of the results (nil for a call that gave
+ *        none); may be NULL; written only on success.
+ * @return 0; the first failure in item order: a function's negative
+ *         status, `-ECONNABORTED` for a chunk whose worker died; `-ENOENT`;
+ *         `-ETIMEDOUT`; `-EPIPE`; `-ESHUTDOWN`; `-EINVAL` (also for a NULL
+ *         or non-list @p items); `-EMSGSIZE` when the results do not fit in
+ *         one message; the common errors.
+ */
+MP_EXPORT int mp_pool_proxy_map(mp_proxy *p, const char *name, const mp_obj *items,
+                                size_t chunksize, double timeout, mp_obj **ret);
+/** @brief `pool.close()`: take no more tasks (later calls get `-EPIPE`);
+ *         tasks already given finish. @return 0; the common errors. */
+MP_EXPORT int mp_pool_proxy_close(mp_proxy *p);
+/** @brief `pool.terminate()`: kill the workers now; the calls waiting on
+ *         their tasks get `-ESHUTDOWN`, later calls `-EPIPE`. Blocks until
+ *         the workers are gone. @return 0; the common errors. */
+MP_EXPORT int mp_pool_proxy_terminate(mp_proxy *p);
 
 /* Lock, RLock, Semaphore, BoundedSemaphore, Condition (AcquirerProxy). */
 
