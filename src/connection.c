@@ -765,6 +765,19 @@ static bool part_alive(mp_connection *c) {
   return c->part.buf != NULL;
 }
 
+/* A message begun by an earlier receive goes on in this receive's buffer:
+ * what arrived so far is copied there and the handle's own copy freed.
+ * -EMSGSIZE (nothing changed) when the buffer cannot hold the whole message. */
+static int part_to_caller(struct partial *pt, char *buf, size_t cap) {
+  if (pt->total > cap)
+    return -EMSGSIZE;
+  memcpy(buf, pt->buf, pt->got);
+  free(pt->buf);
+  pt->buf = buf;
+  pt->owned = false;
+  return 0;
+}
+
 /* Receive one message into buf (cap bytes), or, when alloc, into a new buffer
  * stored in *out. */
 static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc, void **out,
@@ -775,13 +788,9 @@ static ssize_t recv_message(mp_connection *c, char *buf, size_t cap, bool alloc,
     return stream_recv(c, buf, cap, alloc, out, d);
   struct partial *pt = &c->part;
   if (!alloc && part_alive(c)) {
-    /* continue a message begun by an earlier receive, in the caller's buffer */
-    if (pt->total > cap)
-      return -EMSGSIZE;
-    memcpy(buf, pt->buf, pt->got);
-    free(pt->buf);
-    pt->buf = buf;
-    pt->owned = false;
+    int r = part_to_caller(pt, buf, cap);
+    if (r < 0)
+      return r;
   }
   ssize_t ret;
   for (;;) {
@@ -1243,13 +1252,9 @@ static ssize_t stream_recv(mp_connection *c, char *buf, size_t cap, bool alloc, 
   struct partial *pt = &c->part;
   struct stream_rx *rx = &c->rx;
   if (!alloc && stream_part_alive(c)) {
-    /* continue a message begun by an earlier receive, in the caller's buffer */
-    if (pt->total > cap)
-      return -EMSGSIZE;
-    memcpy(buf, pt->buf, pt->got);
-    free(pt->buf);
-    pt->buf = buf;
-    pt->owned = false;
+    int r = part_to_caller(pt, buf, cap);
+    if (r < 0)
+      return r;
   }
   ssize_t ret;
   for (;;) {
@@ -1458,13 +1463,9 @@ static ssize_t py_recv(mp_connection *c, char *buf, size_t cap, bool alloc, void
   struct partial *pt = &c->part;
   struct stream_rx *rx = &c->rx;
   if (!alloc && pt->buf) {
-    /* continue a message begun by an earlier receive, in the caller's buffer */
-    if (pt->total > cap)
-      return -EMSGSIZE;
-    memcpy(buf, pt->buf, pt->got);
-    free(pt->buf);
-    pt->buf = buf;
-    pt->owned = false;
+    int r = part_to_caller(pt, buf, cap);
+    if (r < 0)
+      return r;
   }
   ssize_t ret;
   for (;;) {
