@@ -510,10 +510,16 @@ MP_EXPORT int mp_heap_init(const mp_heap_options *opts) {
 /* Allocate, and when `where` is given store the block's address there in
  * the same journaled operation: a kill leaves either no block and *where
  * unchanged, or the block recorded in *where. */
+/* Whether `where` is a word of the heap (see mp__heap_alloc_into). */
+static bool in_heap(const struct heap *h, void **where) {
+  uintptr_t w = (uintptr_t)where;
+  return w >= h->first && w + sizeof *where <= h->end && (w & 7) == 0;
+}
+
 static void *heap_alloc(size_t size, void **where) {
   struct heap *h = heap_get();
   uintptr_t need = need_of(size);
-  if (!h || !need)
+  if (!h || !need || (where && !in_heap(h, where)))
     return NULL;
   heap_lock(h);
   MP__CRASH(HEAP_ALLOC_LOCKED);
@@ -545,7 +551,7 @@ MP_EXPORT void *mp_heap_calloc(size_t n, size_t size) {
  * holds, clearing *where in the same journaled operation. */
 static int heap_free(void *ptr, void **where) {
   struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
-  if (!h)
+  if (!h || (where && !in_heap(h, where)))
     return -EINVAL;
   heap_lock(h);
   MP__CRASH(HEAP_FREE_LOCKED);

@@ -356,6 +356,26 @@ static void test_heap_free_interior_pointer_refused(void **state) {
   assert_int_equal(mp__heap_check(), 0);
 }
 
+/* The word an allocation records its block in must be in the family heap
+ * (another process may replay the journal that restores it). */
+static void test_heap_alloc_into_needs_a_heap_word(void **state) {
+  (void)state;
+  void *local = NULL;
+  assert_null(mp__heap_alloc_into(64, &local));
+  assert_null(local);
+  assert_int_equal(mp__heap_free_from(&local), -EINVAL);
+  void **word = mp_heap_calloc(1, sizeof *word);
+  assert_non_null(word);
+  void *b = mp__heap_alloc_into(64, word);
+  assert_non_null(b);
+  assert_ptr_equal(*word, b);
+  assert_int_equal(mp__heap_free_from(word), 0);
+  assert_null(*word);
+  assert_int_equal(mp__heap_free_from(word), 0); /* NULL: nothing to free */
+  assert_int_equal(mp_heap_free(word), 0);
+  assert_int_equal(mp__heap_check(), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_heap_crash_every_journal_step, setup, teardown),
@@ -364,6 +384,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_heap_crash_in_trim, setup, teardown),
       cmocka_unit_test_setup_teardown(test_heap_double_free_every_neighbour, setup, teardown),
       cmocka_unit_test_setup_teardown(test_heap_free_interior_pointer_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_heap_alloc_into_needs_a_heap_word, setup, teardown),
   };
   return TU_RUN("heap_crash", tests);
 }
