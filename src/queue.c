@@ -137,7 +137,9 @@
  *   shutdown, `shut` set, CLOSED not yet [queue.shutdown.flagged]: the queue
  *     is still open (only a closed queue's code depends on `shut`); a second
  *     shutdown finishes it. An immediate shutdown killed while it drops the
- *     queued messages leaves the rest queued, for gets to drain.
+ *     queued messages leaves the rest queued, for gets to drain; the one it
+ *     had taken and not yet marked done stays an unfinished task for join(),
+ *     as a message any dead consumer took.
  *   task_done(), counted, joiners not woken [queue.task_done.counted]:
  *     joiners look again within RECHECK_NS.
  *   registered sleeper (a watcher of mp_connection_wait(), a joiner, a list
