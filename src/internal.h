@@ -106,8 +106,9 @@ static inline bool mp__log_enabled(int level) {
 /* Emit one message (printf format) at `level`, prefixed with the level and
  * the process's name; errno is kept. Safe after fork and from any thread. */
 void mp__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* In a forked server that closed its inherited descriptors: keep the level,
- * send messages to standard error rather than to the parent's handler. */
+/* In a child that closed its inherited descriptors (a Manager's server, a
+ * pool worker): keep the level, send messages to standard error rather than
+ * to a handler whose descriptors are gone (their numbers may be reused). */
 void mp__log_route_to_stderr(void);
 #define MP__LOG(level, ...)                                                                   \
   do {                                                                                        \

@@ -761,6 +761,9 @@ static _Noreturn void worker_main(struct mp_pool *p, unsigned w, int sock) {
   pthread_sigmask(SIG_SETMASK, &p->child_mask, NULL);
   mp__tie_to_parent(p->owner, SIGKILL);
   close_inherited(sock, p->efd);
+  /* A log handler's descriptors were the parent's and are closed now: a task
+   * that logs (a repair inside it) must not write where one used to be. */
+  mp__log_route_to_stderr();
   struct shared *sh = p->sh;
   struct slot *s = slot_at(sh, w);
   probe_direct(p);

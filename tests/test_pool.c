@@ -1231,6 +1231,72 @@ static void test_pool_failed_task_reports_worker_death(void **state) {
   assert_int_equal(mp_log_to_stderr(MP_LOG_OFF), 0);
 }
 
+/* A task in a worker logs (here: a lock taken over from a dead holder) to the
+ * worker's standard error: the handler set in the parent wrote to
+ * descriptors the worker closed. */
+static void log_to_closed(int level, const char *message, void *arg) {
+  (void)level;
+  char line[400];
+  int n = snprintf(line, sizeof line, "handler: %s\n", message);
+  if (n > 0 && write(*(int *)arg, line, (size_t)n) < 0) {
+    /* a closed descriptor in the worker: nothing arrives, as it should */
+  }
+}
+
+static int take_lock(const void *arg, size_t len, mp_pool_out *out, void *ctx) {
+  (void)len;
+  (void)out;
+  (void)ctx;
+  mp_lock *l = *(mp_lock *const *)arg;
+  int r = mp_lock_acquire(l, 10);
+  if (r == 0 || r == -EOWNERDEAD)
+    mp_lock_release(l);
+  return r == -EOWNERDEAD ? 0 : 1;
+}
+
+static int hold_and_die(void *arg) {
+  if (mp_lock_acquire((mp_lock *)arg, MP_FOREVER) != 0)
+    return 1;
+  raise(SIGKILL);
+  return 2;
+}
+
+static void test_pool_worker_logs_to_stderr(void **state) {
+  (void)state;
+  int errp[2], hp[2];
+  assert_int_equal(pipe2(errp, O_CLOEXEC | O_NONBLOCK), 0);
+  assert_int_equal(pipe2(hp, O_CLOEXEC | O_NONBLOCK), 0);
+  assert_int_equal(mp_log_set_handler(MP_LOG_INFO, log_to_closed, &hp[1]), 0);
+  fflush(stderr);
+  int saved = dup(2);
+  dup2(errp[1], 2); /* the workers' standard error */
+  mp_pool *p = NULL;
+  int made = mp_pool_new(1, NULL, &p);
+  dup2(saved, 2);
+  close(saved);
+  assert_int_equal(made, 0);
+  mp_lock *l;
+  assert_int_equal(mp_lock_new(&l), 0);
+  pid_t c = tu_fork(hold_and_die, l, 30);
+  assert_int_equal(tu_wait(c), 1000 + SIGKILL);
+  void *res = NULL;
+  size_t len = 0;
+  assert_int_equal(mp_pool_apply(p, take_lock, &l, sizeof l, NULL, &res, &len), 0);
+  free(res);
+  assert_int_equal(mp_pool_free(p), 0);
+  assert_int_equal(mp_log_to_stderr(MP_LOG_OFF), 0);
+  char buf[2048] = {0};
+  ssize_t n = read(errp[0], buf, sizeof buf - 1);
+  assert_true(n > 0);
+  assert_non_null(strstr(buf, "] lock: its holder died holding it"));
+  assert_true(read(hp[0], buf, sizeof buf) < 0); /* nothing through the parent's handler */
+  assert_int_equal(mp_lock_free(l), 0);
+  close(errp[0]);
+  close(errp[1]);
+  close(hp[0]);
+  close(hp[1]);
+}
+
 int main(int argc, char **argv) {
   self_exe = argv[0];
   if (argc > 1 && !strcmp(argv[1], "--busy-pool"))
@@ -1239,6 +1305,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_pool_new_and_bad_arguments),
       cmocka_unit_test(test_pool_failed_task_reports_worker_death),
       cmocka_unit_test(test_pool_map_progress_and_typed_map),
+      cmocka_unit_test(test_pool_worker_logs_to_stderr),
       cmocka_unit_test(test_pool_map_results_in_order),
       cmocka_unit_test(test_pool_starmap_and_starmap_async),
       cmocka_unit_test(test_pool_map_in_heap_is_zero_copy),

@@ -21,9 +21,10 @@
  * worker killed by SIGSEGV touching memory mapped after the pool started).
  *
  * Across fork: a child keeps its parent's setting and handler (the handler
- * runs in the child, with the child's memory). A Manager's server process is
- * the exception: it closes the descriptors it inherited, so it logs to
- * standard error (which it keeps) at the level in force when it started.
+ * runs in the child, with the child's memory). A Manager's server process and
+ * pool workers are the exception: they close the descriptors they inherited,
+ * so they log to standard error (which they keep) at the level in force when
+ * they started.
  */
 #ifndef MP_LOG_H
 #define MP_LOG_H
