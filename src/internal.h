@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "mp.h"
+#include "spin.h"
 
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "shared atomics must be lock-free");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "shared atomics must be lock-free");
@@ -70,19 +71,14 @@ int64_t mp__now_ns(void);
  * wake-up on another CPU (10-50 us on a VM), while a peer that answers at
  * once does so within microseconds. So the first call looks at fd with
  * poll() (which reads the socket's state without taking its lock), yielding
- * its CPU every MP__SPIN_YIELD_EVERY looks (a peer waiting for that same CPU
+ * its CPU every MP__SPIN_POLL_YIELD looks (a peer waiting for that same CPU
  * then runs at once), for at most MP__SPIN_NS and never past d; *spun
  * (false at first) records that it did. After that: for a forever deadline
  * it clears MSG_DONTWAIT in *flags (the next recv() sleeps in the kernel);
  * otherwise it waits in poll() until fd is readable or the deadline. Returns
  * 0 (call recv() again with *flags) or -ETIMEDOUT (or another negative
  * errno of poll). MP_NOWAIT does not poll. The bound caps what an idle peer
- * costs: one such poll after each message. Manager round trips measured
- * spins of 15 to 100 us alike when the peer answers at once; a pause loop
- * instead of yields was a few percent faster on two idle CPUs and several
- * times slower when both peers shared one. */
-#define MP__SPIN_NS 30000
-#define MP__SPIN_YIELD_EVERY 8
+ * costs: one such poll after each message (the budgets: spin.h). */
 int mp__recv_wait(int fd, const mp__deadline *d, int *flags, bool *spun);
 
 /* Wait until fd has one of `events` (poll(2) bits), or the deadline: 0 or
@@ -137,20 +133,6 @@ int mp__futex_waitv(_Atomic uint32_t *const *words, const uint32_t *expected, un
 
 /* Wake up to n sleepers on word (INT_MAX for all). Returns the number woken. */
 int mp__futex_wake(_Atomic uint32_t *word, int n);
-
-/* Spins a waiter makes before it sleeps: waking a sleeper on another CPU costs
- * tens of microseconds on a VM, a short spin costs about one. */
-#define MP__SPIN_LIMIT 200
-
-static inline void mp__cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield" ::: "memory");
-#else
-  atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
 
 /* ---------------------------------------------------------------- identity */
 
@@ -284,6 +266,15 @@ int mp__robust_mutex_init(void *mutex, bool recursive);
  * consistent), -ETIMEDOUT (at once for nowait), or another negative errno
  * from pthread_mutex_clocklock(). */
 int mp__robust_mutex_lock(void *mutex, const mp__deadline *d);
+
+/* libmp's one way to take a robust mutex whose holder may have died (lock.c):
+ * lock it by deadline d (mp__robust_mutex_lock) and, when the holder died,
+ * call repair(arg) (NULL: the structure needs none) while holding it, then
+ * mark it consistent. Returns 0, -EOWNERDEAD (held, repaired, consistent),
+ * -ETIMEDOUT, or another negative errno. mp__robust_mutex_try() is the same
+ * for one attempt: 0, -EOWNERDEAD, -EBUSY. */
+int mp__robust_mutex_take(void *mutex, const mp__deadline *d, void (*repair)(void *), void *arg);
+int mp__robust_mutex_try(void *mutex, void (*repair)(void *), void *arg);
 
 /* Internal lock entry points used by other areas with a deadline already made. */
 int mp__lock_acquire(mp_lock *lock, const mp__deadline *d);

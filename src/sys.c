@@ -126,7 +126,7 @@ static bool spin_readable(int fd, const mp__deadline *d) {
     int r = poll(&pf, 1, 0);
     if (r != 0)
       return r > 0; /* readable, end of file or error: the caller's recv tells */
-    if (i % MP__SPIN_YIELD_EVERY == 0) {
+    if (i % MP__SPIN_POLL_YIELD == 0) {
       sched_yield();
       if (mp__now_ns() >= end)
         return false;
