@@ -31,9 +31,10 @@
  * and footers) is written only by the holder of `heap->mutex`, a robust
  * process-shared mutex, and only through jset(), which journals it.
  *
- * 2. The journal. Before jset() changes a word it appends (address, old value)
- * to `heap->log` and only then stores the new value; the operation ends by
- * emptying the log. A process killed at any step leaves either an empty log (the
+ * 2. The journal: libmp's one undo journal (journal.h states its rule and
+ * why each kill is harmless). Before jset() changes a word it appends
+ * (address, old value) to `heap->log` and only then stores the new value; the
+ * operation ends by emptying the log. A process killed at any step leaves either an empty log (the
  * operation happened whole) or a log whose replay, newest first, restores every
  * word the operation touched (it did not happen at all). The next locker is told
  * EOWNERDEAD by the kernel's robust-futex list, replays the log, and marks the
@@ -81,6 +82,7 @@
 
 #include "crash.h"
 #include "internal.h"
+#include "journal.h"
 
 /* ------------------------------------------------------------ 1. layout */
 
@@ -98,19 +100,14 @@
  * and so does the reserve above `top` once it shrinks by as much. */
 #define TRIM_THRESHOLD ((uintptr_t)MP__HEAP_TRIM)
 
-struct journal_entry {
-  uintptr_t *addr;
-  uintptr_t old;
-};
-
 struct heap {
   uint64_t magic;
   uintptr_t base, end; /* the region */
   uintptr_t first;     /* the first block */
   pthread_mutex_t mutex;
   /* Journal: entries [0, log_n) are valid. */
-  uintptr_t log_n;
-  struct journal_entry log[LOG_MAX];
+  uint64_t log_n;
+  mp__journal_entry log[LOG_MAX];
   /* Allocator state, written through jset() only. */
   uintptr_t top;    /* start of the untouched reserve */
   uintptr_t high;   /* pages below this may hold data (trim mark) */
@@ -138,31 +135,20 @@ static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
 
 /* ------------------------------------------------------------ 2. journal */
 
+/* The journal itself is libmp's one undo journal (journal.h); this file's
+ * words are uintptr_t, the same 64-bit type as the journal's. */
+_Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "heap words are journal words");
+
 static void jset(struct heap *h, uintptr_t *addr, uintptr_t val) {
-  uintptr_t n = h->log_n;
-  if (MP__UNLIKELY(n >= LOG_MAX))
-    abort(); /* a bug in this file, never reachable by callers' misuse */
-  h->log[n].addr = addr;
-  h->log[n].old = *addr;
-  atomic_signal_fence(memory_order_seq_cst);
-  h->log_n = n + 1;
-  atomic_signal_fence(memory_order_seq_cst);
+  mp__journal_log(&h->log_n, h->log, LOG_MAX, (uint64_t *)addr);
   MP__CRASH(HEAP_JOURNAL_LOGGED);
   *addr = val;
   MP__CRASH(HEAP_JOURNAL_STORED);
 }
 
-static void journal_commit(struct heap *h) {
-  atomic_signal_fence(memory_order_seq_cst);
-  h->log_n = 0;
-  atomic_signal_fence(memory_order_seq_cst);
-}
+static void journal_commit(struct heap *h) { mp__journal_commit(&h->log_n); }
 
-static void journal_rollback(struct heap *h) {
-  for (uintptr_t i = h->log_n; i > 0; i--)
-    *h->log[i - 1].addr = h->log[i - 1].old;
-  journal_commit(h);
-}
+static void journal_rollback(struct heap *h) { mp__journal_replay(&h->log_n, h->log, LOG_MAX); }
 
 /* ------------------------------------------------------------ 3. bins, blocks */
 
@@ -346,18 +332,19 @@ static uintptr_t free_locked(struct heap *h, uintptr_t b, uintptr_t *fsize) {
  * (a log handler must not run under the family's heap lock); -1: none. */
 static __thread long recovered_words = -1;
 
+/* The previous holder died inside an operation: undo what it began. */
+static void heap_repair(void *arg) {
+  struct heap *h = arg;
+  recovered_words = (long)h->log_n;
+  journal_rollback(h);
+  h->recoveries++;
+}
+
 static void heap_lock(struct heap *h) {
   /* Not pthread_mutex_lock(): a process killed inside the mutex may leave its
    * sleepers unwoken; this one sleeps in slices (lock.c). */
   static const mp__deadline forever = {.forever = true};
-  int r = mp__robust_mutex_lock(&h->mutex, &forever);
-  if (MP__UNLIKELY(r == -EOWNERDEAD)) {
-    /* The previous holder died inside an operation: undo what it began. */
-    recovered_words = (long)h->log_n;
-    journal_rollback(h);
-    h->recoveries++;
-    pthread_mutex_consistent(&h->mutex);
-  }
+  (void)mp__robust_mutex_take(&h->mutex, &forever, heap_repair, h);
 }
 
 static void heap_unlock(struct heap *h) {

@@ -139,6 +139,26 @@ int mp__robust_mutex_lock(void *mutex, const mp__deadline *d) {
   return -r;
 }
 
+int mp__robust_mutex_take(void *mutex, const mp__deadline *d, void (*repair)(void *), void *arg) {
+  int r = mp__robust_mutex_lock(mutex, d);
+  if (MP__UNLIKELY(r == -EOWNERDEAD)) {
+    if (repair)
+      repair(arg);
+    pthread_mutex_consistent(mutex);
+  }
+  return r;
+}
+
+int mp__robust_mutex_try(void *mutex, void (*repair)(void *), void *arg) {
+  int r = pthread_mutex_trylock(mutex);
+  if (MP__UNLIKELY(r == EOWNERDEAD)) {
+    if (repair)
+      repair(arg);
+    pthread_mutex_consistent(mutex);
+  }
+  return -r;
+}
+
 static int lock_new(bool recursive, mp_lock **ret) {
   if (!ret)
     return -EINVAL;
@@ -160,15 +180,6 @@ static inline bool is_mine(mp_lock *l) {
   return __atomic_load_n(&l->mutex.__data.__owner, __ATOMIC_RELAXED) == mp__tid();
 }
 
-/* Lock the mutex within the deadline, after a failed first attempt that
- * returned r. Returns 0, -EOWNERDEAD (held, made consistent), -ETIMEDOUT,
- * -EDEADLK, -EOVERFLOW.
- *
- * No spin before sleeping: bench/run lock-contended measured 17 M ops/s
- * without one, 12.8 M with 20 pauses and 11.8 M with 200, because a spinning
- * waiter steals the line from a holder that would otherwise re-acquire at
- * once. The sleep goes through mp__robust_mutex_lock(), whose slices bound the
- * cost of a wake-up lost to a killed unlocker (see there). */
 /* Spin a little before sleeping, as glibc's adaptive mutex does (and glibc's
  * robust mutexes do not): a contended lock whose holder is about to release
  * it is then taken without the holder paying a FUTEX_WAKE and the waiter a
@@ -188,6 +199,10 @@ static int spin_then_try(pthread_mutex_t *m) {
   return r;
 }
 
+/* Lock the mutex within the deadline, after a failed first attempt that
+ * returned r. Returns 0, -EOWNERDEAD (held, made consistent), -ETIMEDOUT,
+ * -EDEADLK, -EOVERFLOW. The sleep goes through mp__robust_mutex_lock(), whose
+ * slices bound the cost of a wake-up lost to a killed unlocker (see there). */
 static int mutex_lock_slow(pthread_mutex_t *m, const mp__deadline *d, int r) {
   if (r == EBUSY && !d->nowait)
     r = spin_then_try(m);
@@ -319,10 +334,8 @@ MP_EXPORT int mp_lock_free(mp_lock *lock) {
    * recover it and free it. */
   if (is_mine(lock))
     return -EBUSY;
-  int r = pthread_mutex_trylock(&lock->mutex);
-  if (r == EOWNERDEAD)
-    pthread_mutex_consistent(&lock->mutex);
-  else if (r)
+  int r = mp__robust_mutex_try(&lock->mutex, NULL, NULL);
+  if (r && r != -EOWNERDEAD)
     return -EBUSY;
   pthread_mutex_unlock(&lock->mutex);
   pthread_mutex_destroy(&lock->mutex);

@@ -259,8 +259,7 @@ static void reg_lock(struct registry *r) {
   /* A dead holder left the list well-formed (one release store per change,
    * see struct reg_entry): nothing to repair. */
   mp__deadline forever = {.forever = true, .nowait = false};
-  if (mp__robust_mutex_lock(&r->mutex, &forever) == -EOWNERDEAD)
-    pthread_mutex_consistent(&r->mutex);
+  (void)mp__robust_mutex_take(&r->mutex, &forever, NULL, NULL);
 }
 
 static void reg_unlock(struct registry *r) { pthread_mutex_unlock(&r->mutex); }

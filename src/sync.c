@@ -705,10 +705,8 @@ static void barrier_break(mp_barrier *b) {
 
 static void barrier_lock(mp_barrier *b) {
   mp__deadline forever = {.forever = true, .nowait = false};
-  if (MP__UNLIKELY(mp__robust_mutex_lock(&b->mutex, &forever) == -EOWNERDEAD)) {
-    pthread_mutex_consistent(&b->mutex);
+  if (MP__UNLIKELY(mp__robust_mutex_take(&b->mutex, &forever, NULL, NULL) == -EOWNERDEAD))
     barrier_break(b);
-  }
 }
 
 /* Unlock, then wake every sleeper if anyone may sleep. Waking after the
@@ -745,9 +743,8 @@ static int barrier_sleep(mp_barrier *b, const mp__deadline *d) {
   barrier_lock(b);
   b->sleepers--;
   if (b->closing && b->guarded) {
-    int t = pthread_mutex_trylock(&b->runner);
-    if (t == EOWNERDEAD) { /* the last party died in the action */
-      pthread_mutex_consistent(&b->runner);
+    int t = mp__robust_mutex_try(&b->runner, NULL, NULL);
+    if (t == -EOWNERDEAD) { /* the last party died in the action */
       pthread_mutex_unlock(&b->runner);
       b->in_action--;
       b->guarded = 0;
@@ -793,10 +790,8 @@ static int barrier_finish(mp_barrier *b, uint64_t c, int index) {
   }
   /* EOWNERDEAD: a runner died after it got the mutex back; ours now. EBUSY:
    * the runner of a cycle that a reset cancelled is still in the action. */
-  int t = pthread_mutex_trylock(&b->runner);
-  if (t == EOWNERDEAD)
-    pthread_mutex_consistent(&b->runner);
-  bool guarded = t == 0 || t == EOWNERDEAD;
+  int t = mp__robust_mutex_try(&b->runner, NULL, NULL);
+  bool guarded = t == 0 || t == -EOWNERDEAD;
   b->guarded = guarded;
   b->closing = 1;
   b->in_action++;
