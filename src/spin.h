@@ -74,7 +74,8 @@ typedef struct mp__spin {
   int64_t until; /* 0 until the first clock reading */
 } mp__spin;
 
-#define MP__SPIN_INIT {0, 0}
+#define MP__SPIN_INIT                                                                              \
+  { 0, 0 }
 
 /* One step of a timed spin: a pause, or every MP__SPIN_CHECK steps a yield and
  * a look at the clock. Returns false once the budget is spent (the caller
