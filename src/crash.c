@@ -52,6 +52,8 @@ void mp__crash_hit(int id) {
   } while (!atomic_compare_exchange_weak(&a->left, &left, left - 1));
   if (left != 1)
     return;
+  /* the system call, not mp__pid()'s cache: a point may fire in a child
+   * before the cache's fork handler has run */
   pid_t me = getpid();
   atomic_store(&a->fired, me);
   if (a->action == MP__CRASH_STOP) {

@@ -439,7 +439,7 @@ static int map_heap(size_t size) {
   h->top = h->first;
   h->high = h->first;
   atomic_store_explicit(&the_heap, h, memory_order_release);
-  mapper = getpid();
+  mapper = mp__pid();
   atexit(exit_report);
   return 0;
 }
@@ -760,7 +760,7 @@ MP_EXPORT int mp_heap_report(int fd) {
  * what is still allocated (objects not freed, messages not taken). */
 static void exit_report(void) {
   struct heap *h = atomic_load_explicit(&the_heap, memory_order_acquire);
-  if (!h || getpid() != mapper || !mp__log_enabled(MP_LOG_INFO))
+  if (!h || mp__pid() != mapper || !mp__log_enabled(MP_LOG_INFO))
     return;
   struct census c;
   take_census(h, &c);

@@ -95,7 +95,7 @@ static int make_path(const char *name, char path[PATH_CAP]) {
 static void make_generated_path(char path[PATH_CAP]) {
   uint32_t v;
   if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
-    v = (uint32_t)mp__now_ns() ^ ((uint32_t)getpid() << 16);
+    v = (uint32_t)mp__now_ns() ^ ((uint32_t)mp__pid() << 16);
   snprintf(path, PATH_CAP, "/psm_%08x", (unsigned)v);
 }
 
