@@ -19,7 +19,7 @@
  *                          framing with trailers, and Python's wire.
  *   connection_wait.c      mp_connection_wait().
  * Each protocol file carries its part of what a SIGKILL leaves. This file
- * marks no crash points: nothing here is shared with another process.
+ * marks no crash points.
  */
 #include <errno.h>
 #include <fcntl.h>

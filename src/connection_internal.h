@@ -10,6 +10,8 @@
 #ifndef MP_CONNECTION_INTERNAL_H
 #define MP_CONNECTION_INTERNAL_H
 
+#include <errno.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -150,6 +152,22 @@ static inline int part_to_caller(struct partial *pt, char *buf, size_t cap) {
   pt->buf = buf;
   pt->owned = false;
   return 0;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* What a send does after sendmsg() failed with errno e, the same for records
+ * and streams: 0 to send again (a signal, or room came within the deadline),
+ * else the error, -EPIPE for a peer that is gone. Inline: the record path's
+ * send calls it. */
+static inline int conn_send_failed(const mp_connection *c, int e, const mp__deadline *d) {
+  if (e == EINTR)
+    return 0;
+  if (e == EAGAIN)
+    return mp__wait_fd(c->fd, POLLOUT, d);
+  if (e == EPIPE || e == ECONNRESET || e == ENOTCONN)
+    return -EPIPE;
+  return -e;
 }
 
 /* ------------------------------------------------------- between the files */

@@ -110,18 +110,9 @@ static int send_record(mp_connection *c, const struct rec_hdr *h, const void *pa
       MP__CRASH(CONN_SEND_RECORD_SENT);
       return 0;
     }
-    int e = errno;
-    if (e == EINTR)
-      continue;
-    if (e == EAGAIN) {
-      int r = mp__wait_fd(c->fd, POLLOUT, d);
-      if (r < 0)
-        return r;
-      continue;
-    }
-    if (e == ECONNRESET || e == ENOTCONN)
-      return -EPIPE;
-    return -e;
+    int r = conn_send_failed(c, errno, d);
+    if (r < 0)
+      return r;
   }
 }
 

@@ -1,11 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Connections over a byte stream: a TCP socket from Listener and Client, or
- * any connected SOCK_STREAM socket given to mp_connection_from_fd(), in
- * libmp's framing or in Python's. The public calls and the SOCK_SEQPACKET
- * record path that this framing mirrors are in connection_record.c; the
- * handle's stream state (struct stream_rx, struct stream_tx) is in
- * connection_internal.h; the area's map is at the top of connection.c.
+ * Connections over a byte stream, in libmp's framing or in Python's. The
+ * public calls, and the SOCK_SEQPACKET record path that this framing mirrors,
+ * are in connection_record.c; the handle's stream state (struct stream_rx,
+ * struct stream_tx) is in connection_internal.h; the area's map is at the top
+ * of connection.c.
  *
  * Map of this file:
  *   1. stream connections: libmp's framing (sending, paying what an abandoned
@@ -113,7 +112,7 @@ static int stream_write(mp_connection *c, struct iovec *iov, int n, size_t *done
   memset(&m, 0, sizeof m);
   m.msg_iov = iov;
   m.msg_iovlen = (size_t)n;
-  /* as send_record(): forever blocks in the kernel, else poll() waits */
+  /* as send_record() (connection_record.c): forever blocks in the kernel, else poll() waits */
   int flags = MSG_NOSIGNAL | (d->forever ? 0 : MSG_DONTWAIT);
   *done = 0;
   for (;;) {
@@ -140,18 +139,9 @@ static int stream_write(mp_connection *c, struct iovec *iov, int n, size_t *done
       }
       continue;
     }
-    int e = errno;
-    if (e == EINTR)
-      continue;
-    if (e == EAGAIN) {
-      int r = mp__wait_fd(c->fd, POLLOUT, d);
-      if (r < 0)
-        return r;
-      continue;
-    }
-    if (e == EPIPE || e == ECONNRESET || e == ENOTCONN)
-      return -EPIPE;
-    return -e;
+    int r = conn_send_failed(c, errno, d);
+    if (r < 0)
+      return r;
   }
 }
 
