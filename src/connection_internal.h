@@ -40,7 +40,7 @@ _Static_assert(sizeof(struct rec_hdr) == 16, "the header is 16 bytes on the wire
 
 #define MIN_CHUNK 256
 
-/* ---------------------------------------------------------------- the handle */
+/* --------------------------------------------------------------- the handle */
 
 #define CONN_MAGIC 0x6d70434fu /* "mpCO" */
 #define CONN_CLOSED 0x6d70dead
@@ -117,7 +117,7 @@ static inline bool conn_buffered(const mp_connection *c) {
   return c->rx.len > 0 || c->taken.len > 0;
 }
 
-/* ------------------------------------------------------- the begun message */
+/* -------------------------------------------------------- the begun message */
 
 static inline void part_drop(mp_connection *c) {
   if (c->part.buf && c->part.owned)
@@ -154,7 +154,7 @@ static inline int part_to_caller(struct partial *pt, char *buf, size_t cap) {
   return 0;
 }
 
-/* ---------------------------------------------------------------- sending */
+/* ------------------------------------------------------------------ sending */
 
 /* What a send does after sendmsg() failed with errno e, the same for records
  * and streams: 0 to send again (a signal, or room came within the deadline),
@@ -170,7 +170,7 @@ static inline int conn_send_failed(const mp_connection *c, int e, const mp__dead
   return -e;
 }
 
-/* ------------------------------------------------------- between the files */
+/* -------------------------------------------------------- between the files */
 
 /* Make a handle for a connected socket (connection.c). */
 int mp__conn_make(int fd, bool readable, bool writable, bool stream, mp_connection **ret);
