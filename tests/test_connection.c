@@ -1651,7 +1651,7 @@ static void test_connection_stream_whole_message_waits_for_room(void **state) {
   mp_connection_close(b);
 }
 
-/* A record as the SOCK_SEQPACKET framing has it (connection.c). */
+/* A record as the SOCK_SEQPACKET framing has it (connection_record.c). */
 static void raw_packet(int fd, int kind, const void *pay, size_t n, uint64_t value) {
   struct {
     uint32_t word, sender;
