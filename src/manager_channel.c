@@ -26,6 +26,7 @@
 #include "crash.h"
 #include "internal.h"
 #include "manager_internal.h"
+#include "spin.h"
 #include "wire.h"
 
 /*
@@ -86,11 +87,12 @@
  * A request larger than the block goes on the socket as an ordinary frame,
  * without req_seq; the server reads socket frames as requests.
  *
- * Waiting. Each side first spins for at most SH_SPIN_NS, reading the clock
- * and yielding the CPU (sched_yield) every 64 pauses: with two CPUs, two
- * clients and two server threads outnumber the CPUs, and a spinner must not
- * keep the thread it waits for off a CPU. The server also polls its socket
- * (timeout 0) every 64 pauses, for a large request or a dead client.
+ * Waiting. Each side first spins by libmp's one policy (spin.h: MP__SPIN_NS,
+ * reading the clock and yielding the CPU every MP__SPIN_CHECK pauses): with
+ * two CPUs, two clients and two server threads outnumber the CPUs, and a
+ * spinner must not keep the thread it waits for off a CPU. The server also
+ * polls its socket (timeout 0) every MP__SPIN_CHECK pauses, for a large
+ * request or a dead client.
  *
  * Freeing (the block belongs to both; exactly one side frees it):
  *   - a side that sees the other's end of the socket closed (end of file,
@@ -159,8 +161,6 @@
 #define SH_BLOCK (32u * 1024) /* the whole block */
 #define SH_NONCE 16
 #define SH_ON_SOCKET UINT32_MAX
-#define SH_SPIN_NS 40000
-#define SH_YIELD_EVERY 64     /* pauses between yields (and clock reads) */
 #define SH_SLICE_NS 100000000 /* the client's sleep slice: 100 ms */
 #define SH_GONE_CLIENT 1u
 #define SH_GONE_SERVER 2u
@@ -287,9 +287,11 @@ ssize_t mp__sh_server_next(struct client *c, const char **p) {
   struct shchan *b = c->sh;
   mp__deadline forever = {.forever = true};
   for (;;) {
-    int64_t spin_end = 0;
+    mp__spin spin = MP__SPIN_INIT;
+    struct pollfd pf[2] = {{.fd = c->ch.fd, .events = POLLIN},
+                           {.fd = c->srv->stop[0], .events = POLLIN}};
     bool sock = false;
-    for (unsigned i = 1;; i++) {
+    for (;;) {
       /* acquire: the request's bytes were written before the store */
       if (atomic_load_explicit(&b->req_seq, memory_order_acquire) != c->req_seen)
         break;
@@ -297,14 +299,8 @@ ssize_t mp__sh_server_next(struct client *c, const char **p) {
         sock = true;
         break;
       }
-      if (i % SH_YIELD_EVERY) {
-        mp__cpu_relax();
-        continue;
-      }
-      sched_yield();
-      struct pollfd pf[2] = {{.fd = c->ch.fd, .events = POLLIN},
-                             {.fd = c->srv->stop[0], .events = POLLIN}};
-      if (poll(pf, 2, 0) > 0) {
+      /* at each of the spin's clock steps, a look at the socket too */
+      if (spin.step && spin.step % MP__SPIN_CHECK == 0 && poll(pf, 2, 0) > 0) {
         if (pf[1].revents)
           return -ECANCELED;
         /* a request published before the client's end is still carried
@@ -312,10 +308,7 @@ ssize_t mp__sh_server_next(struct client *c, const char **p) {
         sock = atomic_load(&b->req_seq) == c->req_seen;
         break;
       }
-      int64_t now = mp__now_ns();
-      if (!spin_end)
-        spin_end = now + SH_SPIN_NS;
-      if (now < spin_end)
+      if (mp__spin_more(&spin))
         continue;
       /* sleep: announce it, re-check, then poll until a wake frame, a
        * large request or the client's end arrives */
@@ -466,18 +459,10 @@ ssize_t mp__sh_client_call(mp_manager *m, const char *out, size_t len, const cha
   } else if ((r = mp__chan_send(&m->ch, out, len, d)) < 0) {
     return r;
   }
-  int64_t spin_end = 0;
+  mp__spin spin = MP__SPIN_INIT;
   /* acquire: the reply's bytes were written before the store */
-  for (unsigned i = 1; atomic_load_explicit(&b->resp_seq, memory_order_acquire) == seen; i++) {
-    if (i % SH_YIELD_EVERY) {
-      mp__cpu_relax();
-      continue;
-    }
-    sched_yield();
-    int64_t now = mp__now_ns();
-    if (!spin_end)
-      spin_end = now + SH_SPIN_NS;
-    if (now < spin_end)
+  while (atomic_load_explicit(&b->resp_seq, memory_order_acquire) == seen) {
+    if (mp__spin_more(&spin))
       continue;
     atomic_store(&b->client_asleep, 1);
     MP__CRASH(MANAGER_SH_CLIENT_ASLEEP);
