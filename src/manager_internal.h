@@ -168,7 +168,7 @@ struct sobj {
   bool named;  /* published under a name: lives until the server ends */
   bool broken; /* a Barrier's: aborted, timed out or a party died */
   bool orphan; /* released by its creator, kept while a container refers to it */
-  bool mark;   /* reachable (srv_collect) */
+  bool mark;   /* reachable (srv_collect, manager_server.c) */
 };
 
 struct shchan; /* manager_channel.c */
@@ -181,7 +181,7 @@ struct client {
   struct shchan *sh;     /* the shared channel, once accepted (manager_channel.c) */
   uint32_t req_seen;     /* the last request sequence taken from it */
   uint32_t resp_seq;     /* the last reply sequence published in it */
-  cpu_set_t cpus;        /* the CPUs this thread may use (sh_keep_off) */
+  cpu_set_t cpus;        /* the CPUs this thread may use (manager_channel.c) */
   int avoiding;          /* the CPU it keeps off, or -1 */
   bool authed;           /* past the handshake (counted in srv->authed) */
   bool evicted;          /* a handshake cut short for a newer connection */

@@ -11,7 +11,8 @@
  *   the generic call, type and free
  *   typed calls: kind checks, argument lists; then the calls of dict, list,
  *     Namespace, Queue, the locks, Event, Condition, Value, Array, set,
- *     Pool and Barrier
+ *     Pool and Barrier (the constructors of the later types, JoinableQueue,
+ *     set, Barrier, Pool, sit beside their calls)
  * A proxy is this process's private memory; the server side of each
  * method is in manager_containers.c, manager_builtin.c or manager_pool.c.
  * No crash points.

@@ -35,14 +35,7 @@
 #include "manager_internal.h"
 #include "wire.h"
 
-static void obj_destroy(struct sobj *o) {
-  if (o->kind == MP__K_CUSTOM && o->ct->dtor)
-    o->ct->dtor(o->self);
-  if (o->kind == MP__K_POOL && o->self)
-    mp_pool_free(o->self); /* terminates: its workers are killed */
-  mp_obj_free(o->val);
-  free(o);
-}
+/* ------------------------------------------------------------- waiting */
 
 /* Seconds a connection has to finish its handshake; see srv_accept(). */
 #define HANDSHAKE_TIMEOUT 5.0
@@ -96,6 +89,17 @@ int mp__srv_wait(struct server *s, struct sobj *o, const mp__deadline *d) {
   if (mp__client_gone())
     return -EPIPE;
   return 0;
+}
+
+/* ---------------------------------------------------- the object table */
+
+static void obj_destroy(struct sobj *o) {
+  if (o->kind == MP__K_CUSTOM && o->ct->dtor)
+    o->ct->dtor(o->self);
+  if (o->kind == MP__K_POOL && o->self)
+    mp_pool_free(o->self); /* terminates: its workers are killed */
+  mp_obj_free(o->val);
+  free(o);
 }
 
 static int srv_create(struct server *s, const char *type, const mp_obj *a, mp_obj **res) {
@@ -264,6 +268,8 @@ static int srv_lookup(struct server *s, const char *name, int64_t id, mp_obj **r
   return *res ? 0 : -ENOMEM;
 }
 
+/* ------------------------------------------------------------ requests */
+
 /* Run one request under the server mutex. */
 static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   struct server *s = c->srv;
@@ -322,6 +328,8 @@ static int srv_request(struct client *c, const mp_obj *req, mp_obj **res) {
   srv_collect(s); /* the call may have dropped the last reference to an orphan */
   return r;
 }
+
+/* ------------------------------------------------------ client threads */
 
 /* Release the locks a departing client held. */
 static void srv_drop_client(struct server *s, uint64_t me) {
@@ -448,6 +456,8 @@ static void *client_main(void *arg_) {
   return NULL;
 }
 
+/* --------------------------------------------------------- connections */
+
 /* Connections: at most max_clients (options; MP__MAX_CLIENTS by default)
  * authenticated or in the handshake, of which at most max_handshakes
  * (MP__MAX_HANDSHAKES) in it, each for at most HANDSHAKE_TIMEOUT. A client
@@ -536,6 +546,8 @@ static void srv_accept(struct server *s) {
   s->pending++;
   pthread_mutex_unlock(&s->mu);
 }
+
+/* ------------------------------------------------------------- serving */
 
 static void serve_free(struct server *s) {
   for (size_t i = 0; i < s->n_objs; i++)
