@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Crash points of the Manager's shared channel (src/manager.c, 2b): one
+ * Crash points of the Manager's shared channel (src/manager_channel.c): one
  * test per row of its "what a SIGKILL leaves behind" table. A client is
  * killed in a child armed at a client-side point; the server is killed by
  * arming before mp_manager_start() (the server inherits the arming) and
