@@ -578,7 +578,8 @@ int mp__pool_wait_own(struct mp_pool *p, struct mp_async_result *r) {
       mp__spin_restart(&spin);
       continue;
     }
-    if (!mp__spin_more(&spin))
+    /* no yields (spin.h): the CPU would go to an idle worker's spin */
+    if (!mp__spin_more_unyielding(&spin))
       break;
   }
   if (took) {
