@@ -113,7 +113,7 @@
  *     a kill inside the two-step announcement leaves `sleepers` one too high,
  *     which costs a useless wake per submission batch, never a lost task.
  *   - the handler, when it finds nothing to do while tasks are outstanding,
- *     first spins (bounded: SPIN_NS) watching the done rings; then it stores
+ *     first spins (bounded: MP__SPIN_NS) watching the done rings; then it stores
  *     `parent_waiting` = 1, re-checks the done rings and fd requests, and
  *     polls the eventfd and the pidfds; a worker that completes a task
  *     exchanges `parent_waiting` to 0 and writes the eventfd only when it was 1
@@ -430,16 +430,21 @@ static inline void mp__pool_wake_workers(struct mp_pool *p) {
     mp__futex_wake(&sh->work_seq, 1);
 }
 
-/* Queue a job (mu held): into the ring when there is room, else the backlog.
- * Returns 1 when it went into the ring. */
-static inline int mp__pool_enqueue(struct mp_pool *p, struct job *j) {
-  p->outstanding++;
+/* Append a job to the backlog (mu held); publishing is the caller's. */
+static inline void mp__pool_backlog_append(struct mp_pool *p, struct job *j) {
   j->next = NULL;
   if (p->backlog_tail)
     p->backlog_tail->next = j;
   else
     p->backlog_head = j;
   p->backlog_tail = j;
+}
+
+/* Queue a job (mu held): into the ring when there is room, else the backlog.
+ * Returns 1 when it went into the ring. */
+static inline int mp__pool_enqueue(struct mp_pool *p, struct job *j) {
+  p->outstanding++;
+  mp__pool_backlog_append(p, j);
   return (int)mp__pool_publish_backlog(p);
 }
 

@@ -276,12 +276,7 @@ static int map_submit(struct mp_pool *p, mp_pool_map_fn fn, void *ctx, const voi
     *ret = res;
     return 0;
   }
-  j->next = NULL;
-  if (p->backlog_tail)
-    p->backlog_tail->next = j;
-  else
-    p->backlog_head = j;
-  p->backlog_tail = j;
+  mp__pool_backlog_append(p, j);
   p->outstanding += nchunks;
   unsigned k = mp__pool_publish_backlog(p);
   pthread_mutex_unlock(&p->mu);
