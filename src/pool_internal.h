@@ -20,8 +20,6 @@
  * Protocol. struct shared lives in the family heap; it holds a ring of
  * RING_CAP task entries and one slot per worker.
  *
- * RING_CAP task entries and one slot per worker.
- *
  * entry.state, the only word that moves a task between owners:
  *     FREE --parent--> PENDING --worker w (CAS)--> CLAIMED+w --parent--> FREE
  *   - FREE: the entry belongs to the parent, which fills every field and then
