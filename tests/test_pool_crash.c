@@ -7,10 +7,11 @@
  * victim's chunk unwritten and never a byte outside the results.
  *
  * Then a worker killed at each step of the task-entry kill table in
- * src/pool.c (crash points "pool.*"): only the victim's task fails, the other
- * results are exact, no heap block is left behind, the pool stays usable and
- * nothing waits longer than a bounded time. And the full ring whose
- * publishing stopped at the entry of a worker that then died. */
+ * src/pool_internal.h (crash points "pool.*", in src/pool_worker.c): only
+ * the victim's task fails, the other results are exact, no heap block is
+ * left behind, the pool stays usable and nothing waits longer than a bounded
+ * time. And the full ring whose publishing stopped at the entry of a worker
+ * that then died. */
 #include "crashutil.h"
 #include "internal.h"
 
@@ -446,7 +447,7 @@ static void test_pool_crash_kill_while_falling_asleep(void **state) {
 
 /* ------------------------------------------------------------ the full ring */
 
-/* The pool's task ring (RING_CAP in src/pool.c). */
+/* The pool's task ring (RING_CAP in src/pool_internal.h). */
 enum { RING = 2048, HANG_N = 3000 };
 
 static atomic_int *chunks_run; /* in the heap: seen by every worker */
