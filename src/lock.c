@@ -183,14 +183,17 @@ static inline bool is_mine(mp_lock *l) {
 /* Spin a little before sleeping, as glibc's adaptive mutex does (and glibc's
  * robust mutexes do not): a contended lock whose holder is about to release
  * it is then taken without the holder paying a FUTEX_WAKE and the waiter a
- * sleep and a wake-up on another CPU. Only reads of the futex word, and a
- * trylock once it shows no holder: a free word, or an OWNER_DIED one, which
- * the trylock turns into EOWNERDEAD as before, so owner-death recovery is
- * untouched. Returns the last trylock's result (EBUSY when it spun out). */
+ * sleep and a wake-up on another CPU. The looks are spaced (spin.h,
+ * MP__SPIN_BACKOFF): a look close behind the last one takes the cache line
+ * from a holder that would otherwise release and re-take the lock locally.
+ * Only reads of the futex word, and a trylock once it shows no holder: a free
+ * word, or an OWNER_DIED one, which the trylock turns into EOWNERDEAD as
+ * before, so owner-death recovery is untouched. Returns the last trylock's
+ * result (EBUSY when it spun out). */
 static int spin_then_try(pthread_mutex_t *m) {
   int r = EBUSY;
-  for (int i = 0; i < MP__SPIN_LIMIT && r == EBUSY; i++) {
-    mp__cpu_relax();
+  mp__backoff b = {0, 0};
+  while (r == EBUSY && mp__backoff_more(&b)) {
     /* relaxed: a hint; the trylock's own atomic operation decides */
     unsigned w = __atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
     if ((w & FUTEX_TID_MASK) == 0)
