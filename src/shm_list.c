@@ -41,8 +41,8 @@
  *                load of `seq` discards any such copy.)
  *   type, len    the current value's type and length in bytes (len <= cap).
  * Waits: readers wait while `seq` is odd, writers while `writer` is taken;
- * both spin, then yield, checking the holder's liveness every SL_CHECK_EVERY
- * yields, and give up with -ETIMEDOUT after mp__shm_list_wait_s seconds
+ * both spin, then yield, checking the holder's liveness every MP__SPIN_CHECK
+ * yields (spin.h's budgets), and give up with -ETIMEDOUT after mp__shm_list_wait_s seconds
  * (the public calls take no timeout; a live writer holds a slot only for
  * one copy, so this only ends waits on a stopped or starved writer).
  * What a SIGKILL of a writer leaves, and who repairs it:
@@ -63,15 +63,13 @@
 #include "crash.h"
 #include "internal.h"
 #include "shm_internal.h"
+#include "spin.h"
 
 /* ------------------------------------------------------------ 1. the block */
 
 #define SL_MAGIC 0x315453494c53706dULL /* "mpSLIST1" in memory on little-endian */
 #define SL_VERSION 2                   /* 2: 64-bit writer identities */
 #define SL_MAX_CAP ((uint64_t)UINT32_MAX - 7)
-/* Busy-wait rounds before yielding, and yields between liveness checks. */
-#define SL_SPIN 100
-#define SL_CHECK_EVERY 64
 
 /* How long a reader or writer waits for a slot's writer (internal.h). */
 double mp__shm_list_wait_s = 10.0;
@@ -141,8 +139,12 @@ static char *data_at(const mp_shareable_list *l, size_t i) {
 
 /* ------------------------------------------------------------ 2. a slot */
 
+/* A wait for a slot's holder spins by spin.h's budgets: MP__SPIN_LIMIT pauses
+ * (a live holder is copying one value), then yields, as a slot has no futex
+ * word to sleep on; every MP__SPIN_CHECK yields it looks at the holder's
+ * liveness and the deadline. */
 static void pause_round(unsigned spins) {
-  if (spins < SL_SPIN)
+  if (spins < MP__SPIN_LIMIT)
     mp__cpu_relax();
   else
     sched_yield();
@@ -150,7 +152,7 @@ static void pause_round(unsigned spins) {
 
 /* Whether it is time to check the liveness of whoever holds the slot. */
 static bool check_due(unsigned spins) {
-  return spins >= SL_SPIN && (spins - SL_SPIN) % SL_CHECK_EVERY == SL_CHECK_EVERY - 1;
+  return spins >= MP__SPIN_LIMIT && (spins - MP__SPIN_LIMIT) % MP__SPIN_CHECK == MP__SPIN_CHECK - 1;
 }
 
 /* This process's writer identity (see struct sl_slot). */
