@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Python's multiprocessing.connection authentication (pyauth.c), for the
- * Listener and Client of manager.c in Python mode. */
+ * Listener and Client (listener.c) in Python mode. */
 #ifndef MP_PYAUTH_H
 #define MP_PYAUTH_H
 

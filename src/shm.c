@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * SharedMemory, ShareableList and SharedMemoryManager: named POSIX shared
- * memory blocks, and the family-wide registry that unlinks the ones nobody
- * meant to keep.
+ * SharedMemory and SharedMemoryManager: named POSIX shared memory blocks, and
+ * the family-wide registry that unlinks the ones nobody meant to keep.
+ * ShareableList, a block with its own protocol, is in shm_list.c; what the two
+ * files share is in shm_internal.h.
  *
  * Map of this file:
  *   1. names
- *   2. process identity and liveness
- *   3. the registry of tracked blocks (family heap)
+ *   2. process identity and liveness (also a ShareableList writer's)
+ *   3. the registry of tracked blocks (family heap): its protocol and kill
+ *      table below; crash points shm.create.recorded, shm.create.named,
+ *      shm.adopt.linked, shm.unlink.unlinked, shm.sweep.unlinked and
+ *      shm.reg.unlinked
  *   4. SharedMemory
- *   5. ShareableList
- *   6. SharedMemoryManager
+ *   5. SharedMemoryManager: kept here because a handle's close and unlink
+ *      update the manager's record of it (struct mp__shm_mgr_entry), and its
+ *      shutdown unlinks through the registry's own helpers
  *
  * 3. The registry. One `struct registry` per family, published in the heap's
  * MP__ROOT_SHM slot by whoever needs it first. It holds a singly linked list
@@ -51,14 +56,10 @@
  * is killed whole (no process is left to sweep; see mp/shm.h).
  * Lock order: registry mutex, then the heap's (mp_heap_free inside).
  *
- * 5. A ShareableList block: header, slot descriptors, data (see below). Each
- * slot is a seqlock with an owner word for writers; the protocol is given at
- * struct sl_slot.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,13 +72,12 @@
 
 #include "crash.h"
 #include "internal.h"
+#include "shm_internal.h"
 
 /* ------------------------------------------------------------ 1. names */
 
-#define PATH_CAP (MP_SHARED_MEMORY_NAME_MAX + 2) /* "/" + name + NUL */
-
 /* Check a user's name and make the "/name" path shm_open wants. */
-static int make_path(const char *name, char path[PATH_CAP]) {
+static int make_path(const char *name, char path[MP__SHM_PATH_CAP]) {
   if (!name)
     return -EINVAL;
   if (name[0] == '/')
@@ -92,11 +92,11 @@ static int make_path(const char *name, char path[PATH_CAP]) {
 }
 
 /* A fresh "/psm_xxxxxxxx" (8 random hex digits, as Python's names). */
-static void make_generated_path(char path[PATH_CAP]) {
+static void make_generated_path(char path[MP__SHM_PATH_CAP]) {
   uint32_t v;
   if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
     v = (uint32_t)mp__now_ns() ^ ((uint32_t)mp__pid() << 16);
-  snprintf(path, PATH_CAP, "/psm_%08x", (unsigned)v);
+  snprintf(path, MP__SHM_PATH_CAP, "/psm_%08x", (unsigned)v);
 }
 
 /* The directory glibc's shm_open() uses for "/name". */
@@ -105,7 +105,7 @@ static void make_generated_path(char path[PATH_CAP]) {
 /* Give the unnamed block open as fd the name `path` ("/name"): 0, -EEXIST
  * when the name is taken, or another negative errno. */
 static int link_name(int fd, const char *path) {
-  char dst[sizeof SHM_DIR + PATH_CAP];
+  char dst[sizeof SHM_DIR + MP__SHM_PATH_CAP];
   snprintf(dst, sizeof dst, "%s%s", SHM_DIR, path);
   if (linkat(fd, "", AT_FDCWD, dst, AT_EMPTY_PATH) == 0)
     return 0;
@@ -156,36 +156,21 @@ static int read_stat(pid_t pid, char *state, uint64_t *start) {
   return 0;
 }
 
-/* This process's start time, for the pid libmp's one pid cache gives
- * (mp__pid(), sys.c): recomputed when that pid changes, so no fork handler is
- * needed here. Start time 0 when /proc cannot tell. */
-static _Atomic uint64_t ident_start;
-static _Atomic pid_t ident_start_pid; /* the pid ident_start belongs to */
+/* The cache behind mp__shm_self_ident() (shm_internal.h). */
+_Atomic uint64_t mp__shm_ident_start;
+_Atomic pid_t mp__shm_ident_pid;
 
-static pid_t self_ident(uint64_t *start) {
-  pid_t me = mp__pid();
-  if (start) {
-    /* acquire: pairs with the release store below, so the start time read
-     * belongs to this pid */
-    if (MP__UNLIKELY(atomic_load_explicit(&ident_start_pid, memory_order_acquire) != me)) {
-      char st;
-      uint64_t t = 0;
-      if (read_stat(me, &st, &t) < 0)
-        t = 0;
-      atomic_store_explicit(&ident_start, t, memory_order_relaxed); /* published below */
-      atomic_store_explicit(&ident_start_pid, me, memory_order_release);
-      *start = t;
-      return me;
-    }
-    *start = atomic_load_explicit(&ident_start, memory_order_relaxed); /* ordered by the pid */
-  }
-  return me;
+uint64_t mp__shm_ident_load(pid_t me) {
+  char st;
+  uint64_t t = 0;
+  if (read_stat(me, &st, &t) < 0)
+    t = 0;
+  atomic_store_explicit(&mp__shm_ident_start, t, memory_order_relaxed); /* published below */
+  atomic_store_explicit(&mp__shm_ident_pid, me, memory_order_release);
+  return t;
 }
 
-/* Whether the process that was `pid`, started at `start` (0: unknown; only
- * the bits of start_mask are compared), is still running. A zombie counts as dead; when nothing can tell, alive (the
- * safe answer: a live process's blocks are never removed). */
-static bool alive_since(pid_t pid, uint64_t start, uint64_t start_mask) {
+bool mp__shm_alive_since(pid_t pid, uint64_t start, uint64_t start_mask) {
   if (pid <= 0)
     return false;
   if (kill(pid, 0) < 0 && errno == ESRCH)
@@ -202,7 +187,9 @@ static bool alive_since(pid_t pid, uint64_t start, uint64_t start_mask) {
   return !(start && (t & start_mask) != start);
 }
 
-static bool owner_alive(pid_t pid, uint64_t start) { return alive_since(pid, start, ~0ull); }
+static bool owner_alive(pid_t pid, uint64_t start) {
+  return mp__shm_alive_since(pid, start, ~0ull);
+}
 
 /* ------------------------------------------------------------ 3. registry */
 
@@ -367,7 +354,7 @@ static void unlink_if_same(const char *path, uint64_t dev, uint64_t ino) {
 /* Drop the entries of dead owners, and when `exiting` those of the calling
  * process, unlinking their blocks. */
 static void sweep(struct registry *r, bool exiting) {
-  pid_t me = self_ident(NULL);
+  pid_t me = mp__shm_self_ident(NULL);
   struct verdict {
     pid_t pid;
     uint64_t start;
@@ -467,7 +454,7 @@ static int reg_adopt(const char *path, uint64_t dev, uint64_t ino) {
   if (!r)
     return -ENOMEM;
   uint64_t start;
-  pid_t me = self_ident(&start);
+  pid_t me = mp__shm_self_ident(&start);
   int err = ensure_atexit(me);
   if (err < 0)
     return err;
@@ -484,19 +471,9 @@ static int reg_adopt(const char *path, uint64_t dev, uint64_t ino) {
 
 /* ------------------------------------------------------------ 4. SharedMemory */
 
-struct mgr_entry;
-
-struct mp_shared_memory {
-  void *buf;
-  size_t size;
-  uint64_t dev, ino;
-  struct mgr_entry *mgr; /* the manager record that owns this handle, or NULL */
-  char path[PATH_CAP];   /* "/name" */
-};
-
-static int shm_create(const char *name, size_t size, const mp_shared_memory_options *opts,
-                      mp_shared_memory **ret) {
-  char path[PATH_CAP];
+int mp__shm_create(const char *name, size_t size, const mp_shared_memory_options *opts,
+                   mp_shared_memory **ret) {
+  char path[MP__SHM_PATH_CAP];
   bool generated = !name;
   if (!ret || size == 0 || size > (size_t)INT64_MAX)
     return -EINVAL;
@@ -512,7 +489,7 @@ static int shm_create(const char *name, size_t size, const mp_shared_memory_opti
   if (reg)
     sweep(reg, false);
   uint64_t start;
-  pid_t me = self_ident(&start);
+  pid_t me = mp__shm_self_ident(&start);
   if (tracked) {
     int r = ensure_atexit(me);
     if (r < 0)
@@ -597,12 +574,12 @@ fail:
 
 MP_EXPORT int mp_shared_memory_new(const char *name, size_t size,
                                    const mp_shared_memory_options *opts, mp_shared_memory **ret) {
-  return shm_create(name, size, opts, ret);
+  return mp__shm_create(name, size, opts, ret);
 }
 
 MP_EXPORT int mp_shared_memory_attach(const char *name, const mp_shared_memory_options *opts,
                                       mp_shared_memory **ret) {
-  char path[PATH_CAP];
+  char path[MP__SHM_PATH_CAP];
   int err = make_path(name, path);
   if (err < 0)
     return err;
@@ -670,14 +647,14 @@ MP_EXPORT const char *mp_shared_memory_name(const mp_shared_memory *shm) {
   return shm ? shm->path + 1 : NULL;
 }
 
-/* A manager's record of one block it created (section 6). */
-struct mgr_entry {
-  struct mgr_entry *next;
+/* A manager's record of one block it created (section 5). */
+struct mp__shm_mgr_entry {
+  struct mp__shm_mgr_entry *next;
   mp_shared_memory *shm;          /* the handle while open, else NULL */
   struct mp_shareable_list *list; /* the list that owns `shm`, if any */
   int unlinked;
   uint64_t dev, ino;
-  char path[PATH_CAP];
+  char path[MP__SHM_PATH_CAP];
 };
 
 MP_EXPORT int mp_shared_memory_close(mp_shared_memory *shm) {
@@ -705,7 +682,7 @@ MP_EXPORT int mp_shared_memory_unlink(mp_shared_memory *shm) {
 }
 
 MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
-  char path[PATH_CAP];
+  char path[MP__SHM_PATH_CAP];
   int err = make_path(name, path);
   if (err < 0)
     return err;
@@ -724,517 +701,7 @@ MP_EXPORT int mp_shared_memory_unlink_name(const char *name) {
   return 0;
 }
 
-/* ------------------------------------------------------------ 5. ShareableList */
-
-/*
- * Block layout (all fields in the machine's byte order):
- *   struct sl_header                     32 bytes
- *   struct sl_slot [count]               40 bytes each
- *   data                                 each slot's `cap` bytes at `offset`
- *
- * struct sl_header: written once by the creator; `magic` last (release), so
- * an attacher that loads the magic (acquire) sees the rest. Magic 0: the
- * creator is not done yet.
- *
- * struct sl_slot, one per item:
- *   offset, cap  constant after creation. Attachers check them against the
- *                block once and keep private copies, never re-reading them.
- *   writer       the identity of the process writing the slot, 0 when
- *                none: its pid in the low 32 bits and the low 32 bits of its
- *                start time (clock ticks since boot, /proc) in the high
- *                ones, so that a process that got a dead writer's pid is not
- *                taken for it. A writer takes the slot by compare-exchange
- *                0 -> its identity and gives it back by storing 0 (release).
- *   seq          a seqlock: even while the slot is stable, odd while its
- *                writer changes `type`, `len` and the data. Readers read
- *                those between two loads of `seq` and retry unless both
- *                loads gave the same even value. (The data bytes are copied
- *                with memcpy while a writer may be storing them; the second
- *                load of `seq` discards any such copy.)
- *   type, len    the current value's type and length in bytes (len <= cap).
- * Waits: readers wait while `seq` is odd, writers while `writer` is taken;
- * both spin, then yield, checking the holder's liveness every SL_CHECK_EVERY
- * yields, and give up with -ETIMEDOUT after mp__shm_list_wait_s seconds
- * (the public calls take no timeout; a live writer holds a slot only for
- * one copy, so this only ends waits on a stopped or starved writer).
- * What a SIGKILL of a writer leaves, and who repairs it:
- *   slot taken, seq still even (shm.list.set.locked): readers read the old
- *     value undisturbed; the next writer that finds the holder dead takes
- *     the slot over.
- *   seq odd, nothing written (shm.list.set.seq), or value written, seq still
- *     odd (shm.list.set.written): the next writer that finds the holder dead
- *     takes the slot over (its own write replaces type, length and data
- *     whole); the next reader that does makes it stable as it is (type and
- *     len made valid, the bytes as left) and reports -EOWNERDEAD once.
- */
-#define SL_MAGIC 0x315453494c53706dULL /* "mpSLIST1" in memory on little-endian */
-#define SL_VERSION 2 /* 2: 64-bit writer identities */
-#define SL_MAX_CAP ((uint64_t)UINT32_MAX - 7)
-/* Busy-wait rounds before yielding, and yields between liveness checks. */
-#define SL_SPIN 100
-#define SL_CHECK_EVERY 64
-
-/* How long a reader or writer waits for a slot's writer (internal.h). */
-double mp__shm_list_wait_s = 10.0;
-
-struct sl_header {
-  _Atomic uint64_t magic;
-  uint32_t version;
-  uint32_t count;
-  uint64_t size;
-  uint64_t reserved;
-};
-
-struct sl_slot {
-  _Atomic uint32_t seq;
-  _Atomic uint32_t type;
-  _Atomic uint64_t writer;
-  _Atomic uint32_t len;
-  uint32_t reserved;
-  uint64_t offset;
-  uint64_t cap;
-};
-
-_Static_assert(sizeof(struct sl_header) == 32, "ShareableList header layout");
-_Static_assert(sizeof(struct sl_slot) == 40, "ShareableList slot layout");
-
-struct sl_geom {
-  uint64_t offset, cap;
-};
-
-struct mp_shareable_list {
-  mp_shared_memory *shm;
-  uint32_t count;
-  uint64_t max_cap;
-  struct sl_geom *geom; /* private copies of each slot's offset and cap */
-};
-
-static bool type_ok(uint32_t t) { return t <= MP_ITEM_BYTES; }
-
-static bool is_var(uint32_t t) { return t == MP_ITEM_STR || t == MP_ITEM_BYTES; }
-
-static int item_check(const mp_item *it) {
-  if (!it || !type_ok((uint32_t)it->type))
-    return -EINVAL;
-  if (is_var((uint32_t)it->type) && !it->data && it->len)
-    return -EINVAL;
-  return 0;
-}
-
-/* The bytes an item needs in a slot. */
-static uint64_t item_size(const mp_item *it) {
-  switch (it->type) {
-  case MP_ITEM_NONE: return 0;
-  case MP_ITEM_BOOL: return 1;
-  case MP_ITEM_INT:
-  case MP_ITEM_FLOAT: return 8;
-  default: return it->len;
-  }
-}
-
-static struct sl_slot *slot_at(const mp_shareable_list *l, size_t i) {
-  return (struct sl_slot *)((char *)l->shm->buf + sizeof(struct sl_header)) + i;
-}
-
-static char *data_at(const mp_shareable_list *l, size_t i) {
-  return (char *)l->shm->buf + l->geom[i].offset;
-}
-
-static void pause_round(unsigned spins) {
-  if (spins < SL_SPIN)
-    mp__cpu_relax();
-  else
-    sched_yield();
-}
-
-/* Whether it is time to check the liveness of whoever holds the slot. */
-static bool check_due(unsigned spins) {
-  return spins >= SL_SPIN && (spins - SL_SPIN) % SL_CHECK_EVERY == SL_CHECK_EVERY - 1;
-}
-
-/* This process's writer identity (see struct sl_slot). */
-static uint64_t writer_self(void) {
-  uint64_t start;
-  pid_t me = self_ident(&start);
-  return (uint64_t)(uint32_t)me | (uint64_t)(uint32_t)start << 32;
-}
-
-/* Whether the writer w is still running: its pid is alive and, when its
- * start time is known on both sides, started when w says. */
-static bool writer_alive(uint64_t w) {
-  /* the word keeps the low 32 bits of the start time */
-  return alive_since((pid_t)(uint32_t)w, (uint32_t)(w >> 32), 0xffffffffull);
-}
-
-/* Take the slot for writing by deadline d: 0 and the odd seq value to
- * publish with in *seq_out, or -ETIMEDOUT. */
-static int slot_lock(struct sl_slot *s, uint64_t me, const mp__deadline *d, uint32_t *seq_out) {
-  for (unsigned spins = 0;; spins++) {
-    uint64_t w = 0;
-    if (atomic_compare_exchange_strong(&s->writer, &w, me))
-      break;
-    if (check_due(spins)) {
-      if (w != me && !writer_alive(w) && atomic_compare_exchange_strong(&s->writer, &w, me))
-        break; /* its writer died: ours replaces whatever it left */
-      if (mp__deadline_passed(d))
-        return -ETIMEDOUT;
-    }
-    pause_round(spins);
-  }
-  MP__CRASH(SHM_LIST_SET_LOCKED);
-  uint32_t seq = atomic_load(&s->seq);
-  if (!(seq & 1)) {
-    seq++;
-    /* relaxed + release fence: the odd value is visible before any data
-     * store below (the seqlock writer's side; pairs with the reader's
-     * acquire fence before its second load of seq) */
-    atomic_store_explicit(&s->seq, seq, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-  }
-  MP__CRASH(SHM_LIST_SET_SEQ);
-  *seq_out = seq;
-  return 0;
-}
-
-static void slot_unlock(struct sl_slot *s, uint32_t seq) {
-  atomic_store_explicit(&s->seq, seq + 1, memory_order_release);
-  atomic_store_explicit(&s->writer, 0, memory_order_release);
-}
-
-/* Write an item's value into slot i; the slot must be locked. */
-static void slot_write(mp_shareable_list *l, size_t i, const mp_item *it) {
-  struct sl_slot *s = slot_at(l, i);
-  char *d = data_at(l, i);
-  uint64_t n = item_size(it);
-  switch (it->type) {
-  case MP_ITEM_INT: memcpy(d, &it->i, 8); break;
-  case MP_ITEM_FLOAT: memcpy(d, &it->f, 8); break;
-  case MP_ITEM_BOOL: d[0] = it->b ? 1 : 0; break;
-  case MP_ITEM_STR:
-  case MP_ITEM_BYTES:
-    if (n)
-      memcpy(d, it->data, n);
-    break;
-  default: break;
-  }
-  /* relaxed: published by the release store of seq in slot_unlock() */
-  atomic_store_explicit(&s->type, (uint32_t)it->type, memory_order_relaxed);
-  atomic_store_explicit(&s->len, (uint32_t)n, memory_order_relaxed);
-}
-
-MP_EXPORT int mp_shareable_list_set(mp_shareable_list *l, size_t index, const mp_item *item) {
-  if (!l)
-    return -EINVAL;
-  int err = item_check(item);
-  if (err < 0)
-    return err;
-  if (index >= l->count)
-    return -ERANGE;
-  if (item_size(item) > l->geom[index].cap)
-    return -EMSGSIZE;
-  struct sl_slot *s = slot_at(l, index);
-  mp__deadline d;
-  mp__deadline_init(&d, mp__shm_list_wait_s);
-  uint32_t seq;
-  err = slot_lock(s, writer_self(), &d, &seq);
-  if (err < 0)
-    return err;
-  slot_write(l, index, item);
-  MP__CRASH(SHM_LIST_SET_WRITTEN);
-  slot_unlock(s, seq);
-  return 0;
-}
-
-/* A reader found slot i odd with a dead writer: make it stable as it is. */
-static int slot_repair(mp_shareable_list *l, size_t i, uint64_t dead) {
-  struct sl_slot *s = slot_at(l, i);
-  if (!atomic_compare_exchange_strong(&s->writer, &dead, writer_self()))
-    return 0; /* someone else got there first */
-  uint32_t seq = atomic_load(&s->seq);
-  if (!(seq & 1)) {
-    atomic_store(&s->writer, 0);
-    return 0;
-  }
-  uint32_t t = atomic_load(&s->type), n = atomic_load(&s->len);
-  if (!type_ok(t))
-    t = MP_ITEM_NONE;
-  mp_item probe = {(mp_item_type)t, 0, 0.0, 0, NULL, n, 0};
-  if (item_size(&probe) > l->geom[i].cap || (!is_var(t) && n != item_size(&probe))) {
-    t = MP_ITEM_NONE;
-    n = 0;
-  }
-  atomic_store(&s->type, t);
-  atomic_store(&s->len, n);
-  slot_unlock(s, seq);
-  return -EOWNERDEAD;
-}
-
-MP_EXPORT int mp_shareable_list_get(mp_shareable_list *l, size_t index, mp_item *out, void *buf,
-                                    size_t bufsize) {
-  if (!l || !out)
-    return -EINVAL;
-  if (index >= l->count)
-    return -ERANGE;
-  struct sl_slot *s = slot_at(l, index);
-  const char *d = data_at(l, index);
-  uint64_t cap = l->geom[index].cap;
-  mp__deadline dl;
-  bool timed = false; /* the deadline is made at the first wait only */
-  for (unsigned spins = 0;; spins++) {
-    uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
-    if (s1 & 1) {
-      if (!timed) {
-        mp__deadline_init(&dl, mp__shm_list_wait_s);
-        timed = true;
-      }
-      if (check_due(spins)) {
-        uint64_t w = atomic_load(&s->writer);
-        if (w && w != writer_self() && !writer_alive(w)) {
-          int r = slot_repair(l, index, w);
-          if (r < 0)
-            return r;
-        }
-        if (mp__deadline_passed(&dl))
-          return -ETIMEDOUT;
-      }
-      pause_round(spins);
-      continue;
-    }
-    /* relaxed: validated by the seq re-check below */
-    uint32_t t = atomic_load_explicit(&s->type, memory_order_relaxed);
-    uint32_t n = atomic_load_explicit(&s->len, memory_order_relaxed);
-    mp_item it = {(mp_item_type)t, 0, 0.0, 0, NULL, n, 0};
-    int err = 0;
-    if (!type_ok(t) || n > cap)
-      err = -EINVAL;
-    else if (t == MP_ITEM_INT)
-      memcpy(&it.i, d, 8);
-    else if (t == MP_ITEM_FLOAT)
-      memcpy(&it.f, d, 8);
-    else if (t == MP_ITEM_BOOL)
-      it.b = d[0] != 0;
-    else if (is_var(t)) {
-      size_t need = n + (t == MP_ITEM_STR);
-      if (need > bufsize || (!buf && need))
-        err = -EMSGSIZE;
-      else if (n)
-        memcpy(buf, d, n);
-      it.data = buf;
-    }
-    atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&s->seq, memory_order_relaxed) != s1)
-      continue; /* a writer came by: what was read may be mixed */
-    if (err < 0)
-      return err;
-    if (t == MP_ITEM_STR)
-      ((char *)buf)[n] = 0;
-    if (!is_var(t))
-      it.len = 0;
-    *out = it;
-    return 0;
-  }
-}
-
-MP_EXPORT ssize_t mp_shareable_list_len(const mp_shareable_list *l) {
-  return l ? (ssize_t)l->count : -EINVAL;
-}
-
-MP_EXPORT ssize_t mp_shareable_list_capacity(const mp_shareable_list *l, size_t index) {
-  if (!l)
-    return -EINVAL;
-  if (index >= l->count)
-    return -ERANGE;
-  return (ssize_t)l->geom[index].cap;
-}
-
-static bool item_equal(const mp_item *a, const mp_item *b) {
-  if (a->type != b->type)
-    return false;
-  switch (a->type) {
-  case MP_ITEM_NONE: return true;
-  case MP_ITEM_INT: return a->i == b->i;
-  case MP_ITEM_FLOAT: return a->f == b->f;
-  case MP_ITEM_BOOL: return (a->b != 0) == (b->b != 0);
-  default: return a->len == b->len && (a->len == 0 || !memcmp(a->data, b->data, a->len));
-  }
-}
-
-/* Count the slots equal to v (stop at the first when first_only); returns the
- * count or first index, -ENOENT when first_only finds none. */
-static ssize_t find(mp_shareable_list *l, const mp_item *v, bool first_only) {
-  if (!l)
-    return -EINVAL;
-  int err = item_check(v);
-  if (err < 0)
-    return err;
-  char *buf = malloc(l->max_cap + 1);
-  if (!buf)
-    return -ENOMEM;
-  ssize_t n = 0;
-  for (size_t i = 0; i < l->count; i++) {
-    mp_item it;
-    int r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
-    if (r == -EOWNERDEAD)
-      r = mp_shareable_list_get(l, i, &it, buf, l->max_cap + 1);
-    if (r == -ETIMEDOUT) {
-      free(buf);
-      return r;
-    }
-    if (r < 0)
-      continue; /* a slot holding garbage equals nothing */
-    if (item_equal(&it, v)) {
-      if (first_only) {
-        free(buf);
-        return (ssize_t)i;
-      }
-      n++;
-    }
-  }
-  free(buf);
-  return first_only ? -ENOENT : n;
-}
-
-MP_EXPORT ssize_t mp_shareable_list_count(mp_shareable_list *l, const mp_item *value) {
-  return find(l, value, false);
-}
-
-MP_EXPORT ssize_t mp_shareable_list_index(mp_shareable_list *l, const mp_item *value) {
-  return find(l, value, true);
-}
-
-MP_EXPORT mp_shared_memory *mp_shareable_list_shm(const mp_shareable_list *l) {
-  return l ? l->shm : NULL;
-}
-
-MP_EXPORT int mp_shareable_list_close(mp_shareable_list *l) {
-  if (!l)
-    return 0;
-  mp_shared_memory_close(l->shm);
-  free(l->geom);
-  free(l);
-  return 0;
-}
-
-MP_EXPORT int mp_shareable_list_unlink(mp_shareable_list *l) {
-  return l ? mp_shared_memory_unlink(l->shm) : -EINVAL;
-}
-
-static int list_create(const char *name, const mp_item *items, size_t n,
-                       const mp_shared_memory_options *opts, mp_shareable_list **ret) {
-  if (!ret || (n && !items) || n > UINT32_MAX)
-    return -EINVAL;
-  uint64_t total = sizeof(struct sl_header) + (uint64_t)n * sizeof(struct sl_slot);
-  uint64_t max_cap = 8;
-  for (size_t i = 0; i < n; i++) {
-    int err = item_check(&items[i]);
-    if (err < 0)
-      return err;
-    uint64_t want = item_size(&items[i]);
-    if (is_var((uint32_t)items[i].type) && items[i].cap > want)
-      want = items[i].cap;
-    if (want > SL_MAX_CAP)
-      return -EINVAL;
-    uint64_t cap = want < 8 ? 8 : (want + 7) & ~(uint64_t)7;
-    if (cap > max_cap)
-      max_cap = cap;
-    total += cap;
-    if (total > (uint64_t)INT64_MAX / 2)
-      return -EINVAL;
-  }
-  mp_shareable_list *l = calloc(1, sizeof *l);
-  if (!l)
-    return -ENOMEM;
-  if (n && !(l->geom = malloc(n * sizeof *l->geom))) {
-    free(l);
-    return -ENOMEM;
-  }
-  int err = shm_create(name, (size_t)total, opts, &l->shm);
-  if (err < 0) {
-    free(l->geom);
-    free(l);
-    return err;
-  }
-  l->count = (uint32_t)n;
-  l->max_cap = max_cap;
-  struct sl_header *h = l->shm->buf;
-  uint64_t off = sizeof(struct sl_header) + (uint64_t)n * sizeof(struct sl_slot);
-  for (size_t i = 0; i < n; i++) {
-    uint64_t want = item_size(&items[i]);
-    if (is_var((uint32_t)items[i].type) && items[i].cap > want)
-      want = items[i].cap;
-    uint64_t cap = want < 8 ? 8 : (want + 7) & ~(uint64_t)7;
-    l->geom[i] = (struct sl_geom){off, cap};
-    struct sl_slot *s = slot_at(l, i);
-    s->offset = off;
-    s->cap = cap;
-    slot_write(l, i, &items[i]); /* seq 0, writer 0: the block is fresh zeros */
-    off += cap;
-  }
-  h->version = SL_VERSION;
-  h->count = (uint32_t)n;
-  h->size = total;
-  atomic_store_explicit(&h->magic, SL_MAGIC, memory_order_release);
-  *ret = l;
-  return 0;
-}
-
-MP_EXPORT int mp_shareable_list_new(const char *name, const mp_item *items, size_t n,
-                                    const mp_shared_memory_options *opts, mp_shareable_list **ret) {
-  return list_create(name, items, n, opts, ret);
-}
-
-MP_EXPORT int mp_shareable_list_attach(const char *name, const mp_shared_memory_options *opts,
-                                       mp_shareable_list **ret) {
-  if (!ret)
-    return -EINVAL;
-  mp_shareable_list *l = calloc(1, sizeof *l);
-  if (!l)
-    return -ENOMEM;
-  int err = mp_shared_memory_attach(name, opts, &l->shm);
-  if (err < 0) {
-    free(l);
-    return err;
-  }
-  uint64_t size = l->shm->size;
-  struct sl_header *h = l->shm->buf;
-  err = -EINVAL;
-  if (size < sizeof *h)
-    goto fail;
-  uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
-  if (magic != SL_MAGIC) {
-    err = magic == 0 ? -EAGAIN : -EINVAL;
-    goto fail;
-  }
-  uint64_t count = h->count;
-  uint64_t data = sizeof *h + count * sizeof(struct sl_slot);
-  if (h->version != SL_VERSION || data > size)
-    goto fail;
-  l->count = (uint32_t)count;
-  l->max_cap = 8;
-  if (count && !(l->geom = malloc(count * sizeof *l->geom))) {
-    err = -ENOMEM;
-    goto fail;
-  }
-  for (uint64_t i = 0; i < count; i++) {
-    struct sl_slot *s = slot_at(l, i);
-    uint64_t off = s->offset, cap = s->cap;
-    if (off < data || off > size || off % 8 || cap < 8 || cap > SL_MAX_CAP || cap > size - off)
-      goto fail;
-    l->geom[i] = (struct sl_geom){off, cap};
-    if (cap > l->max_cap)
-      l->max_cap = cap;
-  }
-  *ret = l;
-  return 0;
-
-fail:
-  mp_shared_memory_close(l->shm);
-  free(l->geom);
-  free(l);
-  return err;
-}
-
-/* ------------------------------------------------------------ 6. manager */
+/* ------------------------------------------------------------ 5. SharedMemoryManager */
 
 /* The manager is process-private (malloc), like the handles it holds. Each
  * record outlives its handle: closing the handle early clears the record's
@@ -1243,7 +710,7 @@ fail:
 struct mp_shm_manager {
   pid_t creator;
   pthread_mutex_t mutex;
-  struct mgr_entry *head;
+  struct mp__shm_mgr_entry *head;
 };
 
 MP_EXPORT int mp_shm_manager_new(mp_shm_manager **ret) {
@@ -1252,7 +719,7 @@ MP_EXPORT int mp_shm_manager_new(mp_shm_manager **ret) {
   mp_shm_manager *m = calloc(1, sizeof *m);
   if (!m)
     return -ENOMEM;
-  m->creator = self_ident(NULL);
+  m->creator = mp__shm_self_ident(NULL);
   pthread_mutex_init(&m->mutex, NULL);
   *ret = m;
   return 0;
@@ -1260,14 +727,14 @@ MP_EXPORT int mp_shm_manager_new(mp_shm_manager **ret) {
 
 /* Record a handle the manager now owns. */
 static int mgr_adopt(mp_shm_manager *m, mp_shared_memory *shm, mp_shareable_list *list) {
-  struct mgr_entry *e = calloc(1, sizeof *e);
+  struct mp__shm_mgr_entry *e = calloc(1, sizeof *e);
   if (!e)
     return -ENOMEM;
   e->shm = shm;
   e->list = list;
   e->dev = shm->dev;
   e->ino = shm->ino;
-  memcpy(e->path, shm->path, PATH_CAP);
+  memcpy(e->path, shm->path, MP__SHM_PATH_CAP);
   shm->mgr = e;
   pthread_mutex_lock(&m->mutex);
   e->next = m->head;
@@ -1279,10 +746,10 @@ static int mgr_adopt(mp_shm_manager *m, mp_shared_memory *shm, mp_shareable_list
 MP_EXPORT int mp_shm_manager_shared_memory(mp_shm_manager *m, size_t size, mp_shared_memory **ret) {
   if (!m || !ret)
     return -EINVAL;
-  if (m->creator != self_ident(NULL))
+  if (m->creator != mp__shm_self_ident(NULL))
     return -ECHILD;
   mp_shared_memory *h;
-  int err = shm_create(NULL, size, NULL, &h);
+  int err = mp__shm_create(NULL, size, NULL, &h);
   if (err < 0)
     return err;
   err = mgr_adopt(m, h, NULL);
@@ -1299,13 +766,13 @@ MP_EXPORT int mp_shm_manager_shareable_list(mp_shm_manager *m, const mp_item *it
                                             mp_shareable_list **ret) {
   if (!m || !ret)
     return -EINVAL;
-  if (m->creator != self_ident(NULL))
+  if (m->creator != mp__shm_self_ident(NULL))
     return -ECHILD;
   mp_shareable_list *l;
-  int err = list_create(NULL, items, n, NULL, &l);
+  int err = mp__shm_list_create(NULL, items, n, NULL, &l);
   if (err < 0)
     return err;
-  err = mgr_adopt(m, l->shm, l);
+  err = mgr_adopt(m, mp_shareable_list_shm(l), l);
   if (err < 0) {
     mp_shareable_list_unlink(l);
     mp_shareable_list_close(l);
@@ -1318,11 +785,11 @@ MP_EXPORT int mp_shm_manager_shareable_list(mp_shm_manager *m, const mp_item *it
 MP_EXPORT int mp_shm_manager_shutdown(mp_shm_manager *m) {
   if (!m)
     return 0;
-  if (m->creator != self_ident(NULL))
+  if (m->creator != mp__shm_self_ident(NULL))
     return -ECHILD;
   pthread_mutex_lock(&m->mutex);
   while (m->head) {
-    struct mgr_entry *e = m->head;
+    struct mp__shm_mgr_entry *e = m->head;
     if (!e->unlinked) {
       unlink_if_same(e->path, e->dev, e->ino);
       reg_forget(e->path, e->dev, e->ino);

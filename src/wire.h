@@ -1,8 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Internals of typed values (wire.c) shared with the manager (manager.c) and
- * the fuzz target: container helpers, the framed encoding, and the pure parts
- * of the authentication handshake.
+ * Internals of typed values shared by their files and the manager's
+ * (src/manager_*.c) and the fuzz target: the value structure, container
+ * helpers, the framed encoding, and the pure parts of the authentication
+ * handshake.
+ *
+ * Where typed values live (public header mp/manager.h -> file):
+ *   obj.c   the value tree (constructors, accessors, lists, dicts with a
+ *           hash index) and repr
+ *   wire.c  MessagePack encoding and decoding, the handshake's pure parts,
+ *           the manager's framed requests and replies
  */
 #ifndef MP_WIRE_H
 #define MP_WIRE_H
@@ -12,6 +19,39 @@
 #include <stdint.h>
 
 #include "mp/manager.h"
+
+/* A value. Scalars hold their value; str and bytes a private NUL-terminated
+ * copy; lists and dicts own their items. The encoder (wire.c) walks the
+ * tree directly; everything else goes through obj.c's functions. */
+struct mp__obj_pair {
+  mp_obj *key, *value;
+};
+
+struct mp__obj_index; /* a dict's hash index (obj.c) */
+
+struct mp_obj {
+  int type;
+  union {
+    int b;
+    int64_t i;
+    double f;
+    struct {
+      char *p;
+      size_t n;
+    } s; /* str and bytes; p is NUL-terminated */
+    struct {
+      mp_obj **v;
+      size_t n, cap;
+    } l;
+    struct {
+      struct mp__obj_pair *v;
+      size_t n, cap;
+      struct mp__obj_index *idx; /* NULL while small */
+      size_t idx_cap;
+      size_t holes; /* removed entries (key NULL) among v[0..n); only with idx */
+    } d;
+  } u;
+};
 
 /* Frames on a stream socket: a 4-byte big-endian length, then the payload. */
 #define MP__FRAME_HDR 4
@@ -103,13 +143,13 @@ int mp__hs_parse_verdict(const void *buf, size_t len);
 /* Fill buf with n random bytes (getrandom). 0 or -errno. */
 int mp__random_bytes(void *buf, size_t n);
 
-/* Manager requests and replies (manager.c), encoded as frames:
+/* Manager requests and replies (src/manager_*.c), encoded as frames:
  *   request  [op, target, name, args, timeout]  target: object id (0 for
  *            none); name: the type (CREATE), method (CALL) or object name
  *            (LOOKUP, PUBLISH)
  *   reply    [status, value]  LOOKUP's value: [id, type name]
- * args is borrowed (NULL sends an empty list). Op 5 is manager.c's
- * SH_OP_OFFER. */
+ * args is borrowed (NULL sends an empty list). Op 5 is the manager's
+ * MP__SH_OP_OFFER (src/manager_internal.h). */
 enum {
   MP__OP_CREATE = 1,
   MP__OP_CALL = 2,

@@ -1000,7 +1000,7 @@ static void test_shareable_list_dead_writer_recovered(void **state) {
   assert_true(dead > 0);
   assert_child_ok(dead);
   /* Forge what a writer killed in mid-write leaves: seq odd, writer its pid,
-   * a half-written value (layout documented in mp/shm.h and src/shm.c). */
+   * a half-written value (layout documented in mp/shm.h and src/shm_list.c). */
   char *base = mp_shared_memory_buf(mp_shareable_list_shm(l));
   for (int slot = 0; slot < 2; slot++) {
     _Atomic uint32_t *seq = (_Atomic uint32_t *)(base + 32 + 40 * slot);

@@ -382,7 +382,7 @@ static void test_shm_crash_list_writer_pid_recycled(void **state) {
   pid_t other = tu_fork(sleep_until_killed, NULL, 30);
   assert_true(other > 0);
   uint64_t start = start_of(other);
-  /* The writer word of slot 0 (struct sl_slot in src/shm.c: after the
+  /* The writer word of slot 0 (struct sl_slot in src/shm_list.c: after the
    * 32-byte header, at offset 8 of the 40-byte descriptor). */
   char *base = mp_shared_memory_buf(mp_shareable_list_shm(l));
   _Atomic uint64_t *writer = (_Atomic uint64_t *)(base + 32 + 8);

@@ -273,7 +273,7 @@ static inline mp_item mp_item_bytes(const void *p, size_t len) {
  * header (magic "mpSLIST1", version 2, count), then one 40-byte descriptor
  * per slot (type, capacity, current length, offset of its data, and the
  * seqlock and writer words), then the slots' data, each 8-byte aligned. See
- * src/shm.c for the exact fields. (Version 1, with 32-byte descriptors and
+ * src/shm_list.c for the exact fields. (Version 1, with 32-byte descriptors and
  * writers known by pid alone, is refused with `-EINVAL`.)
  * @param name NULL for a generated name.
  * @param items @p n items (NULL when @p n is 0); their mp_item::cap sets
