@@ -102,8 +102,9 @@
  *     shutdown, a server thread ending with its server) first looks at the
  *     socket once more (POLLHUP: as above), else ORs its bit into `gone`
  *     and frees the block only when the other's bit was already there.
- *     A server thread ending because its own server shuts down skips the
- *     look (its socket was shut down by its own server) and only ORs.
+ *     The server never shuts down the socket of a client on a shared
+ *     channel (its end wakes such threads by the stop pipe instead, see
+ *     mp__serve), so the look sees only the client's own end.
  * What a SIGKILL leaves behind (the crash points, in protocol order; each
  * is killed at by tests/test_manager_crash.c):
  *   manager.sh.offer.sent       client killed after offering its block,
@@ -213,11 +214,11 @@ static bool sock_peer_gone(int fd) {
 }
 
 /* Let go of the block (see "Freeing" above). peer_gone: this side saw the
- * other's end closed; look: check the socket first. */
-static void sh_release(struct shchan *b, uint32_t mine, bool peer_gone, int fd, bool look) {
+ * other's end closed; otherwise it looks at the socket first. */
+static void sh_release(struct shchan *b, uint32_t mine, bool peer_gone, int fd) {
   if (!b)
     return;
-  if (!peer_gone && look && fd >= 0)
+  if (!peer_gone && fd >= 0)
     peer_gone = sock_peer_gone(fd);
   if (!peer_gone) {
     uint32_t prev = atomic_fetch_or(&b->gone, mine);
@@ -370,7 +371,7 @@ int mp__sh_server_reply(struct client *c, const char *out, size_t len) {
  * "Freeing"). A channel's socket is never shut down by its own server (see
  * mp__serve()): its end of file is the client's. */
 void mp__sh_server_release(struct client *c, bool eof) {
-  sh_release(c->sh, SH_GONE_SERVER, eof, c->ch.fd, true);
+  sh_release(c->sh, SH_GONE_SERVER, eof, c->ch.fd);
   c->sh = NULL;
 }
 
@@ -379,7 +380,7 @@ void mp__sh_server_release(struct client *c, bool eof) {
 /* Let go of this process's shared channel, if any, and close its
  * connection. peer_gone: the server's end was seen closed. */
 void mp__client_close(mp_manager *m, bool peer_gone) {
-  sh_release(m->sh, SH_GONE_CLIENT, peer_gone, m->ch.fd, true);
+  sh_release(m->sh, SH_GONE_CLIENT, peer_gone, m->ch.fd);
   m->sh = NULL;
   mp__chan_close(&m->ch);
 }
