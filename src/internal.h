@@ -221,7 +221,7 @@ void mp__shm_at_exit(void);
  * *where holds that also clears it: a process killed at any step leaves
  * either no block and *where unchanged, or the block recorded in *where, so
  * whoever repairs after a death can free what *where names and nothing leaks
- * (pool.c's results, queue.c's blocks). `where` must lie in the family heap:
+ * (pool.c's results, queue_ring.c's blocks). `where` must lie in the family heap:
  * the journal that may restore it is replayed by whichever process next takes
  * the heap's lock, and only the heap is mapped at one address in all of them
  * (a `where` outside it gets NULL / -EINVAL). mp__heap_free_from() returns 0
