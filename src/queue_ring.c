@@ -915,8 +915,10 @@ MP_EXPORT int mp_queue_put_block(mp_queue *q, void *block, size_t len, double ti
   return (int)closed_code(q, fifo_put_block(q, block, len, &w));
 }
 
-ssize_t mp__queue_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
-                       enum take_mode mode, double timeout) {
+/* Every get's one body: kept out of line so that fifo_take(), called only
+ * here, is folded into it, and the public gets stay small calls of it. */
+__attribute__((noinline)) static ssize_t take(mp_queue *q, void *buf, size_t cap, void **out,
+                                              size_t *outlen, enum take_mode mode, double timeout) {
   if (!mp__tag_ok(q, MP__TAG_QUEUE) || isnan(timeout))
     return -EINVAL;
   wctx w = {.timeout = timeout};
@@ -925,26 +927,32 @@ ssize_t mp__queue_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *o
   return closed_code(q, mp__queue_list_take(q, buf, cap, out, outlen, mode, &w));
 }
 
+/* For mp_queue_shutdown(). */
+ssize_t mp__queue_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
+                       enum take_mode mode, double timeout) {
+  return take(q, buf, cap, out, outlen, mode, timeout);
+}
+
 MP_EXPORT ssize_t mp_queue_get(mp_queue *q, void *buf, size_t cap, double timeout) {
   if (!buf && cap)
     return -EINVAL;
-  return mp__queue_take(q, buf, cap, NULL, NULL, TAKE_BUF, timeout);
+  return take(q, buf, cap, NULL, NULL, TAKE_BUF, timeout);
 }
 
 MP_EXPORT int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double timeout) {
   if (!msg || !len)
     return -EINVAL;
-  return (int)mp__queue_take(q, NULL, 0, msg, len, TAKE_ALLOC, timeout);
+  return (int)take(q, NULL, 0, msg, len, TAKE_ALLOC, timeout);
 }
 
 MP_EXPORT int mp_queue_get_block(mp_queue *q, void **block, size_t *len, double timeout) {
   if (!block || !len || !mp__tag_ok(q, MP__TAG_QUEUE) || q->order != MP_QUEUE_FIFO)
     return -EINVAL;
-  return (int)mp__queue_take(q, NULL, 0, block, len, TAKE_BLOCK, timeout);
+  return (int)take(q, NULL, 0, block, len, TAKE_BLOCK, timeout);
 }
 
 MP_EXPORT int mp_queue_peek_size(mp_queue *q, size_t *len, double timeout) {
   if (!len)
     return -EINVAL;
-  return (int)mp__queue_take(q, NULL, 0, NULL, len, TAKE_PEEK, timeout);
+  return (int)take(q, NULL, 0, NULL, len, TAKE_PEEK, timeout);
 }
