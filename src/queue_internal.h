@@ -326,8 +326,8 @@ ssize_t mp__queue_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *o
 /* queue_list.c */
 void mp__queue_list_repair(void *q);
 int mp__queue_list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, wctx *w);
-ssize_t mp__queue_list_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
-                            enum take_mode mode, wctx *w);
+ssize_t mp__queue_list_get(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
+                           enum take_mode mode, double timeout);
 int mp__queue_list_task_done(mp_queue *q);
 int mp__queue_list_all_done(mp_queue *q, wctx *w);
 int mp__queue_list_close(mp_queue *q);

@@ -195,8 +195,8 @@ int mp__queue_list_put(mp_queue *q, int64_t prio, const void *msg, size_t len, w
   return r;
 }
 
-ssize_t mp__queue_list_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
-                            enum take_mode mode, wctx *w) {
+static ssize_t list_take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
+                         enum take_mode mode, wctx *w) {
   struct list *l = &q->s->u.l;
   int r = list_lock(q, w, not_empty);
   if (r < 0)
@@ -266,6 +266,13 @@ ssize_t mp__queue_list_take(mp_queue *q, void *buf, size_t cap, void **out, size
 out:
   pthread_mutex_unlock(&l->mutex);
   return r;
+}
+
+/* A list's get, from queue_ring.c's take(), its arguments checked. */
+ssize_t mp__queue_list_get(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
+                           enum take_mode mode, double timeout) {
+  wctx w = {.timeout = timeout};
+  return closed_code(q, list_take(q, buf, cap, out, outlen, mode, &w));
 }
 
 MP_EXPORT int mp_queue_put_priority(mp_queue *q, int64_t priority, const void *msg, size_t len,

@@ -915,16 +915,24 @@ MP_EXPORT int mp_queue_put_block(mp_queue *q, void *block, size_t len, double ti
   return (int)closed_code(q, fifo_put_block(q, block, len, &w));
 }
 
-/* Every get's one body: kept out of line so that fifo_take(), called only
- * here, is folded into it, and the public gets stay small calls of it. */
-__attribute__((noinline)) static ssize_t take(mp_queue *q, void *buf, size_t cap, void **out,
-                                              size_t *outlen, enum take_mode mode, double timeout) {
+/* Every FIFO get's one body: kept out of line so that fifo_take(), called
+ * only here, is folded into it, and the public gets stay small calls of it. */
+__attribute__((noinline)) static ssize_t fifo_get(mp_queue *q, void *buf, size_t cap, void **out,
+                                                  size_t *outlen, enum take_mode mode,
+                                                  double timeout) {
+  wctx w = {.timeout = timeout};
+  return closed_code(q, fifo_take(q, buf, cap, out, outlen, mode, &w));
+}
+
+/* Every get: a list's goes straight to queue_list.c, without the FIFO's
+ * frame. */
+static inline ssize_t take(mp_queue *q, void *buf, size_t cap, void **out, size_t *outlen,
+                           enum take_mode mode, double timeout) {
   if (!mp__tag_ok(q, MP__TAG_QUEUE) || isnan(timeout))
     return -EINVAL;
-  wctx w = {.timeout = timeout};
-  if (q->order == MP_QUEUE_FIFO)
-    return closed_code(q, fifo_take(q, buf, cap, out, outlen, mode, &w));
-  return closed_code(q, mp__queue_list_take(q, buf, cap, out, outlen, mode, &w));
+  if (q->order != MP_QUEUE_FIFO)
+    return mp__queue_list_get(q, buf, cap, out, outlen, mode, timeout);
+  return fifo_get(q, buf, cap, out, outlen, mode, timeout);
 }
 
 /* For mp_queue_shutdown(). */
