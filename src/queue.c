@@ -5,7 +5,8 @@
  * says where the rest lives:
  *   queue_ring.c      the FIFO protocol and kill table (read it first), zero-copy
  *                     blocks, and the public put and get of every kind
- *   queue_list.c      LIFO and priority lists: protocol, kill table, journal
+ *   queue_list.c      LIFO and priority lists: protocol, kill table, journal,
+ *                     mp_queue_put_priority()
  *   queue_sleepers.c  sleeping, sleeper registries, waking
  *
  * Map of this file:

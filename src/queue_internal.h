@@ -12,7 +12,7 @@
  *                     first), zero-copy blocks, producers, consumers, and the
  *                     public put/get entry points of every kind of queue
  *   queue_list.c      LIFO and priority lists: their protocol, kill table and
- *                     journal (journal.h)
+ *                     journal (journal.h), mp_queue_put_priority()
  *   queue_sleepers.c  sleeping with one deadline, the sleeper registries, waking
  *                     and healing after a dead sleeper
  * The words of struct qstate are described, with who writes which, in the

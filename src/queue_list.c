@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Queues: LIFO and priority lists (queue_internal.h maps the area). Their
- * public put and get enter through queue_ring.c's entry points, which hand
- * every list to this file; the JoinableQueue counters, close and free of a
- * list call in here too, so that every word of a list is written in this one
- * file, through its journal.
+ * mp_queue_put() and gets enter through queue_ring.c's entry points, which
+ * hand every list to this file (mp_queue_put_priority() is here); the
+ * JoinableQueue counters, close and free of a list call in here too, so that
+ * every word of a list is written in this one file, through its journal.
  *
  * Map: 1. the protocol and its kill table; 2. the journal (journal.h's) and
- * the mutex; 3. put and get; 4. task_done, join, close, settle, free.
+ * the mutex; 3. put and get, mp_queue_put_priority(); 4. task_done, join,
+ * close, settle, free.
  * Crash points marked here: queue.list.*.
  *
  * ---------------------------------------------------------------------------
