@@ -149,16 +149,6 @@ int mp__robust_mutex_take(void *mutex, const mp__deadline *d, void (*repair)(voi
   return r;
 }
 
-int mp__robust_mutex_try(void *mutex, void (*repair)(void *), void *arg) {
-  int r = pthread_mutex_trylock(mutex);
-  if (MP__UNLIKELY(r == EOWNERDEAD)) {
-    if (repair)
-      repair(arg);
-    pthread_mutex_consistent(mutex);
-  }
-  return -r;
-}
-
 static int lock_new(bool recursive, mp_lock **ret) {
   if (!ret)
     return -EINVAL;

@@ -350,12 +350,12 @@ static void test_queue_crash_lifo_survives_random_kills(void **state) {
 
 /* ------------------------------------------------------------------------
  * Kills at named steps (src/crashpoints.def, the kill tables in
- * src/queue.c). Each test makes one process die (SIGKILL) or stop at one
- * step, often while others sleep in the queue with MP_FOREVER, and checks
- * what the survivors see: the messages a consumer gets are whole, in order
- * and each once; the killed process's own message has the outcome the table
- * gives; qsize and the unfinished-task count are exact; and every sleeper
- * goes on within WITHIN seconds.
+ * src/queue_ring.c and src/queue_list.c). Each test makes one process die
+ * (SIGKILL) or stop at one step, often while others sleep in the queue with
+ * MP_FOREVER, and checks what the survivors see: the messages a consumer
+ * gets are whole, in order and each once; the killed process's own message
+ * has the outcome the table gives; qsize and the unfinished-task count are
+ * exact; and every sleeper goes on within WITHIN seconds.
  */
 
 #define WITHIN 2.0
@@ -1306,7 +1306,7 @@ static void test_queue_crash_shutdown_flagged(void **state) {
 
 /* ------------------------------------------------------------ zero-copy blocks
  *
- * Section 1b of src/queue.c: at each step of put_block and of every get of a
+ * Section 1b of src/queue_ring.c: at each step of put_block and of every get of a
  * block, a kill leaves the message delivered exactly once or not at all, and
  * the block freed by the repair or still queued, never leaked (the heap's
  * block count comes back to where it was) nor freed twice; the one documented
