@@ -223,7 +223,7 @@ void mp__shm_at_exit(void);
  * *where holds that also clears it: a process killed at any step leaves
  * either no block and *where unchanged, or the block recorded in *where, so
  * whoever repairs after a death can free what *where names and nothing leaks
- * (pool.c's results, queue_ring.c's blocks). `where` must lie in the family heap:
+ * (pool_worker.c's results, queue_ring.c's blocks). `where` must lie in the family heap:
  * the journal that may restore it is replayed by whichever process next takes
  * the heap's lock, and only the heap is mapped at one address in all of them
  * (a `where` outside it gets NULL / -EINVAL). mp__heap_free_from() returns 0
@@ -237,7 +237,7 @@ int mp__heap_free_from(void **where);
 long mp__shm_registry_entries(pid_t pid);
 
 /* How long a ShareableList reader or writer waits for another writer of the
- * slot before -ETIMEDOUT (10 s; shm.c). Tests shorten it. */
+ * slot before -ETIMEDOUT (10 s; shm_list.c). Tests shorten it. */
 extern double mp__shm_list_wait_s;
 
 /* Allocate zeroed memory for an object and set its tag. NULL on exhaustion. */
@@ -304,7 +304,7 @@ int mp__condition_counts(mp_condition *cond, int *waiters, int *tokens);
 /* ---------------------------------------------------------------- queues */
 
 struct mp_queue;
-/* For mp_connection_wait() (connection.c) over queues (queue.c).
+/* For mp_connection_wait() (connection_wait.c) over queues (queue.c).
  * mp__queue_watch_begin(): if a get on q would not block now (a message is
  * there, or the queue is closed and drained), returns 1 and registers nothing.
  * Otherwise registers the caller as a watcher, so that every later put or close
@@ -318,7 +318,7 @@ void mp__queue_watch_end(struct mp_queue *q);
 /* ---------------------------------------------------------------- manager */
 
 /* How many calls of this process were answered through a manager's shared
- * channel (manager.c). For tests. */
+ * channel (manager_channel.c). For tests. */
 long mp__manager_channel_calls(void);
 
 /* ---------------------------------------------------------------- processes */

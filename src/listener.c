@@ -152,7 +152,7 @@ static int listener_new(const char *address, const void *authkey, size_t keylen,
   if (!l)
     return -ENOMEM;
   /* Unix: SOCK_SEQPACKET, the connections' own records; TCP: a stream, and
-   * the connections frame messages in it (connection.c, stream mode) */
+   * the connections frame messages in it (connection_stream.c) */
   int r;
   if (!strncmp(address, "*:", 2)) {
     r = listen_any(address + 2, &l->addr);

@@ -8,7 +8,7 @@
  *   in a worker: the apply task and the map chunk, results encoded
  *   in the server: waiting for results with the server mutex let go,
  *     apply, map (Python's chunk size), and the Pool's methods
- * The pool's own protocol (task entries, crash points) is pool.c's; nothing
+ * The pool's own protocol (task entries, crash points) is pool_internal.h's; nothing
  * here is shared memory of its own, and no crash points are marked here.
  */
 #include <errno.h>
