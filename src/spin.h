@@ -26,7 +26,8 @@
  *       both slower; see lock.c for the lock's own measurements.)
  *
  *   MP__SPIN_NS  30 us of the clock. A wait for another process's work: a
- *       reply on a socket or a Manager channel, a pool task or its result.
+ *       reply on a socket or a Manager channel, a pool task or its result,
+ *       a FIFO queue's next message or its free room.
  *       Round trips measured alike with spins of 15 to 100 us when the peer
  *       answers at once; 30 us caps what an idle peer costs (one spin after
  *       each message). Read on the clock every MP__SPIN_CHECK pauses, with a
