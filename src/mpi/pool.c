@@ -32,8 +32,8 @@ static void pool_release(mp_mpi_pool *p) {
     free(p->w[i].q);
     free(p->w[i].rbuf);
     free(p->w[i].bbuf);
-    free(p->w[i].ext);
-    free(p->w[i].extlen);
+    free(p->w[i].ext.p);
+    free(p->w[i].ext.len);
   }
   free(p->w);
   free(p->reqs);

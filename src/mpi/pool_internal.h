@@ -122,6 +122,33 @@ struct ctrl {
 
 static inline size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 
+/* The F_EXT payloads of a batch being built, sent after it as messages of
+ * their own (TAG_DATA by rank 0, TAG_RDATA by a worker). */
+struct payloads {
+  void **p;
+  size_t *len;
+  int n, cap;
+};
+
+/* Returns 0, or -ENOMEM (the batch keeps its payloads so far). */
+static inline int mp__mpi_payloads_add(struct payloads *e, void *p, size_t len) {
+  if (e->n == e->cap) {
+    int cap = e->cap ? 2 * e->cap : 8;
+    void **np = realloc(e->p, (size_t)cap * sizeof *np);
+    if (!np)
+      return -ENOMEM;
+    e->p = np;
+    size_t *nl = realloc(e->len, (size_t)cap * sizeof *nl);
+    if (!nl)
+      return -ENOMEM;
+    e->len = nl;
+    e->cap = cap;
+  }
+  e->p[e->n] = p;
+  e->len[e->n++] = len;
+  return 0;
+}
+
 /* ------------------------------------------------------------ setup.c */
 
 /* MPI as libmp-mpi found or made it: set once by mp__mpi_lib_init() (under
@@ -299,9 +326,7 @@ struct worker {
   int pid;
   char *bbuf; /* the batch being built, used bytes, payloads after it */
   size_t used;
-  void **ext;
-  size_t *extlen;
-  int next, extcap;
+  struct payloads ext;
 };
 
 /* An MPI request of the progress thread and what its completion means. */

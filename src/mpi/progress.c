@@ -157,8 +157,8 @@ static int flush_batch(mp_mpi_pool *p, struct worker *w) {
     return -ENOMEM;
   w->bbuf = NULL;
   w->used = 0;
-  for (int i = 0; i < w->next; i++) {
-    if (MPI_Isend(w->ext[i], (int)w->extlen[i], MPI_BYTE, w->rank, TAG_DATA, p->comm, &r) !=
+  for (int i = 0; i < w->ext.n; i++) {
+    if (MPI_Isend(w->ext.p[i], (int)w->ext.len[i], MPI_BYTE, w->rank, TAG_DATA, p->comm, &r) !=
         MPI_SUCCESS)
       return -EPROTO;
     /* The bytes belong to the caller (map items) or to the job (an apply's
@@ -167,7 +167,7 @@ static int flush_batch(mp_mpi_pool *p, struct worker *w) {
     if (add_req(p, r, (struct op){.kind = OP_SEND, .bulk = 1}) < 0)
       return -ENOMEM;
   }
-  w->next = 0;
+  w->ext.n = 0;
   return 0;
 }
 
@@ -207,22 +207,8 @@ static void deal_one(mp_mpi_pool *p, struct worker *w) {
   if (!ext && len)
     memcpy(w->bbuf + w->used + sizeof rc, data, len);
   w->used += need;
-  if (ext) {
-    if (w->next == w->extcap) {
-      int cap = w->extcap ? 2 * w->extcap : 8;
-      void **ne = realloc(w->ext, (size_t)cap * sizeof *ne);
-      if (!ne)
-        fatal("out of memory");
-      w->ext = ne;
-      size_t *nl = realloc(w->extlen, (size_t)cap * sizeof *nl);
-      if (!nl)
-        fatal("out of memory");
-      w->extlen = nl;
-      w->extcap = cap;
-    }
-    w->ext[w->next] = (void *)data;
-    w->extlen[w->next++] = len;
-  }
+  if (ext && mp__mpi_payloads_add(&w->ext, (void *)data, len) < 0)
+    fatal("out of memory");
   if (w->qn == w->qcap) {
     size_t cap = w->qcap * 2;
     struct inflight *nq = malloc(cap * sizeof *nq);

@@ -99,9 +99,7 @@ static void sendq_progress(struct sendq *q, int wait) {
 struct outb {
   char *buf;
   size_t used;
-  void **ext; /* payloads that follow the batch */
-  size_t *extlen;
-  int next, extcap;
+  struct payloads ext;
 };
 
 static int outb_flush(MPI_Comm comm, struct outb *o, struct sendq *q) {
@@ -112,13 +110,13 @@ static int outb_flush(MPI_Comm comm, struct outb *o, struct sendq *q) {
     return -EPROTO;
   if (sendq_add(q, r, o->buf) < 0)
     return -ENOMEM;
-  for (int i = 0; i < o->next; i++) {
-    if (MPI_Isend(o->ext[i], (int)o->extlen[i], MPI_BYTE, 0, TAG_RDATA, comm, &r) != MPI_SUCCESS)
+  for (int i = 0; i < o->ext.n; i++) {
+    if (MPI_Isend(o->ext.p[i], (int)o->ext.len[i], MPI_BYTE, 0, TAG_RDATA, comm, &r) != MPI_SUCCESS)
       return -EPROTO;
-    if (sendq_add(q, r, o->ext[i]) < 0)
+    if (sendq_add(q, r, o->ext.p[i]) < 0)
       return -ENOMEM;
   }
-  o->next = 0;
+  o->ext.n = 0;
   o->used = 0;
   o->buf = malloc(BATCH_MAX);
   return o->buf ? 0 : -ENOMEM;
@@ -133,24 +131,6 @@ static struct rrec *outb_reserve(MPI_Comm comm, struct outb *o, struct sendq *q,
   struct rrec *rr = (struct rrec *)(o->buf + o->used);
   o->used += need;
   return rr;
-}
-
-static int outb_add_ext(struct outb *o, void *p, size_t len) {
-  if (o->next == o->extcap) {
-    int cap = o->extcap ? 2 * o->extcap : 8;
-    void **ne = realloc(o->ext, (size_t)cap * sizeof *ne);
-    if (!ne)
-      return -ENOMEM;
-    o->ext = ne;
-    size_t *nl = realloc(o->extlen, (size_t)cap * sizeof *nl);
-    if (!nl)
-      return -ENOMEM;
-    o->extlen = nl;
-    o->extcap = cap;
-  }
-  o->ext[o->next] = p;
-  o->extlen[o->next++] = len;
-  return 0;
 }
 
 /* Run one chunk. Returns 0, or a negative code when the worker itself cannot
@@ -211,7 +191,7 @@ static int run_rec(MPI_Comm comm, const struct rec *rc, const char *inl, struct 
      * caller's array) when the record arrives, and the transfer overlaps
      * with this worker's next chunk. */
     if (ext)
-      return outb_add_ext(o, res, rr->len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
+      return mp__mpi_payloads_add(&o->ext, res, rr->len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
     return 0;
   }
   mp_mpi_pool_out out = {0};
@@ -227,7 +207,7 @@ static int run_rec(MPI_Comm comm, const struct rec *rc, const char *inl, struct 
   }
   *rr = (struct rrec){.seq = rc->seq, .status = s, .len = len, .flags = ext ? F_EXT : 0};
   if (ext)
-    return outb_add_ext(o, out.buf, len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
+    return mp__mpi_payloads_add(&o->ext, out.buf, len) < 0 ? -ENOMEM : outb_flush(comm, o, q);
   if (len)
     memcpy(rr + 1, out.buf, len);
   free(out.buf);
@@ -326,8 +306,8 @@ out:
   free(q.req);
   free(q.buf);
   free(o.buf);
-  free(o.ext);
-  free(o.extlen);
+  free(o.ext.p);
+  free(o.ext.len);
   free(in);
   free(ibuf);
   if (r < 0)
