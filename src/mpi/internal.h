@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* libmp-mpi internals shared by pool.c (rank 0 and the workers) and code.c
- * (function and ctx identity across address spaces). */
+/* libmp-mpi: function and ctx identity across address spaces (code.c), used
+ * by rank 0 (jobs.c, pool.c) and the workers (worker.c). The pool's own
+ * shared structures are in pool_internal.h. */
 #ifndef MP_MPI_INTERNAL_H
 #define MP_MPI_INTERNAL_H
 
