@@ -467,6 +467,71 @@ static int put_stream(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_
   return 0;
 }
 
+/* With prod_mutex held, room for a BLOCK record of `pl` payload bytes at tail
+ * t, and the block recorded in pblk (section 1b): write the record and commit
+ * it. Returns false when the queue was closed meanwhile: pblk still names the
+ * block, for the caller to clear (put_block) or free (put_heap). */
+static bool block_commit(mp_queue *q, uint64_t t, void *blk, size_t len, uint32_t pl) {
+  struct fifo *f = &q->s->u.f;
+  uint64_t w[2] = {(uint64_t)(uintptr_t)blk, len};
+  hdr_write(q, pos_of(t), K_BLOCK, pl);
+  ring_write(q, pos_of(t) + HDR, w, sizeof w); /* the padding is never written */
+  MP__CRASH(QUEUE_BLOCK_PUT_WRITTEN);
+  if (!tail_commit(q, &t, advance(t, rec_size(pl)) + MSG_ONE))
+    return false;
+  MP__CRASH(QUEUE_BLOCK_PUT_COMMITTED);
+  hand_set_ptr(&f->pblk, NULL);
+  MP__CRASH(QUEUE_BLOCK_PUT_CLEARED);
+  wake_data(q);
+  return true;
+}
+
+#ifdef MP_CRASH_POINTS
+_Atomic int mp__queue_heap_refused;
+#endif
+
+/* The payload of the BLOCK record of a copied message of len bytes: the
+ * block's address and length, padded in proportion to the message so that
+ * the ring bounds the bytes in flight (section 1b), and never more than a
+ * chunk, so that a record always fits. */
+static uint32_t heap_rec_payload(const mp_queue *q, size_t len) {
+  uint64_t pl = len >> HEAP_PAD_SHIFT;
+  if (pl > q->chunk_max)
+    pl = q->chunk_max;
+  if (pl < BLOCK_PAYLOAD)
+    pl = BLOCK_PAYLOAD;
+  return (uint32_t)((pl + 7) & ~(uint64_t)7);
+}
+
+/* With prod_mutex held: a message longer than chunk_max, copied into a heap
+ * block that a padded BLOCK record hands over (section 1b). Returns 1 when
+ * the heap has no room for it (the caller then streams it), else as a put. */
+static int put_heap(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_t *t) {
+  struct fifo *f = &q->s->u.f;
+  uint32_t pl = heap_rec_payload(q, len);
+#ifdef MP_CRASH_POINTS
+  if (atomic_load_explicit(&mp__queue_heap_refused, memory_order_relaxed))
+    return 1;
+#endif
+  int r = prod_wait(q, rec_size(pl), true, w, t);
+  if (r == 0 && (*t & CLOSED))
+    r = -EPIPE;
+  if (r < 0)
+    return r;
+  hand_set(&f->pblk_pos, pos_of(*t));
+  /* recorded in pblk by the heap's own journaled step (heap.alloc.*) */
+  void *blk = mp__heap_alloc_into(len, &f->pblk);
+  if (!blk)
+    return 1;
+  MP__CRASH(QUEUE_BLOCK_PUT_ALLOCATED);
+  memcpy(blk, msg, len);
+  MP__CRASH(QUEUE_BLOCK_PUT_FILLED);
+  if (block_commit(q, *t, blk, len, pl))
+    return 0;
+  hand_free(&f->pblk);
+  return -EPIPE;
+}
+
 static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
   struct qstate *s = q->s;
   struct fifo *f = &s->u.f;
@@ -480,7 +545,8 @@ static int fifo_put(mp_queue *q, const void *msg, size_t len, wctx *w) {
     r = -EPIPE;
   } else if (len <= q->chunk_max) {
     r = put_whole(q, msg, len, w, t);
-  } else {
+  } else if ((r = put_heap(q, msg, len, w, &t)) == 1) {
+    /* The heap is full: what fits the ring goes whole, the rest streams. */
     uint64_t h = atomic_load_explicit(&f->head, memory_order_acquire);
     f->head_cache = h;
     if (rec_size(len) <= q->cap && room(q, t, h, rec_size(len), true))
@@ -502,30 +568,20 @@ static int fifo_put_block(mp_queue *q, void *blk, size_t len, wctx *w) {
   int r = mutex_take(&f->prod_mutex, w, not_full, q, mp__queue_fifo_prod_repair);
   if (r < 0)
     return r;
-  const uint64_t rec = rec_size(BLOCK_PAYLOAD);
   /* relaxed: only this holder moves tail; close's bit is re-checked by the
    * compare-and-swap that commits */
   uint64_t t = atomic_load_explicit(&f->tail, memory_order_relaxed);
-  r = (t & CLOSED) ? -EPIPE : prod_wait(q, rec, true, w, &t);
+  r = (t & CLOSED) ? -EPIPE : prod_wait(q, rec_size(BLOCK_PAYLOAD), true, w, &t);
   if (r == 0 && (t & CLOSED))
     r = -EPIPE;
   if (r == 0) {
     hand_set(&f->pblk_pos, pos_of(t));
     hand_set_ptr(&f->pblk, blk);
     MP__CRASH(QUEUE_BLOCK_PUT_RECORDED);
-    uint64_t pl[2] = {(uint64_t)(uintptr_t)blk, len};
-    hdr_write(q, pos_of(t), K_BLOCK, BLOCK_PAYLOAD);
-    ring_write(q, pos_of(t) + HDR, pl, sizeof pl);
-    MP__CRASH(QUEUE_BLOCK_PUT_WRITTEN);
-    bool ok = tail_commit(q, &t, advance(t, rec) + MSG_ONE);
-    if (ok)
-      MP__CRASH(QUEUE_BLOCK_PUT_COMMITTED);
-    hand_set_ptr(&f->pblk, NULL);
-    MP__CRASH(QUEUE_BLOCK_PUT_CLEARED);
-    if (ok)
-      wake_data(q);
-    else
+    if (!block_commit(q, t, blk, len, BLOCK_PAYLOAD)) {
+      hand_set_ptr(&f->pblk, NULL);
       r = -EPIPE;
+    }
   }
   pthread_mutex_unlock(&f->prod_mutex);
   return r;
@@ -652,7 +708,7 @@ static int cons_front(mp_queue *q, wctx *w, uint64_t *hp, uint64_t *hdrp) {
     uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
     if (rec_size(len) > fifo_used(t, h))
       return -EIO; /* a record past the tail: the ring was overwritten */
-    if (kind == K_BLOCK && len != BLOCK_PAYLOAD)
+    if (kind == K_BLOCK && len < BLOCK_PAYLOAD)
       return -EIO;
     if (kind == K_MSG || kind == K_BEGIN || kind == K_BLOCK) {
       *hp = h;
@@ -706,13 +762,13 @@ static void hand_over(struct fifo *f) {
 
 /* With cons_mutex held and a BLOCK record at head h (section 1b): hand its
  * block over (TAKE_BLOCK), or copy it out and free it. */
-static ssize_t take_block_rec(mp_queue *q, uint64_t h, void *buf, size_t cap, void **out,
-                              size_t *outlen, enum take_mode mode) {
+static ssize_t take_block_rec(mp_queue *q, uint64_t h, uint32_t pl, void *buf, size_t cap,
+                              void **out, size_t *outlen, enum take_mode mode) {
   struct fifo *f = &q->s->u.f;
-  uint64_t pl[2];
-  ring_read(q, pos_of(h) + HDR, pl, sizeof pl);
-  char *blk = (char *)(uintptr_t)pl[0];
-  size_t len = (size_t)pl[1];
+  uint64_t w[2];
+  ring_read(q, pos_of(h) + HDR, w, sizeof w);
+  char *blk = (char *)(uintptr_t)w[0];
+  size_t len = (size_t)w[1];
   if (!mp_heap_contains(blk) || (len && !mp_heap_contains(blk + len - 1)))
     return -EIO; /* the ring was overwritten: put_block checked both */
   if (mode == TAKE_PEEK) {
@@ -733,7 +789,7 @@ static ssize_t take_block_rec(mp_queue *q, uint64_t h, void *buf, size_t cap, vo
   MP__CRASH(QUEUE_BLOCK_GET_RECORDED);
   if (mode != TAKE_BLOCK && len)
     memcpy(dst, blk, len);
-  head_commit(q, advance(h, rec_size(BLOCK_PAYLOAD)) + MSG_ONE);
+  head_commit(q, advance(h, rec_size(pl)) + MSG_ONE);
   if (mode == TAKE_BLOCK) {
     hand_over(f);
     *out = blk;
@@ -766,7 +822,7 @@ again:;
   }
   uint32_t kind = (uint32_t)(hdr >> 32), clen = (uint32_t)hdr;
   if (kind == K_BLOCK) {
-    res = take_block_rec(q, h, buf, cap, out, outlen, mode);
+    res = take_block_rec(q, h, clen, buf, cap, out, outlen, mode);
     goto out;
   }
   uint32_t dpos = pos_of(h) + HDR;
@@ -880,7 +936,7 @@ void mp__queue_fifo_free_blocks(mp_queue *q) {
     uint32_t kind = (uint32_t)(hdr >> 32), len = (uint32_t)hdr;
     if (rec_size(len) > pos_of(t) - p)
       break; /* overwritten: leave the rest */
-    if (kind == K_BLOCK && len == BLOCK_PAYLOAD) {
+    if (kind == K_BLOCK && len >= BLOCK_PAYLOAD) {
       uint64_t pl[2];
       ring_read(q, p + HDR, pl, sizeof pl);
       mp_heap_free((void *)(uintptr_t)pl[0]); /* -EINVAL for a stray word: ignored */
