@@ -61,8 +61,13 @@
  * bump space_word and wake; unlock. The payload is copied before the commit on
  * both sides, so a record is in the queue exactly when the commit says so.
  *
- * Streaming (message longer than chunk_max = cap / 4, not fitting at once):
- * the producer keeps prod_mutex for the whole message and commits chunk after
+ * A message longer than chunk_max = cap / 4 travels in a heap block instead,
+ * as a padded BLOCK record (section 1b): one copy in, one out, whole
+ * messages in flight whether a consumer is there or not.
+ *
+ * Streaming (message longer than chunk_max whose heap block the heap could
+ * not give, and that does not fit the ring at once): the producer keeps
+ * prod_mutex for the whole message and commits chunk after
  * chunk as room appears: BEGIN (sets INSTREAM), MORE..., END (clears INSTREAM,
  * msgs += 1). Every chunk but the last leaves 8 free bytes behind it, so an
  * ABORT always fits. On timeout or close mid-way it commits ABORT (clears
@@ -169,12 +174,39 @@
  *     nobody sleeps in one longer than 0.1 s at a time.
  *
  * ---------------------------------------------------------------------------
- * 1b. Blocks: zero-copy messages (FIFO queues only). mp_queue_put_block()
- * hands a family-heap block over by reference: its record (kind BLOCK) holds
- * only the block's address and length (16 bytes of payload), and
- * mp_queue_get_block() returns that same block, whatever its size. The other
- * gets copy a BLOCK record's bytes out and free the block; get_block of a
- * MSG or streamed message copies it into a fresh heap block.
+ * 1b. Blocks: zero-copy messages, and large messages (FIFO queues only).
+ * mp_queue_put_block() hands a family-heap block over by reference: its
+ * record (kind BLOCK) holds only the block's address and length (16 bytes of
+ * payload), and mp_queue_get_block() returns that same block, whatever its
+ * size. The other gets copy a BLOCK record's bytes out and free the block;
+ * get_block of a MSG or streamed message copies it into a fresh heap block.
+ *
+ * A copying put of a message longer than chunk_max (put_heap) is a put_block
+ * of a block it fills itself: under prod_mutex it waits for ring room for
+ * the record, allocates the block recorded in pblk by the heap's own
+ * journaled step (mp__heap_alloc_into, pblk_pos written first), copies the
+ * message in, then writes and commits the record as put_block does. So the
+ * message is copied once in and once out (where streaming copied it through
+ * the ring in lockstep with its consumer), and the ownership protocol below,
+ * with its repairs, covers every step. When the heap cannot give the block,
+ * the message streams (section 1), so nothing that fit before fails now.
+ *
+ * Bytes in flight are bounded without a counter (one written by both sides
+ * would be a new thing to repair after a kill): such a record's payload is
+ * padded to len >> HEAP_PAD_SHIFT bytes (at least 16, at most chunk_max, so
+ * that it always fits), never written nor read; every reader of a BLOCK
+ * record (get, get_block, peek, skip_aborted(), mp_queue_free()'s walk)
+ * reads the address and length from the first 16 bytes and steps over the
+ * record by its header's length, and qsize counts records, not bytes. A full
+ * ring thus holds at most 2^HEAP_PAD_SHIFT times its size in large messages
+ * and blocks producers as before. The ratio, 1/16: with 1 MiB messages and
+ * the default 256 KiB ring a record takes the 64 KiB cap, three messages (3
+ * MiB) in flight, and measured (bench queue-1MiB, release, 2 cores) 1/64 and
+ * 1/256, 15 and 63 in flight, were no faster: one consumer copying out is
+ * the limit, not the depth, so the smallest depth that keeps both sides busy
+ * is kept, and with it the least heap a stalled consumer can pin.
+ * put_block's records stay unpadded: their blocks are the caller's memory
+ * already.
  *
  * Ownership moves in three stages, and at every instant exactly one party
  * owns the block: the producer until its commit of tail, the queue (the
@@ -206,6 +238,13 @@
  * A SIGKILL at each step [crash point]:
  *   put_block, pblk recorded [queue.block.put.recorded] or the record written
  *     [queue.block.put.written]: not put; the repair frees the block.
+ *   put_heap (a copying put of a large message), killed inside the heap's
+ *     allocation (heap.alloc.*): the heap's journal leaves either no block
+ *     and pblk NULL, or the block recorded in pblk; the block allocated and
+ *     recorded [queue.block.put.allocated], or filled
+ *     [queue.block.put.filled], or the record written
+ *     [queue.block.put.written]: not put (tail unmoved); the repair frees
+ *     the block. From the commit on, as put_block's rows below.
  *   put_block, committed [queue.block.put.committed]: put; the repair clears
  *     pblk; the message is delivered once.
  *   put_block, pblk cleared, prod_mutex held [queue.block.put.cleared]: put;
@@ -505,11 +544,15 @@ static uint32_t heap_rec_payload(const mp_queue *q, size_t len) {
 
 /* With prod_mutex held: a message longer than chunk_max, copied into a heap
  * block that a padded BLOCK record hands over (section 1b). Returns 1 when
- * the heap has no room for it (the caller then streams it), else as a put. */
-static int put_heap(mp_queue *q, const void *msg, size_t len, wctx *w, uint64_t *t) {
+ * the heap has no room for it (the caller then streams it), else as a put.
+ * Out of line: the call costs nothing beside its copy, and the small puts'
+ * path stays as compact as it was. */
+__attribute__((noinline)) static int put_heap(mp_queue *q, const void *msg, size_t len, wctx *w,
+                                              uint64_t *t) {
   struct fifo *f = &q->s->u.f;
   uint32_t pl = heap_rec_payload(q, len);
 #ifdef MP_CRASH_POINTS
+  /* relaxed: a test sets it before it forks the processes that put */
   if (atomic_load_explicit(&mp__queue_heap_refused, memory_order_relaxed))
     return 1;
 #endif
