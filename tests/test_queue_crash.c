@@ -1531,41 +1531,46 @@ static void heap_path(bool on) {
     atomic_store(&mp__queue_heap_refused, on ? 0 : 1);
 }
 
-/* A producer killed at `point` (nth pass) inside a copying put of message 2
- * (BIG bytes, through the heap); the next put (message 3) repairs. The
- * consumer sees 2 (KEPT) and 3, each once and whole, and the heap holds as
- * many blocks as before. */
-static void heap_kill_producer(const char *point, unsigned nth, enum fate fate) {
+/* After a kill on the heap path: the queue is empty and usable, the heap
+ * holds the `base` blocks it held before the message was put, and is sound. */
+static void assert_heap_path_settled(mp_queue *q, size_t base, struct job *j) {
+  assert_int_equal(mp_queue_qsize(q), 0);
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp__heap_check(), 0);
+  assert_settled_and_free(q);
+  job_free(j);
+  heap_path(false);
+}
+
+/* A producer killed at `point` inside a copying put of message 2 (BIG
+ * bytes, through the heap); the next put (message 3) repairs. The consumer
+ * sees 2 (KEPT) and 3, each once and whole, and no block is left behind. */
+static void heap_kill_producer(const char *point, enum fate fate) {
   heap_path(true);
   mp_queue *q = fifo_new(0);
   struct job *v = job(q, OP_PUT, 2, BIG);
   size_t base = heap_blocks();
-  print_message("producer killed at %s (%u)\n", point, nth);
-  pid_t vp = cu_fork_armed(point, nth, job_main, v, 30);
+  print_message("producer killed at %s\n", point);
+  pid_t vp = cu_fork_armed(point, 1, job_main, v, 30);
   cu_assert_killed_at(vp);
   put_msg(q, 3, 200, 0); /* takes prod_mutex from the dead producer: repairs */
   if (fate == KEPT)
     assert_int_equal(get_msg(q), 2);
   assert_int_equal(get_msg(q), 3);
-  assert_int_equal(mp_queue_qsize(q), 0);
   assert_int_equal(unfinished_count(q), fate == KEPT ? 2 : 1);
-  assert_int_equal(heap_blocks(), base);
-  assert_int_equal(mp__heap_check(), 0);
-  assert_settled_and_free(q);
-  job_free(v);
-  heap_path(false);
+  assert_heap_path_settled(q, base, v);
 }
 
 static void test_queue_crash_heap_put_each_step(void **state) {
   (void)state;
-  heap_kill_producer("heap.alloc.journaled", 1, GONE);
-  heap_kill_producer("heap.alloc.committed", 1, GONE);
-  heap_kill_producer("queue.block.put.allocated", 1, GONE);
-  heap_kill_producer("queue.block.put.filled", 1, GONE);
-  heap_kill_producer("queue.block.put.written", 1, GONE);
-  heap_kill_producer("queue.block.put.committed", 1, KEPT);
-  heap_kill_producer("queue.block.put.cleared", 1, KEPT);
-  heap_kill_producer("queue.put.finished", 1, KEPT);
+  heap_kill_producer("heap.alloc.journaled", GONE);
+  heap_kill_producer("heap.alloc.committed", GONE);
+  heap_kill_producer("queue.block.put.allocated", GONE);
+  heap_kill_producer("queue.block.put.filled", GONE);
+  heap_kill_producer("queue.block.put.written", GONE);
+  heap_kill_producer("queue.block.put.committed", KEPT);
+  heap_kill_producer("queue.block.put.cleared", KEPT);
+  heap_kill_producer("queue.put.finished", KEPT);
 }
 
 /* A consumer killed while it copies out a message put through the heap: as
@@ -1587,12 +1592,7 @@ static void heap_kill_consumer(const char *point, enum fate fate) {
     unsigned char buf[8];
     assert_int_equal(mp_queue_get(q, buf, sizeof buf, 0.05), -ETIMEDOUT); /* repairs */
   }
-  assert_int_equal(mp_queue_qsize(q), 0);
-  assert_int_equal(heap_blocks(), base);
-  assert_int_equal(mp__heap_check(), 0);
-  assert_settled_and_free(q);
-  job_free(c);
-  heap_path(false);
+  assert_heap_path_settled(q, base, c);
 }
 
 static void test_queue_crash_heap_get_each_step(void **state) {
