@@ -63,8 +63,12 @@
 enum { K_MSG = 1, K_BEGIN, K_MORE, K_END, K_ABORT, K_BLOCK };
 
 /* A BLOCK record's payload: the block's address and length (queue_ring.c,
- * section 1b). */
+ * section 1b), then, for a copied message, padding never written or read:
+ * the header's length says how far the record reaches. */
 #define BLOCK_PAYLOAD 16
+/* A copied message's BLOCK record pads its payload to 1/2^HEAP_PAD_SHIFT of
+ * the message (queue_ring.c, section 1b: why this ratio). */
+#define HEAP_PAD_SHIFT 4
 
 enum take_mode { TAKE_BUF, TAKE_ALLOC, TAKE_PEEK, TAKE_BLOCK };
 
@@ -310,6 +314,12 @@ void mp__queue_reg_scan(struct reg *r, _Atomic uint32_t *word);
 void mp__queue_wake_all(mp_queue *q);
 
 /* queue_ring.c */
+#ifdef MP_CRASH_POINTS
+/* Non-zero: a FIFO put of a message longer than chunk_max acts as if the
+ * heap had no room for its copy, and streams it through the ring (the crash
+ * suite's way to reach the streaming path and its crash points). */
+extern _Atomic int mp__queue_heap_refused;
+#endif
 /* Repairs of a dead holder's leftovers, for mp__robust_mutex_take/try (their
  * argument is the mp_queue). */
 void mp__queue_fifo_prod_repair(void *q);

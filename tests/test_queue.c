@@ -328,7 +328,114 @@ static void test_queue_ring_bounds_and_maxsize(void **state) {
   }
 }
 
-/* ------------------------------------------------------------ streaming */
+/* ------------------------------------------------------------ large messages
+ *
+ * A copying put of a message longer than a quarter of the ring copies it
+ * into a family-heap block and queues a BLOCK record padded in proportion to
+ * the message (src/queue_ring.c, section 1b): whole messages in flight,
+ * bounded by the ring. When the heap has no room for the copy, it streams
+ * through the ring as before. */
+
+static size_t heap_count(void) {
+  mp_heap_stats st;
+  assert_int_equal(mp_heap_stats_get(&st), 0);
+  return st.blocks;
+}
+
+/* Blocks taken from the family heap so that no block of `len` bytes is left
+ * (every free piece is below len / 4): a put of a message of len bytes then
+ * finds no room for its copy and streams. */
+struct hog {
+  size_t n;
+  void *b[1024];
+};
+
+static struct hog *heap_hog(size_t len) {
+  struct hog *h = calloc(1, sizeof *h);
+  assert_non_null(h);
+  for (size_t sz = (size_t)64 << 20;; sz /= 2) {
+    void *b;
+    while (h->n < sizeof h->b / sizeof h->b[0] && (b = mp_heap_alloc(sz)))
+      h->b[h->n++] = b;
+    if (sz < len / 4)
+      break;
+  }
+  void *probe = mp_heap_alloc(len);
+  assert_null(probe);
+  return h;
+}
+
+static void heap_unhog(struct hog *h) {
+  for (size_t i = 0; i < h->n; i++)
+    assert_int_equal(mp_heap_free(h->b[i]), 0);
+  free(h);
+}
+
+/* Large messages go whole into the queue without waiting for a consumer,
+ * several at once, bounded by the ring: a queue of ring `ring` holds at
+ * most 16 times its ring in such messages. A get into too small a buffer
+ * leaves the message first; get_block hands the heap copy itself over; a
+ * put that finds the ring full times out without a trace; mp_queue_free()
+ * frees the copies still queued. */
+static void test_queue_large_messages_through_the_heap(void **state) {
+  (void)state;
+  size_t ring = 4096, len = 3 * 4096;
+  size_t base = heap_count();
+  mp_queue *q = fifo(0, ring);
+  size_t with_queue = heap_count();
+  char *m = malloc(len), *b = malloc(len);
+  assert_non_null(m);
+  assert_non_null(b);
+  int n = 0, r;
+  for (;;) {
+    msg_fill(m, 5, (uint32_t)n, len);
+    if ((r = mp_queue_put(q, m, len, MP_NOWAIT)) != 0)
+      break;
+    n++;
+  }
+  assert_int_equal(r, -ETIMEDOUT);
+  assert_true(n >= 2);
+  assert_true((size_t)n * len <= 16 * ring + len);
+  assert_int_equal(mp_queue_qsize(q), n);
+  assert_int_equal(heap_count(), with_queue + (size_t)n);
+  /* full for such messages: a timed put times out and leaves nothing behind */
+  assert_int_equal(mp_queue_put(q, m, len, 0.1), -ETIMEDOUT);
+  assert_int_equal(mp_queue_qsize(q), n);
+  assert_int_equal(heap_count(), with_queue + (size_t)n);
+  /* too small a buffer: -EMSGSIZE, and the message stays first */
+  size_t sz = 0;
+  assert_int_equal(mp_queue_peek_size(q, &sz, 0), 0);
+  assert_int_equal(sz, len);
+  assert_int_equal(mp_queue_get(q, b, len - 1, 0), -EMSGSIZE);
+  assert_int_equal(mp_queue_qsize(q), n);
+  uint32_t p, sq;
+  for (int i = 0; i < n - 2; i++) {
+    if (i == 1) {
+      void *blk = NULL;
+      size_t bl = 0;
+      assert_int_equal(mp_queue_get_block(q, &blk, &bl, 0), 0);
+      assert_int_equal(bl, len);
+      assert_true(msg_check(blk, bl, &p, &sq));
+      assert_int_equal(mp_heap_free(blk), 0);
+    } else {
+      assert_int_equal(mp_queue_get(q, b, len, 0), (ssize_t)len);
+      assert_true(msg_check(b, len, &p, &sq));
+    }
+    assert_int_equal(p, 5);
+    assert_int_equal(sq, (uint32_t)i);
+  }
+  assert_int_equal(mp_queue_qsize(q), 2);
+  assert_int_equal(heap_count(), with_queue + 2);
+  /* two left in the queue: freed with it */
+  assert_int_equal(mp_queue_free(q), 0);
+  assert_int_equal(heap_count(), base);
+  free(m);
+  free(b);
+}
+
+/* ------------------------------------------------------------ streaming
+ *
+ * The path of a large message when the heap has no room for its copy. */
 
 struct stream_arg {
   mp_queue *q;
@@ -348,43 +455,50 @@ static int stream_producer(void *p) {
   return 0;
 }
 
-static void test_queue_large_messages_stream_through_the_ring(void **state) {
+/* Large messages arrive whole and in order, through the heap and, with the
+ * heap full, streamed through the ring. */
+static void test_queue_large_messages_pass_whole(void **state) {
   (void)state;
-  struct {
-    size_t ring, len;
-    int count;
-  } cases[] = {
-      {4096, 4 * 4096, 20},     /* four times the ring */
-      {4096, 4 * 4096 + 3, 5},  /* not a multiple of anything */
-      {1024, 1025, 50},         /* just above the ring */
-      {0, (size_t)16 << 20, 2}, /* 16 MiB through the default ring */
-  };
-  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-    mp_queue *q = fifo(0, cases[c].ring);
-    struct stream_arg a = {q, cases[c].len, cases[c].count};
-    pid_t pid = tu_fork(stream_producer, &a, 60);
-    assert_true(pid > 0);
-    char *buf = malloc(a.len);
-    for (int i = 0; i < a.count; i++) {
-      uint32_t p, s;
-      if (i % 2) {
-        void *m = NULL;
-        size_t n = 0;
-        assert_int_equal(mp_queue_get_alloc(q, &m, &n, 30), 0);
-        assert_int_equal(n, a.len);
-        assert_true(msg_check(m, n, &p, &s));
-        free(m);
-      } else {
-        assert_int_equal(mp_queue_get(q, buf, a.len, 30), (ssize_t)a.len);
-        assert_true(msg_check(buf, a.len, &p, &s));
+  for (int streamed = 0; streamed < 2; streamed++) {
+    struct {
+      size_t ring, len;
+      int count;
+    } cases[] = {
+        {4096, 4 * 4096, 20},     /* four times the ring */
+        {4096, 4 * 4096 + 3, 5},  /* not a multiple of anything */
+        {1024, 1025, 50},         /* just above the ring */
+        {0, (size_t)16 << 20, 2}, /* 16 MiB through the default ring */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      mp_queue *q = fifo(0, cases[c].ring);
+      struct hog *hog = streamed ? heap_hog(cases[c].len) : NULL;
+      struct stream_arg a = {q, cases[c].len, cases[c].count};
+      pid_t pid = tu_fork(stream_producer, &a, 60);
+      assert_true(pid > 0);
+      char *buf = malloc(a.len);
+      for (int i = 0; i < a.count; i++) {
+        uint32_t p, s;
+        if (i % 2) {
+          void *m = NULL;
+          size_t n = 0;
+          assert_int_equal(mp_queue_get_alloc(q, &m, &n, 30), 0);
+          assert_int_equal(n, a.len);
+          assert_true(msg_check(m, n, &p, &s));
+          free(m);
+        } else {
+          assert_int_equal(mp_queue_get(q, buf, a.len, 30), (ssize_t)a.len);
+          assert_true(msg_check(buf, a.len, &p, &s));
+        }
+        assert_int_equal(p, 3);
+        assert_int_equal(s, (uint32_t)i);
       }
-      assert_int_equal(p, 3);
-      assert_int_equal(s, (uint32_t)i);
+      assert_child_ok(pid);
+      assert_int_equal(mp_queue_qsize(q), 0);
+      free(buf);
+      if (hog)
+        heap_unhog(hog);
+      assert_int_equal(mp_queue_free(q), 0);
     }
-    assert_child_ok(pid);
-    assert_int_equal(mp_queue_qsize(q), 0);
-    free(buf);
-    assert_int_equal(mp_queue_free(q), 0);
   }
 }
 
@@ -395,6 +509,7 @@ static void test_queue_stream_timeout_discards_the_partial_message(void **state)
   mp_queue *q = fifo(0, 4096);
   size_t len = 3 * 4096;
   char *m = malloc(len), *b = malloc(len);
+  struct hog *hog = heap_hog(len);
   msg_fill(m, 1, 1, len);
   assert_int_equal(mp_queue_put(q, m, len, MP_NOWAIT), -ETIMEDOUT);
   assert_int_equal(mp_queue_qsize(q), 0);
@@ -423,6 +538,7 @@ static void test_queue_stream_timeout_discards_the_partial_message(void **state)
   assert_child_ok(pid);
   free(m);
   free(b);
+  heap_unhog(hog);
   assert_int_equal(mp_queue_free(q), 0);
 }
 
@@ -667,9 +783,11 @@ static void test_queue_close(void **state) {
     assert_int_equal(mp_queue_free(h->q), 0);
     mp_heap_free(h);
   }
-  /* A message being streamed when the queue closes is dropped whole. */
+  /* A message being streamed (the heap full) when the queue closes is
+   * dropped whole. */
   struct holder *h = mp_heap_calloc(1, sizeof *h);
   h->q = fifo(0, 4096);
+  struct hog *hog = heap_hog(64 * 1024);
   pid_t p = tu_fork(close_streamer, h, 30);
   while (atomic_load(&h->state) != 1)
     tu_sleep(0.001);
@@ -681,6 +799,7 @@ static void test_queue_close(void **state) {
   assert_int_equal(mp_queue_get(h->q, b, 64 * 1024, 5), -EPIPE);
   assert_int_equal(mp_queue_qsize(h->q), 0);
   free(b);
+  heap_unhog(hog);
   assert_int_equal(mp_queue_free(h->q), 0);
   mp_heap_free(h);
 }
@@ -1279,7 +1398,6 @@ static void test_queue_shutdown_immediate_and_join(void **state) {
   assert_int_equal(mp_queue_free(plain), 0);
 }
 
-
 /* ------------------------------------------------------------ zero-copy blocks */
 
 static size_t heap_blocks(void) {
@@ -1482,7 +1600,8 @@ int main(void) {
       cmocka_unit_test(test_queue_emsgsize_keeps_message),
       cmocka_unit_test(test_queue_messages_wrap_around_the_ring),
       cmocka_unit_test(test_queue_ring_bounds_and_maxsize),
-      cmocka_unit_test(test_queue_large_messages_stream_through_the_ring),
+      cmocka_unit_test(test_queue_large_messages_through_the_heap),
+      cmocka_unit_test(test_queue_large_messages_pass_whole),
       cmocka_unit_test(test_queue_stream_timeout_discards_the_partial_message),
       cmocka_unit_test(test_queue_get_timeouts_and_signals),
       cmocka_unit_test(test_queue_put_timeouts_and_signals),

@@ -1283,9 +1283,7 @@ static void test_queue_crash_free_half_done(void **state) {
 
 /* A shutdown killed after its flag and before closing leaves an open queue:
  * puts and gets go on; a second shutdown finishes the job. */
-static int shut_down(void *arg) {
-  return mp_queue_shutdown((mp_queue *)arg, 1) == 0 ? 0 : 1;
-}
+static int shut_down(void *arg) { return mp_queue_shutdown((mp_queue *)arg, 1) == 0 ? 0 : 1; }
 
 static void test_queue_crash_shutdown_flagged(void **state) {
   (void)state;
@@ -1302,7 +1300,6 @@ static void test_queue_crash_shutdown_flagged(void **state) {
   assert_int_equal(mp_queue_put(q, &v, sizeof v, MP_NOWAIT), -ESHUTDOWN);
   assert_int_equal(mp_queue_free(q), 0);
 }
-
 
 /* ------------------------------------------------------------ zero-copy blocks
  *
@@ -1516,7 +1513,107 @@ static void test_queue_crash_block_stream_copy(void **state) {
   }
 }
 
+/* ------------------------------------------------------------ large messages through the heap
+ *
+ * Section 1b of src/queue_ring.c: a copying put of a message longer than
+ * chunk_max copies it into a heap block recorded in pblk, then hands the
+ * block over with a BLOCK record, as put_block does. A kill at each step
+ * leaves the message put whole or not at all, and the block either queued or
+ * freed by the next producer's repair: the heap's block count comes back. */
+
+/* The other tests of this suite reach the streaming path, and its crash
+ * points, with the heap path refused (main()); these let it. A weak
+ * reference: the switch exists only in builds with crash points. */
+extern _Atomic int mp__queue_heap_refused __attribute__((weak));
+
+static void heap_path(bool on) {
+  if (&mp__queue_heap_refused)
+    atomic_store(&mp__queue_heap_refused, on ? 0 : 1);
+}
+
+/* After a kill on the heap path: the queue is empty and usable, the heap
+ * holds the `base` blocks it held before the message was put, and is sound. */
+static void assert_heap_path_settled(mp_queue *q, size_t base, struct job *j) {
+  assert_int_equal(mp_queue_qsize(q), 0);
+  assert_int_equal(heap_blocks(), base);
+  assert_int_equal(mp__heap_check(), 0);
+  assert_settled_and_free(q);
+  job_free(j);
+  heap_path(false);
+}
+
+/* A producer killed at `point` inside a copying put of message 2 (BIG
+ * bytes, through the heap); the next put (message 3) repairs. The consumer
+ * sees 2 (KEPT) and 3, each once and whole, and no block is left behind. */
+static void heap_kill_producer(const char *point, enum fate fate) {
+  heap_path(true);
+  mp_queue *q = fifo_new(0);
+  struct job *v = job(q, OP_PUT, 2, BIG);
+  size_t base = heap_blocks();
+  print_message("producer killed at %s\n", point);
+  pid_t vp = cu_fork_armed(point, 1, job_main, v, 30);
+  cu_assert_killed_at(vp);
+  put_msg(q, 3, 200, 0); /* takes prod_mutex from the dead producer: repairs */
+  if (fate == KEPT)
+    assert_int_equal(get_msg(q), 2);
+  assert_int_equal(get_msg(q), 3);
+  assert_int_equal(unfinished_count(q), fate == KEPT ? 2 : 1);
+  assert_heap_path_settled(q, base, v);
+}
+
+static void test_queue_crash_heap_put_each_step(void **state) {
+  (void)state;
+  heap_kill_producer("heap.alloc.journaled", GONE);
+  heap_kill_producer("heap.alloc.committed", GONE);
+  heap_kill_producer("queue.block.put.allocated", GONE);
+  heap_kill_producer("queue.block.put.filled", GONE);
+  heap_kill_producer("queue.block.put.written", GONE);
+  heap_kill_producer("queue.block.put.committed", KEPT);
+  heap_kill_producer("queue.block.put.cleared", KEPT);
+  heap_kill_producer("queue.put.finished", KEPT);
+}
+
+/* A consumer killed while it copies out a message put through the heap: as
+ * for a put_block's block (section 1b), before head's commit the message
+ * stays first, after it the message went with the dead consumer; either way
+ * its block is freed once. */
+static void heap_kill_consumer(const char *point, enum fate fate) {
+  heap_path(true);
+  mp_queue *q = fifo_new(0);
+  struct job *c = job(q, OP_GET_ONE, 1, 0);
+  size_t base = heap_blocks();
+  put_msg(q, 1, BIG, 0);
+  print_message("consumer killed at %s\n", point);
+  pid_t cp = cu_fork_armed(point, 1, job_main, c, 30);
+  cu_assert_killed_at(cp);
+  if (fate == KEPT) {
+    assert_int_equal(get_msg(q), 1);
+  } else {
+    unsigned char buf[8];
+    assert_int_equal(mp_queue_get(q, buf, sizeof buf, 0.05), -ETIMEDOUT); /* repairs */
+  }
+  assert_heap_path_settled(q, base, c);
+}
+
+static void test_queue_crash_heap_get_each_step(void **state) {
+  (void)state;
+  heap_kill_consumer("queue.block.get.recorded", KEPT);
+  heap_kill_consumer("queue.get.committed", GONE);
+  heap_kill_consumer("heap.free.journaled", GONE);
+  heap_kill_consumer("queue.get.finished", GONE);
+}
+
+/* The same random kills as the FIFO round above, with large messages going
+ * through the heap instead of streaming. */
+static void test_queue_crash_fifo_heap_survives_random_kills(void **state) {
+  (void)state;
+  heap_path(true);
+  crash_rounds(MP_QUEUE_FIFO, env_u32("QUEUE_CRASH_ROUNDS", 200) / 2, 0x3c3c3c3c);
+  heap_path(false);
+}
+
 int main(void) {
+  heap_path(false); /* every test but the heap path's below: stream */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_queue_crash_shutdown_flagged),
       cmocka_unit_test(test_queue_crash_put_written),
@@ -1558,6 +1655,9 @@ int main(void) {
       cmocka_unit_test(test_queue_crash_block_copy_allocated),
       cmocka_unit_test(test_queue_crash_block_get_handed),
       cmocka_unit_test(test_queue_crash_block_stream_copy),
+      cmocka_unit_test(test_queue_crash_heap_put_each_step),
+      cmocka_unit_test(test_queue_crash_heap_get_each_step),
+      cmocka_unit_test(test_queue_crash_fifo_heap_survives_random_kills),
       cmocka_unit_test(test_queue_crash_fifo_survives_random_kills),
       cmocka_unit_test(test_queue_crash_priority_survives_random_kills),
       cmocka_unit_test(test_queue_crash_lifo_survives_random_kills),

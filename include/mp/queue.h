@@ -17,9 +17,15 @@
  *
  * A FIFO queue is a ring of bytes in the shared heap, with no feeder thread:
  * put copies the message into the ring and get copies it out, and neither
- * enters the kernel while nobody sleeps. Messages larger than a quarter of the
- * ring, up to larger than the whole ring, are streamed through it in chunks
- * while a consumer drains them; boundaries are kept. Waiters spin for a few
+ * enters the kernel while nobody sleeps. A message larger than a quarter of
+ * the ring, up to larger than the whole ring, is copied into a block of the
+ * family heap instead, and only a small record of it enters the ring: whole
+ * messages are in flight, one copy in and one out, without waiting for a
+ * consumer. That record is padded to 1/16 of its message (at most a quarter
+ * of the ring), so the ring still bounds the bytes in flight: a full ring
+ * holds at most about 16 times its size in such messages. When the heap has
+ * no room for the copy, the message is streamed through the ring in chunks
+ * while a consumer drains them. Boundaries are kept. Waiters spin for a few
  * microseconds and then sleep in the kernel (futexes): a blocked get or put
  * uses no CPU. LIFO and priority queues keep each message in a heap block of
  * its own.
@@ -35,12 +41,12 @@
  * included, leaves the queue usable by every other process. No torn or
  * duplicated message is ever delivered; a message whose put returned 0 is
  * delivered exactly once, unless a consumer died after taking it but before
- * its get returned. A streamed message whose producer dies mid-way is
- * discarded whole. Processes blocked in the queue notice a dead peer within
- * about 0.1 s. Tasks a dead consumer never marked done keep a JoinableQueue's
- * join() waiting (as in Python). A process killed inside a put or get of a LIFO
- * or priority queue may leave one heap block allocated (that message's, or the
- * queue's outgrown array), never freed twice.
+ * its get returned. A message whose producer dies mid-way (streamed, or
+ * copied into the heap) is discarded whole, and its heap copy freed. Processes blocked in the queue
+ * notice a dead peer within about 0.1 s. Tasks a dead consumer never marked done keep a
+ * JoinableQueue's join() waiting (as in Python). A process killed inside a put or get of a LIFO or
+ * priority queue may leave one heap block allocated (that message's, or the queue's outgrown
+ * array), never freed twice.
  *
  * Timeouts are `double` seconds: `MP_FOREVER` blocks, `MP_NOWAIT` (0) tries
  * once (Python's `put_nowait`/`get_nowait`). A wait that ends unsatisfied
@@ -81,7 +87,9 @@ typedef struct mp_queue_options {
   /** FIFO only: bytes of the ring that holds the messages; 0 for
    *  `MP_QUEUE_DEFAULT_RING_SIZE`. Rounded up to a power of two, at least
    *  1 KiB and at most 1 GiB. Each message takes its length rounded up to 8
-   *  plus 8 bytes of the ring. Ignored by LIFO and priority queues, whose
+   *  plus 8 bytes of the ring; one larger than a quarter of the ring, which
+   *  travels in a heap block, takes 24 bytes or 1/16 of its length (at most
+   *  a quarter of the ring), rounded up to 8, plus 8. Ignored by LIFO and priority queues, whose
    *  messages each live in a heap block of their own. */
   size_t ring_size;
   /** An `mp_queue_order`; 0 is FIFO. */
@@ -96,8 +104,9 @@ typedef struct mp_queue_options {
  *
  * @param maxsize the most messages the queue holds; 0 for no count limit. A
  *        FIFO queue is also bounded by its ring: a put waits for room in the
- *        ring (a message larger than a quarter of the ring is streamed and
- *        needs only a consumer draining it).
+ *        ring (a message larger than a quarter of the ring needs room only
+ *        for its padded record, see mp_queue_options.ring_size; streamed when
+ *        the heap is full, it needs only a consumer draining it).
  * @param opts NULL for the defaults: a FIFO queue, not joinable, with the
  *        default ring.
  * @param[out] ret the new queue, written only on success.
@@ -142,12 +151,15 @@ MP_EXPORT int mp_priority_queue_new(size_t maxsize, mp_queue **ret);
  *
  * Waits at most @p timeout seconds for room: while the queue holds @p maxsize
  * messages, or its ring lacks space. A FIFO message larger than a quarter of
- * the ring is streamed: the call returns once a consumer has drained all but
- * the last chunk and the last is in the ring; if the timeout passes or the
- * queue is closed mid-way, the part already sent is discarded by the
- * consumers and the message counts as not put. With `MP_NOWAIT` such a message
- * is put only if it fits in the ring's free space at once. On a priority queue
- * the priority is 0.
+ * the ring is copied into a family-heap block, and the call returns once its
+ * record (1/16 of its length, see mp_queue_options.ring_size) is in the
+ * ring: no consumer needs to be there. When the heap has no room for the
+ * copy, the message is streamed instead: the call returns once a consumer
+ * has drained all but the last chunk and the last is in the ring; if the
+ * timeout passes or the queue is closed mid-way, the part already sent is
+ * discarded by the consumers and the message counts as not put, and with
+ * `MP_NOWAIT` it is put only if it fits in the ring's free space at once. On
+ * a priority queue the priority is 0.
  *
  * @param msg the bytes; may be NULL when @p len is 0 (an empty message is a
  *        message).
@@ -215,7 +227,8 @@ MP_EXPORT int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double ti
 /**
  * @brief Put a family-heap block into a FIFO queue by reference: zero-copy.
  *
- * Only the block's address and length enter the ring (a 24-byte record), so
+ * Only the block's address and length enter the ring (a 24-byte record, not
+ * padded as a copied message's is), so
  * a put costs the same for 8 bytes as for 1 GiB. The call passes ownership:
  * once it returns 0 the block belongs to the queue, then to the consumer that
  * takes it; the caller must neither touch nor free it. On any failure it is
