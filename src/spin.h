@@ -93,9 +93,9 @@ typedef struct mp__spin {
   { 0, 0 }
 
 /* One step of a timed spin: a pause, or every MP__SPIN_CHECK steps a yield and
- * a look at the clock. Returns false once the budget is spent (the caller
+ * a look at the clock (no yield when !yield). Returns false once the budget is spent (the caller
  * sleeps), true to look again. */
-static inline bool mp__spin_more(mp__spin *s) {
+static inline bool mp__spin_step(mp__spin *s, bool yield) {
   unsigned i = s->step++;
   if (i % MP__SPIN_CHECK) {
     mp__cpu_relax();
@@ -106,10 +106,12 @@ static inline bool mp__spin_more(mp__spin *s) {
     s->until = now + MP__SPIN_NS;
   if (now >= s->until)
     return false;
-  if (i)
+  if (yield && i)
     sched_yield();
   return true;
 }
+
+static inline bool mp__spin_more(mp__spin *s) { return mp__spin_step(s, true); }
 
 /* mp__spin_more() without the yields: the same budget, the same clock
  * readings, only pauses. For a waiter that collects what it waits for itself
@@ -120,16 +122,7 @@ static inline bool mp__spin_more(mp__spin *s) {
  * pool-apply-roundtrip on two CPUs, 60 alternating rounds: yielding every
  * MP__SPIN_CHECK steps cost 20% of the median, 0.67 against 0.85 million
  * round trips/s; without the yields 0.81.) */
-static inline bool mp__spin_more_unyielding(mp__spin *s) {
-  if (s->step++ % MP__SPIN_CHECK) {
-    mp__cpu_relax();
-    return true;
-  }
-  int64_t now = mp__now_ns();
-  if (!s->until)
-    s->until = now + MP__SPIN_NS;
-  return now < s->until;
-}
+static inline bool mp__spin_more_unyielding(mp__spin *s) { return mp__spin_step(s, false); }
 
 /* A spin with spaced looks (MP__SPIN_BACKOFF): zero-initialise, then call
  * mp__backoff_more() before each look; false once the budget is spent. */
